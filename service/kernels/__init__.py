@@ -1,0 +1,1 @@
+"""adrank service/kernels."""
