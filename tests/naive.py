@@ -36,7 +36,7 @@ def field_vectors(x, offsets, emb, linear):
 def fwfm_score(x, offsets, bias, linear, emb, R):
     V, lin = field_vectors(x, offsets, emb, linear)
     m = V.shape[0]
-    s = float(bias) + lin.sum()
+    s = float(np.asarray(bias).reshape(-1)[0]) + lin.sum()  # bias is float32 [1]
     for i in range(m):
         for j in range(i + 1, m):
             s += float(R[i][j]) * float(np.dot(V[i], V[j]))
