@@ -1,0 +1,136 @@
+"""Catalog scoring kernels: score(x, a) = const_x + c_a + <z_x, W_a> (see precompute.py).
+
+For DPLR this is Algorithm 1 of the DPLR-FwFM paper with U_I V_I, its norm terms and the item
+linear part cached per ad: a rho*k dot product plus a constant per candidate.
+
+Three entry points, all on one catalog snapshot (W float32[N, D], c float64[N]):
+  * ``score_rows``  — a subset given by row indices (a request naming ads by id): a gather.
+  * ``score_all``   — every ad, sequential read.
+  * ``top_k``       — the best k of every ad without a full sort: each chunk of the catalog keeps
+                      a size-k min-heap (nogil kernel, one Python thread per chunk for large
+                      catalogs), then the chunk winners are merged.  Ties break by row index.
+Python threads + ``nogil`` kernels rather than numba's ``parallel=True``: the service calls these
+from several request threads at once, which numba's default (workqueue) threading layer forbids.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+JIT = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
+PARALLEL_MIN = 200_000  # below this many ads a whole-catalog scan stays on the calling thread
+_POOL: ThreadPoolExecutor | None = None
+
+
+@numba.njit(inline="always", **JIT)
+def _dot(z, W, a):
+    s = np.float32(0.0)
+    for j in range(z.shape[0]):
+        s += z[j] * W[a, j]
+    return s
+
+
+@numba.njit(**JIT)
+def score_rows(z, const, W, c, rows, out):
+    """out[n] = const + c[rows[n]] + <z, W[rows[n]]> — the per-candidate catalog kernel."""
+    for n in range(rows.shape[0]):
+        a = rows[n]
+        out[n] = const + c[a] + _dot(z, W, a)
+
+
+@numba.njit(**JIT)
+def score_range(z, const, W, c, lo, hi, out):
+    """out[a - lo] = score of ad a for a in [lo, hi)."""
+    for a in range(lo, hi):
+        out[a - lo] = const + c[a] + _dot(z, W, a)
+
+
+@numba.njit(inline="always", **JIT)
+def _sift_down(hs, hi, size, pos):
+    """Restore the min-heap (score, then *larger* row = worse) below ``pos``."""
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            return
+        child = left
+        right = left + 1
+        if right < size and (hs[right] < hs[left] or (hs[right] == hs[left] and hi[right] > hi[left])):
+            child = right
+        if hs[child] < hs[pos] or (hs[child] == hs[pos] and hi[child] > hi[pos]):
+            hs[child], hs[pos] = hs[pos], hs[child]
+            hi[child], hi[pos] = hi[pos], hi[child]
+            pos = child
+        else:
+            return
+
+
+@numba.njit(**JIT)
+def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
+    """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
+    size = 0
+    for a in range(lo, hi):
+        s = const + c[a] + _dot(z, W, a)
+        if size < k:  # fill, then heapify once full
+            heap_s[size] = s
+            heap_i[size] = a
+            size += 1
+            if size == k:
+                for p in range(k // 2 - 1, -1, -1):
+                    _sift_down(heap_s, heap_i, k, p)
+        elif s > heap_s[0]:  # rows ascend, so an equal score never beats the root
+            heap_s[0] = s
+            heap_i[0] = a
+            _sift_down(heap_s, heap_i, k, 0)
+    return size
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="catalog-topk")
+    return _POOL
+
+
+def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
+    parts = max(1, threads if n >= PARALLEL_MIN else 1)
+    edges = np.linspace(0, n, parts + 1).astype(np.int64)
+    return [(int(edges[i]), int(edges[i + 1])) for i in range(parts)]
+
+
+def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows int64[<=k], scores float64[<=k]) of the best k ads, best first, ties by row."""
+    n = W.shape[0]
+    k = int(min(max(k, 0), n))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    chunks = _chunks(n, threads or os.cpu_count() or 1)
+    hs = np.empty((len(chunks), k))
+    hi = np.empty((len(chunks), k), np.int64)
+
+    def run(t: int) -> int:
+        lo, hi_ = chunks[t]
+        return topk_range(z, const, W, c, lo, hi_, k, hs[t], hi[t])
+
+    sizes = [run(0)] if len(chunks) == 1 else list(_pool().map(run, range(len(chunks))))
+    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
+    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
+    order = np.lexsort((r, -s))[:k]
+    return r[order], s[order]
+
+
+def score_all(z, const: float, W, c) -> np.ndarray:
+    """Scores of every ad, float64[N]."""
+    out = np.empty(W.shape[0])
+    score_range(z, const, W, c, 0, W.shape[0], out)
+    return out
+
+
+def score_ids(z, const: float, W, c, rows: np.ndarray) -> np.ndarray:
+    """Scores of the ads at ``rows`` (int64), float64[len(rows)]."""
+    out = np.empty(len(rows))
+    score_rows(z, const, W, c, np.asarray(rows, np.int64), out)
+    return out
