@@ -1,0 +1,106 @@
+"""Checkpoint (run directory) -> one torch-free artifact, written through service/artifact.py.
+
+``export_run`` reads the run with ``training.checkpoint.load(run_dir) -> (model, config,
+preprocessor)`` and ``model.export_arrays()``; ``export_params`` does the rest from plain numpy
+arrays (so it is testable without torch): fold (exporter/fold.py), build the manifest, write
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from adrank.preprocess import Preprocessor
+from exporter.fold import ExportError, fold
+from service.artifact import FORMAT_NAME, WriteInfo, write_artifact
+
+
+def _plain(x):
+    """JSON-safe copy: non-finite floats -> None, numpy scalars -> Python, unknown -> str."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    return str(x)
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor; never imported here
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def embedding_type(config: dict) -> str:
+    emb = config.get("embedding", "dense")
+    t = emb.get("type", "dense") if isinstance(emb, dict) else (emb or "dense")
+    if t != "dense":
+        raise ExportError(f"embedding type {t!r} is not supported by this exporter yet (only 'dense')")
+    return t
+
+
+def build_manifest(kind: str, pre: Preprocessor, extra: dict, config: dict, source: dict) -> dict:
+    desc, _ = pre.to_state()
+    rank = extra.pop("rank")
+    if rank is None and kind == "pruned":
+        rank = config.get("rank")
+    return {
+        "format": FORMAT_NAME,
+        "kind": kind,
+        "rank": rank,
+        "embed_dim": extra.pop("embed_dim"),
+        "target": pre.schema.target,
+        "schema": pre.schema.to_dict(),
+        "preprocess": _plain(desc),
+        "n_features": pre.vocab.n_features,
+        "embedding": {"type": embedding_type(config)},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": _plain(source),
+        **extra,
+    }
+
+
+def export_params(params: dict, config: dict, pre: Preprocessor, out, source: dict | None = None,
+                  progress: bool = False) -> WriteInfo:
+    """Fold ``params`` (the ``export_arrays()`` names) and write the artifact to ``out``."""
+    kind = config.get("kind") or config.get("model")
+    if not isinstance(kind, str):
+        raise ExportError("config names no model kind (expected a 'kind' or 'model' string)")
+    params = {k: _to_numpy(v) for k, v in params.items()}
+    arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets)
+    arrays.update(pre.vocab.arrays())
+    manifest = build_manifest(kind, pre, extra, config, source or {"config": config})
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ExportError(f"output directory {out.parent} does not exist")
+    if not progress:
+        return write_artifact(out, manifest, arrays)
+    from tqdm import tqdm
+
+    total = sum(a.nbytes for a in arrays.values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {out.name}") as bar:
+        return write_artifact(out, manifest, arrays, progress=bar.update)
+
+
+def export_run(run_dir, out, progress: bool = True) -> WriteInfo:
+    """``adrank export``: load a run directory's checkpoint and write its artifact."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory {run_dir} does not exist")
+    from training.checkpoint import load  # torch lives behind this import
+
+    model, config, pre = load(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    source = {"run_dir": str(run_dir.resolve()), "config": config, "metrics": metrics}
+    return export_params(model.export_arrays(), config, pre, out, source, progress=progress)
