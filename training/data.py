@@ -238,6 +238,7 @@ def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: in
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
         _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished first: keep its copy
