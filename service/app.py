@@ -1,0 +1,83 @@
+"""The FastAPI application: composition and the start-up/shut-down lifespan, nothing else.
+
+Start-up (lifespan, before the server accepts a request and before /readyz says ready):
+load + verify every artifact, compile and warm its kernels (Numba's on-disk cache,
+``NUMBA_CACHE_DIR``), publish model info, then ``gc.freeze()`` so the collector stops walking
+the long-lived heap during requests (DESIGN §7).  While serving, a background task follows
+reloads made by sibling workers (service.models) and SIGHUP re-reads every model.
+
+``create_app()`` with no arguments reads ``Settings.from_env()``: that is how uvicorn workers
+build it (``uvicorn service.app:create_app --factory``).  This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from service import metrics
+from service.models import ModelRegistry
+from service.routes import ServiceState, admin_router, router
+from service.settings import Settings
+
+log = logging.getLogger("adrank.app")
+
+
+async def _follow_reloads(svc: ServiceState) -> None:
+    """Poll the shared reload state file; reload (off the loop) what sibling workers reloaded."""
+    while True:
+        await asyncio.sleep(svc.settings.reload_poll)
+        try:
+            if await asyncio.to_thread(svc.registry.sync_from_state) and svc.settings.gc_freeze:
+                gc.freeze()
+        except Exception:  # noqa: BLE001 - the watcher must survive anything
+            log.exception("following reloads failed")
+
+
+def _on_sighup(svc: ServiceState) -> None:
+    log.info("SIGHUP: reloading every model")
+    asyncio.get_running_loop().run_in_executor(None, svc.registry.request_reload_all)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    svc: ServiceState = app.state.svc
+    await asyncio.to_thread(svc.registry.load_all)
+    if svc.settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, svc)
+    watcher = asyncio.create_task(_follow_reloads(svc)) if svc.settings.run_dir else None
+    log.info("ready: %s", ", ".join(f"{r.name}={r.version}" for r in svc.registry.all()))
+    try:
+        yield
+    finally:
+        svc.registry.ready = False
+        if watcher is not None:
+            watcher.cancel()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        metrics.worker_exited()
+
+
+def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
+    """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests."""
+    settings = settings or Settings.from_env()
+    if not settings.models:
+        raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
+    registry = ModelRegistry(settings.models, loader=loader, run_dir=settings.run_dir,
+                             on_swap=metrics.model_swapped)
+    app = FastAPI(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.svc = ServiceState(settings=settings, registry=registry)
+    app.include_router(router)
+    if settings.admin_enabled:
+        app.include_router(admin_router)
+    return app

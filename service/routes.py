@@ -1,0 +1,181 @@
+"""HTTP routes: /v1/rank, /v1/models, reload, health and metrics.  Wiring only: the work is
+in the Ranker (scoring), schemas (parsing), models (registry) and metrics modules.
+
+The rank handler reads the raw body, parses it with msgspec, ranks *inline* on the event loop
+(the request is CPU-bound; a thread hop would add latency and GIL hand-offs) and writes the
+response with msgspec.  Every expected failure is an ``ApiError`` -> JSON
+``{"error": code, "message": ...}``; bad input is 4xx and never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from time import perf_counter
+
+from fastapi import APIRouter, Request, Response
+
+from adrank.preprocess import EncodeError
+from service import metrics, schemas
+from service.models import ModelLoadError, ModelRegistry, UnknownModel
+from service.settings import Settings
+
+log = logging.getLogger("adrank.routes")
+router = APIRouter()
+admin_router = APIRouter()
+JSON = "application/json"
+RANK = "/v1/rank"
+RELOAD = "/v1/models/{name}/reload"
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    registry: ModelRegistry
+    inflight: int = 0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+
+    def response(self) -> Response:
+        body = schemas.encode({"error": self.code, "message": self.message, **self.extra})
+        return Response(body, status_code=self.status, headers=self.headers, media_type=JSON)
+
+
+def _unavailable(svc: ServiceState, code: str, message: str) -> ApiError:
+    return ApiError(503, code, message, headers={"Retry-After": str(svc.settings.retry_after)})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes before reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(obj, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(schemas.encode(obj), status_code=status, headers=headers, media_type=JSON)
+
+
+# --- ranking -------------------------------------------------------------------------------
+async def _rank(svc: ServiceState, request: Request, labels: list[str]) -> bytes:
+    """Parse -> pick the model -> Ranker.rank -> serialise; ``labels[0]`` learns the model."""
+    s = svc.settings
+    await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
+    req = schemas.decode_rank(await read_body(request, s.max_body_bytes))
+    ranker = svc.registry.get(req.model)
+    labels[0] = ranker.name
+    if len(req.ads) > s.max_candidates:
+        raise ApiError(422, "too_many_candidates",
+                       f"ads: {len(req.ads)} candidates exceed the limit of {s.max_candidates}")
+    t0 = perf_counter()
+    ranked = ranker.rank(req.context, req.ads, req.top_k)
+    metrics.INFERENCE_DURATION.labels(ranker.name).observe(perf_counter() - t0)
+    metrics.REQUEST_CANDIDATES.labels(ranker.name).observe(len(req.ads))
+    return schemas.encode_ranking(ranker.name, ranker.version, ranked)
+
+
+@router.post(RANK)
+async def rank(request: Request) -> Response:
+    t0 = perf_counter()
+    svc: ServiceState = request.app.state.svc
+    labels, status = [""], 200
+    try:
+        if not svc.registry.ready:
+            raise _unavailable(svc, "not_ready", "models are still loading")
+        if svc.inflight >= svc.settings.max_inflight:
+            raise _unavailable(svc, "overloaded", f"more than {svc.settings.max_inflight} requests in flight")
+        svc.inflight += 1
+        try:
+            response = Response(await _rank(svc, request, labels), media_type=JSON)
+        finally:
+            svc.inflight -= 1
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error reply
+        response = _error_response(exc)
+        status = response.status_code
+    metrics.REQUESTS.labels(RANK, labels[0], str(status)).inc()
+    metrics.REQUEST_DURATION.labels(RANK, labels[0]).observe(perf_counter() - t0)
+    return response
+
+
+def _error_response(exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, schemas.BadRequest):
+        return ApiError(422, exc.code, str(exc)).response()
+    if isinstance(exc, UnknownModel):
+        return ApiError(404, "unknown_model", str(exc)).response()
+    if isinstance(exc, EncodeError):
+        return ApiError(422, getattr(exc, "code", "invalid_value"), str(exc), field=exc.field).response()
+    log.exception("internal error while ranking")
+    return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()
+
+
+# --- models, health, metrics ----------------------------------------------------------------
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    registry = request.app.state.svc.registry
+    models = [{**r.info(), "default": r.name == registry.default} for r in registry.all()]
+    return json_response({"default": registry.default, "worker": os.getpid(), "models": models})
+
+
+@router.get("/livez")
+async def livez() -> Response:
+    return json_response({"status": "alive"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    svc: ServiceState = request.app.state.svc
+    if not svc.registry.ready:
+        return _unavailable(svc, "not_ready", "models are still loading").response()
+    return json_response({"status": "ready", "models": {r.name: r.version for r in svc.registry.all()}})
+
+
+@router.get("/metrics")
+async def metrics_endpoint() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+# --- admin: hot reload -----------------------------------------------------------------------
+def check_admin(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <ADRANK_ADMIN_TOKEN>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+@admin_router.post(RELOAD)
+async def reload_model(name: str, request: Request) -> Response:
+    """Load + verify + warm the new artifact off the event loop, then swap; 422 keeps the old."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request, svc.settings.admin_token)
+        req = schemas.decode_reload(await read_body(request, 64 * 1024))
+        old = svc.registry.get(name).version
+        new = await asyncio.to_thread(svc.registry.reload, name, req.path)
+    except ModelLoadError as exc:
+        return ApiError(422, exc.code, exc.detail, model=name, version=old).response()
+    except Exception as exc:  # noqa: BLE001
+        return _error_response(exc)
+    finally:
+        gc.freeze()  # the new model's long-lived objects join the frozen generation
+    return json_response({"model": name, "version": new.version, "previous_version": old,
+                          "path": str(svc.registry.path_of(name))})

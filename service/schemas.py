@@ -1,0 +1,99 @@
+"""Request and response shapes of the HTTP API, decoded/encoded with msgspec (not pydantic).
+
+msgspec validates while it parses the raw body (DESIGN §7: about 2x the throughput of pydantic
+models at N >= 100) and decodes ads straight into plain dicts (TypedDict), which is what
+``Ranker.rank`` takes.  Two ad forms::
+
+    {"id": "ad-1", "features": {"C14": "15706", "genres": ["Drama"]}}   by field name
+    {"id": "ad-2", "values": ["15706", null, ...]}                    item-field order
+
+Values are raw: strings, numbers, booleans, lists (multi-valued fields), ``null`` = missing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Required, TypedDict, Union
+
+import msgspec
+
+Scalar = Union[str, int, float, bool, None]  # noqa: UP007 (msgspec reads the typing form)
+Value = Union[str, int, float, bool, None, list[Scalar]]  # noqa: UP007
+
+
+class Ad(TypedDict, total=False):
+    id: Required[str | int]
+    features: dict[str, Value]
+    values: list[Value]
+
+
+class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    ads: list[Ad]
+    context: dict[str, Value] = {}
+    model: str | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    path: str | None = None
+
+
+class BadRequest(ValueError):
+    """The body is not valid JSON or does not match the schema; the message says where."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+_rank_decoder = msgspec.json.Decoder(RankRequest)
+_reload_decoder = msgspec.json.Decoder(ReloadRequest)
+_encoder = msgspec.json.Encoder()
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes):
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest("invalid_request", _name_dict_key(str(exc), body)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", f"malformed JSON: {exc}") from None
+
+
+def decode_rank(body: bytes) -> RankRequest:
+    return _decode(_rank_decoder, body)
+
+
+def decode_reload(body: bytes) -> ReloadRequest:
+    return _decode(_reload_decoder, body) if body.strip() else ReloadRequest()
+
+
+def _name_dict_key(message: str, body: bytes) -> str:
+    """msgspec reports a bad dict value as ``$.context[...]``; put the offending key there.
+
+    Only runs on the error path: the body is re-read untyped to find the first bad value.
+    """
+    if not message.endswith("[...]"):
+        return message
+    path = message.rsplit(" - at `", 1)[-1].rstrip("`")
+    try:
+        node = msgspec.json.decode(body)
+        for part in path[1:-5].replace("[", ".").replace("]", "").split("."):
+            if part:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+        for key, value in node.items():
+            if isinstance(value, dict) or (isinstance(value, list)
+                                          and any(isinstance(x, (dict, list)) for x in value)):
+                return message.replace("[...]", f"[{key!r}]") + f": field {key!r} has a bad value"
+    except (msgspec.DecodeError, KeyError, IndexError, ValueError, TypeError, AttributeError):
+        pass
+    return message
+
+
+def encode_ranking(model: str, version: str, ranked: list[tuple[str, float]]) -> bytes:
+    """The /v1/rank response body: {"model", "version", "ads": [{"id", "score"}, ...]}."""
+    return _encoder.encode({"model": model, "version": version,
+                            "ads": [{"id": i, "score": s} for i, s in ranked]})
+
+
+def encode(obj) -> bytes:
+    return _encoder.encode(obj)

@@ -1,0 +1,148 @@
+"""Service settings: one frozen dataclass, read from ``ADRANK_*`` environment variables.
+
+Settings travel through the environment because ``adrank serve --workers N`` starts each
+uvicorn worker as a fresh process that builds its app with ``service.app:create_app``; the
+CLI writes the variables, every worker reads the same ones.
+
+    ADRANK_MODELS          "NAME=PATH NAME2=PATH2" (spaces or commas); the first is the default
+    ADRANK_MAX_CANDIDATES  most ads one /v1/rank request may carry (422 above), default 10000
+    ADRANK_MAX_BODY_BYTES  largest request body (413 above), default 16 MiB
+    ADRANK_MAX_INFLIGHT    requests admitted at once per worker; more get 503 + Retry-After
+    ADRANK_RETRY_AFTER     seconds announced in Retry-After, default 1
+    ADRANK_ADMIN           "0" removes the admin endpoints (reload); default on
+    ADRANK_ADMIN_TOKEN     when set, admin endpoints require "Authorization: Bearer <token>"
+    ADRANK_RUN_DIR         directory shared by the workers (reload state file); optional
+    ADRANK_RELOAD_POLL     seconds between checks of the reload state file, default 0.5
+    ADRANK_GC_FREEZE       "0" disables gc.freeze() after start-up (DESIGN §7); default on
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable or argument."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+
+
+def parse_model_specs(items: Iterable[str]) -> list[ModelSpec]:
+    """``NAME=PATH`` or ``PATH`` (name = file stem) -> specs; names must be unique and URL-safe."""
+    specs: list[ModelSpec] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem, item
+        if not path:
+            raise SettingsError(f"model {item!r}: empty path")
+        if not _NAME.match(name):
+            raise SettingsError(f"model {item!r}: name {name!r} must be 1-64 letters, digits, '_', '-', '.'")
+        if any(s.name == name for s in specs):
+            raise SettingsError(f"model name {name!r} given twice")
+        specs.append(ModelSpec(name, Path(path).expanduser()))
+    return specs
+
+
+def format_model_specs(specs: Iterable[ModelSpec]) -> str:
+    return " ".join(f"{s.name}={s.path}" for s in specs)
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{key}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not a number") from None
+    if not value > 0:
+        raise SettingsError(f"{key}={raw!r} must be > 0")
+    return value
+
+
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{key}={raw!r} must be 1/0, true/false, yes/no or on/off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[ModelSpec, ...] = ()
+    max_candidates: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_inflight: int = 64
+    retry_after: int = 1
+    admin_enabled: bool = True
+    admin_token: str | None = None
+    run_dir: Path | None = None
+    reload_poll: float = 0.5
+    gc_freeze: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        models = tuple(parse_model_specs(re.split(r"[\s,]+", env.get("ADRANK_MODELS", ""))))
+        run_dir = env.get("ADRANK_RUN_DIR") or None
+        return cls(
+            models=models,
+            max_candidates=_int(env, "ADRANK_MAX_CANDIDATES", cls.max_candidates, 1),
+            max_body_bytes=_int(env, "ADRANK_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            max_inflight=_int(env, "ADRANK_MAX_INFLIGHT", cls.max_inflight, 1),
+            retry_after=_int(env, "ADRANK_RETRY_AFTER", cls.retry_after, 0),
+            admin_enabled=_flag(env, "ADRANK_ADMIN", True),
+            admin_token=env.get("ADRANK_ADMIN_TOKEN") or None,
+            run_dir=Path(run_dir) if run_dir else None,
+            reload_poll=_float(env, "ADRANK_RELOAD_POLL", cls.reload_poll),
+            gc_freeze=_flag(env, "ADRANK_GC_FREEZE", True),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that make ``from_env`` rebuild these settings (for worker processes)."""
+        env = {
+            "ADRANK_MODELS": format_model_specs(self.models),
+            "ADRANK_MAX_CANDIDATES": str(self.max_candidates),
+            "ADRANK_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "ADRANK_MAX_INFLIGHT": str(self.max_inflight),
+            "ADRANK_RETRY_AFTER": str(self.retry_after),
+            "ADRANK_ADMIN": "1" if self.admin_enabled else "0",
+            "ADRANK_RELOAD_POLL": str(self.reload_poll),
+            "ADRANK_GC_FREEZE": "1" if self.gc_freeze else "0",
+        }
+        if self.admin_token:
+            env["ADRANK_ADMIN_TOKEN"] = self.admin_token
+        if self.run_dir:
+            env["ADRANK_RUN_DIR"] = str(self.run_dir)
+        return env
