@@ -41,15 +41,20 @@ def _to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def embedding_type(config: dict) -> str:
+def embedding_section(config: dict, dense_embeddings: bool = False) -> dict:
+    """The manifest's ``embedding``: dense, or a codebook model's decoded table when asked."""
     emb = config.get("embedding", "dense")
     t = emb.get("type", "dense") if isinstance(emb, dict) else (emb or "dense")
-    if t != "dense":
-        raise ExportError(f"embedding type {t!r} is not supported by this exporter yet (only 'dense')")
-    return t
+    if t == "dense":
+        return {"type": "dense"}
+    if not dense_embeddings:
+        raise ExportError(f"embedding type {t!r} cannot be stored compressed yet; pass --dense-embeddings "
+                          "to export its decoded table (same scores, dense size)")
+    return {"type": "dense", "decoded_from": t}
 
 
-def build_manifest(kind: str, pre: Preprocessor, extra: dict, config: dict, source: dict) -> dict:
+def build_manifest(kind: str, pre: Preprocessor, extra: dict, embedding: dict, config: dict,
+                   source: dict) -> dict:
     desc, _ = pre.to_state()
     rank = extra.pop("rank")
     if rank is None and kind == "pruned":
@@ -63,7 +68,7 @@ def build_manifest(kind: str, pre: Preprocessor, extra: dict, config: dict, sour
         "schema": pre.schema.to_dict(),
         "preprocess": _plain(desc),
         "n_features": pre.vocab.n_features,
-        "embedding": {"type": embedding_type(config)},
+        "embedding": embedding,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": _plain(source),
         **extra,
@@ -71,15 +76,16 @@ def build_manifest(kind: str, pre: Preprocessor, extra: dict, config: dict, sour
 
 
 def export_params(params: dict, config: dict, pre: Preprocessor, out, source: dict | None = None,
-                  progress: bool = False) -> WriteInfo:
+                  progress: bool = False, dense_embeddings: bool = False) -> WriteInfo:
     """Fold ``params`` (the ``export_arrays()`` names) and write the artifact to ``out``."""
     kind = config.get("kind") or config.get("model")
     if not isinstance(kind, str):
         raise ExportError("config names no model kind (expected a 'kind' or 'model' string)")
+    embedding = embedding_section(config, dense_embeddings)
     params = {k: _to_numpy(v) for k, v in params.items()}
     arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets)
     arrays.update(pre.vocab.arrays())
-    manifest = build_manifest(kind, pre, extra, config, source or {"config": config})
+    manifest = build_manifest(kind, pre, extra, embedding, config, source or {"config": config})
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"output directory {out.parent} does not exist")
@@ -92,7 +98,7 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
         return write_artifact(out, manifest, arrays, progress=bar.update)
 
 
-def export_run(run_dir, out, progress: bool = True) -> WriteInfo:
+def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = False) -> WriteInfo:
     """``adrank export``: load a run directory's checkpoint and write its artifact."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -103,4 +109,5 @@ def export_run(run_dir, out, progress: bool = True) -> WriteInfo:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     source = {"run_dir": str(run_dir.resolve()), "config": config, "metrics": metrics}
-    return export_params(model.export_arrays(), config, pre, out, source, progress=progress)
+    return export_params(model.export_arrays(), config, pre, out, source, progress=progress,
+                         dense_embeddings=dense_embeddings)

@@ -219,3 +219,42 @@ def test_cli_export_errors_are_user_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x.adrk")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_codebook_model_exports_decoded_table_only_when_asked(tmp_path):
+    pre = toy_preprocessor()
+    params = toy_params("fm", pre.vocab.n_features, SCHEMA.m)
+    config = {"kind": "fm", "embedding": "lightfm"}
+    with pytest.raises(ExportError, match="--dense-embeddings"):
+        export_params(params, config, pre, tmp_path / "x.adrk")
+    art = read_artifact(export_params(params, config, pre, tmp_path / "x.adrk", dense_embeddings=True).path)
+    assert art.manifest["embedding"] == {"type": "dense", "decoded_from": "lightfm"}
+    assert np.array_equal(art.arrays["emb"], params["emb"])
+
+
+@pytest.mark.parametrize("kind", ["fm", "fwfm", "pruned", "dplr"])
+def test_real_checkpoint_exports_to_an_artifact_scoring_like_the_torch_model(tmp_path, kind, capsys):
+    torch = pytest.importorskip("torch")
+    from training.checkpoint import save
+    from training.models import PrunedFwFM, build
+
+    pre = toy_preprocessor(seed=5)
+    n = pre.vocab.n_features
+    torch.manual_seed(0)
+    model = build("fwfm" if kind == "pruned" else kind, SCHEMA, n, 4, rank=2 if kind == "dplr" else None)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    if kind == "pruned":
+        model = PrunedFwFM.from_fwfm(model, rho=2)
+    run = save(tmp_path / "run", model.eval(), {"lr": 0.01, "seed": 0}, pre, {"model": kind, "test": {}})
+    out = tmp_path / f"{kind}.adrk"
+    assert main(["export", str(run), "--out", str(out), "--quiet"]) == 0
+    assert f"kind={kind}" in capsys.readouterr().out
+    art = read_artifact(out)
+    X = random_rows(pre, 25, seed=7)
+    with torch.no_grad():
+        want = model(torch.from_numpy(X)).double().numpy()
+    got = np.array([artifact_score(art, x) for x in X])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert art.manifest["rank"] == (2 if kind in ("pruned", "dplr") else None)
