@@ -3,8 +3,8 @@
 ``path`` is the ``ml-1m`` directory holding ``ratings.dat``, ``users.dat`` and ``movies.dat``
 (each plain or gzip, named with or without ``.gz``).  Fields are ``::``-separated;
 ``movies.dat`` is latin-1.  The timestamp (Unix seconds, UTC) becomes year, month, day of
-week and hour of day; genres (``|``-separated) become a multi-valued field; the label is
-the rating (regression).
+week (0 = Monday) and hour of day; genres (``|``-separated) become a multi-valued field; the
+label is the rating (regression).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.io import DataError, bad_line, iter_lines, parse_label
-from training.datasets.readers import Chunk, _batches, _limit
-from training.datasets.schemas import MOVIELENS
+from training.datasets.io import DataError, bad_line, iter_lines
+from training.datasets.readers import Chunk, labels_of, split_chunks
 
 
 def movielens_file(root: Path, name: str) -> Path:
@@ -57,38 +56,32 @@ def expand_timestamps(ts: np.ndarray) -> dict[str, list[str]]:
             for k, a in (("year", year), ("month", month), ("day_of_week", dow), ("hour", hour))}
 
 
+def _lookup(table: dict, keys: tuple[str, ...], nums: list[int], path: Path, what: str, src: Path) -> list:
+    try:
+        return [table[k] for k in keys]
+    except KeyError as exc:
+        n = nums[keys.index(exc.args[0])]
+        raise bad_line(path, n, f"{what} {exc.args[0]!r} is not in {src.name}") from None
+
+
 def read_movielens(root, chunk_rows=65536, max_rows=None) -> Iterator[Chunk]:
     ratings_p, users_p, movies_p = movielens_files(root)
     users = _table(users_p, 5, "utf-8")  # UserID::Gender::Age::Occupation::Zip-code
     movies = _table(movies_p, 3, "latin-1")  # MovieID::Title::Genres
-    names = [f.name for f in MOVIELENS.fields]
-
-    def rows():
-        for lineno, line in _limit(iter_lines(ratings_p), max_rows):
-            p = line.split("::")
-            if len(p) != 4:
-                raise bad_line(ratings_p, lineno, f"expected 4 '::'-separated columns "
-                                                  f"(UserID::MovieID::Rating::Timestamp), got {len(p)}")
-            u, mv = users.get(p[0]), movies.get(p[1])
-            if u is None:
-                raise bad_line(ratings_p, lineno, f"user {p[0]!r} is not in {users_p.name}")
-            if mv is None:
-                raise bad_line(ratings_p, lineno, f"movie {p[1]!r} is not in {movies_p.name}")
-            y = parse_label(ratings_p, lineno, p[2], binary=False)
-            try:
-                ts = int(p[3])
-            except ValueError:
-                raise bad_line(ratings_p, lineno, f"timestamp must be an integer, got {p[3]!r}") from None
-            genres = [g for g in mv[1].split("|") if g]
-            yield (p[0], *u, p[1], genres, ts), y
-
-    for batch in _batches(rows(), chunk_rows):
-        values, labels = zip(*batch, strict=True)
-        c = list(zip(*values, strict=True))
-        cols = {"user_id": list(c[0]), "gender": list(c[1]), "age": list(c[2]),
-                "occupation": list(c[3]), "zip": list(c[4])}
-        cols.update(expand_timestamps(np.asarray(c[7], dtype=np.int64)))
-        cols["movie_id"] = list(c[5])
-        cols["genres"] = list(c[6])
-        assert set(cols) == set(names)
-        yield cols, np.asarray(labels, dtype=np.float32)
+    genres = {k: [g for g in v[1].split("|") if g] for k, v in movies.items()}
+    for nums, c in split_chunks(ratings_p, iter_lines(ratings_p), "::", 4,
+                                "'::'-separated (UserID::MovieID::Rating::Timestamp)", chunk_rows, max_rows):
+        u = _lookup(users, c[0], nums, ratings_p, "user", users_p)
+        g = _lookup(genres, c[1], nums, ratings_p, "movie", movies_p)
+        try:
+            ts = np.array(c[3], dtype=np.int64)
+        except ValueError:
+            bad = next(i for i, v in enumerate(c[3]) if not v.lstrip("-").isdigit())
+            raise bad_line(ratings_p, nums[bad], f"timestamp must be an integer, got {c[3][bad]!r}") from None
+        cols = {"user_id": list(c[0])}
+        for i, name in enumerate(("gender", "age", "occupation", "zip")):
+            cols[name] = [r[i] for r in u]
+        cols.update(expand_timestamps(ts))
+        cols["movie_id"] = list(c[1])
+        cols["genres"] = g
+        yield cols, labels_of(ratings_p, nums, c[2], binary=False)
