@@ -43,7 +43,7 @@ class TrainConfig:
     embedding: str = "dense"
     epochs: int = 10
     lr: float = 3e-3
-    batch_size: int = 1024
+    batch_size: int = 512
     weight_decay: float = 1e-6  # L2 on the embedding and linear tables only
     patience: int = 2  # epochs without validation improvement before stopping
     seed: int = 0
@@ -120,7 +120,7 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
         raise ValueError(f"the training split has {len(y)} rows: too few to train on")
     loss_fn = torch.nn.BCEWithLogitsLoss() if data.target == "binary" else torch.nn.MSELoss()
     key, higher_better = primary(data.target)
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     opt = _optimizer(model, cfg)
     bs = max(1, cfg.batch_size // world)
     best, best_state, best_epoch, bad, history = None, None, 0, 0, []

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=1024, help="global batch (split across processes)")
+    p.add_argument("--batch-size", type=int, default=512, help="global batch (split across processes)")
     p.add_argument("--weight-decay", type=float, default=1e-6, help="L2 on embedding/linear tables")
     p.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
