@@ -349,6 +349,8 @@ def read_artifact(path, verify: bool = True) -> Artifact:
     if version != FORMAT_VERSION or flags != 0:
         raise UnsupportedVersion(f"format version {version} flags {flags:#x}; this reader "
                                  f"supports version {FORMAT_VERSION} flags 0", path)
+    if (PRELUDE.size + hlen) % ALIGN:
+        raise BadHeader(f"header length {hlen} does not end on a {ALIGN}-byte boundary", path)
     end = PRELUDE.size + hlen + dlen
     if size < end:
         raise Truncated(f"file has {size} bytes, the prelude promises {end}", path)

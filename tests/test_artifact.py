@@ -362,3 +362,48 @@ def test_load_preprocessor_encodes_real_criteo_like_the_original(tmp_path, crite
     X = loaded.encode_rows(test)
     assert np.array_equal(X, pre.encode_rows(test))
     assert (X == np.array([int(o) + 1 for o in pre.vocab.id_offsets[:-1]])).any()  # unseen -> rare
+
+
+def _resealed(header: bytes, data: bytes) -> bytes:
+    header += b" " * ((64 - (64 + len(header)) % 64) % 64)
+    digest = hashlib.sha256(header + data).digest()
+    return b"ADRKART\x00" + struct.pack("<IIQQ", 1, 0, len(header), len(data)) + digest + header + data
+
+
+def test_fuzzed_headers_fail_only_with_named_errors(tmp_path):
+    """Random edits of the JSON header (checksum re-sealed, so the checks behind it run): the
+    reader either accepts the file or raises an ArtifactError - never KeyError/TypeError/..."""
+    manifest, arrays = two_field("pruned")
+    good = spec_bytes(manifest, arrays)
+    hlen = struct.unpack_from("<Q", good, 16)[0]
+    header, data = good[64 : 64 + hlen].rstrip(b" "), good[64 + hlen :]
+    rng = np.random.default_rng(0)
+    alphabet = b'{}[]":,0123456789-.aeflnrstu '
+    codes = set()
+    for trial in range(300):
+        h = bytearray(header)
+        for _ in range(rng.integers(1, 4)):
+            pos = int(rng.integers(len(h)))
+            if rng.random() < 0.5:
+                h[pos] = alphabet[rng.integers(len(alphabet))]
+            else:
+                del h[pos]
+        p = tmp_path / f"f{trial}.adrk"
+        p.write_bytes(_resealed(bytes(h), data))
+        try:
+            A.read_artifact(p)
+        except A.ArtifactError as exc:
+            codes.add(exc.code)
+        p.unlink()
+    assert {"bad_header", "bad_manifest"} <= codes  # the checks behind the JSON parser ran
+
+
+def test_header_must_end_on_the_alignment_boundary(tmp_path):
+    manifest, arrays = tiny()
+    good = spec_bytes(manifest, arrays)
+    hlen = struct.unpack_from("<Q", good, 16)[0]
+    header, data = good[64 : 64 + hlen], good[64 + hlen :]
+    short = header[:-1]  # one space less: data would start misaligned
+    raw = (b"ADRKART\x00" + struct.pack("<IIQQ", 1, 0, len(short), len(data))
+           + hashlib.sha256(short + data).digest() + short + data)
+    _expect(_write_raw(tmp_path, raw), A.BadHeader)
