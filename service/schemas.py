@@ -72,18 +72,18 @@ def _name_dict_key(message: str, body: bytes) -> str:
 
     Only runs on the error path: the body is re-read untyped to find the first bad value.
     """
-    if not message.endswith("[...]"):
+    if "[...]" not in message or " - at `" not in message:
         return message
-    path = message.rsplit(" - at `", 1)[-1].rstrip("`")
+    path = message.rsplit(" - at `", 1)[1]
     try:
         node = msgspec.json.decode(body)
-        for part in path[1:-5].replace("[", ".").replace("]", "").split("."):
+        for part in path[1 : path.index("[...]")].replace("[", ".").replace("]", "").split("."):
             if part:
                 node = node[int(part)] if isinstance(node, list) else node[part]
         for key, value in node.items():
             if isinstance(value, dict) or (isinstance(value, list)
                                           and any(isinstance(x, (dict, list)) for x in value)):
-                return message.replace("[...]", f"[{key!r}]") + f": field {key!r} has a bad value"
+                return message.replace("[...]", f"[{key!r}]", 1) + f": field {key!r} has a bad value"
     except (msgspec.DecodeError, KeyError, IndexError, ValueError, TypeError, AttributeError):
         pass
     return message

@@ -1,0 +1,230 @@
+"""Helpers for the service tests: real artifacts from random parameters + the naive reference.
+
+``make_artifact`` writes a real artifact (exporter.export.export_params -> service.artifact) for
+a small schema with context/item, numeric and multi-valued fields; ``reference_scores`` encodes
+a request with adrank's Preprocessor and scores it with tests/naive.py (click probability for
+binary targets), independently of the Ranker and its kernels.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from adrank.preprocess import Preprocessor, Vocab, hash_tokens, numeric_token
+from adrank.schema import Field, Schema
+from tests import naive
+
+SCHEMA = Schema("svc-test", (
+    Field("C1", "categorical", "context"),
+    Field("I1", "numeric", "context"),
+    Field("genres", "multi", "context", max_values=3),
+    Field("C14", "categorical", "item"),
+    Field("C15", "categorical", "item"),
+    Field("tags", "multi", "item", max_values=2),
+))
+ITEM_FIELDS = [f.name for f in SCHEMA.item_fields]
+
+
+def raw_values(field: Field) -> list:
+    if field.type == "numeric":
+        return list(range(0, 30, 3))
+    return [f"{field.name.lower()}-{j}" for j in range(8)]
+
+
+def preprocessor() -> Preprocessor:
+    kept = []
+    for f in SCHEMA.fields:
+        vals = raw_values(f)
+        toks = [numeric_token(v) for v in vals] if f.type == "numeric" else [str(v) for v in vals]
+        kept.append(hash_tokens(sorted(set(toks))[:-1]))  # leave one value unseen (-> rare id)
+    return Preprocessor(SCHEMA, Vocab.from_kept(kept))
+
+
+def random_params(kind: str, n: int, m: int, k: int = 4, rho: int = 2, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    p = {"bias": np.array([rng.normal(0, 0.2)], dtype=np.float32),
+         "linear": rng.normal(0, 0.2, n).astype(np.float32),
+         "emb": rng.normal(0, 0.3, (n, k)).astype(np.float32)}
+    if kind in ("fwfm", "pruned"):
+        R = rng.normal(0, 0.5, (m, m))
+        R = np.triu(R, 1)
+        R = (R + R.T).astype(np.float32)
+        if kind == "pruned":
+            p["mask"] = naive.prune_mask(R, rho)
+            R = np.where(p["mask"], R, 0).astype(np.float32)
+        p["R"] = R
+    if kind == "dplr":
+        p["U"] = rng.normal(0, 0.5, (rho, m)).astype(np.float32)
+        p["e"] = rng.normal(0, 1.0, rho).astype(np.float32)
+    return p
+
+
+def make_artifact(path: Path, kind: str = "dplr", seed: int = 0, rho: int = 2) -> dict:
+    """Write a real artifact; returns the unfolded params (the reference's input)."""
+    from exporter.export import export_params
+
+    pre = preprocessor()
+    params = random_params(kind, pre.vocab.n_features, SCHEMA.m, rho=rho, seed=seed)
+    config = {"kind": kind, "rank": rho if kind in ("dplr", "pruned") else None}
+    export_params(params, config, pre, path)
+    return params
+
+
+def random_request(rng: np.random.Generator, n_ads: int = 5, positional: bool = False) -> dict:
+    def value(f: Field):
+        vals = raw_values(f) + [None]
+        if f.type == "multi":
+            return [vals[i] for i in rng.choice(len(vals) - 1, rng.integers(0, 4))]
+        return vals[rng.integers(len(vals))]
+
+    ctx = {f.name: value(f) for f in SCHEMA.context_fields if rng.random() < 0.9}
+    ads = []
+    for i in range(n_ads):
+        feats = {f.name: value(f) for f in SCHEMA.item_fields if rng.random() < 0.9}
+        if positional:
+            ads.append({"id": f"ad-{i}", "values": [feats.get(n) for n in ITEM_FIELDS]})
+        else:
+            ads.append({"id": f"ad-{i}", "features": feats})
+    return {"context": ctx, "ads": ads}
+
+
+def reference_scores(kind: str, params: dict, request: dict, target: str = "binary") -> dict[str, float]:
+    """id -> score by tests/naive.py on rows encoded by adrank's Preprocessor."""
+    pre = preprocessor()
+    rows = []
+    for ad in request["ads"]:
+        feats = ad.get("features") or dict(zip(ITEM_FIELDS, ad.get("values", []), strict=False))
+        rows.append({**request.get("context", {}), **feats})
+    X = pre.encode_rows(rows)
+    raw = naive.scores(kind, X, SCHEMA.slot_offsets, params)
+    out = 1 / (1 + np.exp(-raw)) if target == "binary" else raw
+    return {ad["id"]: float(s) for ad, s in zip(request["ads"], out, strict=True)}
+
+
+# --- a real server in a subprocess ---------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`adrank serve ...` on loopback; waits for /readyz; always killed on exit."""
+
+    def __init__(self, args: list[str], env: dict, timeout: float = 90):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adrank.cli", "serve", *args, "--port", str(self.port), "--no-access-log",
+             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server not ready in time")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --- loader: the real Ranker (service/ranker.py) -------------------------------------------
+def ranker_loader():
+    """``loader(path, name)`` for create_app: the real Ranker."""
+    try:
+        from service.ranker import Ranker
+    except ModuleNotFoundError:  # TEMPORARY until service/ranker.py lands
+        Ranker = _StandIn
+    return lambda path, name: Ranker.load(path, name=name)
+
+
+class _StandIn:  # TEMPORARY: folded-artifact evaluator in numpy, to develop the app
+    @classmethod
+    def load(cls, path, name=None):
+        from service.artifact import load_preprocessor, read_artifact
+
+        self = cls()
+        a = read_artifact(path)
+        self.a, self.name, self.version, self.kind = a, name, a.version, a.kind
+        self.rank_ = a.manifest.get("rank")
+        self.pre = load_preprocessor(a)
+        self.nbytes = a.nbytes
+        return self
+
+    def warm(self):
+        pass
+
+    def info(self):
+        s = self.pre.schema
+        return {"name": self.name, "version": self.version, "kind": self.kind, "rank": self.rank_,
+                "embedding": "dense", "size_bytes": self.nbytes,
+                "fields": [{"name": f.name, "type": f.type, "role": f.role} for f in s.fields]}
+
+    def rank(self, context, ads, top_k=None):
+        from adrank.preprocess import EncodeError
+
+        s = self.pre.schema
+        cn = {f.name for f in s.context_fields}
+        items = [f.name for f in s.item_fields]
+        for k in context:
+            if k not in cn:
+                raise EncodeError(k, "unknown context field")
+        rows = []
+        for ad in ads:
+            if "values" in ad:
+                if len(ad["values"]) > len(items):
+                    raise EncodeError("values", "too many values")
+                feats = dict(zip(items, ad["values"], strict=False))
+            else:
+                feats = ad.get("features", {})
+            for k in feats:
+                if k not in items:
+                    raise EncodeError(k, "unknown item field")
+            rows.append({**context, **feats})
+        X = self.pre.encode_rows(rows)
+        A = {k: np.asarray(v, dtype=np.float64) for k, v in self.a.arrays.items() if not k.startswith("vocab")}
+        off = s.slot_offsets
+        out = []
+        for x in X:
+            V, lin = naive.field_vectors(x, off, A["emb"], A["linear"])
+            sc = A["bias"][0] + lin.sum()
+            if self.kind in ("fm", "dplr"):
+                sq = (V * V).sum(1)
+                P = V.sum(0, keepdims=True) if self.kind == "fm" else A["U"] @ V
+                e = np.ones(1) if self.kind == "fm" else A["e"]
+                sc += 0.5 * ((e * (P * P).sum(1)).sum() + (A["d"] * sq).sum())
+            elif self.kind == "pruned":
+                for i, j, r in zip(self.a.arrays["pair_i"], self.a.arrays["pair_j"], A["pair_r"], strict=True):
+                    sc += r * V[i] @ V[j]
+            else:
+                m = len(off) - 1
+                sc += sum(A["R"][i, j] * V[i] @ V[j] for i in range(m) for j in range(i + 1, m))
+            out.append(1 / (1 + np.exp(-sc)))
+        order = sorted(range(len(ads)), key=lambda i: -out[i])[:top_k]
+        return [(ads[i]["id"], float(out[i])) for i in order]
