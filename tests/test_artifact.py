@@ -407,3 +407,13 @@ def test_header_must_end_on_the_alignment_boundary(tmp_path):
     raw = (b"ADRKART\x00" + struct.pack("<IIQQ", 1, 0, len(short), len(data))
            + hashlib.sha256(short + data).digest() + short + data)
     _expect(_write_raw(tmp_path, raw), A.BadHeader)
+
+
+def test_extra_arrays_and_manifest_members_are_kept_and_ignored(tmp_path):
+    manifest, arrays = tiny()
+    manifest["future_member"] = {"x": 1}
+    extra = {"ad_cache": np.arange(5, dtype=np.float64), "flags": np.array([True, False, True])}
+    art = A.read_artifact(A.write_artifact(tmp_path / "m.adrk", manifest, {**arrays, **extra}).path)
+    assert art.manifest["future_member"] == {"x": 1}
+    for name, a in extra.items():
+        assert art.arrays[name].dtype == a.dtype and np.array_equal(art.arrays[name], a)
