@@ -171,11 +171,14 @@ async def reload_model(name: str, request: Request) -> Response:
         req = schemas.decode_reload(await read_body(request, 64 * 1024))
         old = svc.registry.get(name).version
         new = await asyncio.to_thread(svc.registry.reload, name, req.path)
+        if svc.settings.gc_freeze:
+            gc.freeze()  # the new model's long-lived objects join the frozen generation
+        response = json_response({"model": name, "version": new.version, "previous_version": old,
+                                  "path": str(svc.registry.path_of(name))})
     except ModelLoadError as exc:
-        return ApiError(422, exc.code, exc.detail, model=name, version=old).response()
+        response = ApiError(422, exc.code, exc.detail, model=name, version=old).response()
     except Exception as exc:  # noqa: BLE001
-        return _error_response(exc)
-    finally:
-        gc.freeze()  # the new model's long-lived objects join the frozen generation
-    return json_response({"model": name, "version": new.version, "previous_version": old,
-                          "path": str(svc.registry.path_of(name))})
+        response = _error_response(exc)
+    known = name if name in svc.registry.names() else ""
+    metrics.REQUESTS.labels(RELOAD, known, str(response.status_code)).inc()
+    return response

@@ -156,75 +156,7 @@ class Server:
 
 # --- loader: the real Ranker (service/ranker.py) -------------------------------------------
 def ranker_loader():
-    """``loader(path, name)`` for create_app: the real Ranker."""
-    try:
-        from service.ranker import Ranker
-    except ModuleNotFoundError:  # TEMPORARY until service/ranker.py lands
-        Ranker = _StandIn
+    """``loader(path, name)`` for create_app: the real Ranker (service/ranker.py)."""
+    from service.ranker import Ranker
+
     return lambda path, name: Ranker.load(path, name=name)
-
-
-class _StandIn:  # TEMPORARY: folded-artifact evaluator in numpy, to develop the app
-    @classmethod
-    def load(cls, path, name=None):
-        from service.artifact import load_preprocessor, read_artifact
-
-        self = cls()
-        a = read_artifact(path)
-        self.a, self.name, self.version, self.kind = a, name, a.version, a.kind
-        self.rank_ = a.manifest.get("rank")
-        self.pre = load_preprocessor(a)
-        self.nbytes = a.nbytes
-        return self
-
-    def warm(self):
-        pass
-
-    def info(self):
-        s = self.pre.schema
-        return {"name": self.name, "version": self.version, "kind": self.kind, "rank": self.rank_,
-                "embedding": "dense", "size_bytes": self.nbytes,
-                "fields": [{"name": f.name, "type": f.type, "role": f.role} for f in s.fields]}
-
-    def rank(self, context, ads, top_k=None):
-        from adrank.preprocess import EncodeError
-
-        s = self.pre.schema
-        cn = {f.name for f in s.context_fields}
-        items = [f.name for f in s.item_fields]
-        for k in context:
-            if k not in cn:
-                raise EncodeError(k, "unknown context field")
-        rows = []
-        for ad in ads:
-            if "values" in ad:
-                if len(ad["values"]) > len(items):
-                    raise EncodeError("values", "too many values")
-                feats = dict(zip(items, ad["values"], strict=False))
-            else:
-                feats = ad.get("features", {})
-            for k in feats:
-                if k not in items:
-                    raise EncodeError(k, "unknown item field")
-            rows.append({**context, **feats})
-        X = self.pre.encode_rows(rows)
-        A = {k: np.asarray(v, dtype=np.float64) for k, v in self.a.arrays.items() if not k.startswith("vocab")}
-        off = s.slot_offsets
-        out = []
-        for x in X:
-            V, lin = naive.field_vectors(x, off, A["emb"], A["linear"])
-            sc = A["bias"][0] + lin.sum()
-            if self.kind in ("fm", "dplr"):
-                sq = (V * V).sum(1)
-                P = V.sum(0, keepdims=True) if self.kind == "fm" else A["U"] @ V
-                e = np.ones(1) if self.kind == "fm" else A["e"]
-                sc += 0.5 * ((e * (P * P).sum(1)).sum() + (A["d"] * sq).sum())
-            elif self.kind == "pruned":
-                for i, j, r in zip(self.a.arrays["pair_i"], self.a.arrays["pair_j"], A["pair_r"], strict=True):
-                    sc += r * V[i] @ V[j]
-            else:
-                m = len(off) - 1
-                sc += sum(A["R"][i, j] * V[i] @ V[j] for i in range(m) for j in range(i + 1, m))
-            out.append(1 / (1 + np.exp(-sc)))
-        order = sorted(range(len(ads)), key=lambda i: -out[i])[:top_k]
-        return [(ads[i]["id"], float(out[i])) for i in order]
