@@ -1,1 +1,1 @@
-"""adrank service/kernels."""
+"""Numba scoring kernels: one module per model family, `registry.make_scorer` picks one by kind."""

@@ -1,0 +1,115 @@
+"""The `Scorer` interface shared by every model family.
+
+A scorer is built once from an artifact's manifest + arrays and then answers
+
+* ``score(ctx int32[S_C], items int32[N, S_I]) -> float64[N]``: raw scores of N candidates for
+  one context, the context part computed once (Algorithm 1, step 1) and the item fields of
+  every candidate streamed by a compiled kernel (steps 2-3) — no Python per candidate;
+* ``score_rows(X int32[B, S]) -> float64[B]``: full rows (evaluation).  This reuses the same
+  compiled kernels with a *plan* in which no field is context and every field is an item.
+
+Subclasses provide ``_setup`` (read their arrays, pick compiled kernels for this k),
+``_plan(ctx_fields, item_fields, item_offs) -> (ctx_params, item_params)`` (per-field
+coefficients split by role, item slots split by :func:`fields.split_fields`),
+``_context(ctx, offs, *ctx_params) -> state`` and ``_items(state, X, *item_params, out, parallel)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adrank.preprocess import PAD
+from adrank.schema import Schema
+from service.kernels import config
+
+
+class Scorer:
+    kind = ""
+
+    def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool = True,
+                 parallel_min: int | None = None):
+        self.schema = Schema.from_dict(manifest["schema"])
+        self.m = self.schema.m
+        emb = np.asarray(arrays["emb"])
+        if emb.ndim != 2:
+            raise ValueError(f"{self.kind} artifact: 'emb' must be 2-D [n, k], got shape {emb.shape}")
+        self.n_features, self.k = emb.shape
+        if "n_features" in manifest and int(manifest["n_features"]) != self.n_features:
+            raise ValueError(f"{self.kind} artifact: 'emb' has {self.n_features} rows, manifest says "
+                             f"n_features={manifest['n_features']}")
+        self.emb = config.aligned(emb)
+        self.linear = config.aligned(np.asarray(arrays["linear"]).reshape(-1))
+        if self.linear.shape != (self.n_features,):
+            raise ValueError(f"{self.kind} artifact: 'linear' must have {self.n_features} entries")
+        self.bias = float(np.asarray(arrays["bias"]).reshape(-1)[0])
+        self.prefetch = prefetch
+        self.parallel_min = config.PARALLEL_MIN_CANDIDATES if parallel_min is None else parallel_min
+        self._setup(arrays)
+
+        offs = np.asarray(self.schema.slot_offsets, dtype=np.int64)
+        m_c = self.schema.m_context
+        self.n_context_slots = int(offs[m_c])
+        self.n_item_slots = int(offs[-1] - offs[m_c])
+        none, ctx_f, item_f, all_f = (np.arange(a, b) for a, b in ((0, 0), (0, m_c), (m_c, self.m), (0, self.m)))
+        self._ctx_offs = offs[: m_c + 1].copy()
+        self._item_offs = offs[m_c:] - offs[m_c]
+        self._ctx_params, self._item_params = self._plan(ctx_f, item_f, self._item_offs)
+        self._rows_offs = offs
+        self._rows_ctx_params, self._rows_params = self._plan(none, all_f, offs)
+        self._no_ctx = np.zeros(0, dtype=np.int32)
+        self._no_offs = np.zeros(1, dtype=np.int64)
+
+    # --- public --------------------------------------------------------------------------
+    def score(self, ctx, items) -> np.ndarray:
+        """Raw scores float64[N] of ``items`` int32[N, S_I] under context ``ctx`` int32[S_C]."""
+        ctx = self._ids(ctx, (self.n_context_slots,), "context")
+        X = self._ids(items, (-1, self.n_item_slots), "items")
+        state = self._context(ctx, self._ctx_offs, *self._ctx_params)
+        out = np.empty(X.shape[0], dtype=np.float64)
+        self._items(state, X, *self._item_params, out, X.shape[0] >= self.parallel_min)
+        return out
+
+    def score_rows(self, X) -> np.ndarray:
+        """Raw scores float64[B] of full encoded rows ``X`` int32[B, S]."""
+        X = self._ids(X, (-1, self._rows_offs[-1]), "rows")
+        state = self._context(self._no_ctx, self._no_offs, *self._rows_ctx_params)
+        out = np.empty(X.shape[0], dtype=np.float64)
+        self._items(state, X, *self._rows_params, out, X.shape[0] >= self.parallel_min)
+        return out
+
+    def warm(self) -> None:
+        """Compile (or load from the numba cache) every kernel used at serving time."""
+        ctx = np.zeros(self.n_context_slots, dtype=np.int32)
+        X = np.zeros((3, self.n_item_slots), dtype=np.int32)
+        state = self._context(ctx, self._ctx_offs, *self._ctx_params)
+        out = np.empty(3)
+        for parallel in (False, True):
+            self._items(state, X, *self._item_params, out, parallel)
+        self.score_rows(np.zeros((1, int(self._rows_offs[-1])), dtype=np.int32))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.emb.nbytes + self.linear.nbytes)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _ids(self, a, shape, what) -> np.ndarray:
+        a = np.ascontiguousarray(a, dtype=np.int32)
+        if a.ndim != len(shape) or any(s >= 0 and s != t for s, t in zip(shape, a.shape, strict=True)):
+            want = "x".join("N" if s < 0 else str(s) for s in shape)
+            raise ValueError(f"{what}: expected an int32 array of shape [{want}], got {list(a.shape)}")
+        if a.size and (a.max() >= self.n_features or a.min() < PAD):
+            raise ValueError(f"{what}: feature ids must lie in [-1, {self.n_features}), "
+                             f"got [{a.min()}, {a.max()}]")
+        return a
+
+    def _setup(self, arrays):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _plan(self, ctx_fields, item_fields, item_offs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _context(self, ctx, offs, *params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _items(self, state, X, *rest):  # pragma: no cover - abstract
+        raise NotImplementedError

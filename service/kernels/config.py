@@ -1,0 +1,91 @@
+"""Code-generation choices for every scoring kernel, in one place (DESIGN.md §7).
+
+What was measured to matter on this machine, and how each is applied here:
+
+* **k known at compile time.**  Each kernel family is built by a factory closed over the
+  artifact's embedding dimension ``K`` (and rank ``RHO`` for DPLR), so every ``range(K)`` loop
+  has a constant trip count that LLVM fully unrolls and keeps in vector registers.  Numba caches
+  closures keyed by their cell values, so ``cache=True`` still works per (K, RHO).
+* **Capped vector width.**  ``VECTOR_WIDTH_BITS`` is handed to LLVM as the target's preferred
+  vector width; 256 keeps a 16-float row in two AVX registers instead of one zmm register whose
+  horizontal reductions and frequency cost hurt on the short rows here.
+* **Prefetch.**  ``prefetch_row(table, row)`` emits ``llvm.prefetch`` (read, keep in all
+  caches) for the first byte of ``table[row]``; kernels prefetch the rows of the candidate
+  ``PREFETCH_DISTANCE`` ahead.  A 64-byte row is one cache line when the table is 64-byte
+  aligned, which :func:`aligned` guarantees.
+* **Threads only for large auctions.**  ``PARALLEL_MIN_CANDIDATES`` decides when the numba
+  ``prange`` driver is used; below it, a request never touches the thread pool.
+
+``NUMBA_CACHE_DIR`` is honoured by numba itself (``cache=True`` everywhere).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+# The njit options every kernel uses.  fastmath lets LLVM reassociate the k-long dot products
+# (vectorised reductions); NaN/inf semantics are kept ("nnan"/"ninf" are not set).
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
+NJIT_PARALLEL = dict(NJIT, parallel=True)
+
+PREFETCH_DISTANCE = 2  # candidates ahead (DESIGN §7: "the rows of the candidates two ahead")
+PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
+PARALLEL_CHUNK = 512  # candidates per prange task
+ALIGNMENT = 64  # bytes
+VECTOR_WIDTH_BITS = int(os.environ.get("ADRANK_VECTOR_WIDTH_BITS", "256"))
+
+
+def _cap_vector_width() -> None:
+    """Ask LLVM to prefer ``VECTOR_WIDTH_BITS``-bit vectors (process-wide LLVM option)."""
+    if VECTOR_WIDTH_BITS <= 0:
+        return
+    import llvmlite.binding as llvm
+
+    try:
+        llvm.set_option("adrank", f"-force-vector-width={VECTOR_WIDTH_BITS // 32}")
+    except Exception:  # pragma: no cover - an LLVM without the option: keep defaults
+        pass
+
+
+@intrinsic
+def prefetch_row(typingctx, table, row):
+    """``llvm.prefetch(&table[row, 0], read, locality=3, data)``: a hint, never a fault."""
+    if not isinstance(table, types.Array) or not isinstance(row, types.Integer):
+        return None
+    sig = types.void(table, row)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        inds = [idx] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``a`` as a C-contiguous array of ``dtype`` whose data starts on a 64-byte boundary.
+
+    Returns ``a`` itself when it already qualifies (e.g. an aligned read-only mmap view, which
+    stays shared between processes); otherwise copies once, at load time.
+    """
+    a = np.asarray(a)
+    if a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % ALIGNMENT == 0:
+        return a
+    buf = np.empty(a.nbytes + ALIGNMENT, dtype=np.uint8)
+    start = (-buf.ctypes.data) % ALIGNMENT
+    out = buf[start : start + a.size * np.dtype(dtype).itemsize].view(dtype).reshape(a.shape)
+    out[...] = a
+    return out

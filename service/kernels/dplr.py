@@ -1,0 +1,121 @@
+"""DPLR-FwFM scoring with a cached context: the paper's Algorithm 1 (Sec. 4.2, Eq. 9-10).
+
+With R = U^T diag(e) U + diag(d) (Eq. 10) and field vectors V = [V_C; V_I] (Eq. 4),
+Proposition 1 gives  sum_{i<j} R_ij <v_i, v_j> = 1/2 ( sum_f d_f ||v_f||^2 + sum_r e_r ||P_r||^2 ),
+P = U V.  The artifact folds d_f ||v_f||^2 of single-valued fields into ``linear``; ``d`` keeps
+the multi-valued ones (0 elsewhere).
+
+Once per request (step 1):  P_C = U_C V_C  [rho, k],
+``const = b + sum_{f in C} lin_f + 1/2 sum_{f in C} d_f ||v_f||^2``  (s_C folded in).
+Per candidate (steps 2-3), O(rho |I| k):  P_r = (P_C)_r + sum_{f in I} U_rf v_f,
+``score = const + sum_{f in I} lin_f + 1/2 (sum_{f in I} d_f ||v_f||^2 + sum_r e_r ||P_r||^2)``.
+
+The kernel keeps one P_r in registers at a time (``r`` outer, item fields inner): the first
+pass gathers the candidate's rows from memory, the other rho - 1 passes re-read them from L1.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numba import njit, prange
+
+from service.kernels.base import Scorer
+from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
+from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.vec import vaxpy, vdot, vload, vstore
+
+
+@cache
+def build(K: int, prefetch: bool):
+    """(context, items, items_parallel) kernels specialised for embedding dimension ``K``."""
+
+    @njit(**NJIT)
+    def context(ctx, offs, emb, linear, U_c, d_c):
+        rho = U_c.shape[0]
+        P_c = np.zeros((rho, K), np.float32)
+        v = np.empty(K, np.float32)
+        lin = 0.0
+        dn = 0.0
+        for f in range(offs.shape[0] - 1):
+            lin += field_vector(ctx, offs[f], offs[f + 1], emb, linear, v)
+            x = vload(v, 0, K)
+            for r in range(rho):
+                vstore(P_c, r, vaxpy(vload(P_c, r, K), U_c[r, f], x))
+            dn += d_c[f] * norm2(v)
+        return P_c, lin + 0.5 * dn
+
+    @njit(**NJIT)
+    def items(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
+        rho = e.shape[0]
+        n_m = multi.shape[0]
+        V_m = np.empty((max(n_m, 1), K), np.float32)
+        for n in range(start, stop):
+            if prefetch:
+                prefetch_candidate(X, n, stop, emb, linear)
+            lin = np.float32(0.0)
+            dn = 0.0
+            for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
+                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V_m[j])
+                dn += d_m[j] * norm2(V_m[j])
+            for i in range(single.shape[0]):
+                idx = X[n, single[i]]
+                if idx >= 0:
+                    lin += linear[idx]
+            quad = 0.0
+            for r in range(rho):
+                p = vload(P_c, r, K)
+                for i in range(single.shape[0]):
+                    idx = X[n, single[i]]
+                    if idx >= 0:
+                        p = vaxpy(p, U_s[r, i], vload(emb, idx, K))
+                for j in range(n_m):
+                    p = vaxpy(p, U_m[r, j], vload(V_m, j, K))
+                quad += e[r] * vdot(p, p)
+            out[n] = const + lin + 0.5 * (dn + quad)
+
+    @njit(**NJIT_PARALLEL)
+    def items_parallel(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out):
+        n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
+        for c in prange(n_chunks):
+            lo = c * PARALLEL_CHUNK
+            hi = min(lo + PARALLEL_CHUNK, X.shape[0])
+            items(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, lo, hi)
+
+    return context, items, items_parallel
+
+
+class DPLRScorer(Scorer):
+    kind = "dplr"
+
+    def _setup(self, arrays):
+        self.U = np.ascontiguousarray(arrays["U"], dtype=np.float32)
+        self.e = np.ascontiguousarray(np.asarray(arrays["e"]).reshape(-1), dtype=np.float64)
+        self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
+        rho = self.e.shape[0]
+        if self.U.shape != (rho, self.m):
+            raise ValueError(f"dplr artifact: 'U' must have shape ({rho}, {self.m}), got {self.U.shape}")
+        if self.d.shape != (self.m,):
+            raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
+        self.rho = rho
+        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, self.prefetch)
+
+    def _plan(self, ctx_fields, item_fields, item_offs):
+        single, single_f, multi = split_fields(item_offs)
+        U_i = self.U[:, item_fields]
+        item = (single, multi, np.ascontiguousarray(U_i[:, single_f]),
+                np.ascontiguousarray(U_i[:, multi[:, 2]]), self.d[item_fields][multi[:, 2]].copy())
+        return (np.ascontiguousarray(self.U[:, ctx_fields]), self.d[ctx_fields].copy()), item
+
+    def _context(self, ctx, offs, U_c, d_c):
+        P_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, U_c, d_c)
+        return P_c, self.bias + c
+
+    def _items(self, state, X, single, multi, U_s, U_m, d_m, out, parallel):
+        P_c, const = state
+        args = (P_c, const, X, single, multi, U_s, U_m, d_m, self.e, self.emb, self.linear, out)
+        if parallel:
+            self._par_fn(*args)
+        else:
+            self._items_fn(*args, 0, X.shape[0])

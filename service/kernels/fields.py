@@ -1,0 +1,75 @@
+"""Field vectors from encoded slots, shared by every kernel family.
+
+A field f of a row ``x`` owns slots ``offs[f]:offs[f+1]``.  Its vector is
+``v_f = (1/n) sum_{s: x_s != PAD} emb[x_s]`` and its linear term the same mean of
+``linear[x_s]`` (the paper's Sec. 3.2: x_j = 1/n on each of n values); a field with no
+non-PAD slot contributes the zero vector.  Single-slot fields take an inlined fast path in the
+kernels; this module is the general (multi-valued) path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from service.kernels.config import NJIT, PREFETCH_DISTANCE, prefetch_row
+
+
+@njit(**NJIT)
+def field_vector(x, lo, hi, emb, linear, v):
+    """Write v_f (mean of the non-PAD slots' rows) into ``v``; return the mean linear term."""
+    k = v.shape[0]
+    for t in range(k):
+        v[t] = 0.0
+    n = 0
+    lin = 0.0
+    for s in range(lo, hi):
+        idx = x[s]
+        if idx >= 0:
+            n += 1
+            lin += linear[idx]
+            for t in range(k):
+                v[t] += emb[idx, t]
+    if n > 1:
+        inv = np.float32(1.0 / n)
+        for t in range(k):
+            v[t] *= inv
+        lin /= n
+    return lin
+
+
+@njit(**NJIT)
+def norm2(v):
+    s = 0.0
+    for t in range(v.shape[0]):
+        s += v[t] * v[t]
+    return s
+
+
+@njit(**NJIT)
+def prefetch_candidate(items, n, stop, emb, linear):
+    """Prefetch the embedding and linear rows of candidate ``n + PREFETCH_DISTANCE``."""
+    p = n + PREFETCH_DISTANCE
+    if p < stop:
+        for s in range(items.shape[1]):
+            idx = items[p, s]
+            if idx >= 0:
+                prefetch_row(emb, idx)
+                prefetch_row(linear, idx)
+
+
+def split_fields(offs: np.ndarray):
+    """Split a slot layout into the single-slot fast path and the multi-valued rest.
+
+    ``offs`` int64[F+1] are the slot offsets of F fields.  Returns ``(single, single_f, multi)``:
+    ``single`` int64[F1] the slot of each single-slot field and ``single_f`` its field position
+    in ``offs``; ``multi`` int64[F2, 3] rows ``(lo, hi, f)`` for the other fields.  Kernels loop
+    over ``single`` with no branch or call, then over ``multi`` through :func:`field_vector`;
+    plans permute per-field coefficients into the same order.
+    """
+    offs = np.asarray(offs, dtype=np.int64)
+    width = np.diff(offs)
+    one = np.flatnonzero(width == 1)
+    many = np.flatnonzero(width != 1)
+    multi = np.stack([offs[many], offs[many + 1], many], axis=1).astype(np.int64).reshape(-1, 3)
+    return offs[one].copy(), one.astype(np.int64), multi

@@ -1,0 +1,99 @@
+"""FM scoring with a cached context (DPLR-FwFM paper, Eq. 1 and 2d).
+
+Artifact semantics (diagonals folded, ``d`` left only for multi-valued fields, -1 there)::
+
+    score(x) = b + sum_f lin_f + 1/2 ( || sum_f v_f ||^2 + sum_f d_f ||v_f||^2 )
+
+Once per request (context fields C):  a_C = sum_{f in C} v_f,
+``const = b + sum_{f in C} lin_f + 1/2 sum_{f in C} d_f ||v_f||^2``.
+Per candidate (item fields I), O(|I| k):  a = a_C + sum_{f in I} v_f,
+``score = const + sum_{f in I} lin_f + 1/2 (||a||^2 + sum_{f in I} d_f ||v_f||^2)``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numba import njit, prange
+
+from service.kernels.base import Scorer
+from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
+from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.vec import vadd, vdot, vload, vstore, vzero
+
+
+@cache
+def build(K: int, prefetch: bool):
+    """(context, items, items_parallel) kernels specialised for embedding dimension ``K``."""
+
+    @njit(**NJIT)
+    def context(ctx, offs, emb, linear, d):
+        a = vzero(K)
+        v = np.empty(K, np.float32)
+        lin = 0.0
+        dn = 0.0
+        for f in range(offs.shape[0] - 1):
+            lin += field_vector(ctx, offs[f], offs[f + 1], emb, linear, v)
+            a = vadd(a, vload(v, 0, K))
+            dn += d[f] * norm2(v)
+        a_c = np.empty(K, np.float32)
+        vstore(a_c, 0, a)
+        return a_c, lin + 0.5 * dn
+
+    @njit(**NJIT)
+    def items(a_c, const, X, single, multi, d_m, emb, linear, out, start, stop):
+        v = np.empty(K, np.float32)
+        for n in range(start, stop):
+            if prefetch:
+                prefetch_candidate(X, n, stop, emb, linear)
+            a = vload(a_c, 0, K)
+            lin = np.float32(0.0)
+            for s in single:  # single-valued: d_f already folded into linear
+                idx = X[n, s]
+                if idx >= 0:
+                    lin += linear[idx]
+                    a = vadd(a, vload(emb, idx, K))
+            dn = 0.0
+            for j in range(multi.shape[0]):
+                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, v)
+                a = vadd(a, vload(v, 0, K))
+                dn += d_m[j] * norm2(v)
+            out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
+
+    @njit(**NJIT_PARALLEL)
+    def items_parallel(a_c, const, X, single, multi, d_m, emb, linear, out):
+        n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
+        for c in prange(n_chunks):
+            lo = c * PARALLEL_CHUNK
+            hi = min(lo + PARALLEL_CHUNK, X.shape[0])
+            items(a_c, const, X, single, multi, d_m, emb, linear, out, lo, hi)
+
+    return context, items, items_parallel
+
+
+class FMScorer(Scorer):
+    kind = "fm"
+
+    def _setup(self, arrays):
+        self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
+        if self.d.shape != (self.m,):
+            raise ValueError(f"fm artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
+        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, self.prefetch)
+
+    def _plan(self, ctx_fields, item_fields, item_offs):
+        single, _, multi = split_fields(item_offs)
+        d_m = self.d[item_fields][multi[:, 2]].copy()
+        return (self.d[ctx_fields].copy(),), (single, multi, d_m)
+
+    def _context(self, ctx, offs, d_c):
+        a_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, d_c)
+        return a_c, self.bias + c
+
+    def _items(self, state, X, single, multi, d_m, out, parallel):
+        a_c, const = state
+        args = (a_c, const, X, single, multi, d_m, self.emb, self.linear, out)
+        if parallel:
+            self._par_fn(*args)
+        else:
+            self._items_fn(*args, 0, X.shape[0])

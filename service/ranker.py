@@ -1,0 +1,95 @@
+"""Artifact + kernels -> ``rank(context, ads, top_k)``.  No HTTP here, and never torch.
+
+A Ranker owns one loaded model: its manifest, its (memory-mapped) arrays, the preprocessing
+that travelled with it (:class:`RequestEncoder`) and the scorer for its kind
+(``service.kernels.registry``).  ``rank`` encodes the request, scores every candidate with the
+context part computed once, and returns ``(ad id, score)`` sorted by score, best first, ties in
+input order.  The score is the click probability ``sigmoid(raw)`` for ``target == "binary"``
+and the raw prediction for regression; ordering uses the raw score (the sigmoid is monotone
+but saturates to 1.0 in float64, which would create false ties).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from adrank.preprocess import Preprocessor
+from service.encode import RequestEncoder, RequestError
+from service.kernels.registry import make_scorer
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow warnings for large |x|."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+
+
+class Ranker:
+    def __init__(self, manifest: dict, arrays: dict, version: str = "test", name: str | None = None,
+                 preprocessor: Preprocessor | None = None, nbytes: int | None = None, **scorer_options):
+        self.manifest = manifest
+        self.arrays = arrays
+        self.version = version
+        self.kind = manifest["kind"]
+        self.rho = manifest.get("rank")  # the manifest's rank (``rank`` is the method)
+        self.target = manifest.get("target") or manifest["schema"].get("target", "binary")
+        self.preprocessor = preprocessor or Preprocessor.from_state(manifest["preprocess"], arrays)
+        self.schema = self.preprocessor.schema
+        self.name = name or self.schema.name
+        emb = manifest.get("embedding") or {"type": "dense"}
+        self.embedding = emb.get("type", "dense") if isinstance(emb, dict) else str(emb)
+        if self.embedding != "dense":
+            raise ValueError(f"model {self.name!r}: embedding type {self.embedding!r} is not served by the dense "
+                             "kernels (export with dense embeddings)")
+        self.encoder = RequestEncoder(self.preprocessor)
+        self.scorer = make_scorer(manifest, arrays, **scorer_options)
+        self.nbytes = int(nbytes if nbytes is not None else sum(np.asarray(a).nbytes for a in arrays.values()))
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def load(cls, path, name: str | None = None, **scorer_options) -> Ranker:
+        """Read (verify + mmap) an artifact file; ``name`` defaults to the file's stem."""
+        from service.artifact import load_preprocessor, read_artifact
+
+        art = read_artifact(path)
+        return cls(art.manifest, art.arrays, version=art.version, name=name or Path(path).stem,
+                   preprocessor=load_preprocessor(art), nbytes=art.nbytes, **scorer_options)
+
+    @classmethod
+    def from_parts(cls, manifest: dict, arrays: dict, version: str = "test", name: str | None = None,
+                   **scorer_options) -> Ranker:
+        return cls(manifest, arrays, version=version, name=name, **scorer_options)
+
+    # --- serving -------------------------------------------------------------------------
+    def warm(self) -> None:
+        """Compile (or load from cache) every kernel, and run the encoder once."""
+        self.scorer.warm()
+        self.rank({}, [{"id": "warm", "features": {}}])
+
+    def rank(self, context: dict, ads: list[dict], top_k: int | None = None) -> list[tuple]:
+        """[(ad id, score)] best first (ties in input order), at most ``top_k`` of them."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise RequestError("top_k", f"expected a non-negative integer, got {top_k!r}", code="invalid_value")
+        ctx = self.encoder.encode_context(context)
+        ids, X = self.encoder.encode_ads(ads)
+        raw = self.scorer.score(ctx, X)
+        order = np.argsort(-raw, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        out = self._link(raw[order])
+        return [(ids[i], s) for i, s in zip(order.tolist(), out.tolist(), strict=True)]
+
+    def predict_encoded(self, X: np.ndarray) -> np.ndarray:
+        """Full encoded rows int32[B, S] -> probabilities (binary) or predictions (regression)."""
+        return self._link(self.scorer.score_rows(X))
+
+    def info(self) -> dict:
+        return {"name": self.name, "version": self.version, "kind": self.kind, "rank": self.rho,
+                "embedding": self.embedding, "size_bytes": self.nbytes,
+                "fields": [{"name": f.name, "type": f.type, "role": f.role} for f in self.schema.fields]}
+
+    def _link(self, raw: np.ndarray) -> np.ndarray:
+        return sigmoid(raw) if self.target == "binary" else raw
+
