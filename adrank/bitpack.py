@@ -103,3 +103,36 @@ def unpack(buf, b: int, n: int) -> np.ndarray:
     out = np.empty(int(n), dtype=np.int64)
     _unpack(buf, b, int(n), out)
     return out
+
+
+def pack_fields(codes, id_offsets, bits):
+    """Pack an [n, D] code table field by field: field f's d-th codes at width ``bits[f]``.
+
+    Returns (``stream`` uint32, ``word_base`` int64 [m, D]): the codes of field f, codebook d
+    form the sub-stream starting at word ``word_base[f, d]`` (-1 where ``bits[f] == 0``, a field
+    kept dense).  Feature i of field f: ``code_of(stream, word_base, bits, id_offsets, f, d, i)``.
+    """
+    codes = np.asarray(codes)
+    off = np.asarray(id_offsets, dtype=np.int64)
+    bits = np.asarray(bits, dtype=np.int64)
+    if codes.ndim != 2 or codes.shape[0] != off[-1] or bits.shape != (off.size - 1,):
+        raise BitpackError(f"need codes [n, D] with n = id_offsets[-1] = {off[-1]} and one width per "
+                           f"field; got codes {codes.shape}, {bits.size} widths for {off.size - 1} fields")
+    D = codes.shape[1]
+    word_base = np.full((off.size - 1, D), -1, dtype=np.int64)
+    parts, n_words = [], 0
+    for f in range(off.size - 1):
+        if bits[f] == 0:
+            continue
+        for d in range(D):
+            word_base[f, d] = n_words
+            parts.append(pack(codes[off[f]:off[f + 1], d], int(bits[f])))
+            n_words += parts[-1].size
+    stream = np.concatenate(parts) if parts else np.zeros(1, np.uint32)
+    return stream, word_base
+
+
+@numba.njit(cache=True, inline="always")
+def code_of(stream, word_base, bits, id_offsets, f, d, i):
+    """Code of global feature id i (of field f) in codebook d, from ``pack_fields`` output."""
+    return unpack_one(stream[word_base[f, d]:], bits[f], i - id_offsets[f])

@@ -6,7 +6,16 @@ import numba
 import numpy as np
 import pytest
 
-from adrank.bitpack import BitpackError, bits_for, pack, packed_words, unpack, unpack_one
+from adrank.bitpack import (
+    BitpackError,
+    bits_for,
+    code_of,
+    pack,
+    pack_fields,
+    packed_words,
+    unpack,
+    unpack_one,
+)
 
 
 def _reference_pack(codes, b):
@@ -73,3 +82,32 @@ def test_unpack_checks_stream():
         unpack(buf.astype(np.int64), 4, 10)
     with pytest.raises(BitpackError, match="at least 1 codeword"):
         bits_for(0)
+
+
+@numba.njit(cache=True)
+def _all_codes(stream, word_base, bits, off, D):
+    out = np.zeros((off[-1], D), np.int64)
+    for f in range(off.size - 1):
+        if bits[f] > 0:
+            for i in range(off[f], off[f + 1]):
+                for d in range(D):
+                    out[i, d] = code_of(stream, word_base, bits, off, f, d, i)
+    return out
+
+
+def test_pack_fields_round_trips_per_field_widths():
+    rng = np.random.default_rng(5)
+    off = np.array([0, 7, 300, 340, 1340])
+    sizes = [0, 1000, 2, 2048]  # field 0 kept dense
+    bits = np.array([bits_for(K) if K else 0 for K in sizes])
+    codes = np.zeros((1340, 3), np.int64)
+    for f, K in enumerate(sizes):
+        if K:
+            codes[off[f]:off[f + 1]] = rng.integers(0, K, (off[f + 1] - off[f], 3))
+    stream, word_base = pack_fields(codes, off, bits)
+    assert (word_base[0] == -1).all() and (word_base[1:] >= 0).all()
+    got = _all_codes(stream, word_base, bits, off, 3)
+    np.testing.assert_array_equal(got[7:], codes[7:])
+    assert stream.nbytes == sum(packed_words(off[f + 1] - off[f], bits[f]) * 4 * 3 for f in (1, 2, 3))
+    with pytest.raises(BitpackError, match="one width per field"):
+        pack_fields(codes, off, bits[:2])

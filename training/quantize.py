@@ -33,6 +33,15 @@ MB = 1024 * 1024
 _CHUNK = 16384  # features quantized per step when decoding the whole table
 
 
+def feature_counts(X, n_features: int, chunk: int = 1 << 20) -> np.ndarray:
+    """Frequencies f_i of every feature id in encoded rows X [N, S] (PAD < 0 ignored), for Eq. 5."""
+    counts = np.zeros(n_features, np.int64)
+    for a in tqdm(range(0, len(X), chunk), desc="feature counts", disable=len(X) <= chunk):
+        ids = np.asarray(X[a:a + chunk]).ravel()
+        counts += np.bincount(ids[ids >= 0], minlength=n_features)[:n_features]
+    return counts
+
+
 def field_sizes_of(id_offsets) -> np.ndarray:
     """n_f per field from ``vocab.id_offsets`` (field f owns ids [off[f], off[f+1]))."""
     off = np.asarray(id_offsets, dtype=np.int64)
@@ -100,7 +109,7 @@ class CodebookEmbedding(nn.Module):
     """
 
     def __init__(self, n_features: int, k: int, id_offsets, codebooks: int = 4, codewords: int = 256,
-                 sizes=None, temperature: float = 1.0, init_std: float = 0.01, seed: int = 0):
+                 sizes=None, temperature: float = 1.0, init_std: float = 0.01, seed: int | None = None):
         super().__init__()
         n_f = field_sizes_of(id_offsets)
         if int(n_f.sum()) != n_features:
@@ -114,7 +123,7 @@ class CodebookEmbedding(nn.Module):
             raise ValueError(f"sizes must give K_f >= 2 or 0 (dense) for each of {len(n_f)} fields")
         self.n_features, self.k, self.D, self.T = int(n_features), int(k), int(codebooks), float(temperature)
         self.id_offsets = [int(o) for o in np.asarray(id_offsets)]
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None  # None: torch's global RNG
         self.weight = nn.Parameter(torch.randn(n_features, k, generator=g) * init_std)
         self.codebooks = nn.ParameterList()
         self.slot = []  # field -> index into self.codebooks, or -1 when kept dense
@@ -141,7 +150,11 @@ class CodebookEmbedding(nn.Module):
             if self.slot[f] < 0:
                 parts.append(v)
                 continue
-            q, _ = quantize(v, self.codebooks[self.slot[f]], self.T)
+            C = self.codebooks[self.slot[f]]
+            if torch.is_grad_enabled():
+                q = quantize(v, C, self.T)[0]
+            else:  # bounded memory for whole-table decoding: [chunk, D, K] similarities at a time
+                q = torch.cat([quantize(v[i:i + _CHUNK], C, self.T)[0] for i in range(0, len(v), _CHUNK)])
             parts.append(q)
             reg.append((uniq[a:b], v, q))
         if keep:
@@ -268,17 +281,25 @@ def kmeans(x: torch.Tensor, K: int, iters: int = 20, seed: int = 0) -> torch.Ten
     u = torch.unique(x, dim=0)  # start from distinct points (duplicates would share a cluster)
     C = u[torch.randperm(u.shape[0], generator=g)[:K]] if u.shape[0] >= K else u[torch.arange(K) % u.shape[0]]
     for _ in range(iters):
-        dist = torch.cdist(x, C).pow(2)  # [N, K]
-        a = dist.argmin(1)
+        a, dmin = _nearest(x, C)
         C_new = torch.zeros_like(C).index_add_(0, a, x)
         cnt = torch.bincount(a, minlength=K)
         C_new /= cnt.clamp(min=1).unsqueeze(1).to(x.dtype)
         empty = torch.nonzero(cnt == 0).flatten()
         if empty.numel():
-            far = dist.gather(1, a[:, None]).squeeze(1).argsort(descending=True)[: empty.numel()]
-            C_new[empty] = x[far]
+            C_new[empty] = x[dmin.argsort(descending=True)[: empty.numel()]]
         C = C_new
     return C
+
+
+def _nearest(x: torch.Tensor, C: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, squared distance) of the nearest centroid of every row, [chunk, K] at a time."""
+    idx, dmin = [], []
+    for a in range(0, x.shape[0], chunk):
+        d, i = torch.cdist(x[a:a + chunk], C).pow(2).min(1)
+        idx.append(i)
+        dmin.append(d)
+    return torch.cat(idx), torch.cat(dmin)
 
 
 def pq_init(dense, id_offsets, D: int, K, iters: int = 20, seed: int = 0, progress: bool = True) -> list:

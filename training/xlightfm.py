@@ -42,7 +42,7 @@ class XLightFMSearchEmbedding(nn.Module):
     """The search-time embedding ``ids [...] -> [..., k]``: a Gumbel-softmax mix of options."""
 
     def __init__(self, n_features: int, k: int, id_offsets, codebooks: int = 4, candidates=CANDIDATES,
-                 temperature: float = 1.0, init_std: float = 0.01, seed: int = 0):
+                 temperature: float = 1.0, init_std: float = 0.01, seed: int | None = None):
         super().__init__()
         n_f = field_sizes_of(id_offsets)
         if int(n_f.sum()) != n_features or k % codebooks:
@@ -50,7 +50,7 @@ class XLightFMSearchEmbedding(nn.Module):
         self.n_features, self.k, self.D, self.T = int(n_features), int(k), int(codebooks), float(temperature)
         self.id_offsets = [int(o) for o in np.asarray(id_offsets)]
         self.options = [field_options(int(n), k, codebooks, candidates) for n in n_f]
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
         self.weight = nn.Parameter(torch.randn(n_features, k, generator=g) * init_std)
         self.books, self.book_of = nn.ParameterList(), []  # book_of[f][j]: index in books, -1 = dense
         for f, opts in enumerate(self.options):
