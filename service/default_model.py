@@ -5,6 +5,7 @@ planted-FwFM data set (training.generate), encode it (training.data.prepare), tr
 (rho=2) and pruned FwFM (rho=2) (training.train.fit), export both (exporter.export.export_run).
 An ``flock`` on ``ADRANK_HOME/.lock`` makes a second `adrank serve` wait for the first build
 instead of racing it; ``default.json`` is written last (atomically) and marks a finished build.
+``ADRANK_DEFAULT_ROWS`` / ``ADRANK_DEFAULT_EPOCHS`` shrink the build (tests).
 
 This module imports training (torch) *inside* ``build()`` only, and `adrank serve` runs it
 in a child process (``python -m service.default_model``), so neither the CLI process that
@@ -57,7 +58,8 @@ def build(home=None, progress: bool = True) -> dict:
         from training.train import TrainConfig, fit
 
         t0 = time.perf_counter()
-        p = DEFAULTS
+        p = {**DEFAULTS, "rows": int(os.environ.get("ADRANK_DEFAULT_ROWS", DEFAULTS["rows"])),
+             "epochs": int(os.environ.get("ADRANK_DEFAULT_EPOCHS", DEFAULTS["epochs"]))}
         generate(home / "data", rows=p["rows"], seed=p["seed"], fields=p["fields"],
                  context_fields=p["context_fields"], vocab=p["vocab"], embed_dim=p["embed_dim"],
                  progress=progress)

@@ -45,7 +45,7 @@ class ModelLoadError(Exception):
     """A model that could not be loaded; ``code`` is the artifact's named error code."""
 
     def __init__(self, name: str, path: Path, code: str, message: str):
-        super().__init__(f"model {name!r} from {path}: {message}")
+        super().__init__(f"model {name!r} from {path}: {message} [{code}]")
         self.name, self.path, self.code, self.detail = name, path, code, message
 
 

@@ -30,6 +30,8 @@ SCHEMA = Schema("svc-test", (
     Field("tags", "multi", "item", max_values=2),
 ))
 ITEM_FIELDS = [f.name for f in SCHEMA.item_fields]
+#: the `adrank` command (its entry point, not `-m adrank.cli`: that would load the CLI twice)
+ADRANK = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())"]
 
 
 def raw_values(field: Field) -> list:
@@ -122,7 +124,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adrank.cli", "serve", *args, "--port", str(self.port), "--no-access-log",
+            [*ADRANK, "serve", *args, "--port", str(self.port), "--no-access-log",
              "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -57,6 +57,21 @@ def _default_models() -> tuple[list[str], dict]:
     return [f"{name}={path}" for name, path in info["models"].items()], info
 
 
+def _check_artifacts(specs) -> None:
+    """Fail before starting the server on a missing or malformed artifact (header checks only;
+    each worker verifies the checksum when it loads)."""
+    from adrank.cli import UserError
+    from service.artifact import ArtifactError, read_artifact
+
+    for s in specs:
+        if not s.path.is_file():
+            raise UserError(f"model {s.name!r}: artifact {s.path} does not exist")
+        try:
+            read_artifact(s.path, verify=False)
+        except ArtifactError as exc:
+            raise UserError(f"model {s.name!r}: {exc} [{exc.code}]") from None
+
+
 def _example_curl(host: str, port: int, body: dict | None) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     body = body or {"context": {}, "ads": [{"id": "ad-1", "features": {}}]}
@@ -88,9 +103,7 @@ def run(args) -> int:
         if not items:
             items, info = _default_models()
         specs = parse_model_specs(items)
-        for s in specs:
-            if not s.path.is_file():
-                raise UserError(f"model {s.name!r}: artifact {s.path} does not exist")
+        _check_artifacts(specs)
         overrides = {"ADRANK_MODELS": " ".join(f"{s.name}={s.path.resolve()}" for s in specs)}
         for flag, key in (("max_candidates", "ADRANK_MAX_CANDIDATES"), ("max_body_bytes", "ADRANK_MAX_BODY_BYTES"),
                           ("max_inflight", "ADRANK_MAX_INFLIGHT")):
