@@ -247,3 +247,11 @@ def test_missing_inputs_and_bad_arguments(tmp_path, movielens_path):
     header.write_text("id,click,hour\n1,0,14102100\n")
     with pytest.raises(DataError, match="header lacks columns"):
         list(D.read_raw("avazu", header))
+
+
+def test_distinct_value_encoding_equals_the_preprocessor(movielens_path, criteo_path, tmp_path):
+    for ds, path in (("movielens", movielens_path), ("criteo", criteo_path)):
+        e = D.prepare(ds, path, max_rows=3000, min_count=2, cache_dir=tmp_path, progress=False)
+        cols, y = next(D.read_raw(ds, path, chunk_rows=1500))
+        assert np.array_equal(D.encode_chunk(e.preprocessor, cols, len(y)),
+                              e.preprocessor.encode_columns(cols, n_rows=len(y)))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adrank.preprocess import Preprocessor, Vocab, field_tokens, hash_tokens
+from adrank.preprocess import EncodeError, Preprocessor, Vocab, field_tokens, hash_tokens
 from adrank.schema import Schema
 from training.datasets.io import DataError
 from training.datasets.movielens import movielens_files, read_movielens
@@ -127,34 +127,70 @@ class _Counter:
     def __init__(self):
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, hashes: np.ndarray) -> None:
+    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
         if len(hashes):
-            self.parts.append(np.unique(hashes, return_counts=True))
+            self.parts.append(self._merge([hashes], [counts]))
         if len(self.parts) >= 16:
             self.parts = [self.result()]
+
+    @staticmethod
+    def _merge(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
+        return uniq, np.bincount(inv, weights=np.concatenate(counts), minlength=len(uniq)).astype(np.int64)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.parts:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        keys = np.concatenate([k for k, _ in self.parts])
-        counts = np.concatenate([c for _, c in self.parts])
-        uniq, inv = np.unique(keys, return_inverse=True)
-        return uniq, np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.int64)
+        return self._merge([k for k, _ in self.parts], [c for _, c in self.parts])
 
 
-def _train_hashes(schema: Schema, cols: dict, train: np.ndarray) -> list[np.ndarray]:
-    """Token hashes of the train rows, per field (a multi field counts each distinct value)."""
+def _distinct(f, col) -> tuple[list, np.ndarray]:
+    """(distinct raw values, inverse index) of a column; multi-valued lists keyed as tuples.
+
+    The readers yield homogeneous columns (str/int/None, or lists of str), so values that
+    compare equal also tokenize equally; each distinct value is then tokenized only once.
+    """
+    index: dict = {}
+    if f.type == "multi":
+        inv = [index.setdefault(tuple(v) if isinstance(v, list) else v, len(index)) for v in col]
+        uniq = [list(k) if isinstance(k, tuple) else k for k in index]
+    else:
+        inv = [index.setdefault(v, len(index)) for v in col]
+        uniq = list(index)
+    return uniq, np.asarray(inv, dtype=np.int64)
+
+
+def _train_counts(schema: Schema, cols: dict, train: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token hashes, counts) of the train rows per field (a multi field counts each distinct value)."""
     out = []
     rows = np.flatnonzero(train)
     for f in schema.fields:
         col = cols.get(f.name) or [None] * len(train)
-        toks = field_tokens(f, [col[i] for i in rows])
+        uniq, inv = _distinct(f, [col[i] for i in rows])
+        n_of = np.bincount(inv, minlength=len(uniq))
+        toks = field_tokens(f, uniq)
         if f.type == "multi":
             flat = [t for ts in toks for t in ts]
+            counts = np.repeat(n_of, [len(ts) for ts in toks])
         else:
-            flat = [t for t in toks if t is not None]
-        out.append(hash_tokens(flat))
+            keep = [i for i, t in enumerate(toks) if t is not None]
+            flat, counts = [toks[i] for i in keep], n_of[keep]
+        out.append((hash_tokens(flat), counts))
     return out
+
+
+def encode_chunk(pp: Preprocessor, cols: dict, n_rows: int) -> np.ndarray:
+    """``pp.encode_columns(cols)``, calling the preprocessor once per distinct value of a column."""
+    blocks = []
+    for f, fld in enumerate(pp.schema.fields):
+        col = cols.get(fld.name)
+        if col is None:
+            col = [None] * n_rows
+        elif len(col) != n_rows:
+            raise EncodeError(fld.name, f"column has {len(col)} values, expected {n_rows}")
+        uniq, inv = _distinct(fld, col)
+        blocks.append(pp.encode_field(f, uniq)[inv])
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
 
 def _count_pass(dataset, path, schema, seed, max_rows, chunk_rows, progress):
@@ -166,8 +202,8 @@ def _count_pass(dataset, path, schema, seed, max_rows, chunk_rows, progress):
         n = len(y)
         split = split_of_rows(np.arange(start, start + n), seed)
         n_split += np.bincount(split, minlength=3)
-        for c, h in zip(counters, _train_hashes(schema, cols, split == 0), strict=True):
-            c.add(h)
+        for c, (h, k) in zip(counters, _train_counts(schema, cols, split == 0), strict=True):
+            c.add(h, k)
         start += n
         bar.update(n)
     bar.close()
@@ -270,7 +306,7 @@ def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_ro
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
         n = len(y)
         split = split_of_rows(np.arange(start, start + n), seed)
-        enc = pp.encode_columns(cols, n_rows=n)
+        enc = encode_chunk(pp, cols, n)
         for s in range(3):
             rows = split == s
             k = int(rows.sum())
@@ -304,7 +340,7 @@ def encode_file(dataset: str, path, preprocessor: Preprocessor, max_rows: int | 
         raise DataError(f"{path}: {dataset} fields {ours} do not match the model's fields {theirs}")
     Xs, ys = [], []
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
-        Xs.append(preprocessor.encode_columns(cols, n_rows=len(y)))
+        Xs.append(encode_chunk(preprocessor, cols, len(y)))
         ys.append(y)
     if not Xs:
         raise DataError(f"{path}: no data rows")
