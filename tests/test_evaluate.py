@@ -69,3 +69,40 @@ def test_artifact_path_uses_the_serving_ranker(trained, tmp_path):
     assert art["rows"] == ref["rows"]
     assert art["auc"] == pytest.approx(ref["auc"], abs=1e-5)
     assert art["logloss"] == pytest.approx(ref["logloss"], abs=1e-5)
+
+
+def test_paper_table_experiment_writes_consistent_tables(tmp_path):
+    """`adrank experiment paper-table`: every cell is the seed mean of its runs' test metrics."""
+    import csv
+
+    gen = tmp_path / "gen"
+    generate(gen, rows=2500, vocab=200, fields=6, context_fields=2, seed=2, progress=False)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert main(["experiment", "paper-table", "--dataset", "synthetic", "--data", str(gen), "--out", str(out),
+                 "--runs-dir", str(runs), "--embed-dims", "4", "--ranks", "1", "2", "--seeds", "0", "1",
+                 "--epochs", "1", "--min-count", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    md = (out / "paper-table-synthetic.md").read_text()
+    assert "adrank experiment paper-table --dataset synthetic" in md.split("```")[1]
+    lines = (out / "paper-table-synthetic.csv").read_text().splitlines()
+    assert lines[0].startswith("# adrank experiment paper-table")
+    table = list(csv.DictReader(lines[1:]))
+    assert [(r["metric"], r["rank"]) for r in table] == [("auc", "1"), ("auc", "2"), ("logloss", "1"), ("logloss", "2")]
+    m = 6  # 15 pairs: rho = 1, 2 keep 7 and 14 of them
+    for r in table:
+        rho, metric = int(r["rank"]), r["metric"]
+        assert float(r["sparsity_pct"]) == pytest.approx(round(100 * 2 * rho * (m + 1) / (m * (m - 1)), 1))
+        for kind in ("fm", "fwfm", "dplr", "pruned"):  # seed means of the runs' own metrics.json
+            name = f"{kind}{rho}" if kind in ("dplr", "pruned") else kind
+            vals = [json.loads((runs / f"k4-s{s}-{name}" / "metrics.json").read_text())["test"][metric]
+                    for s in (0, 1)]
+            assert float(r[kind]) == pytest.approx(np.mean(vals), rel=1e-5)
+        dplr, pruned = float(r["dplr"]), float(r["pruned"])
+        better = dplr > pruned if metric == "auc" else dplr < pruned
+        assert (float(r["dplr_vs_pruned_pct"]) > 0) == better
+        assert r["verdict"] in ("DPLR better", "pruned better", "tie (within seed noise)")
+        if r["verdict"] != "tie (within seed noise)":
+            assert (r["verdict"] == "DPLR better") == better
+    from training import checkpoint
+
+    pruned, _, _ = checkpoint.load(runs / "k4-s0-pruned1")
+    assert int(pruned.mask.sum()) == 2 * min(m + 1, m * (m - 1) // 2)
