@@ -17,6 +17,7 @@ from training.quantize import (
     decode_arrays,
     embedding_memory,
     lightfm_sizes,
+    memory_for,
     pq_init,
     quantize,
 )
@@ -231,6 +232,9 @@ def test_memory_accounting_paper_style():
     assert mem["dense_mb"] == 0 and mem["linear_mb"] == pytest.approx(200_000 * 4 / 2**20)
     dense = embedding_memory(offsets, 128)
     assert dense["embedding_mb"] == pytest.approx(200_000 * 128 * 4 / 2**20)
+    assert memory_for("dense", offsets, 128) == dense
+    assert memory_for("lightfm", offsets, 128, codebooks=4, codewords=256) == mem
+    assert memory_for("xlightfm", offsets, 128, 4, sizes=[256] * 20) == mem
     # the module's own count agrees with its parameters and with real bit-packed code streams
     emb = _lightfm(K=64)
     mem = emb.memory()
@@ -297,6 +301,8 @@ def test_search_respects_the_memory_budget(fraction):
 
 
 def test_bad_configurations_are_named():
+    with pytest.raises(ValueError, match="field 2 has 40 features"):
+        CodebookEmbedding(N, 8, OFFSETS, codebooks=2, sizes=[0, 16, 64, 16])
     with pytest.raises(ValueError, match="multiple of the number of codebooks"):
         CodebookEmbedding(N, 9, OFFSETS, codebooks=2)
     with pytest.raises(ValueError, match="n_features"):

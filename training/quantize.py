@@ -80,6 +80,18 @@ def embedding_memory(id_offsets, k: int, sizes=None, codebooks: int = 1) -> dict
     return out
 
 
+def memory_for(kind: str, id_offsets, k: int, codebooks: int = 4, codewords: int = 256, sizes=None) -> dict:
+    """``embedding_memory`` of an embedding kind: "dense", "lightfm" (K = ``codewords`` in every
+    field larger than K) or "xlightfm" (the searched per-field ``sizes``)."""
+    if kind == "dense":
+        return embedding_memory(id_offsets, k)
+    if kind == "lightfm":
+        return embedding_memory(id_offsets, k, lightfm_sizes(id_offsets, codewords), codebooks)
+    if kind == "xlightfm" and sizes is not None:
+        return embedding_memory(id_offsets, k, sizes, codebooks)
+    raise ValueError(f"memory_for: unknown kind {kind!r} (xlightfm needs sizes)")
+
+
 def quantize(v: torch.Tensor, C: torch.Tensor, T: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(q [U, k], codes [U, D]) of continuous rows v [U, k] with codebooks C [D, K, k/D].
 
@@ -121,6 +133,10 @@ class CodebookEmbedding(nn.Module):
         self.sizes = lightfm_sizes(id_offsets, codewords) if sizes is None else [int(s) for s in sizes]
         if len(self.sizes) != len(n_f) or any(s < 0 or (s and s < 2) for s in self.sizes):
             raise ValueError(f"sizes must give K_f >= 2 or 0 (dense) for each of {len(n_f)} fields")
+        for f, (K, n) in enumerate(zip(self.sizes, n_f.tolist(), strict=True)):
+            if K >= n:
+                raise ValueError(f"field {f} has {n} features: its codebook size must be below that "
+                                 f"(got {K}; 0 keeps it dense)")
         self.n_features, self.k, self.D, self.T = int(n_features), int(k), int(codebooks), float(temperature)
         self.id_offsets = [int(o) for o in np.asarray(id_offsets)]
         g = torch.Generator().manual_seed(seed) if seed is not None else None  # None: torch's global RNG
