@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from service.catalog.ranking import RankRequestError, rank
+from adrank.preprocess import EncodeError
+from service.catalog.ranking import rank as rank_
 from service.catalog.store import Catalog, CatalogError, Model
 from service.catalog.synthetic import make_schema, random_features, synthetic_model
 from tests import naive
@@ -15,6 +16,10 @@ from tests import naive
 VALUES = 20
 SCHEMA = make_schema(3, 4, multi_item=2, multi_context=1, max_values=3)
 ITEM, CTX = range(SCHEMA.m_context, SCHEMA.m), range(SCHEMA.m_context)
+
+
+def rank(snap, name, body):
+    return rank_(snap, name, **body)
 
 
 def model(kind="dplr", seed=0, name="m", target="regression"):
@@ -40,6 +45,8 @@ def part_is_fresh(snap, name="m"):
     n = len(snap.ids)
     assert p.W.shape[0] == p.c.shape[0] == p.items.shape[0] == len(snap.features) == len(snap.index) == n
     assert all(snap.index[i] == a for a, i in enumerate(snap.ids))
+    rows, missing = snap.table.rows(list(snap.ids) + ["never-registered"])
+    assert rows.tolist() == list(range(n)) + [-1] and missing == 1
     feats = [snap.get(i) for i in snap.ids]
     if n:
         x = p.model.encode_items(feats)
@@ -57,6 +64,7 @@ def test_ids_inline_and_mixed_equal_naive(kind):
     sm, m = model(kind)
     cat = Catalog([m])
     batch = ads(30)
+    batch[4]["id"] = 8  # numeric ids are kept as strings (ads by id answer with the catalog id)
     cat.upsert(batch)
     ref = oracle(sm, CONTEXT, [a["features"] for a in batch])
     by_id = rank(cat.snapshot, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
@@ -64,14 +72,36 @@ def test_ids_inline_and_mixed_equal_naive(kind):
     mixed = rank(cat.snapshot, "m", {"context": CONTEXT,
                                      "ads": [a if i % 2 else {"id": a["id"]} for i, a in enumerate(batch)]})
     order = np.argsort(-ref, kind="stable")
+    for r in (by_id, mixed):
+        assert r.ids == [str(batch[i]["id"]) for i in order]
+    assert inline.ids == [batch[i]["id"] for i in order]
     for r in (by_id, inline, mixed):
-        assert r.ids == [batch[i]["id"] for i in order]
         np.testing.assert_allclose(r.scores, ref[order], rtol=1e-5, atol=1e-5)
     assert (by_id.mode, inline.mode, mixed.mode) == ("catalog", "mixed", "mixed")
     positional = [{"id": a["id"], "values": [a["features"].get(SCHEMA.fields[f].name) for f in ITEM]}
                   for a in batch]
     np.testing.assert_allclose(rank(cat.snapshot, "m", {"context": CONTEXT, "ads": positional}).scores,
                                ref[order], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fm", "dplr", "pruned", "fwfm"])
+def test_catalog_equals_the_services_inline_ranker_equals_naive(kind):
+    from service.ranker import Ranker
+
+    sm = synthetic_model(kind, SCHEMA, values_per_field=VALUES, seed=4, rho=2, target="regression")
+    ranker = Ranker.from_parts(*sm.artifact_parts(), name="m")
+    cat = Catalog([Model.from_ranker(ranker)])
+    batch = ads(25, seed=4)
+    cat.upsert(batch)
+    ref = oracle(sm, CONTEXT, [a["features"] for a in batch])
+    order = np.argsort(-ref, kind="stable")
+    inline = ranker.rank(CONTEXT, batch)  # the service's inline path (its encoder + Scorer)
+    by_id = rank(cat.snapshot, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
+    mixed = rank(cat.snapshot, "m", {"context": CONTEXT,
+                                     "ads": [a if i % 3 else {"id": a["id"]} for i, a in enumerate(batch)]})
+    assert [i for i, _ in inline] == by_id.ids == mixed.ids == [batch[i]["id"] for i in order]
+    for s in ([s for _, s in inline], by_id.scores, mixed.scores):
+        np.testing.assert_allclose(s, ref[order], rtol=1e-5, atol=1e-5)
 
 
 def test_all_ads_top_k_is_the_best_k_of_a_full_sort_and_click_models_get_probabilities():
@@ -97,15 +127,18 @@ def test_rank_request_errors_name_the_problem():
         ({"context": CONTEXT, "ads": [{"id": "ad0"}], "all_ads": True}, "exactly one of"),
         ({"context": CONTEXT}, "exactly one of"),
         ({"context": CONTEXT, "all_ads": True, "top_k": 0}, "top_k"),
-        ({"context": {"i0": "x"}, "all_ads": True}, r"\['i0'\] are not context fields"),
-        ({"context": CONTEXT, "ads": [{"id": "x", "features": {"c0": "v"}}]}, r"ads\[0\]: \['c0'\] are not item"),
-        ({"context": CONTEXT, "ads": [{"id": "x", "features": {"i1": {"a": 1}}}]}, r"ads\[0\]: field 'i1'"),
-        ({"context": CONTEXT, "ads": [{"id": "x", "values": [1]}]}, r"ads\[0\]: 'values' must be a list of 4"),
+        ({"context": CONTEXT, "all_ads": "yes"}, "all_ads"),
+        ({"context": CONTEXT, "ads": "ad0"}, "expected a list"),
+        ({"context": {"i0": "x"}, "all_ads": True}, "field 'i0': unknown context field"),
+        ({"context": CONTEXT, "ads": [{"id": "ad1"}, {"id": "x", "features": {"c0": "v"}}]},
+         r"field 'c0': unknown item field.*ad #1"),
+        ({"context": CONTEXT, "ads": [{"id": "ad1"}, {"id": "x", "features": {"i1": {"a": 1}}}]}, r"field 'i1'.*ad #1"),
+        ({"context": CONTEXT, "ads": [{"id": "ad1"}, {"id": "x", "values": [1] * 9}]}, "too many values"),
     ]
     for body, msg in cases:
-        with pytest.raises(RankRequestError, match=msg):
+        with pytest.raises(EncodeError, match=msg):  # RankRequestError / RequestError: HTTP 422
             rank(snap, "m", body)
-    with pytest.raises(RankRequestError, match="model 'other' has no catalog"):
+    with pytest.raises(EncodeError, match="model 'other' has no catalog"):
         rank(snap, "other", {"context": {}, "all_ads": True})
 
 
@@ -128,6 +161,18 @@ def test_upsert_get_delete_and_versions():
     assert cat.delete(["missing"])[1] == [] and cat.version == 3
     part_is_fresh(cat.delete([a["id"] for a in batch] + ["fresh"])[0])  # down to empty
     assert len(cat) == 0
+
+
+def test_id_table_finds_every_id_and_refuses_hash_collisions():
+    from service.catalog.idtable import IdCollision, IdTable
+
+    ids = [f"ad-{i}" for i in range(5000)] + ["", "ünïcode", "with\x00nul"]
+    table = IdTable(IdTable.hash(ids))
+    rows, missing = table.rows(ids[::-1] + ["ad-5000", "AD-1"])
+    assert rows.tolist() == list(range(len(ids)))[::-1] + [-1, -1] and missing == 2
+    with pytest.raises(IdCollision, match="row 2"):
+        IdTable(np.array([7, 9, 7], np.uint64))
+    assert IdTable(np.zeros(0, np.uint64)).rows([])[1] == 0
 
 
 def test_a_bad_ad_rejects_the_whole_batch_and_names_it():

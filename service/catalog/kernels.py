@@ -4,7 +4,7 @@ For DPLR this is Algorithm 1 of the DPLR-FwFM paper with U_I V_I, its norm terms
 linear part cached per ad: a rho*k dot product plus a constant per candidate.
 
 Three entry points, all on one catalog snapshot (W float32[N, D], c float64[N]):
-  * ``score_rows``  — a subset given by row indices (a request naming ads by id): a gather.
+  * ``score_ids``   — a subset given by row indices (a request naming ads by id): a gather.
   * ``score_all``   — every ad, sequential read.
   * ``top_k``       — the best k of every ad without a full sort: each chunk of the catalog keeps
                       a size-k min-heap (nogil kernel, one Python thread per chunk for large
@@ -17,36 +17,68 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 JIT = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
+PREFETCH = 4  # candidates ahead whose W row and c are prefetched (random gathers)
 PARALLEL_MIN = 200_000  # below this many ads a whole-catalog scan stays on the calling thread
 _POOL: ThreadPoolExecutor | None = None
 
 
-@numba.njit(inline="always", **JIT)
-def _dot(z, W, a):
-    s = np.float32(0.0)
-    for j in range(z.shape[0]):
-        s += z[j] * W[a, j]
-    return s
+@intrinsic
+def prefetch_line(typingctx, arr, i):
+    """``llvm.prefetch(&arr[i], read, keep in all caches, data)`` for a 1-D array of any dtype.
+
+    (The pointer is cast to i8* so float32 and float64 arrays can share one declaration.)"""
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.bitcast(cgutils.get_item_pointer(context, builder, sig.args[0], ary, [idx]),
+                              ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
 
 
-@numba.njit(**JIT)
-def score_rows(z, const, W, c, rows, out):
-    """out[n] = const + c[rows[n]] + <z, W[rows[n]]> — the per-candidate catalog kernel."""
-    for n in range(rows.shape[0]):
-        a = rows[n]
-        out[n] = const + c[a] + _dot(z, W, a)
+@cache
+def rows_kernel(D: int, prefetch: bool = True):
+    """The per-candidate catalog kernel for D = rho*k (a compile-time trip count LLVM unrolls).
 
+    out[n] = const + c[a] + <z, W[a]> with a = rows[n]; the W row (D*4 bytes, 64-byte aligned
+    when the store allocated it) and c[a] of the candidate PREFETCH ahead are prefetched.
+    """
+    lines = max(1, (4 * D + 63) // 64)
 
-@numba.njit(**JIT)
-def score_range(z, const, W, c, lo, hi, out):
-    """out[a - lo] = score of ad a for a in [lo, hi)."""
-    for a in range(lo, hi):
-        out[a - lo] = const + c[a] + _dot(z, W, a)
+    @numba.njit(**JIT)
+    def score_rows(z, const, W, c, rows, out):
+        flat = W.reshape(-1)
+        n_rows = rows.shape[0]
+        for n in range(n_rows):
+            if prefetch and n + PREFETCH < n_rows and D > 0:
+                b = rows[n + PREFETCH]
+                for line in range(lines):
+                    prefetch_line(flat, b * D + 16 * line)
+                prefetch_line(c, b)
+            a = rows[n]
+            s = np.float32(0.0)
+            for j in range(D):
+                s += z[j] * W[a, j]
+            out[n] = const + c[a] + s
+
+    return score_rows
 
 
 @numba.njit(inline="always", **JIT)
@@ -68,24 +100,43 @@ def _sift_down(hs, hi, size, pos):
             return
 
 
-@numba.njit(**JIT)
-def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
-    """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
-    size = 0
-    for a in range(lo, hi):
-        s = const + c[a] + _dot(z, W, a)
-        if size < k:  # fill, then heapify once full
-            heap_s[size] = s
-            heap_i[size] = a
-            size += 1
-            if size == k:
-                for p in range(k // 2 - 1, -1, -1):
-                    _sift_down(heap_s, heap_i, k, p)
-        elif s > heap_s[0]:  # rows ascend, so an equal score never beats the root
-            heap_s[0] = s
-            heap_i[0] = a
-            _sift_down(heap_s, heap_i, k, 0)
-    return size
+@cache
+def scan_kernels(D: int):
+    """(score_range, topk_range) for D = rho*k: sequential scans of catalog rows [lo, hi)."""
+
+    @numba.njit(inline="always", **JIT)
+    def score(z, const, W, c, a):
+        s = np.float32(0.0)
+        for j in range(D):
+            s += z[j] * W[a, j]
+        return const + c[a] + s
+
+    @numba.njit(**JIT)
+    def score_range(z, const, W, c, lo, hi, out):
+        """out[a - lo] = score of ad a for a in [lo, hi)."""
+        for a in range(lo, hi):
+            out[a - lo] = score(z, const, W, c, a)
+
+    @numba.njit(**JIT)
+    def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
+        """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
+        size = 0
+        for a in range(lo, hi):
+            s = score(z, const, W, c, a)
+            if size < k:  # fill, then heapify once full
+                heap_s[size] = s
+                heap_i[size] = a
+                size += 1
+                if size == k:
+                    for p in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_s, heap_i, k, p)
+            elif s > heap_s[0]:  # rows ascend, so an equal score never beats the root
+                heap_s[0] = s
+                heap_i[0] = a
+                _sift_down(heap_s, heap_i, k, 0)
+        return size
+
+    return score_range, topk_range
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -110,6 +161,7 @@ def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np
     chunks = _chunks(n, threads or os.cpu_count() or 1)
     hs = np.empty((len(chunks), k))
     hi = np.empty((len(chunks), k), np.int64)
+    topk_range = scan_kernels(W.shape[1])[1]
 
     def run(t: int) -> int:
         lo, hi_ = chunks[t]
@@ -125,12 +177,12 @@ def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np
 def score_all(z, const: float, W, c) -> np.ndarray:
     """Scores of every ad, float64[N]."""
     out = np.empty(W.shape[0])
-    score_range(z, const, W, c, 0, W.shape[0], out)
+    scan_kernels(W.shape[1])[0](z, const, W, c, 0, W.shape[0], out)
     return out
 
 
 def score_ids(z, const: float, W, c, rows: np.ndarray) -> np.ndarray:
     """Scores of the ads at ``rows`` (int64), float64[len(rows)]."""
     out = np.empty(len(rows))
-    score_rows(z, const, W, c, np.asarray(rows, np.int64), out)
+    rows_kernel(W.shape[1])(z, const, W, c, np.asarray(rows, np.int64), out)
     return out

@@ -193,13 +193,23 @@ def side_parts(rows, offsets, emb, linear, M, g, d, h, pp, pq, pr, W, c):
         c[n] = acc
 
 
+def aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary, so a
+    per-ad row of 16*j float32 is exactly j cache lines (one prefetch each)."""
+    shape = tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + align, np.uint8)
+    start = (-buf.ctypes.data) % align
+    return buf[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarray, B: int):
     """(W float32[N, B*k], c float64[N]) of one side for encoded rows int32[N, S_side]."""
     rows = np.ascontiguousarray(rows, dtype=np.int32)
     if rows.ndim != 2 or rows.shape[1] != side.offsets[-1]:
         raise PlanError(f"encoded rows have shape {rows.shape}, expected (N, {int(side.offsets[-1])})")
     n, k = rows.shape[0], emb.shape[1]
-    W = np.empty((n, B * k), dtype=np.float32)
+    W = aligned_empty((n, B * k))
     c = np.empty(n, dtype=np.float64)
     side_parts(rows, side.offsets, emb, linear, side.M, side.g, side.d, side.h,
                side.pair_p, side.pair_q, side.pair_r, W, c)

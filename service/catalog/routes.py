@@ -39,12 +39,10 @@ def _catalog(request: Request) -> Catalog | None:
 def resolve(catalog: Catalog, model: str, context, ads, all_ads: bool, top_k) -> list[tuple[str, float]]:
     """For the /v1/rank handler: rank ids / inline ads / ``all_ads`` from one catalog snapshot.
 
-    Returns ``[(id, score), ...]`` best first; raises RankRequestError (-> 422) naming the field.
+    Returns ``[(id, score), ...]`` best first; raises RankRequestError / RequestError (both
+    ``EncodeError``: 422 naming the field).  The snapshot is read once: one consistent catalog.
     """
-    body = {"context": context, "all_ads": bool(all_ads), "top_k": top_k}
-    if ads is not None:
-        body["ads"] = ads
-    ranked = rank(catalog.snapshot, model, body)
+    ranked = rank(catalog.snapshot, model, context, ads, all_ads, top_k)
     metrics.scored(model, ranked)
     return list(zip(ranked.ids, ranked.scores.tolist(), strict=True))
 

@@ -19,8 +19,10 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from adrank.preprocess import EncodeError, Preprocessor
-from service.catalog.precompute import Plan, ad_parts, make_plan
+from adrank.preprocess import Preprocessor
+from service.catalog.idtable import IdCollision, IdTable
+from service.catalog.precompute import Plan, ad_parts, aligned_empty, make_plan
+from service.encode import RequestEncoder, RequestError
 
 BATCH = 20_000  # ads encoded + precomputed per step (bounded temporary memory, progress bar)
 
@@ -39,46 +41,40 @@ class AdEncodeError(CatalogError):
 
 @dataclass(frozen=True)
 class Model:
-    """What the catalog needs of a served model: its kind, preprocessing and artifact arrays."""
+    """What the catalog needs of a served model: kind, preprocessing, artifact arrays, and
+    optionally the service's inline ``scorer`` (``Scorer.score(ctx, items)``, for inline ads)."""
 
     name: str
     kind: str
     preprocessor: Preprocessor
     arrays: dict
     target: str = "binary"
+    scorer: object | None = None
     plan: Plan = field(init=False)
+    encoder: RequestEncoder = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "plan", make_plan(self.kind, self.preprocessor.schema, self.arrays))
         object.__setattr__(self, "arrays", {"emb": np.ascontiguousarray(self.arrays["emb"]),
                                             "linear": np.ascontiguousarray(self.arrays["linear"]).ravel()})
+        object.__setattr__(self, "encoder", RequestEncoder(self.preprocessor))
 
     @classmethod
     def from_ranker(cls, ranker, name: str | None = None) -> Model:
-        """The catalog's view of a service Ranker (its kind, preprocessing and arrays)."""
-        arrays = getattr(ranker, "arrays", None)
-        if arrays is None:
-            arrays = ranker.artifact.arrays
-        return cls(name or ranker.name, ranker.kind, ranker.preprocessor, arrays, ranker.target)
-
-    @property
-    def item_fields(self) -> list[int]:
-        s = self.preprocessor.schema
-        return list(range(s.m_context, s.m))
+        """The catalog's view of a service Ranker (its kind, preprocessing, arrays and scorer)."""
+        return cls(name or ranker.name, ranker.kind, ranker.preprocessor, ranker.arrays, ranker.target,
+                   ranker.scorer)
 
     def encode_items(self, feats: Sequence[dict]) -> np.ndarray:
-        """Item slot rows int32[N, S_I]; errors name the ad's position in ``feats``."""
-        s = self.preprocessor.schema
-        cols = {s.fields[f].name: [a.get(s.fields[f].name) for a in feats] for f in self.item_fields}
+        """Item slot rows int32[N, S_I] of feature dicts (fields this model lacks are ignored)."""
+        names = self.encoder._item_set
+        ads = [{"id": i, "features": {k: v for k, v in f.items() if k in names}} for i, f in enumerate(feats)]
         try:
-            return self.preprocessor.encode_columns(cols, len(feats), fields=self.item_fields)
-        except EncodeError:
-            for i, a in enumerate(feats):  # find the culprit to name it
-                try:
-                    self.preprocessor.encode_columns({n: [a.get(n)] for n in cols}, 1, fields=self.item_fields)
-                except EncodeError as exc:
-                    raise AdEncodeError(i, str(exc)) from None
-            raise
+            return self.encoder.encode_ads(ads)[1]
+        except RequestError as exc:
+            if exc.ad_index is None:
+                raise
+            raise AdEncodeError(exc.ad_index, str(exc).rsplit(" (ad #", 1)[0]) from None
 
     def parts(self, items: np.ndarray):
         """(W float32[N, D], c float64[N]) of encoded item rows."""
@@ -99,9 +95,26 @@ class Part:
 class Snapshot:
     version: int
     ids: list[str]
-    index: dict[str, int]
+    index: dict[str, int]  # id -> row, for writes and GET
     features: list[bytes]
     parts: dict[str, Part]
+    hashes: np.ndarray  # uint64[N]: 64-bit hash of ids[a]
+    table: IdTable  # hash -> row, for the ranking hot path
+
+    @classmethod
+    def of(cls, version: int, ids: list[str], features: list[bytes], parts: dict[str, Part],
+           index: dict | None = None, hashes: np.ndarray | None = None) -> Snapshot:
+        """A snapshot; the id index, hashes and hash table are derived when not given."""
+        index = {a: i for i, a in enumerate(ids)} if index is None else index
+        hashes = IdTable.hash(ids) if hashes is None else hashes
+        try:
+            table = IdTable(hashes)
+        except IdCollision as exc:
+            raise CatalogError(f"ad id {ids[exc.row]!r}: its 64-bit hash equals another id's") from None
+        return cls(version, ids, index, features, parts, hashes, table)
+
+    def with_parts(self, parts: dict[str, Part]) -> Snapshot:
+        return Snapshot(self.version + 1, self.ids, self.index, self.features, parts, self.hashes, self.table)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,6 +122,12 @@ class Snapshot:
     def get(self, ad_id: str) -> dict | None:
         a = self.index.get(ad_id)
         return None if a is None else msgspec.json.decode(self.features[a])
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _empty_part(model: Model) -> Part:
@@ -138,7 +157,7 @@ class Catalog:
 
     def __init__(self, models: Iterable[Model] = ()):
         self._lock = threading.Lock()
-        self.snapshot = Snapshot(0, [], {}, [], {m.name: _empty_part(m) for m in models})
+        self.snapshot = Snapshot.of(0, [], [], {m.name: _empty_part(m) for m in models})
 
     # --- reads -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -186,7 +205,8 @@ class Catalog:
             cs.append(c)
         if not items:
             return _empty_part(model)
-        return Part(model, np.concatenate(items), np.concatenate(Ws), np.concatenate(cs))
+        W = Ws[0] if len(Ws) == 1 else np.concatenate(Ws, out=aligned_empty((len(feats), model.plan.D)))
+        return Part(model, np.concatenate(items), W, np.concatenate(cs))
 
     def upsert(self, ads: Sequence, where=lambda i: f"ad #{i}", progress: bool = False) -> Snapshot:
         """Insert or replace ads (all or nothing); returns the new snapshot. Last duplicate wins."""
@@ -200,6 +220,7 @@ class Catalog:
                          for name, p in old.parts.items()}
             index = dict(old.index)
             all_ids, all_feats = list(old.ids), list(old.features)
+            new_hashes = IdTable.hash(ids)
             rows = np.empty(len(ids), np.int64)
             for j, ad_id in enumerate(ids):
                 a = index.get(ad_id)
@@ -210,17 +231,20 @@ class Catalog:
                 all_feats[a] = msgspec.json.encode(feats[j])
                 rows[j] = a
             n = len(all_ids)
+            hashes = np.empty(n, np.uint64)
+            hashes[: len(old.hashes)] = old.hashes
+            hashes[rows] = new_hashes
             parts = {}
             for name, p in old.parts.items():
                 q = new_parts[name]
                 arrays = []
                 for old_a, new_a in ((p.items, q.items), (p.W, q.W), (p.c, q.c)):
-                    out = np.empty((n,) + old_a.shape[1:], old_a.dtype)
+                    out = aligned_empty((n,) + old_a.shape[1:], old_a.dtype)
                     out[: len(old_a)] = old_a
                     out[rows] = new_a
                     arrays.append(out)
                 parts[name] = Part(p.model, *arrays)
-            self.snapshot = snap = Snapshot(old.version + 1, all_ids, index, all_feats, parts)
+            self.snapshot = snap = Snapshot.of(old.version + 1, all_ids, all_feats, parts, index, hashes)
             return snap
 
     def delete(self, ad_ids: Iterable[str]) -> tuple[Snapshot, list[str]]:
@@ -232,15 +256,16 @@ class Catalog:
             gone = sorted({old.index[i] for i in ad_ids if i in old.index}, reverse=True)
             if not gone:
                 return old, []
-            index, ids, feats = dict(old.index), list(old.ids), list(old.features)
-            parts = {name: Part(p.model, p.items.copy(), p.W.copy(), p.c.copy()) for name, p in old.parts.items()}
+            index, ids, feats, hashes = dict(old.index), list(old.ids), list(old.features), old.hashes.copy()
+            parts = {name: Part(p.model, p.items.copy(), _aligned_copy(p.W), p.c.copy())
+                     for name, p in old.parts.items()}
             removed = []
             for a in gone:  # descending, so `last` is never a row still to be removed
                 last = len(ids) - 1
                 removed.append(ids[a])
                 del index[ids[a]]
                 if a != last:
-                    ids[a], feats[a] = ids[last], feats[last]
+                    ids[a], feats[a], hashes[a] = ids[last], feats[last], hashes[last]
                     index[ids[a]] = a
                     for p in parts.values():
                         p.items[a], p.W[a], p.c[a] = p.items[last], p.W[last], p.c[last]
@@ -248,7 +273,7 @@ class Catalog:
                 feats.pop()
             n = len(ids)
             parts = {name: Part(p.model, p.items[:n], p.W[:n], p.c[:n]) for name, p in parts.items()}
-            self.snapshot = snap = Snapshot(old.version + 1, ids, index, feats, parts)
+            self.snapshot = snap = Snapshot.of(old.version + 1, ids, feats, parts, index, hashes[:n])
             return snap, removed
 
     def set_model(self, model: Model, progress: bool = False) -> Snapshot:
@@ -259,14 +284,14 @@ class Catalog:
             part = self._encode(model, feats, lambda i: f"ad {old.ids[i]!r}", progress)
             parts = dict(old.parts)
             parts[model.name] = part
-            self.snapshot = snap = Snapshot(old.version + 1, old.ids, old.index, old.features, parts)
+            self.snapshot = snap = old.with_parts(parts)
             return snap
 
     def remove_model(self, name: str) -> None:
         with self._lock:
             old = self.snapshot
             parts = {k: v for k, v in old.parts.items() if k != name}
-            self.snapshot = Snapshot(old.version + 1, old.ids, old.index, old.features, parts)
+            self.snapshot = old.with_parts(parts)
 
     # --- files -------------------------------------------------------------------------------
     def load_jsonl(self, path: str | Path, progress: bool = True) -> Snapshot:

@@ -26,6 +26,14 @@ class SyntheticModel:
     rho: int | None = None
     target: str = "binary"
 
+    def artifact_parts(self) -> tuple[dict, dict]:
+        """(manifest, arrays incl. the vocabulary) as ``Ranker.from_parts`` / the artifact take them."""
+        desc, vocab = self.preprocessor.to_state()
+        manifest = {"kind": self.kind, "rank": self.rho, "embed_dim": int(self.arrays["emb"].shape[1]),
+                    "target": self.target, "schema": self.schema.to_dict(), "preprocess": desc,
+                    "n_features": self.preprocessor.vocab.n_features, "embedding": {"type": "dense"}}
+        return manifest, {**self.arrays, **vocab}
+
 
 def make_schema(n_context: int = 4, n_item: int = 5, multi_item: int = 1, multi_context: int = 1,
                 max_values: int = 3) -> Schema:
@@ -50,7 +58,7 @@ def make_preprocessor(schema: Schema, values_per_field: int) -> Preprocessor:
 
 
 def synthetic_model(kind: str, schema: Schema, values_per_field: int = 20, k: int = 8, rho: int = 2,
-                    seed: int = 0) -> SyntheticModel:
+                    seed: int = 0, target: str = "binary") -> SyntheticModel:
     rng = np.random.default_rng(seed)
     pre = make_preprocessor(schema, values_per_field)
     m, n = schema.m, pre.vocab.n_features
@@ -94,7 +102,7 @@ def synthetic_model(kind: str, schema: Schema, values_per_field: int = 20, k: in
                 lin[lo:hi] += 0.5 * diag[f] * np.sum(naive["emb"][lo:hi].astype(np.float64) ** 2, axis=1)
         arrays["linear"] = lin.astype(np.float32)
         arrays["d"] = d
-    return SyntheticModel(kind, schema, pre, arrays, naive, rho if kind in ("dplr", "pruned") else None)
+    return SyntheticModel(kind, schema, pre, arrays, naive, rho if kind in ("dplr", "pruned") else None, target)
 
 
 def random_features(schema: Schema, fields, values_per_field: int, rng, n: int) -> list[dict]:
