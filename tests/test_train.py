@@ -170,3 +170,17 @@ def test_bad_config_and_missing_checkpoint_are_named(planted, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="missing model.pt"):
         (tmp_path / "half" / "config.json").write_text("{}")
         checkpoint.load(tmp_path / "half")
+
+
+def test_codebook_embedding_plugs_into_the_same_trainer(planted, tmp_path):
+    """The embedding seam: a LightFM codebook table (training/quantize.py) trains and reloads."""
+    pytest.importorskip("training.quantize")
+    cfg = quick(model="dplr", rank=1, epochs=1, embedding="lightfm",
+                embedding_opts={"codebooks": 2, "codewords": 4}, reg_lambda=0.1)
+    metrics = fit(cfg, planted, tmp_path / "cb")
+    model, saved, _ = checkpoint.load(tmp_path / "cb")
+    assert saved["embedding"] == "lightfm" and type(model.embedding).__name__ != "DenseEmbedding"
+    X, y = planted.split("test")
+    assert auc(y, predict(model, X, "binary")) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
+    arrays = model.export_arrays()
+    assert {"bias", "linear", "emb", "U", "e", "codebooks", "codes"} <= set(arrays)

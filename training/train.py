@@ -40,7 +40,9 @@ class TrainConfig:
     model: str = "dplr"  # fm | fwfm | pruned | dplr
     rank: int | None = None  # rho for dplr / pruned
     embed_dim: int = 8  # k
-    embedding: str = "dense"
+    embedding: str = "dense"  # or a codebook kind registered by training.quantize
+    embedding_opts: dict = dataclasses.field(default_factory=dict)  # id_offsets is filled in
+    reg_lambda: float = 0.0  # weight of embedding.regularizer() (xLightFM Eq. 5), if it has one
     epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 512
@@ -136,6 +138,8 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
             xb = torch.from_numpy(np.asarray(X[idx], dtype=np.int64))
             yb = torch.from_numpy(np.asarray(y[idx], dtype=np.float32))
             loss = loss_fn(net(xb), yb)
+            if cfg.reg_lambda and hasattr(model.embedding, "regularizer"):
+                loss = loss + cfg.reg_lambda * model.embedding.regularizer()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,6 +161,14 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
     return model, {"best_epoch": best_epoch, "epochs_run": len(history), "history": history}
 
 
+def _embedding_opts(cfg: TrainConfig, data) -> dict:
+    """cfg.embedding_opts, with the field layout (``id_offsets``) codebook embeddings need."""
+    opts = dict(cfg.embedding_opts)
+    if cfg.embedding != "dense":
+        opts.setdefault("id_offsets", [int(o) for o in data.preprocessor.vocab.id_offsets])
+    return opts
+
+
 def search_lr(cfg: TrainConfig, data, trials: int) -> float:
     """The learning rate with the best validation metric over ``trials`` Optuna (TPE) trials."""
     import optuna
@@ -170,7 +182,7 @@ def search_lr(cfg: TrainConfig, data, trials: int) -> float:
                                         epochs=min(cfg.epochs, cfg.lr_search_epochs), progress=False)
         torch.manual_seed(cfg.seed)
         model = build(kind, data.preprocessor.schema, data.preprocessor.vocab.n_features, cfg.embed_dim,
-                      None if kind in ("fm", "fwfm") else cfg.rank, cfg.embedding)
+                      None if kind in ("fm", "fwfm") else cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
         _, hist = train_model(model, trial_cfg, data, desc=f"lr trial {trial.number}")
         scores = [h[key] for h in hist["history"]]
         return max(scores) if higher_better else min(scores)
@@ -198,13 +210,13 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
             if base.kind != "fwfm" or base.n_features != n or base.schema != schema:
                 raise ValueError(f"{cfg.prune_from}: not an FwFM trained on this data set's encoding")
         else:  # train the FwFM first
-            base = build("fwfm", schema, n, cfg.embed_dim, None, cfg.embedding)
+            base = build("fwfm", schema, n, cfg.embed_dim, None, cfg.embedding, _embedding_opts(cfg, data))
             base, base_hist = train_model(base, cfg, data, desc="fwfm")
             extra["base_fwfm"] = {"valid": evaluate_split(base, data, "valid"), **base_hist}
         model = PrunedFwFM.from_fwfm(base, cfg.rank)
         desc = f"pruned rho={cfg.rank} fine-tune"
     else:
-        model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding)
+        model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
         desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
     model, hist = train_model(model, cfg, data, desc=desc)
     metrics = {

@@ -43,6 +43,8 @@ EMBEDDINGS: dict[str, type[nn.Module]] = {"dense": DenseEmbedding}
 def make_embedding(n_features: int, k: int, kind: str = "dense", **opts) -> nn.Module:
     """An embedding module ``ids [...] -> [..., k]`` of the registered ``kind``."""
     if kind not in EMBEDDINGS:
+        import training.quantize  # noqa: F401  (registers the codebook kinds, see its _register)
+    if kind not in EMBEDDINGS:
         raise ValueError(f"unknown embedding kind {kind!r}; known: {sorted(EMBEDDINGS)}")
     if n_features < 1 or k < 1:
         raise ValueError(f"embedding needs n_features >= 1 and k >= 1, got {n_features}, {k}")
@@ -95,13 +97,17 @@ class FieldModel(nn.Module):
         return V, self.bias + lin.sum(1)
 
     def export_arrays(self) -> dict[str, np.ndarray]:
-        """float32 arrays named as in docs/internals.md: bias [1], linear [n], emb [n, k]."""
+        """float32 arrays named as in docs/internals.md: bias [1], linear [n], emb [n, k] (decoded),
+        plus a codebook embedding's own ``export_arrays()`` (codebooks, codes, ...)."""
         with torch.no_grad():
-            return {
+            out = {
                 "bias": _np(self.bias),
                 "linear": _np(self.linear.table()[:, 0]),
                 "emb": _np(self.embedding.table()),
             }
+        if hasattr(self.embedding, "export_arrays"):
+            out.update({k: v for k, v in self.embedding.export_arrays().items() if k not in out})
+        return out
 
     def describe(self) -> dict:
         """What ``build`` needs to recreate this model (stored in checkpoints)."""
