@@ -1,7 +1,8 @@
 """Prometheus rules and the Grafana dashboard (docker/prometheus, docker/grafana).
 
 - `promtool check` / `promtool test rules` run the hand-worked rule unit tests in
-  docker/prometheus/rules_test.yml (skipped with a message when promtool is absent).
+  docker/prometheus/*_test.yml (skipped with a message when promtool is absent); every recording
+  rule is tested and every alert is shown firing.
 - The dashboard JSON is validated structurally, and every PromQL expression in it may reference
   only the metrics of DESIGN.md §6 or recording rules defined in rules.yml; promtool parses each
   expression for real.
@@ -45,10 +46,20 @@ def promtool() -> str:
     return path
 
 
+RULE_FILES = ("rules.yml", "alerts.yml")
+
+
+def rules_of(kind: str) -> dict[str, str]:
+    """name -> expr of every "record" or "alert" rule in docker/prometheus/{rules,alerts}.yml."""
+    out = {}
+    for name in RULE_FILES:
+        doc = yaml.safe_load((PROM / name).read_text())
+        out.update({r[kind]: r["expr"] for g in doc["groups"] for r in g["rules"] if kind in r})
+    return out
+
+
 def recording_rules() -> dict[str, str]:
-    """record name -> expr, from docker/prometheus/rules.yml."""
-    doc = yaml.safe_load((PROM / "rules.yml").read_text())
-    return {r["record"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+    return rules_of("record")
 
 
 def load_dashboard() -> dict:
@@ -98,7 +109,8 @@ def metric_names(expr: str) -> set[str]:
 # --- Prometheus rules --------------------------------------------------------------------------
 def test_rules_and_config_pass_promtool_check():
     tool = promtool()
-    for args in (["check", "rules", str(PROM / "rules.yml")], ["check", "config", str(PROM / "prometheus.yml")]):
+    for args in (["check", "rules", *(str(PROM / f) for f in RULE_FILES)],
+                 ["check", "config", str(PROM / "prometheus.yml")]):
         r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"promtool {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
 
@@ -111,15 +123,18 @@ def test_promtool_rule_unit_tests(test_file):
     assert r.returncode == 0, f"promtool test rules {test_file.name}:\n{r.stdout}\n{r.stderr}"
 
 
-def test_rule_unit_tests_cover_every_recording_rule():
-    tested = set()
+def test_rule_unit_tests_cover_every_rule():
+    tested, alerted = set(), set()
     for f in PROM.glob("*_test.yml"):
         doc = yaml.safe_load(f.read_text())
-        assert doc["rule_files"] == ["rules.yml"], f"{f.name} must test docker/prometheus/rules.yml"
+        assert set(doc["rule_files"]) <= set(RULE_FILES), f"{f.name} must test docker/prometheus's rule files"
         for t in doc["tests"]:
             tested |= {e["expr"] for e in t.get("promql_expr_test", [])}
+            alerted |= {a["alertname"] for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
     missing = set(recording_rules()) - tested
     assert not missing, f"recording rules without a promtool unit test: {sorted(missing)}"
+    missing = set(rules_of("alert")) - alerted
+    assert not missing, f"alerts never shown firing by a promtool unit test: {sorted(missing)}"
 
 
 def test_rules_use_only_service_metrics_and_required_quantiles():
@@ -127,6 +142,9 @@ def test_rules_use_only_service_metrics_and_required_quantiles():
     for name, expr in rules.items():
         unknown = metric_names(expr) - SERVICE_METRICS
         assert not unknown, f"rule {name} references unknown metrics {sorted(unknown)}"
+    for name, expr in rules_of("alert").items():
+        unknown = metric_names(expr) - SERVICE_METRICS - set(rules)
+        assert not unknown, f"alert {name} references unknown metrics {sorted(unknown)}"
     for q in ("p50", "p95", "p99"):
         assert f"endpoint_model:adrank_request_duration_seconds:{q}" in rules
         assert f"model:adrank_model_inference_duration_seconds:{q}" in rules

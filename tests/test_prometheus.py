@@ -33,7 +33,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_dashboards import PROM, dashboard_exprs, load_dashboard, recording_rules, substitute_variables
+from tests.test_dashboards import (
+    PROM,
+    RULE_FILES,
+    dashboard_exprs,
+    load_dashboard,
+    recording_rules,
+    substitute_variables,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("dplr", "pruned")
@@ -163,7 +170,7 @@ def stack(tmp_path_factory):
                             "--run-dir", str(tmp / "run")], tmp / "adrank.log"))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(PROM / "rules.yml")],
+            "rule_files": [str(PROM / f) for f in RULE_FILES],
             "scrape_configs": [{"job_name": "adrank", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -301,6 +308,11 @@ def test_every_rule_and_dashboard_metric_exists_in_prometheus(stack, load):
     names = set(client.get(f"{prom}/api/v1/label/__name__/values", timeout=10).json()["data"])
     missing = (SERVICE_METRICS | set(recording_rules())) - names
     assert not missing, f"never scraped or recorded: {sorted(missing)}"
+    groups = client.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    bad = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
+    assert groups and not bad, f"rules failing on live data: {bad}"
+    firing = [a["labels"]["alertname"] for g in groups for r in g["rules"] for a in r.get("alerts", [])]
+    assert "AdrankTargetDown" not in firing
 
 
 def test_dashboard_queries_evaluate_on_live_data(stack, load):
