@@ -130,7 +130,7 @@ def test_cached_context_equals_full_rows_and_naive(kind, k, seed, m_context, p_m
     np.testing.assert_allclose(cached, oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("rho", [1, 3])
+@pytest.mark.parametrize("rho", [1, 3, 5])  # 5 > MAX_REGISTER_RANK: the any-rank kernel
 def test_dplr_ranks_and_pruned_budgets(rho):
     for kind in ("dplr", "pruned"):
         schema, params, arrays, X, manifest = case(kind, 20 + rho, 16, 9, 4, rho=rho)

@@ -21,6 +21,7 @@ import numpy as np
 from adrank.preprocess import PAD
 from adrank.schema import Schema
 from service.kernels import config
+from service.kernels.fields import id_range
 
 
 class Scorer:
@@ -97,9 +98,9 @@ class Scorer:
         if a.ndim != len(shape) or any(s >= 0 and s != t for s, t in zip(shape, a.shape, strict=True)):
             want = "x".join("N" if s < 0 else str(s) for s in shape)
             raise ValueError(f"{what}: expected an int32 array of shape [{want}], got {list(a.shape)}")
-        if a.size and (a.max() >= self.n_features or a.min() < PAD):
-            raise ValueError(f"{what}: feature ids must lie in [-1, {self.n_features}), "
-                             f"got [{a.min()}, {a.max()}]")
+        lo, hi = id_range(a)
+        if a.size and (hi >= self.n_features or lo < PAD):
+            raise ValueError(f"{what}: feature ids must lie in [-1, {self.n_features}), got [{lo}, {hi}]")
         return a
 
     def _setup(self, arrays):  # pragma: no cover - abstract

@@ -3,12 +3,14 @@
 What was measured to matter on this machine, and how each is applied here:
 
 * **k known at compile time.**  Each kernel family is built by a factory closed over the
-  artifact's embedding dimension ``K`` (and rank ``RHO`` for DPLR), so every ``range(K)`` loop
-  has a constant trip count that LLVM fully unrolls and keeps in vector registers.  Numba caches
-  closures keyed by their cell values, so ``cache=True`` still works per (K, RHO).
-* **Capped vector width.**  ``VECTOR_WIDTH_BITS`` is handed to LLVM as the target's preferred
-  vector width; 256 keeps a 16-float row in two AVX registers instead of one zmm register whose
-  horizontal reductions and frequency cost hurt on the short rows here.
+  artifact's embedding dimension ``K`` (and rank ``R`` for DPLR); rows are handled as explicit
+  ``<K x float>`` register values (vec.py), so the loop over k is fully unrolled by construction
+  and accumulators never round-trip through memory.  Numba caches closures keyed by their cell
+  values, so ``cache=True`` still works per (K, R).
+* **Vector width.**  Because the hot loops use explicit vector IR rather than LLVM's loop
+  vectoriser, the vectoriser's width choice (the 20x slowdown DESIGN §7 saw) never applies to
+  them; LLVM splits ``<K x float>`` into the target's registers.  To cap the width process-wide
+  anyway, set ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (e.g. ``-avx512f``) before numba starts.
 * **Prefetch.**  ``prefetch_row(table, row)`` emits ``llvm.prefetch`` (read, keep in all
   caches) for the first byte of ``table[row]``; kernels prefetch the rows of the candidate
   ``PREFETCH_DISTANCE`` ahead.  A 64-byte row is one cache line when the table is 64-byte
@@ -35,22 +37,12 @@ NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boun
 NJIT_PARALLEL = dict(NJIT, parallel=True)
 
 PREFETCH_DISTANCE = 2  # candidates ahead (DESIGN §7: "the rows of the candidates two ahead")
+# Also prefetch the 4-byte linear weights?  Their table is 16x smaller (mostly L3-resident) and
+# the extra prefetch instructions cost more than they save (benchmarks/kernels_micro.py).
+PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "0") == "1"
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 PARALLEL_CHUNK = 512  # candidates per prange task
 ALIGNMENT = 64  # bytes
-VECTOR_WIDTH_BITS = int(os.environ.get("ADRANK_VECTOR_WIDTH_BITS", "256"))
-
-
-def _cap_vector_width() -> None:
-    """Ask LLVM to prefer ``VECTOR_WIDTH_BITS``-bit vectors (process-wide LLVM option)."""
-    if VECTOR_WIDTH_BITS <= 0:
-        return
-    import llvmlite.binding as llvm
-
-    try:
-        llvm.set_option("adrank", f"-force-vector-width={VECTOR_WIDTH_BITS // 32}")
-    except Exception:  # pragma: no cover - an LLVM without the option: keep defaults
-        pass
 
 
 @intrinsic

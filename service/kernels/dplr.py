@@ -10,8 +10,8 @@ Once per request (step 1):  P_C = U_C V_C  [rho, k],
 Per candidate (steps 2-3), O(rho |I| k):  P_r = (P_C)_r + sum_{f in I} U_rf v_f,
 ``score = const + sum_{f in I} lin_f + 1/2 (sum_{f in I} d_f ||v_f||^2 + sum_r e_r ||P_r||^2)``.
 
-The kernel keeps one P_r in registers at a time (``r`` outer, item fields inner): the first
-pass gathers the candidate's rows from memory, the other rho - 1 passes re-read them from L1.
+For rho <= 4 every P_r stays in registers and each row is read once; larger ranks take one
+P_r at a time.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from numba import njit, prange
 from service.kernels.base import Scorer
 from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
-from service.kernels.vec import vaxpy, vdot, vload, vstore
+from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
+
+MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass over the fields)
 
 
 @cache
-def build(K: int, prefetch: bool):
-    """(context, items, items_parallel) kernels specialised for embedding dimension ``K``."""
+def build(K: int, R: int, prefetch: bool):
+    """(context, items, items_parallel) for embedding dimension ``K`` and rank ``R``
+    (``R == 0``: any rank, one register vector at a time, see :func:`_items_any_rank`)."""
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, U_c, d_c):
@@ -47,8 +50,9 @@ def build(K: int, prefetch: bool):
         return P_c, lin + 0.5 * dn
 
     @njit(**NJIT)
-    def items(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
-        rho = e.shape[0]
+    def items_registers(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
+        """rho = R <= 4: P_0..P_{R-1} live in registers; each row is read once (``if R > r``
+        tests a compile-time constant, so unused ranks vanish)."""
         n_m = multi.shape[0]
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
@@ -57,6 +61,61 @@ def build(K: int, prefetch: bool):
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
+                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V_m[j])
+                dn += d_m[j] * norm2(V_m[j])
+            p0 = vload(P_c, 0, K)
+            p1 = vzero(K)
+            p2 = vzero(K)
+            p3 = vzero(K)
+            if R > 1:
+                p1 = vload(P_c, 1, K)
+            if R > 2:
+                p2 = vload(P_c, 2, K)
+            if R > 3:
+                p3 = vload(P_c, 3, K)
+            for i in range(single.shape[0]):
+                idx = X[n, single[i]]
+                if idx >= 0:
+                    lin += linear[idx]
+                    x = vload(emb, idx, K)
+                    p0 = vaxpy(p0, U_s[i, 0], x)
+                    if R > 1:
+                        p1 = vaxpy(p1, U_s[i, 1], x)
+                    if R > 2:
+                        p2 = vaxpy(p2, U_s[i, 2], x)
+                    if R > 3:
+                        p3 = vaxpy(p3, U_s[i, 3], x)
+            for j in range(n_m):
+                x = vload(V_m, j, K)
+                p0 = vaxpy(p0, U_m[j, 0], x)
+                if R > 1:
+                    p1 = vaxpy(p1, U_m[j, 1], x)
+                if R > 2:
+                    p2 = vaxpy(p2, U_m[j, 2], x)
+                if R > 3:
+                    p3 = vaxpy(p3, U_m[j, 3], x)
+            quad = e[0] * vdot(p0, p0)
+            if R > 1:
+                quad += e[1] * vdot(p1, p1)
+            if R > 2:
+                quad += e[2] * vdot(p2, p2)
+            if R > 3:
+                quad += e[3] * vdot(p3, p3)
+            out[n] = const + lin + 0.5 * (dn + quad)
+
+    @njit(**NJIT)
+    def items_any_rank(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
+        """Any rho: one P_r in registers at a time (r outer); the first pass gathers the rows
+        from memory, the other rho - 1 passes re-read them from L1."""
+        rho = e.shape[0]
+        n_m = multi.shape[0]
+        V_m = np.empty((max(n_m, 1), K), np.float32)
+        for n in range(start, stop):
+            if prefetch:
+                prefetch_candidate(X, n, stop, emb, linear)
+            lin = np.float32(0.0)
+            dn = 0.0
+            for j in range(n_m):
                 lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V_m[j])
                 dn += d_m[j] * norm2(V_m[j])
             for i in range(single.shape[0]):
@@ -69,11 +128,13 @@ def build(K: int, prefetch: bool):
                 for i in range(single.shape[0]):
                     idx = X[n, single[i]]
                     if idx >= 0:
-                        p = vaxpy(p, U_s[r, i], vload(emb, idx, K))
+                        p = vaxpy(p, U_s[i, r], vload(emb, idx, K))
                 for j in range(n_m):
-                    p = vaxpy(p, U_m[r, j], vload(V_m, j, K))
+                    p = vaxpy(p, U_m[j, r], vload(V_m, j, K))
                 quad += e[r] * vdot(p, p)
             out[n] = const + lin + 0.5 * (dn + quad)
+
+    items = items_registers if R > 0 else items_any_rank
 
     @njit(**NJIT_PARALLEL)
     def items_parallel(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out):
@@ -99,13 +160,14 @@ class DPLRScorer(Scorer):
         if self.d.shape != (self.m,):
             raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
         self.rho = rho
-        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, self.prefetch)
+        R = rho if rho <= MAX_REGISTER_RANK else 0
+        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, R, self.prefetch)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)
         U_i = self.U[:, item_fields]
-        item = (single, multi, np.ascontiguousarray(U_i[:, single_f]),
-                np.ascontiguousarray(U_i[:, multi[:, 2]]), self.d[item_fields][multi[:, 2]].copy())
+        item = (single, multi, np.ascontiguousarray(U_i[:, single_f].T),  # [fields, rho]: one row per field
+                np.ascontiguousarray(U_i[:, multi[:, 2]].T), self.d[item_fields][multi[:, 2]].copy())
         return (np.ascontiguousarray(self.U[:, ctx_fields]), self.d[ctx_fields].copy()), item
 
     def _context(self, ctx, offs, U_c, d_c):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from service.kernels.config import NJIT, PREFETCH_DISTANCE, prefetch_row
+from service.kernels.config import NJIT, PREFETCH_DISTANCE, PREFETCH_LINEAR, prefetch_row
 
 
 @njit(**NJIT)
@@ -48,14 +48,14 @@ def norm2(v):
 
 @njit(**NJIT)
 def prefetch_candidate(items, n, stop, emb, linear):
-    """Prefetch the embedding and linear rows of candidate ``n + PREFETCH_DISTANCE``."""
+    """Prefetch the embedding rows (and, if ``PREFETCH_LINEAR``, the linear weights) of
+    candidate ``n + PREFETCH_DISTANCE``.  No test for PAD (-1): a prefetch never faults."""
     p = n + PREFETCH_DISTANCE
     if p < stop:
         for s in range(items.shape[1]):
-            idx = items[p, s]
-            if idx >= 0:
-                prefetch_row(emb, idx)
-                prefetch_row(linear, idx)
+            prefetch_row(emb, items[p, s])
+            if PREFETCH_LINEAR:
+                prefetch_row(linear, items[p, s])
 
 
 def split_fields(offs: np.ndarray):
@@ -73,3 +73,17 @@ def split_fields(offs: np.ndarray):
     many = np.flatnonzero(width != 1)
     multi = np.stack([offs[many], offs[many + 1], many], axis=1).astype(np.int64).reshape(-1, 3)
     return offs[one].copy(), one.astype(np.int64), multi
+
+
+@njit(**NJIT)
+def id_range(X):
+    """(min, max) of an int32 array in one pass (the scorer's bounds check before any gather)."""
+    flat = X.reshape(-1)
+    if flat.shape[0] == 0:
+        return np.int32(0), np.int32(-1)
+    lo = flat[0]
+    hi = flat[0]
+    for v in flat:
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi

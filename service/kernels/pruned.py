@@ -3,13 +3,16 @@
     score(x) = b + sum_f lin_f + sum_{kept (i, j), i < j} R_ij <v_i, v_j>
 
 Kept pairs split by role.  Once per request:  context x context pairs into ``const``, and
-for each item field j the context partial vector  q_j = sum_{kept (i, j), i in C} R_ij v_i.
-Per candidate, with the item vectors v_a gathered once:
+for each item field a the context partial vector  q_a = sum_{kept (i, a), i in C} R_ia v_i.
+Per candidate, with the item vectors v_a gathered once, everything is accumulated *lane-wise*
+into one k-vector and summed horizontally once at the end:
 
-    sum_{a in I active} < q_a + sum_{kept (a, b), b in I, b > a} R_ab v_b , v_a >
+    acc = sum_{a in I} q_a * v_a  +  sum_{kept (a, b) in I x I} R_ab (v_a * v_b)      (* lane-wise)
+    score = const + sum_{a in I} lin_a + sum_lanes(acc)
 
-i.e. one axpy per kept item x item pair and one dot per item field that has any kept pair —
-O((|I| + P_II) k), no per-pair horizontal sums.  Full FwFM (fwfm.py) is this with every pair.
+The item x item pairs are one flat loop of fixed length (no data-dependent inner loop to
+mispredict), with two accumulators to hide the add latency: O((|I| + P_II) k) per candidate.
+Full FwFM (fwfm.py) is this kernel with every pair kept.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from numba import njit, prange
 from service.kernels.base import Scorer
 from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
 from service.kernels.fields import field_vector, prefetch_candidate, split_fields
-from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
+from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
 
 @cache
@@ -44,36 +47,44 @@ def build(K: int, prefetch: bool):
         return Q, lin + inter
 
     @njit(**NJIT)
-    def items(Q, const, X, single, single_f, multi, act, ptr, nb, w, emb, linear, out, start, stop):
+    def items(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out, start, stop):
         V = np.zeros((max(Q.shape[0], 1), K), np.float32)
+        n_pairs = pa.shape[0]
         for n in range(start, stop):
             if prefetch:
                 prefetch_candidate(X, n, stop, emb, linear)
             lin = np.float32(0.0)
+            acc0 = vzero(K)
+            acc1 = vzero(K)
             for i in range(single.shape[0]):
                 idx = X[n, single[i]]
+                a = single_f[i]
+                x = vzero(K)
                 if idx >= 0:
                     lin += linear[idx]
-                    vstore(V, single_f[i], vload(emb, idx, K))
-                else:
-                    vstore(V, single_f[i], vzero(K))
+                    x = vload(emb, idx, K)
+                vstore(V, a, x)
+                acc0 = vadd(acc0, vmul(vload(Q, a, K), x))
             for j in range(multi.shape[0]):
-                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V[multi[j, 2]])
-            inter = np.float32(0.0)
-            for a in act:
-                t = vload(Q, a, K)
-                for p in range(ptr[a], ptr[a + 1]):
-                    t = vaxpy(t, w[p], vload(V, nb[p], K))
-                inter += vdot(t, vload(V, a, K))
-            out[n] = const + lin + inter
+                a = multi[j, 2]
+                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V[a])
+                acc1 = vadd(acc1, vmul(vload(Q, a, K), vload(V, a, K)))
+            p = 0
+            while p + 1 < n_pairs:
+                acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
+                acc1 = vaxpy(acc1, pw[p + 1], vmul(vload(V, pa[p + 1], K), vload(V, pb[p + 1], K)))
+                p += 2
+            if p < n_pairs:
+                acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
+            out[n] = const + lin + vsum(vadd(acc0, acc1))
 
     @njit(**NJIT_PARALLEL)
-    def items_parallel(Q, const, X, single, single_f, multi, act, ptr, nb, w, emb, linear, out):
+    def items_parallel(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out):
         n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
         for c in prange(n_chunks):
             lo = c * PARALLEL_CHUNK
             hi = min(lo + PARALLEL_CHUNK, X.shape[0])
-            items(Q, const, X, single, single_f, multi, act, ptr, nb, w, emb, linear, out, lo, hi)
+            items(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out, lo, hi)
 
     return context, items, items_parallel
 
@@ -99,36 +110,25 @@ class PrunedScorer(Scorer):
     def _plan(self, ctx_fields, item_fields, item_offs):
         is_ctx = np.zeros(self.m, dtype=bool)
         is_ctx[ctx_fields] = True
-        local = np.full(self.m, -1, dtype=np.int64)  # global field -> position in its role
+        local = np.full(self.m, -1, dtype=np.int64)  # global field -> position within its role
         local[ctx_fields] = np.arange(len(ctx_fields))
         local[item_fields] = np.arange(len(item_fields))
         pi, pj, pr = self.pair_i, self.pair_j, self.pair_r
         cc = is_ctx[pi] & is_ctx[pj]
-        ci = is_ctx[pi] & ~is_ctx[pj]  # context fields come first, so i in C, j in I here
+        ci = is_ctx[pi] & ~is_ctx[pj]  # context fields come first: i in C, j in I
         ii = ~is_ctx[pi] & ~is_ctx[pj]
         ctx = (local[pi[cc]], local[pj[cc]], pr[cc], local[pi[ci]], local[pj[ci]], pr[ci], len(item_fields))
-        # item x item pairs as CSR rows a -> (b > a, R_ab); active rows have any kept pair
-        a, b, w = local[pi[ii]], local[pj[ii]], pr[ii]
-        order = np.lexsort((b, a))
-        a, b, w = a[order], b[order], w[order]
-        ptr = np.zeros(len(item_fields) + 1, dtype=np.int64)
-        np.add.at(ptr, a + 1, 1)
-        ptr = np.cumsum(ptr)
-        active = np.zeros(len(item_fields), dtype=bool)
-        active[a] = True
-        active[local[pj[ci]]] = True
         single, single_f, multi = split_fields(item_offs)
-        item = (single, single_f, multi, np.flatnonzero(active).astype(np.int64), ptr, b.copy(),
-                w.astype(np.float32))
+        item = (single, single_f, multi, local[pi[ii]], local[pj[ii]], pr[ii].copy())
         return ctx, item
 
     def _context(self, ctx, offs, *params):
         Q, c = self._ctx_fn(ctx, offs, self.emb, self.linear, *params)
         return Q, self.bias + c
 
-    def _items(self, state, X, single, single_f, multi, act, ptr, nb, w, out, parallel):
+    def _items(self, state, X, single, single_f, multi, pa, pb, pw, out, parallel):
         Q, const = state
-        args = (Q, const, X, single, single_f, multi, act, ptr, nb, w, self.emb, self.linear, out)
+        args = (Q, const, X, single, single_f, multi, pa, pb, pw, self.emb, self.linear, out)
         if parallel:
             self._par_fn(*args)
         else:

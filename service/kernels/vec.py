@@ -14,6 +14,7 @@ artifact's K (DESIGN.md §7: "an inner loop over the embedding dimension fully u
     vaxpy(y, s, x)      y + s x      (s a scalar, converted to float32)
     vmul(x, y)          x * y        (elementwise)
     vdot(x, y)          <x, y>       (float32; lanes summed by halving)
+    vsum(x)             sum of the lanes
 """
 
 from __future__ import annotations
@@ -154,3 +155,14 @@ def vdot(typingctx, x, y):
         return _hsum(builder, builder.fmul(args[0], args[1]), x.k)
 
     return types.float32(x, y), codegen
+
+
+@intrinsic
+def vsum(typingctx, x):
+    if not _is_vec(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _hsum(builder, args[0], x.k)
+
+    return types.float32(x), codegen
