@@ -313,3 +313,36 @@ def test_bad_configurations_are_named():
         make_embedding(N, 8, "lightfm")
     with pytest.raises(IndexError, match="feature ids"):
         _lightfm()(torch.tensor([N]))
+
+
+@pytest.mark.data
+def test_real_criteo_layout_trains_and_decodes(criteo_path, tmp_path):
+    """39 real fields of very different sizes: some kept dense, codes move, scores match the oracle."""
+    from training.data import prepare
+    from training.quantize import feature_counts
+
+    data = prepare("criteo", criteo_path, max_rows=3000, min_count=2, cache_dir=tmp_path, progress=False)
+    off = [int(o) for o in data.preprocessor.vocab.id_offsets]
+    X, y = data.split("train")
+    torch.manual_seed(0)
+    model = build("dplr", data.schema, data.n_features, 8, rank=2, embedding="lightfm",
+                  embedding_opts={"id_offsets": off, "codebooks": 2, "codewords": 32})
+    emb = model.embedding
+    assert 0 in emb.sizes and 32 in emb.sizes  # both small (dense) and large (quantized) fields
+    emb.set_popularity(feature_counts(X, data.n_features))
+    before = emb.codes().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    Xt, yt = torch.from_numpy(np.array(X, np.int64)), torch.from_numpy(np.array(y))
+    for s in range(0, 2048, 256):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(Xt[s:s + 256]), yt[s:s + 256])
+        opt.zero_grad()
+        (loss + emb.regularizer()).backward()
+        opt.step()
+    assert (emb.codes() != before).any()
+    params = model.export_arrays()
+    params["emb"] = decode_arrays(emb.export_arrays(), off)
+    np.testing.assert_array_equal(params["emb"], emb.decoded())
+    with torch.no_grad():
+        got = model(Xt[:20]).numpy()
+    want = naive.scores("dplr", np.asarray(X[:20]), data.schema.slot_offsets, params)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
