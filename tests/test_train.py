@@ -130,6 +130,12 @@ def test_pruned_trains_fwfm_then_fine_tunes_with_mask(planted, tmp_path):
     fit(quick(model="fwfm", epochs=2), planted, tmp_path / "fw")
     m2 = fit(quick(model="pruned", rank=1, epochs=1, prune_from=str(tmp_path / "fw")), planted, tmp_path / "pr2")
     assert "base_fwfm" not in m2 and m2["valid"]["auc"] > 0.6
+    # without fine-tuning: exactly the FwFM with R masked
+    fit(quick(model="pruned", rank=1, finetune=False, prune_from=str(tmp_path / "fw")), planted, tmp_path / "pr3")
+    fw, _, _ = checkpoint.load(tmp_path / "fw")
+    pr3, _, _ = checkpoint.load(tmp_path / "pr3")
+    a, b = fw.export_arrays(), pr3.export_arrays()
+    assert np.array_equal(a["emb"], b["emb"]) and np.array_equal(np.where(b["mask"], a["R"], 0), b["R"])
 
 
 def test_early_stopping_keeps_the_best_epoch(planted):

@@ -54,6 +54,7 @@ class TrainConfig:
     lr_search: int = 0  # Optuna trials on the validation split (0 = use lr)
     lr_search_epochs: int = 3
     prune_from: str | None = None  # a trained FwFM run directory (model "pruned" only)
+    finetune: bool = True  # pruned: fine-tune with the mask after pruning
     threads: int = 1  # torch intra-op threads per process
     progress: bool = True
 
@@ -218,7 +219,10 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
     else:
         model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
         desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
-    model, hist = train_model(model, cfg, data, desc=desc)
+    if cfg.model == "pruned" and not cfg.finetune:
+        hist = {"best_epoch": 0, "epochs_run": 0, "history": []}
+    else:
+        model, hist = train_model(model, cfg, data, desc=desc)
     metrics = {
         "model": cfg.model, "rank": cfg.rank, "embed_dim": cfg.embed_dim, "dataset": cfg.dataset,
         "lr": cfg.lr, "target": data.target,

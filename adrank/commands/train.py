@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-count", type=int, default=10, help="rarer values map to the rare id")
     p.add_argument("--lr-search", type=int, default=0, metavar="N", help="Optuna trials tuning lr on valid")
     p.add_argument("--prune-from", default=None, metavar="RUN_DIR", help="prune this trained FwFM run")
+    p.add_argument("--no-finetune", action="store_true", help="pruned: keep the pruned FwFM as is")
     p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
                       max_rows=args.max_rows, min_count=args.min_count, lr_search=args.lr_search,
-                      prune_from=args.prune_from, threads=args.threads, progress=not args.quiet)
+                      prune_from=args.prune_from, finetune=not args.no_finetune, threads=args.threads, progress=not args.quiet)
     try:
         cfg.validate()
         rank, _ = init_distributed()
