@@ -4,6 +4,8 @@ Scores are checked against tests/naive.py on the decoded table; the straight-thr
 against a literal implementation of Eq. 6-8; memory against hand counts and real packed sizes.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,8 @@ def test_gradients_reach_continuous_rows_and_codebooks_through_the_module():
     assert gw[[301, 302, 900, 1000]].abs().sum(1).min() > 0  # quantized rows: via the softmax
     assert gw[7].abs().sum() > 0  # dense-kept row: directly
     assert all(C.grad is not None and C.grad.abs().sum() > 0 for C in emb.codebooks)
+    copied = copy.deepcopy(emb)  # the cached batch (graph nodes) is not copied
+    assert len(emb._last) == 3 and len(copied._last) == 0 and torch.equal(copied.table(), emb.table())
     untouched = torch.ones(N, dtype=torch.bool)
     untouched[ids.flatten()] = False
     assert gw[untouched].abs().sum() == 0

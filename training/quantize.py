@@ -111,6 +111,17 @@ def quantize(v: torch.Tensor, C: torch.Tensor, T: float = 1.0) -> tuple[torch.Te
     return q.reshape(U, D * kd), codes
 
 
+class BatchCache(list):
+    """The last training batch's (ids, v, q) for ``regularizer()``: holds autograd graph nodes,
+    so copies and pickles of the module start empty instead of failing."""
+
+    def __deepcopy__(self, memo):
+        return BatchCache()
+
+    def __reduce__(self):
+        return BatchCache, ()
+
+
 class CodebookEmbedding(nn.Module):
     """LightFM embedding ``ids [...] -> [..., k]``: per-field codebooks, codes by argmax (Eq. 3).
 
@@ -151,7 +162,7 @@ class CodebookEmbedding(nn.Module):
                 self.codebooks.append(nn.Parameter(self.weight.detach()[pick].reshape(K, self.D, -1)
                                                    .transpose(0, 1).contiguous()))
         self.register_buffer("popularity", torch.ones(n_features))
-        self._last = None  # (ids, v, q) of the last training batch, for regularizer()
+        self._last = BatchCache()  # (ids, v, q) of the last training batch, for regularizer()
 
     # --- forward -----------------------------------------------------------------------
     def _rows(self, uniq: torch.Tensor, keep: bool) -> torch.Tensor:
@@ -174,7 +185,7 @@ class CodebookEmbedding(nn.Module):
             parts.append(q)
             reg.append((uniq[a:b], v, q))
         if keep:
-            self._last = reg
+            self._last = BatchCache(reg)
         return torch.cat(parts) if parts else self.weight[:0]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

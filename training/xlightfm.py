@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.quantize import CodebookEmbedding, embedding_memory, field_sizes_of, quantize
+from training.quantize import BatchCache, CodebookEmbedding, embedding_memory, field_sizes_of, quantize
 
 CANDIDATES = (64, 128, 256, 512, 1024, 2048)
 
@@ -66,7 +66,7 @@ class XLightFMSearchEmbedding(nn.Module):
         self.register_buffer("valid", torch.tensor([[j < len(o) for j in range(G)] for o in self.options]))
         self.register_buffer("popularity", torch.ones(n_features))
         self.tau = 1.0
-        self._last = None
+        self._last = BatchCache()
 
     def weights_of(self, f: int) -> torch.Tensor:
         """Option weights of field f: Gumbel-softmax (Eq. 11) in training, one-hot argmax in eval."""
@@ -91,7 +91,7 @@ class XLightFMSearchEmbedding(nn.Module):
                     c = c + w[j] * (v if bi < 0 else quantize(v, self.books[bi], self.T)[0])
             parts.append(c)
             reg.append((uniq[a:b], v, c))
-        self._last = reg if torch.is_grad_enabled() else self._last
+        self._last = BatchCache(reg) if torch.is_grad_enabled() else self._last
         return torch.cat(parts)[inv].reshape(*ids.shape, self.k)
 
     def regularizer(self) -> torch.Tensor:
