@@ -122,3 +122,14 @@ def test_plan_errors_name_the_problem():
         make_plan("fm", schema, {k: v for k, v in sm.arrays.items() if k != "emb"})
     with pytest.raises(PlanError, match="R has shape"):
         make_plan("fwfm", schema, {**sm.arrays, "R": np.zeros((2, 2))})
+
+
+def test_rows_kernel_with_and_without_prefetch_agree_and_rows_are_aligned():
+    _, _, _, (z, const, W, c) = setup("dplr", SCHEMAS["multi"], n=40, rho=2)
+    assert W.ctypes.data % 64 == 0
+    rows = np.random.default_rng(0).integers(0, 40, 100)
+    a, b = np.empty(100), np.empty(100)
+    kernels.rows_kernel(W.shape[1], True)(z, const, W, c, rows, a)
+    kernels.rows_kernel(W.shape[1], False)(z, const, W, c, rows, b)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, kernels.score_all(z, const, W, c)[rows])
