@@ -266,6 +266,25 @@ def test_field_options_and_search_module_eval_equals_selected_lightfm():
     assert torch.equal(out, lfm(ids))
 
 
+def test_gumbel_softmax_mix_eq11_and_architecture_gradients():
+    emb = XLightFMSearchEmbedding(N, K_DIM, OFFSETS, codebooks=D, candidates=(4, 16, 64), seed=0)
+    emb.train()
+    w = emb.weights_of(3).detach()
+    assert w.shape == (3,) and float(w.sum()) == pytest.approx(1.0) and bool((w > 0).all())
+    ids = torch.from_numpy(_rows(64, seed=11))
+    G = torch.randn(64, 4, K_DIM, generator=torch.Generator().manual_seed(0))
+    (emb(ids) * G).sum().backward()
+    assert emb.alpha.grad[:, :2].abs().min() > 0  # every field's options get a gradient
+    # a confident architecture at low tau is (almost) the one option's LightFM embedding
+    with torch.no_grad():
+        emb.alpha.zero_()
+        emb.alpha[:, 0] = 50.0
+    emb.tau = 0.01
+    lfm = emb.to_codebook_embedding()
+    with torch.no_grad():
+        torch.testing.assert_close(emb(ids), lfm(ids), rtol=0, atol=1e-6)
+
+
 def test_enforce_budget_applies_eq14():
     emb = XLightFMSearchEmbedding(N, K_DIM, OFFSETS, codebooks=D, candidates=(4, 16, 64, 256))
     prev_alpha, prev_sel = emb.alpha.detach().clone(), emb.selection()
@@ -299,6 +318,8 @@ def test_search_respects_the_memory_budget(fraction):
                                                             for n in np.diff(offsets)]
     assert all(K in field_options(n, K_DIM, D, cands) for K, n in zip(res.sizes, np.diff(offsets), strict=True))
     assert res.embedding.sizes == res.sizes and len(res.history) >= 1
+    taus = [h["tau"] for h in res.history]
+    assert taus == sorted(taus, reverse=True) and taus[0] > taus[-1]  # annealed
     with pytest.raises(ValueError, match="below the smallest architecture"):
         search_xlightfm(lambda: build("fm", schema, 830, K_DIM), data, 0.5 * lo["embedding_mb"],
                         id_offsets=offsets, codebooks=D, candidates=cands, steps=1, progress=False)
