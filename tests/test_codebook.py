@@ -97,6 +97,26 @@ def test_scores_with_codes_equal_naive_scores_on_decoded(kind, rank):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_checkpoint_round_trip_and_pruning_keep_the_codebooks(tmp_path):
+    from adrank.preprocess import Preprocessor, Vocab
+    from training import checkpoint
+    from training.models import PrunedFwFM
+
+    vocab = Vocab.from_kept([np.arange(n - 2, dtype=np.uint64) for n in np.diff(OFFSETS)])
+    assert vocab.id_offsets.tolist() == OFFSETS
+    torch.manual_seed(0)
+    model = build("fwfm", SCHEMA, N, K_DIM, embedding="lightfm",
+                  embedding_opts={"id_offsets": OFFSETS, "codebooks": D, "codewords": 16})
+    model.embedding.set_popularity(np.arange(N))
+    checkpoint.save(tmp_path / "run", model, {"seed": 0}, Preprocessor(SCHEMA, vocab))
+    loaded, cfg, _ = checkpoint.load(tmp_path / "run")
+    assert cfg["embedding"] == "lightfm"
+    assert torch.equal(loaded.embedding.table(), model.embedding.table())
+    assert torch.equal(loaded.embedding.popularity, model.embedding.popularity)
+    pruned = PrunedFwFM.from_fwfm(model, 1)
+    assert torch.equal(pruned.embedding.table(), model.embedding.table())
+
+
 def _reference_ste(v, C, T):
     """Eq. 6-8 literally: b = one-hot argmax of -||v-c||^2, b~ = tempered softmax, b^ = b~ + sg(b - b~)."""
     U, (D_, K, kd) = v.shape[0], C.shape
