@@ -1,0 +1,260 @@
+"""`adrank loadtest compare`: the same fixed-rate traffic against each model in turn, one server.
+
+Procedure (all on loopback, every step bounded in time):
+
+1. build one request pool (loadtest/auctions.py) — byte-identical traffic for every model;
+2. start ONE ``adrank serve`` on 127.0.0.1 hosting every compared model (same process, same
+   workers, same settings) and wait for /readyz;
+3. warm-up: a short untimed run per model;
+4. ``repeats`` rounds, each running every model once in the given order (A B A B ...), one model
+   at a time: scrape /metrics, run headless Locust (loadtest/locustfile.py) for ``duration``
+   seconds at ``rps`` requests/s, scrape /metrics again;
+5. per model: client-side percentiles from the raw per-request timings of all its runs,
+   server-side percentiles from the *difference* of the Prometheus histograms
+   ``adrank_request_duration_seconds`` and ``adrank_model_inference_duration_seconds`` (bucket
+   interpolation, as PromQL's histogram_quantile), achieved RPS and error rate;
+6. write ``loadtest-<name>.md`` (table + command), ``.json`` (every run) and ``.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+REQUEST = "adrank_request_duration_seconds"
+INFERENCE = "adrank_model_inference_duration_seconds"
+
+
+class LoadTestError(RuntimeError):
+    """A load test that could not run: names the step that failed."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+# --- server ----------------------------------------------------------------------------------
+class Server:
+    """``adrank serve`` on 127.0.0.1 in a child process group; stopped by its own pid."""
+
+    def __init__(self, specs: list[str], workers: int, run_dir: Path, log_path: Path, ready_timeout: float):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())", "serve", *specs, "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--run-dir", str(run_dir),
+               "--max-candidates", "10000"]
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise LoadTestError(f"the server exited with code {self.proc.returncode} before it was ready; "
+                                    f"see {log_path}")
+            if get(f"{self.base}/readyz")[0] == 200:
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise LoadTestError(f"the server was not ready within {ready_timeout:.0f} s; see {log_path}")
+
+    def metrics(self) -> str:
+        status, body = get(f"{self.base}/metrics", timeout=10)
+        if status != 200:
+            raise LoadTestError(f"GET /metrics returned {status}")
+        return body.decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+# --- Prometheus histograms -------------------------------------------------------------------
+def histograms(text: str, metric: str, model: str) -> dict[float, float]:
+    """{le: cumulative count} of ``metric`` for ``model`` (/v1/rank only for request durations)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != metric:
+            continue
+        for s in fam.samples:
+            if not s.name.endswith("_bucket") or s.labels.get("model") != model:
+                continue
+            if "endpoint" in s.labels and s.labels["endpoint"] != "/v1/rank":
+                continue
+            le = float(s.labels["le"])
+            out[le] = out.get(le, 0.0) + s.value
+    return out
+
+
+def histogram_delta(before: dict, after: dict) -> dict[float, float]:
+    return {le: after[le] - before.get(le, 0.0) for le in after}
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """PromQL's histogram_quantile: linear interpolation inside the bucket holding rank q*count."""
+    les = sorted(buckets)
+    if not les or buckets[les[-1]] <= 0:
+        return None
+    total = buckets[les[-1]]
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le in les:
+        c = buckets[le]
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
+        prev_le, prev_c = le, c
+    return les[-2] if len(les) > 1 else None
+
+
+# --- one Locust run ----------------------------------------------------------------------------
+def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, timings: Path, log: Path) -> None:
+    users = max(2, int(np.ceil(rps / 5)))  # each user offers <= 5 req/s: a slow reply does not lower the rate
+    env = {**os.environ, "ADRANK_LT_POOL": str(pool), "ADRANK_LT_MODEL": model, "ADRANK_LT_RPS": str(rps),
+           "ADRANK_LT_USERS": str(users), "ADRANK_LT_TIMINGS": str(timings)}
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
+           "-t", f"{duration:g}s", "--stop-timeout", "5", "--host", base, "--only-summary", "--loglevel", "WARNING"]
+    with open(log, "ab") as fh:
+        try:
+            proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=duration + 60,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise LoadTestError(f"locust did not finish within {duration + 60:.0f} s (model {model}); see {log}") from None
+    if not timings.is_file():
+        raise LoadTestError(f"locust (exit code {proc.returncode}) wrote no timings for model {model}; see {log}")
+
+
+def read_timings(path: Path) -> np.ndarray:
+    """Structured rows (start, seconds, status, candidates)."""
+    with open(path) as fh:
+        rows = [(float(r["start_unix"]), float(r["seconds"]), int(r["status"]), int(r["candidates"]))
+                for r in csv.DictReader(fh)]
+    return np.array(rows, dtype=[("start", "f8"), ("seconds", "f8"), ("status", "i4"), ("candidates", "i4")])
+
+
+# --- the comparison -----------------------------------------------------------------------------
+def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: float = 20, duration: float = 20,
+            warmup: float = 5, repeats: int = 3, workers: int = 1, pool_size: int = 300, median: float = 200,
+            sigma: float = 1.0, max_candidates: int = 5000, seed: int = 0, command: str = "",
+            progress: bool = True, ready_timeout: float = 300) -> dict:
+    """Run the comparison (module docstring); returns the result written to ``out_dir``."""
+    from tqdm import tqdm
+
+    from loadtest.auctions import AuctionGenerator, load_values, write_pool
+    from loadtest.report import write_report
+
+    names = [s.split("=", 1)[0] if "=" in s else Path(s).stem for s in specs]
+    if len(set(names)) != len(names):
+        raise LoadTestError(f"model names must differ, got {names}")
+    out_dir = Path(out_dir)
+    work = Path(tempfile.mkdtemp(prefix="adrank-loadtest-"))
+    try:
+        gen = AuctionGenerator(load_values(values_path), seed=seed, median=median, sigma=sigma,
+                               max_candidates=max_candidates)
+        pool = work / "pool.jsonl"
+        pool_stats = write_pool(gen, pool, pool_size, progress=progress)
+        server = Server([f"{n}={s.split('=', 1)[-1]}" for n, s in zip(names, specs, strict=True)], workers,
+                        work / "run", work / "server.log", ready_timeout)
+        runs = []
+        try:
+            steps = [("warmup", 0, n) for n in names] + [("run", r, n) for r in range(repeats) for n in names]
+            for kind, rep, model in tqdm(steps, desc="loadtest", disable=not progress):
+                timings = work / f"{kind}-{rep}-{model}.csv"
+                before = server.metrics()
+                t0 = time.time()
+                run_locust(server.base, pool, model, rps, warmup if kind == "warmup" else duration, timings,
+                           work / "locust.log")
+                wall = time.time() - t0
+                after = server.metrics()
+                if kind == "run":
+                    runs.append(summarize_run(model, rep, read_timings(timings), before, after, duration, wall))
+        finally:
+            server.stop()
+        result = {"command": command, "models": dict(zip(names, [s.split("=", 1)[-1] for s in specs], strict=True)),
+                  "settings": {"rps": rps, "duration_s": duration, "warmup_s": warmup, "repeats": repeats,
+                               "workers": workers, "pool": pool_stats, "seed": seed, "median_candidates": median,
+                               "sigma": sigma, "max_candidates": max_candidates},
+                  "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
+                  "summary": [summarize_model(n, [r for r in runs if r["model"] == n]) for n in names]}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(result, runs, out_dir, name)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summarize_run(model, rep, t: np.ndarray, before: str, after: str, duration: float, wall: float) -> dict:
+    req = histogram_delta(histograms(before, REQUEST, model), histograms(after, REQUEST, model))
+    inf = histogram_delta(histograms(before, INFERENCE, model), histograms(after, INFERENCE, model))
+    ok = t["status"] == 200
+    span = float(t["start"].max() - t["start"].min()) if len(t) > 1 else 0.0
+    return {"model": model, "repeat": rep, "requests": int(len(t)), "errors": int((~ok).sum()),
+            "achieved_rps": (len(t) - 1) / span if span > 0 else 0.0, "wall_s": wall,
+            "client_p50_ms": _pct(t["seconds"][ok], 50), "client_p99_ms": _pct(t["seconds"][ok], 99),
+            "server_p99_ms": _q(0.99, req), "_seconds": t["seconds"][ok], "_req": req, "_inf": inf,
+            "_candidates": t["candidates"][ok]}
+
+
+def summarize_model(model: str, runs: list[dict]) -> dict:
+    """Pooled over the model's runs: raw client timings, summed histogram deltas."""
+    sec = np.concatenate([r["_seconds"] for r in runs]) if runs else np.zeros(0)
+    req, inf = {}, {}
+    for r in runs:
+        for src, dst in ((r["_req"], req), (r["_inf"], inf)):
+            for le, c in src.items():
+                dst[le] = dst.get(le, 0.0) + c
+    n = sum(r["requests"] for r in runs)
+    out = {"model": model, "runs": len(runs), "requests": n,
+           "achieved_rps": float(np.mean([r["achieved_rps"] for r in runs])) if runs else 0.0,
+           "error_rate": (sum(r["errors"] for r in runs) / n) if n else None,
+           "server_requests": req.get(float("inf"), 0.0)}
+    for q in (50, 95, 99):
+        out[f"client_p{q}_ms"] = _pct(sec, q)
+        out[f"server_p{q}_ms"] = _q(q / 100, req)
+        out[f"inference_p{q}_ms"] = _q(q / 100, inf)
+    out["_seconds"] = sec
+    return out
+
+
+def _pct(sec: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(sec, q)) * 1e3, 3) if len(sec) else None
+
+
+def _q(q: float, buckets: dict) -> float | None:
+    v = histogram_quantile(q, buckets)
+    return None if v is None else round(v * 1e3, 3)

@@ -1,0 +1,90 @@
+"""Locust load test for POST /v1/rank at a fixed request rate, recording raw per-request timings.
+
+    ADRANK_LT_POOL=pool.jsonl ADRANK_LT_MODEL=dplr-2 ADRANK_LT_RPS=40 ADRANK_LT_TIMINGS=out.csv \\
+        locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 20s --host http://127.0.0.1:8000
+
+Bodies come from a pool written by ``loadtest.auctions.write_pool`` (realistic auctions: long-tail
+candidate counts, Zipf-popular raw values, some unseen and missing), cycled in order from a
+per-user offset, each prefixed with ``"model": ADRANK_LT_MODEL``.  Every user of ``-u U`` runs
+``constant_throughput(ADRANK_LT_RPS / U)``, so the offered rate is fixed (not closed-loop).
+
+Locust's own statistics round to whole milliseconds; a ``request`` event listener keeps the raw
+float time of every request and writes ``start_unix,seconds,status,candidates`` rows to
+``ADRANK_LT_TIMINGS`` when the test stops (``adrank loadtest compare`` reads them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+from locust import FastHttpUser, constant_throughput, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtest.auctions import with_model  # noqa: E402
+
+POOL = os.environ.get("ADRANK_LT_POOL", "")
+MODEL = os.environ.get("ADRANK_LT_MODEL", "")
+RPS = float(os.environ.get("ADRANK_LT_RPS", "10"))
+USERS = int(os.environ.get("ADRANK_LT_USERS", "1"))
+TIMINGS = os.environ.get("ADRANK_LT_TIMINGS", "")
+
+_bodies: list[tuple[bytes, int]] = []
+_timings: list[tuple[float, float, int, int]] = []
+_next_user = itertools.count()
+
+
+def _load_pool() -> None:
+    if _bodies:
+        return
+    if not POOL or not Path(POOL).is_file():
+        raise SystemExit(f"locustfile: ADRANK_LT_POOL={POOL!r} is not a request pool file")
+    for line in Path(POOL).read_bytes().splitlines():
+        if line.strip():
+            body = with_model(line, MODEL) if MODEL else line
+            _bodies.append((body, line.count(b'"id":')))
+
+
+@events.test_start.add_listener
+def _on_start(environment, **_kw) -> None:
+    _load_pool()
+
+
+@events.request.add_listener
+def _on_request(request_type, name, response_time, response_length, response=None, exception=None,
+                context=None, start_time=None, **_kw) -> None:
+    status = getattr(response, "status_code", 0) or 0
+    if exception is not None and not status:
+        status = -1
+    _timings.append((start_time or 0.0, response_time / 1000.0, int(status), int((context or {}).get("n", 0))))
+
+
+@events.test_stop.add_listener
+def _on_stop(environment, **_kw) -> None:
+    if not TIMINGS:
+        return
+    tmp = f"{TIMINGS}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write("start_unix,seconds,status,candidates\n")
+        fh.writelines(f"{s:.6f},{t:.9f},{c},{n}\n" for s, t, c, n in _timings)
+    os.replace(tmp, TIMINGS)
+
+
+class RankUser(FastHttpUser):
+    wait_time = constant_throughput(RPS / max(USERS, 1))
+
+    def on_start(self) -> None:
+        _load_pool()
+        self._order = itertools.cycle(range(len(_bodies)))
+        for _ in range((next(_next_user) * 7919) % len(_bodies)):  # users start at different requests
+            next(self._order)
+
+    @task
+    def rank(self) -> None:
+        body, n = _bodies[next(self._order)]
+        with self.client.post("/v1/rank", data=body, headers={"content-type": "application/json"},
+                              name="/v1/rank", context={"n": n}, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")

@@ -1,0 +1,115 @@
+"""Markdown table, JSON and PNG plots of a `loadtest compare` result (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmt(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"# Load test: {', '.join(result['models'])}", "",
+             f"Command: `{result['command']}`  ",
+             f"{result['time']}; {s['workers']} server worker(s) on 127.0.0.1, every model in the same server, "
+             f"one model at a time; {s['rps']:g} req/s offered (Locust FastHttpUser, constant_throughput) for "
+             f"{s['duration_s']:g} s per run after a {s['warmup_s']:g} s warm-up per model; {s['repeats']} rounds "
+             f"interleaved ({' '.join(result['models'])} ...). Machine: {result['machine']['cpus']} CPUs shared "
+             f"with other work (load average at the end "
+             f"{tuple(round(x, 2) for x in result['machine']['load_average_end'])}).", "",
+             f"Traffic: a pool of {s['pool']['requests']} requests replayed identically for every model; candidates "
+             f"per request log-normal (median {s['median_candidates']:g}, sigma {s['sigma']:g}, at most "
+             f"{s['max_candidates']}): mean {s['pool']['candidates_mean']:.0f}, P50 {s['pool']['candidates_p50']:.0f}, "
+             f"P99 {s['pool']['candidates_p99']:.0f}; raw values Zipf-popular from the model's values file, 2% unseen, "
+             "1% missing.", "",
+             "Client-side percentiles come from raw per-request timings (a Locust request hook, not Locust's "
+             "whole-millisecond statistics); server-side ones from the difference of the Prometheus histograms "
+             "scraped from /metrics before and after each run (`adrank_request_duration_seconds` = handler, "
+             "`adrank_model_inference_duration_seconds` = Ranker.rank: encoding + scoring + sorting), "
+             "interpolated inside buckets like `histogram_quantile`. Achieved RPS = (requests - 1) / (last start - "
+             "first start) of each run, averaged over runs.", "",
+             "| model | achieved RPS | error rate | client P50 / P95 / P99 (ms) | server P50 / P95 / P99 (ms) "
+             "| inference P50 / P95 / P99 (ms) | requests |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in result["summary"]:
+        lines.append(
+            f"| {m['model']} | {m['achieved_rps']:.1f} | {_fmt(100 * m['error_rate'] if m['error_rate'] is not None else None)}% "
+            f"| {_fmt(m['client_p50_ms'])} / {_fmt(m['client_p95_ms'])} / {_fmt(m['client_p99_ms'])} "
+            f"| {_fmt(m['server_p50_ms'])} / {_fmt(m['server_p95_ms'])} / {_fmt(m['server_p99_ms'])} "
+            f"| {_fmt(m['inference_p50_ms'])} / {_fmt(m['inference_p95_ms'])} / {_fmt(m['inference_p99_ms'])} "
+            f"| {m['requests']} |")
+    lines += ["", "Per run (client P50 / P99, server P99, ms):", "",
+              "| round | " + " | ".join(result["models"]) + " |", "| --- | " + " | ".join("---" for _ in result["models"]) + " |"]
+    for rep in sorted({r["repeat"] for r in result["runs"]}):
+        cells = []
+        for name in result["models"]:
+            r = next((x for x in result["runs"] if x["repeat"] == rep and x["model"] == name), None)
+            cells.append("-" if r is None else f"{_fmt(r['client_p50_ms'])} / {_fmt(r['client_p99_ms'])}, "
+                                               f"{_fmt(r['server_p99_ms'])}")
+        lines.append(f"| {rep + 1} | " + " | ".join(cells) + " |")
+    pairs = [(m, next((x for x in result["summary"] if x["model"] == m["model"].replace("dplr", "pruned")), None))
+             for m in result["summary"] if m["model"].startswith("dplr")]
+    pairs = [(d, p) for d, p in pairs if p is not None]
+    if pairs:
+        lines += ["", "DPLR vs pruned at the same rho (same run; ratio < 1 = DPLR faster):", "",
+                  "| pair | server P99 DPLR / pruned (ms) | ratio | client P99 ratio | inference P50 ratio |",
+                  "| --- | --- | --- | --- | --- |"]
+        for d, p in pairs:
+            lines.append(f"| {d['model']} vs {p['model']} | {_fmt(d['server_p99_ms'])} / {_fmt(p['server_p99_ms'])} "
+                         f"| {_ratio(d['server_p99_ms'], p['server_p99_ms'])} | {_ratio(d['client_p99_ms'], p['client_p99_ms'])} "
+                         f"| {_ratio(d['inference_p50_ms'], p['inference_p50_ms'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(a, b) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
+def plot(result: dict, summaries: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = [m["model"] for m in summaries]
+    x = np.arange(len(names))
+    for i, (side, label) in enumerate((("client", "client"), ("server", "server (histogram)"),
+                                       ("inference", "inference (histogram)"))):
+        for j, q in enumerate((50, 99)):
+            vals = [m[f"{side}_p{q}_ms"] or 0 for m in summaries]
+            ax1.bar(x + (2 * i + j - 2.5) * 0.13, vals, 0.13, label=f"{label} P{q}")
+    ax1.set(xticks=x, ylabel="ms", title="latency percentiles per model")
+    ax1.set_xticklabels(names, rotation=20)
+    ax1.legend(fontsize=7)
+    for m in summaries:
+        sec = np.sort(m["_seconds"]) * 1e3
+        if len(sec):
+            ax2.plot(sec, np.arange(1, len(sec) + 1) / len(sec), label=m["model"])
+    ax2.set(xscale="log", xlabel="client latency (ms, raw timings)", ylabel="fraction of requests",
+            title=f"client latency CDF at {result['settings']['rps']:g} req/s")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(result: dict, runs: list[dict], out_dir: Path, name: str) -> None:
+    summaries = result["summary"]
+    clean = {**result, "summary": [{k: v for k, v in m.items() if not k.startswith("_")} for m in summaries]}
+    stem = out_dir / f"loadtest-{name}"
+    for suffix, render in ((".json", lambda p: p.write_text(json.dumps(clean, indent=1) + "\n")),
+                           (".md", lambda p: p.write_text(markdown(clean))),
+                           (".png", lambda p: plot(clean, summaries, p))):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+        render(tmp)
+        os.replace(tmp, path)
+    result["summary"] = clean["summary"]

@@ -1,0 +1,165 @@
+"""Load-test pieces: the auction generator against the real app, histogram arithmetic, and a
+slow end-to-end `adrank loadtest compare` on loopback (a few seconds per model)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from adrank.cli import main
+from adrank.preprocess import MISSING, RARE
+from service.app import create_app
+from service.artifact import load_preprocessor, read_artifact
+from service.metrics import LATENCY_BUCKETS
+from service.settings import ModelSpec, Settings
+from tests.service_helpers import ranker_loader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtest.auctions import AuctionGenerator, load_values, values_from_data, with_model, write_pool  # noqa: E402
+from loadtest.compare import histogram_delta, histogram_quantile, histograms  # noqa: E402
+from loadtest.models import build_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lt-models")
+    return build_models(out, ranks=(1,), embed_dim=4, values_per_field=60, seed=3)
+
+
+def test_generated_requests_are_accepted_by_the_service(models, tmp_path):
+    gen = AuctionGenerator(load_values(models["values"]), seed=1, median=20, sigma=1.0, max_candidates=300)
+    pool = tmp_path / "pool.jsonl"
+    stats = write_pool(gen, pool, 25)
+    assert stats["requests"] == 25 and 1 <= stats["candidates_max"] <= 300
+    settings = Settings(models=(ModelSpec("dplr-1", Path(models["dplr-1"])),
+                                ModelSpec("pruned-1", Path(models["pruned-1"]))), gc_freeze=False)
+    with TestClient(create_app(settings, loader=ranker_loader())) as client:
+        for line in pool.read_bytes().splitlines():
+            sent = json.loads(line)
+            for model in ("dplr-1", "pruned-1"):
+                r = client.post("/v1/rank", content=with_model(line, model),
+                                headers={"content-type": "application/json"})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["model"] == model
+                assert sorted(a["id"] for a in body["ads"]) == sorted(a["id"] for a in sent["ads"])
+
+
+def test_values_encode_as_kept_unseen_as_rare_and_nulls_as_missing(models):
+    art = read_artifact(models["dplr-1"])
+    pre = load_preprocessor(art)
+    doc = load_values(models["values"])
+    gen = AuctionGenerator(doc, seed=2, median=3000, sigma=0.0, max_candidates=3000, unseen=0.05, missing=0.02)
+    req = gen.request()
+    assert len(req["ads"]) == 3000
+    rows = [{**req["context"], **ad["features"]} for ad in req["ads"]]
+    X = pre.encode_rows(rows)
+    offs = pre.vocab.id_offsets
+    for f, fld in enumerate(pre.schema.fields):
+        if fld.role != "item":
+            continue
+        ids = X[:, f] - offs[f]
+        raw = [ad["features"][fld.name] for ad in req["ads"]]
+        known = set(doc["values"][fld.name])
+        expect = np.array([MISSING if v is None else (RARE if v not in known else -1) for v in raw])
+        assert np.array_equal(ids[expect == MISSING], np.full((expect == MISSING).sum(), MISSING))
+        assert np.array_equal(ids[expect == RARE], np.full((expect == RARE).sum(), RARE))
+        if fld.type == "categorical":  # numeric values share bins; categorical ones are all kept
+            assert np.all(ids[expect == -1] >= 2)
+        assert 0.02 < (expect == RARE).mean() < 0.09 and 0.003 < (expect == MISSING).mean() < 0.05
+
+
+def test_candidate_counts_have_a_long_tail(models):
+    gen = AuctionGenerator(load_values(models["values"]), seed=0, median=100, sigma=1.0, max_candidates=10_000)
+    n = np.array([gen.n_candidates() for _ in range(4000)])
+    assert 80 < np.median(n) < 125
+    assert np.percentile(n, 99) > 5 * np.median(n)  # log-normal sigma=1: P99 ~ 10x the median
+    assert n.min() >= 1 and n.max() <= 10_000
+
+
+def test_zipf_popularity_and_values_from_generated_data(tmp_path):
+    schema = {"name": "g", "target": "binary", "label": "label", "meta": {},
+              "fields": [{"name": "f0", "type": "categorical", "role": "context", "max_values": 1},
+                         {"name": "f1", "type": "multi", "role": "item", "max_values": 2}]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    lines = ["label\tf0\tf1"] + ["0\ta\tx|y"] * 5 + ["1\tb\ty"] * 3 + ["0\t\tz"] * 1
+    with gzip.open(tmp_path / "data.tsv.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    doc = values_from_data(tmp_path)
+    assert doc["values"] == {"f0": ["a", "b"], "f1": ["y", "x", "z"]}
+    gen = AuctionGenerator(load_values(tmp_path), seed=0, median=5000, sigma=0, max_candidates=5000,
+                           unseen=0, missing=0)
+    col = gen.column(schema["fields"][0], 5000)
+    share_a = col.count("a") / len(col)  # Zipf(1.1) over 2 values: 1 / (1 + 2^-1.1) = 0.68
+    assert 0.64 < share_a < 0.72
+    multi = gen.column(schema["fields"][1], 200)
+    assert all(isinstance(v, list) and 1 <= len(v) <= 2 and len(set(v)) == len(v) for v in multi)
+
+
+def test_with_model_prefixes_the_body():
+    body = json.dumps({"context": {"a": 1}, "ads": [{"id": "x"}]}).encode()
+    assert json.loads(with_model(body, 'm"1')) == {"model": 'm"1', "context": {"a": 1}, "ads": [{"id": "x"}]}
+
+
+def test_histogram_quantile_interpolates_like_promql():
+    assert histogram_quantile(0.5, {1.0: 2, 2.0: 6, float("inf"): 6}) == pytest.approx(1.25)
+    assert histogram_quantile(0.99, {1.0: 0, float("inf"): 0}) is None
+    assert histogram_quantile(0.99, {1.0: 1, float("inf"): 10}) == 1.0  # rank in +Inf: the last finite bound
+
+
+def test_histograms_from_exposition_and_deltas():
+    reg = CollectorRegistry()
+    h = Histogram("adrank_request_duration_seconds", "t", ["endpoint", "model"], buckets=LATENCY_BUCKETS,
+                  registry=reg)
+    rng = np.random.default_rng(0)
+    first = rng.lognormal(np.log(0.002), 0.5, 500)
+    for x in first:
+        h.labels("/v1/rank", "a").observe(x)
+    h.labels("/v1/other", "a").observe(0.5)
+    h.labels("/v1/rank", "b").observe(0.9)
+    before = histograms(generate_latest(reg).decode(), "adrank_request_duration_seconds", "a")
+    second = rng.lognormal(np.log(0.004), 0.5, 1000)
+    for x in second:
+        h.labels("/v1/rank", "a").observe(x)
+    after = histograms(generate_latest(reg).decode(), "adrank_request_duration_seconds", "a")
+    delta = histogram_delta(before, after)
+    assert delta[float("inf")] == 1000  # the other endpoint and model are not counted
+    edges = [0.0, *LATENCY_BUCKETS]
+    for q in (0.5, 0.95, 0.99):
+        est = histogram_quantile(q, delta)
+        exact = float(np.quantile(second, q))
+        b = np.searchsorted(edges, exact)  # the bucket (edges[b-1], edges[b]] holding the exact quantile
+        assert edges[b - 1] <= est <= edges[b]
+
+
+def test_compare_rejects_bad_arguments(models, capsys):
+    assert main(["loadtest", "compare", "--models", models["dplr-1"]]) == 2
+    assert "--models needs at least two artifacts" in capsys.readouterr().err
+    assert main(["loadtest", "compare", "--models", models["dplr-1"], "/nonexistent.adrk", "--rps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "artifact /nonexistent.adrk does not exist" in err and "--rps must be >= 0.1" in err
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_loopback(models, tmp_path):
+    out = tmp_path / "out"
+    code = main(["loadtest", "compare", "--models", f"d1={models['dplr-1']}", f"p1={models['pruned-1']}",
+                 "--rps", "8", "--duration", "3", "--warmup", "1", "--repeats", "1", "--pool", "20",
+                 "--candidates", "20", "--out", str(out), "--name", "tiny", "--quiet"])
+    assert code == 0
+    result = json.loads((out / "loadtest-tiny.json").read_text())
+    assert [r["model"] for r in result["runs"]] == ["d1", "p1"]
+    for m in result["summary"]:
+        assert m["requests"] > 5 and m["error_rate"] == 0
+        assert m["server_requests"] >= m["requests"]  # every client request reached the histogram
+        assert m["client_p50_ms"] <= m["client_p99_ms"] and m["server_p99_ms"] is not None
+    text = (out / "loadtest-tiny.md").read_text()
+    assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text
+    assert (out / "loadtest-tiny.png").read_bytes()[:4] == b"\x89PNG"
