@@ -75,14 +75,15 @@ def timed(fn) -> tuple[float, float]:
 
 
 def floors(repeats: int) -> dict:
+    """Best of ``repeats`` (the least disturbed run on a shared machine), by this thread's CPU time."""
     rng = np.random.default_rng(0)
     table = rng.random((4 << 20, 16), dtype=np.float32)  # 256 MiB of 64-byte rows
     rows = rng.integers(0, len(table), 2_000_000)
     _gather(table, rows[:10])
-    g, _ = best_of(lambda: _gather(table, rows), repeats)
+    g = min(timed(lambda: _gather(table, rows))[1] for _ in range(repeats))
     flat = table.reshape(-1)
     _stream(flat[:100])
-    s, _ = best_of(lambda: _stream(flat), repeats)
+    s = min(timed(lambda: _stream(flat))[1] for _ in range(repeats))
     return {"random_gather_ns_per_64B_row": g / len(rows) * 1e9, "gather_table_MiB": table.nbytes / 2**20,
             "sequential_read_GBps": flat.nbytes / s / 1e9, "stream_array_MiB": flat.nbytes / 2**20}
 
@@ -170,12 +171,17 @@ def topk_bench(r: dict, n: int, seq_GBps: float, repeats: int) -> dict:
     out = {"ads": n, "W_MiB": W.nbytes / 2**20, "c_MiB": c.nbytes / 2**20}
     stream_s = (W.nbytes + c.nbytes) / (seq_GBps * 1e9)
     out["stream_floor_ms"] = stream_s * 1e3
-    for threads in (1, 2):
-        kernels.top_k(r["z"], r["const"], W, c, 100, threads=threads)
-        best, med = best_of(lambda t=threads: kernels.top_k(r["z"], r["const"], W, c, 100, threads=t), repeats)
-        out[f"top100_ms_{threads}thr_median"] = med * 1e3
-        out[f"top100_ms_{threads}thr_best"] = best * 1e3
-        out[f"ratio_to_stream_{threads}thr"] = med / stream_s
+    z, const = r["z"], r["const"]
+    kernels.top_k(z, const, W, c, 100, threads=1)
+    one = np.array([timed(lambda: kernels.top_k(z, const, W, c, 100, threads=1)) for _ in range(repeats)])
+    two = np.array([timed(lambda: kernels.top_k(z, const, W, c, 100, threads=2))[0] for _ in range(repeats)])
+    out["top100_ms_1thr_cpu_best"] = one[:, 1].min() * 1e3
+    out["top100_ms_1thr_cpu_median"] = float(np.median(one[:, 1])) * 1e3
+    out["top100_ms_1thr_wall_median"] = float(np.median(one[:, 0])) * 1e3
+    out["top100_ms_2thr_wall_best"] = two.min() * 1e3
+    out["top100_ms_2thr_wall_median"] = float(np.median(two)) * 1e3
+    out["ratio_to_stream_1thr"] = one[:, 1].min() / stream_s
+    out["ratio_to_stream_2thr"] = two.min() / stream_s
     return out
 
 
@@ -292,12 +298,15 @@ def write(res: dict, out: Path) -> None:
               f"set of 1,000 rows of a {res['setup']['catalog_ads']:,}-ad catalog per call; hot = the "
               "same 1,000 rows again.\n",
               "## Whole-catalog top-100 (DPLR rho=2)\n",
-              "| ads | per-ad arrays MiB | stream floor ms | 1 thread ms (median) | x floor | "
-              "2 threads ms (median) | x floor |", "|---|---|---|---|---|---|---|"]
+              "Best of the repeats on both sides (the floor is the best run too): 1 thread by its CPU "
+              "time, 2 threads by wall time; medians in the JSON.\n",
+              "| ads | per-ad arrays MiB | stream floor ms | 1 thread ms | x floor | 1 thread CPU median ms | "
+              "2 threads ms | x floor |", "|---|---|---|---|---|---|---|---|"]
     for t in res["top100"]:
         lines.append(f"| {t['ads']:,} | {t['W_MiB'] + t['c_MiB']:.1f} | {t['stream_floor_ms']:.2f} | "
-                     f"{t['top100_ms_1thr_median']:.2f} | {t['ratio_to_stream_1thr']:.2f} | "
-                     f"{t['top100_ms_2thr_median']:.2f} | {t['ratio_to_stream_2thr']:.2f} |")
+                     f"{t['top100_ms_1thr_cpu_best']:.2f} | {t['ratio_to_stream_1thr']:.2f} | "
+                     f"{t['top100_ms_1thr_cpu_median']:.2f} | "
+                     f"{t['top100_ms_2thr_wall_best']:.2f} | {t['ratio_to_stream_2thr']:.2f} |")
     q = res["request_in_process"]
     lines += ["\nStream floor = per-ad arrays (W float32[N, rho k] + c float64[N]) / measured sequential "
               "bandwidth; memory of the catalog's scoring arrays = that column (the encoded item rows, "

@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from service.kernels.vec import vdot, vload
+
 JIT = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
 PREFETCH = 4  # candidates ahead whose W row and c are prefetched (random gathers)
 PARALLEL_MIN = 200_000  # below this many ads a whole-catalog scan stays on the calling thread
@@ -62,6 +64,8 @@ def rows_kernel(D: int, prefetch: bool = True):
     """
     lines = max(1, (4 * D + 63) // 64)
 
+    vec_dot = _vec_dot(D)
+
     @numba.njit(**JIT)
     def score_rows(z, const, W, c, rows, out):
         flat = W.reshape(-1)
@@ -73,12 +77,26 @@ def rows_kernel(D: int, prefetch: bool = True):
                     prefetch_line(flat, b * D + 16 * line)
                 prefetch_line(c, b)
             a = rows[n]
-            s = np.float32(0.0)
-            for j in range(D):
-                s += z[j] * W[a, j]
-            out[n] = const + c[a] + s
+            out[n] = const + c[a] + vec_dot(z, W, a)
 
     return score_rows
+
+
+@cache
+def _vec_dot(D: int):
+    """<z, W[a]> in float32 with both rows as ``<D x float>`` register vectors (service/kernels/vec.py:
+    numba's scalar loop compiled to a serial chain of scalar FMAs here)."""
+    if D == 0:
+        @numba.njit(inline="always", **JIT)
+        def dot0(z, W, a):
+            return np.float32(0.0)
+        return dot0
+
+    @numba.njit(inline="always", **JIT)
+    def dot(z, W, a):
+        return vdot(vload(z, 0, D), vload(W, a, D))
+
+    return dot
 
 
 @numba.njit(inline="always", **JIT)
@@ -104,12 +122,11 @@ def _sift_down(hs, hi, size, pos):
 def scan_kernels(D: int):
     """(score_range, topk_range) for D = rho*k: sequential scans of catalog rows [lo, hi)."""
 
+    vec_dot = _vec_dot(D)
+
     @numba.njit(inline="always", **JIT)
     def score(z, const, W, c, a):
-        s = np.float32(0.0)
-        for j in range(D):
-            s += z[j] * W[a, j]
-        return const + c[a] + s
+        return const + c[a] + vec_dot(z, W, a)
 
     @numba.njit(**JIT)
     def score_range(z, const, W, c, lo, hi, out):
