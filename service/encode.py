@@ -5,8 +5,10 @@ them together); this module only organises the work so that it does not dominate
 
 * ads are turned into **one column per item field** (a list comprehension, or one ``zip`` for
   the positional form), never a Python loop over every ad's every field;
-* a categorical column of non-empty strings — the common case — goes straight to the compiled
-  ``hash_tokens`` and one ``searchsorted`` (its tokens are the strings themselves);
+* every categorical column of non-empty strings — the common case, whose tokens are the strings
+  themselves — is hashed in **one** ``hash_tokens`` call for the whole request and looked up by
+  one compiled function (:class:`BucketIndex`: the kept hashes' top bits index a bucket table
+  built at load, so a lookup is ~2 memory reads instead of a 16-step binary search);
 * any other column is encoded once per *distinct* value (ad requests repeat values a lot) by
   ``Preprocessor.encode_field`` and gathered back, unless its values cannot be deduplicated
   safely (unhashable lists, or booleans mixed with numbers, since ``True == 1`` in Python).
@@ -22,10 +24,14 @@ Bad input raises :class:`RequestError` (an ``EncodeError``) naming the field and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
 
+import numba
 import numpy as np
 
-from adrank.preprocess import EncodeError, Preprocessor, hash_tokens
+from adrank.preprocess import N_SPECIAL, RARE, EncodeError, Preprocessor, Vocab, _hash_joined, hash_tokens
+from service.kernels.config import prefetch_row
 
 _SAFE_TYPES = frozenset({str, int, float, bool, type(None)})
 
@@ -40,6 +46,81 @@ class RequestError(EncodeError):
         self.ad_index = ad_index
         self.ad_id = ad_id
         self.code = code
+
+
+class BucketIndex:
+    """The vocabulary's sorted kept hashes plus, per field, a table of bucket starts on the top
+    ``B_f`` bits (2^B_f >= the field's key count): ids equal :meth:`Vocab.lookup`'s."""
+
+    def __init__(self, vocab: Vocab):
+        m = len(vocab.key_offsets) - 1
+        self.keys = np.ascontiguousarray(vocab.keys, dtype=np.uint64)
+        self.key_off = np.asarray(vocab.key_offsets, dtype=np.int64)
+        self.id_off = np.asarray(vocab.id_offsets, dtype=np.int64)
+        self.shift = np.zeros(m, dtype=np.uint64)
+        parts, self.start_off = [], np.zeros(m + 1, dtype=np.int64)
+        for f in range(m):
+            keys = vocab.field_keys(f)
+            bits = max(1, int(np.ceil(np.log2(max(len(keys), 1)))))
+            self.shift[f] = 64 - bits
+            bounds = np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits)
+            starts = np.empty((1 << bits) + 1, dtype=np.int32)
+            starts[:-1] = np.searchsorted(keys, bounds)
+            starts[-1] = len(keys)
+            parts.append(starts)
+            self.start_off[f + 1] = self.start_off[f] + len(starts)
+        self.starts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+    def lookup(self, fields: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """int32 ids of ``hashes[t]`` in field ``fields[t]`` (unknown -> the field's rare id)."""
+        out = np.empty(len(hashes), dtype=np.int32)
+        _bucket_lookup(np.asarray(fields, dtype=np.int64), hashes, self.keys, self.key_off, self.starts,
+                       self.start_off, self.shift, self.id_off, out)
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_lookup(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out):
+    """Two passes so that the random reads overlap: first every bucket's [lo, hi) (independent
+    loads, no data-dependent branch; the first key of each bucket is prefetched), then the
+    short scans."""
+    T = hashes.shape[0]
+    lo = np.empty(T, np.int64)
+    hi = np.empty(T, np.int64)
+    for t in range(T):
+        f = fields[t]
+        b = start_off[f] + np.int64(hashes[t] >> shift[f])
+        lo[t] = key_off[f] + starts[b]
+        hi[t] = key_off[f] + starts[b + 1]
+        prefetch_row(keys, lo[t])
+    for t in range(T):
+        f = fields[t]
+        fid = id_off[f] + RARE
+        for p in range(lo[t], hi[t]):
+            if keys[p] == hashes[t]:
+                fid = id_off[f] + N_SPECIAL + (p - key_off[f])
+                break
+        out[t] = fid
+
+
+def _join_nonempty_str(col) -> str | None:
+    """``"\\0".join(col)`` when every value is a non-empty string (the join itself is the C-speed
+    type check), else None.  An empty string would show as two adjacent NULs or a NUL at an end."""
+    try:
+        s = "\x00".join(col)
+    except TypeError:
+        return None
+    if not s or "\x00\x00" in s or s[0] == "\x00" or s[-1] == "\x00":
+        return None
+    return s
+
+
+def _hash_joined_str(s: str, n: int) -> np.ndarray | None:
+    """adrank's token hash (the same compiled FNV-1a + splitmix as ``hash_tokens``) of ``n``
+    NUL-joined tokens; None if the count disagrees (a token contained a NUL byte)."""
+    buf = np.frombuffer(s.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint64)
+    return out if _hash_joined(buf, n, out) == n else None
 
 
 class RequestEncoder:
@@ -59,6 +140,9 @@ class RequestEncoder:
         self._item_slots = [(offs[f] - offs[self.m_context], offs[f + 1] - offs[self.m_context])
                             for f in range(self.m_context, schema.m)]
         self.n_item_slots = offs[-1] - offs[self.m_context]
+        self.index = BucketIndex(preprocessor.vocab)
+        self._getter = itemgetter(*self.item_names) if self.item_names else None
+        self._categorical = [f.type == "categorical" for f in schema.fields]
 
     # --- context -------------------------------------------------------------------------
     def encode_context(self, context: dict | None) -> np.ndarray:
@@ -72,8 +156,16 @@ class RequestEncoder:
                 raise RequestError(str(name), f"unknown context field: {why}", code="unknown_field")
         out = np.empty(self.n_context_slots, dtype=np.int32)
         offs = self.schema.slot_offsets
+        fast, fast_f = [], []
         for f, name in enumerate(self.context_names):
-            out[offs[f] : offs[f + 1]] = self._column(f, [context.get(name)], [None])[0]
+            v = context.get(name)
+            if type(v) is str and v and self.schema.fields[f].type == "categorical":
+                fast.append(v)
+                fast_f.append(f)
+            else:
+                out[offs[f] : offs[f + 1]] = self._column(f, [v], [None])[0]
+        if fast:
+            out[[offs[f] for f in fast_f]] = self.index.lookup(np.array(fast_f), hash_tokens(fast))
         return out
 
     # --- ads -----------------------------------------------------------------------------
@@ -85,19 +177,39 @@ class RequestEncoder:
         n = len(ads)
         X = np.empty((n, self.n_item_slots), dtype=np.int32)
         n_items = len(self.item_names)
+        names = self.item_names
+        # rows first (each ad's dict is touched once), then one transpose into columns
         if vals is not None and all(len(v) == n_items for v in vals):
-            columns = list(zip(*vals, strict=True)) if n else [()] * n_items
+            rows = vals
+        elif feats is not None:
+            try:  # every ad names every item field: one C-level itemgetter call per ad
+                rows = [*map(self._getter, feats)] if n_items > 1 else None
+            except KeyError:
+                rows = None
+            if rows is None:
+                rows = [[*map(f.get, names)] for f in feats]
         else:
-            columns = None
-        for j, name in enumerate(self.item_names):
-            if columns is not None:
-                col = list(columns[j])
-            elif feats is not None:
-                col = [f.get(name) for f in feats]
-            else:
-                col = [self._value(ad, name, j) for ad in ads]
+            rows = [[self._value(ad, name, j) for j, name in enumerate(names)] for ad in ads]
+        columns = list(zip(*rows, strict=True)) if n else [() for _ in names]
+        fast, joined = [], []
+        for j, col in enumerate(columns):
+            f = self.m_context + j
+            if n and self._categorical[f]:
+                s = _join_nonempty_str(col)
+                if s is not None:  # tokens are the strings themselves: hashed + looked up below
+                    fast.append(j)
+                    joined.append(s)
+                    continue
             lo, hi = self._item_slots[j]
-            X[:, lo:hi] = self._column(self.m_context + j, col, ids)
+            X[:, lo:hi] = self._column(f, col, ids)
+        if fast:
+            hashes = _hash_joined_str("\x00".join(joined), len(fast) * n)
+            if hashes is None:  # a token held a NUL byte: hash them one by one
+                hashes = hash_tokens(list(chain.from_iterable(columns[j] for j in fast)))
+            fields = np.repeat(np.array([self.m_context + j for j in fast], dtype=np.int64), n)
+            found = self.index.lookup(fields, hashes)
+            for c, j in enumerate(fast):
+                X[:, self._item_slots[j][0]] = found[c * n : (c + 1) * n]
         return ids, X
 
     def _check_ads(self, ads):
@@ -143,11 +255,8 @@ class RequestEncoder:
     # --- one column ----------------------------------------------------------------------
     def _column(self, f: int, col: list, ids: Sequence) -> np.ndarray:
         """int32[N, width] ids of field ``f`` for raw values ``col``; errors name the ad."""
-        fld = self.schema.fields[f]
         kinds = set(map(type, col))
         try:
-            if fld.type == "categorical" and kinds == {str} and "" not in col:
-                return self.pre.vocab.lookup(f, hash_tokens(col))[:, None]
             if kinds <= _SAFE_TYPES and not (bool in kinds and len(kinds - {bool, str, type(None)}) > 0):
                 uniq = list(dict.fromkeys(col))
                 if len(uniq) < len(col):

@@ -9,7 +9,7 @@ import pytest
 
 from adrank.preprocess import EncodeError, Preprocessor, Vocab, field_tokens, hash_tokens
 from adrank.schema import Field, Schema
-from service.encode import RequestEncoder, RequestError
+from service.encode import BucketIndex, RequestEncoder, RequestError
 
 SCHEMA = Schema("enc", (
     Field("user", "categorical", "context"),
@@ -23,7 +23,7 @@ SCHEMA = Schema("enc", (
 ITEMS = [f.name for f in SCHEMA.item_fields]
 
 SCALARS = [0, 1, 2, 3, -1, 7, 42, 10**12, 2**63, 1.0, 2.5, -0.0, 3.7, 1e20, float("nan"), float("inf"), "1", "2.5",
-           "3", "x", "ab", "é", "日本", "emoji-🙂", "", None, True, False, "true", "5.0", "  7 "]
+           "3", "x", "ab", "é", "日本", "emoji-🙂", "", None, True, False, "true", "5.0", "  7 ", "nul\x00in", "end\x00"]
 
 
 def make_preprocessor(seed: int = 0) -> Preprocessor:
@@ -106,6 +106,10 @@ def test_repeated_and_tricky_columns_equal_the_preprocessor():
     ads = [{"id": i, "features": {k: v[i] for k, v in cols.items()}} for i in range(n)]
     ref = pre.encode_columns(cols, n_rows=n, fields=range(SCHEMA.m_context, SCHEMA.m))
     np.testing.assert_array_equal(enc.encode_ads(ads)[1], ref)
+    strs = {"ad": ["x", "", "nul\x00in", "é"] * 3, "flag": ["end\x00", "a", "b", "c"] * 3}
+    ads = [{"id": i, "values": [strs["ad"][i], None, None, strs["flag"][i]]} for i in range(12)]
+    ref = pre.encode_columns(strs, n_rows=12, fields=range(SCHEMA.m_context, SCHEMA.m))
+    np.testing.assert_array_equal(enc.encode_ads(ads)[1], ref)  # NULs and "" in all-string columns
     flags = [{"id": i, "features": {"flag": v}} for i, v in enumerate([True, 1, True, 1])]
     got = enc.encode_ads(flags)[1][:, -1]
     assert got[0] == got[2] and got[1] == got[3]
@@ -163,3 +167,18 @@ def test_context_errors_name_the_field():
     assert e.field == "age" and "number" in str(e)
     e = err(enc.encode_context, ["user"])
     assert e.field == "context"
+
+
+def test_bucket_index_equals_vocab_lookup():
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, 2, 3, 100, 5000]
+    kept = [rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(f % 2) for f, n in enumerate(sizes)]
+    kept[4][:3] = [0, 2**64 - 1, 2**63]  # extremes of the hash range
+    vocab = Vocab.from_kept(kept)
+    index = BucketIndex(vocab)
+    for f in range(len(sizes)):
+        known = vocab.field_keys(f)
+        probe = np.concatenate([known, rng.integers(0, 2**64 - 1, 300, dtype=np.uint64),
+                                np.array([0, 2**64 - 1], dtype=np.uint64)])
+        got = index.lookup(np.full(len(probe), f), probe)
+        np.testing.assert_array_equal(got, vocab.lookup(f, probe))
