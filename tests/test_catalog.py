@@ -133,3 +133,13 @@ def test_rows_kernel_with_and_without_prefetch_agree_and_rows_are_aligned():
     kernels.rows_kernel(W.shape[1], False)(z, const, W, c, rows, b)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, kernels.score_all(z, const, W, c)[rows])
+
+
+def test_threaded_precompute_equals_single_threaded(monkeypatch):
+    from service.catalog import precompute
+
+    sm, cx, items, (z, const, W, c) = setup("pruned", SCHEMAS["multi"], n=40, rho=2)
+    monkeypatch.setattr(precompute, "PARALLEL_MIN_ADS", 0)
+    W2, c2 = ad_parts(make_plan("pruned", sm.schema, sm.arrays), items, sm.arrays["emb"], sm.arrays["linear"])
+    np.testing.assert_array_equal(W2, W)
+    np.testing.assert_array_equal(c2, c)

@@ -163,8 +163,9 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
-    parts = max(1, threads if n >= PARALLEL_MIN else 1)
+def _chunks(n: int, threads: int, minimum: int | None = None) -> list[tuple[int, int]]:
+    """``threads`` equal [lo, hi) ranges of n rows, or one when n < ``minimum`` (PARALLEL_MIN)."""
+    parts = max(1, threads if n >= (PARALLEL_MIN if minimum is None else minimum) else 1)
     edges = np.linspace(0, n, parts + 1).astype(np.int64)
     return [(int(edges[i]), int(edges[i + 1])) for i in range(parts)]
 

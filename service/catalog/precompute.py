@@ -34,14 +34,17 @@ how many item fields an ad has.  The kernel below evaluates one side for many ro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from adrank.schema import Schema
+from service.catalog.kernels import _chunks, _pool
 
 KINDS = ("fm", "dplr", "pruned", "fwfm")
+PARALLEL_MIN_ADS = 20_000  # precomputing more ads at once is split over threads
 
 
 class PlanError(ValueError):
@@ -211,8 +214,17 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
     n, k = rows.shape[0], emb.shape[1]
     W = aligned_empty((n, B * k))
     c = np.empty(n, dtype=np.float64)
-    side_parts(rows, side.offsets, emb, linear, side.M, side.g, side.d, side.h,
-               side.pair_p, side.pair_q, side.pair_r, W, c)
+
+    def run(lo_hi):
+        lo, hi = lo_hi
+        side_parts(rows[lo:hi], side.offsets, emb, linear, side.M, side.g, side.d, side.h,
+                   side.pair_p, side.pair_q, side.pair_r, W[lo:hi], c[lo:hi])
+
+    chunks = _chunks(n, os.cpu_count() or 1, PARALLEL_MIN_ADS)  # nogil kernel: big batches use every core
+    if len(chunks) == 1:
+        run(chunks[0])
+    else:
+        list(_pool().map(run, chunks))
     return W, c
 
 
