@@ -168,6 +168,9 @@ def test_lr_search_picks_a_trial_lr(planted, tmp_path):
 def test_bad_config_and_missing_checkpoint_are_named(planted, tmp_path):
     with pytest.raises(ValueError, match="rank"):
         fit(quick(model="dplr"), planted, tmp_path / "x")
+    with pytest.raises(ValueError, match="diverged"):
+        fit(quick(model="fwfm", lr=1e30, epochs=3), planted, tmp_path / "x")  # float32 overflows
+    assert not (tmp_path / "x").exists()  # nothing half-written
     with pytest.raises(ValueError, match="prune-from"):
         fit(quick(model="fm", prune_from="somewhere"), planted, tmp_path / "x")
     with pytest.raises(checkpoint.CheckpointError, match="not a run directory"):

@@ -141,6 +141,8 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
             loss = loss_fn(net(xb), yb)
             if cfg.reg_lambda and hasattr(model.embedding, "regularizer"):
                 loss = loss + cfg.reg_lambda * model.embedding.regularizer()
+            if not torch.isfinite(loss):
+                raise ValueError(f"{desc}: training diverged (loss {loss.item()}) in epoch {epoch}; lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
