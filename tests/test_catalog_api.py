@@ -75,3 +75,36 @@ def test_no_catalog_is_404():
     with TestClient(app) as c:
         assert c.put("/v1/ads", json={"ads": []}).status_code == 404
         assert c.get("/v1/ads/a").status_code == 404
+
+
+
+def test_workers_share_writes_through_the_journal(tmp_path):
+    import time
+
+    from service.catalog.journal import Follower
+    from service.catalog.wiring import install
+
+    sm = synthetic_model("dplr", SCHEMA, values_per_field=VALUES)
+    apps = []
+    for _ in range(2):  # two workers of one server: same run directory
+        app = FastAPI()
+        install(app, Catalog([Model("m", "dplr", sm.preprocessor, sm.arrays)]), run_dir=tmp_path)
+        apps.append(app)
+    follower = Follower(apps[1].state.catalog_journal, interval=0.02)
+    try:
+        with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+            assert a.put("/v1/ads", json={"ads": ads(4)}).json()["version"] == 1
+            assert a.get("/v1/ads/ad-2").status_code == 200  # read-your-writes on the writer
+            deadline = time.monotonic() + 10
+            while b.get("/v1/ads/ad-2").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert b.get("/v1/ads/ad-2").json()["features"] == ads(4)[2]["features"]
+            assert b.delete("/v1/ads/ad-2").status_code == 200
+            assert a.get("/v1/ads/ad-2").status_code == 200  # a has no follower: not yet applied
+            apps[0].state.catalog_journal.sync()
+            assert a.get("/v1/ads/ad-2").status_code == 404 and b.delete("/v1/ads/ad-2").status_code == 404
+            bad = a.put("/v1/ads", json={"ads": [{"id": "x", "features": {"nope": 1}}]})
+            assert bad.status_code == 422 and "ads[0]" in bad.json()["message"]
+    finally:
+        follower.stop()
+    assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 2

@@ -277,3 +277,29 @@ def test_concurrent_writes_while_ranking_lose_nothing_and_never_tear():
             assert snap.get(a["id"]) == (None if i % 3 == 0 else a["features"])
     assert sum(i.startswith("base") for i in snap.ids) == 50
     part_is_fresh(snap)
+
+
+def test_journal_makes_every_worker_converge_and_replays_for_late_workers(tmp_path):
+    from service.catalog.journal import Journal
+
+    def worker():
+        return Journal(tmp_path, Catalog([model()[1]]))
+
+    a, b = worker(), worker()
+    a.write("upsert", ads(10, seed=1))
+    b.write("upsert", ads(5, seed=2))  # same ids ad0..ad4, newer features: the journal order wins
+    b.write("delete", ["ad7"])
+    with pytest.raises(CatalogError, match=r"ads\[0\]"):
+        a.write("upsert", [{"id": "bad", "features": {"c0": "x"}}])  # refused: never journaled
+    a.write("upsert", [{"id": "ad7", "features": {"i0": "f3v1"}}])
+    assert b.sync() == 1 and a.sync() == 0  # b catches up on a's last write; a is current
+    late = worker()
+    late.sync()
+    want = {a_["id"]: a_["features"] for a_ in ads(10, seed=1)}
+    want.update({a_["id"]: a_["features"] for a_ in ads(5, seed=2)})
+    want["ad7"] = {"i0": "f3v1"}
+    for j in (a, b, late):
+        snap = j.catalog.snapshot
+        assert {i: snap.get(i) for i in snap.ids} == want
+        part_is_fresh(snap)
+    assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 4

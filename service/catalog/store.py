@@ -208,6 +208,13 @@ class Catalog:
         W = Ws[0] if len(Ws) == 1 else np.concatenate(Ws, out=aligned_empty((len(feats), model.plan.D)))
         return Part(model, np.concatenate(items), W, np.concatenate(cs))
 
+    def validate(self, ads: Sequence, where=lambda i: f"ad #{i}") -> None:
+        """Raise the CatalogError ``upsert(ads)`` would raise, without changing anything."""
+        snap = self.snapshot
+        ids, feats = self._check(snap, ads, where)
+        for p in snap.parts.values():
+            self._encode(p.model, feats, where, False)
+
     def upsert(self, ads: Sequence, where=lambda i: f"ad #{i}", progress: bool = False) -> Snapshot:
         """Insert or replace ads (all or nothing); returns the new snapshot. Last duplicate wins."""
         with self._lock:
