@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -28,7 +30,9 @@ def served(tmp_path_factory):
     env = {**os.environ, "ADRANK_MAX_INFLIGHT": "2"}
     srv = Server([f"{k}={d / f'{k}.adrk'}" for k in KINDS] + ["--max-body-bytes", "200000"], env)
     yield srv, params, d
-    srv.stop()
+    log = srv.stop()
+    run_dir = re.search(r"run dir (\S+)", log).group(1)
+    assert not Path(run_dir).exists(), "the temporary run directory is removed on SIGTERM"
 
 
 def test_scores_over_http_equal_ranker_and_naive(served):

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,9 @@ def run(args) -> int:
     print(f"adrank serve: models {', '.join(f'{s.name}={s.path}' for s in settings.models)} "
           f"(default {settings.models[0].name}); {args.workers} worker(s); run dir {run_dir}", file=sys.stderr)
     print(f"try:\n  {_example_curl(args.host, args.port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit instead
+    # lets the run directory below be removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         return _run_uvicorn(args)
     finally:

@@ -1,0 +1,293 @@
+"""End-to-end latency of `adrank serve` (one worker) at 10 / 100 / 1,000 candidates.
+
+    python benchmarks/serve_latency.py [--quick] [--out docs/results/serve-latency]
+
+A DPLR model (rho=2, k=16) over 20 context + 20 item categorical fields with ~1M features in
+total (25k values per field, Zipf-distributed requests, a few unseen values) is exported as a
+real artifact and served by `adrank serve` on loopback.  A lean keep-alive HTTP/1.1 client
+(raw socket, pre-encoded bodies, TCP_NODELAY) sends requests at a fixed rate (open loop: the
+latency is measured from the *scheduled* send time, so a late server is not hidden) and
+records every request's time with perf_counter_ns.  Where the time goes:
+
+* end to end (client) - percentiles of the raw per-request timings;
+* in server - the server's own histograms (/metrics before/after each run): handler time
+  (adrank_request_duration_seconds) and Ranker.rank (adrank_model_inference_duration_seconds),
+  means exact (sum/count) and medians interpolated within buckets;
+* per phase - the same bodies run in this process through the same code (msgspec decode,
+  RequestEncoder, Scorer.score, sort + sigmoid, response encoding), medians of repeated runs.
+
+Writes OUT.json and OUT.md with the exact command.  Not a test: nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from adrank.preprocess import Preprocessor, Vocab, hash_tokens  # noqa: E402
+from adrank.schema import Field, Schema  # noqa: E402
+
+M_CTX, M_ITEM, PER_FIELD, K, RHO = 20, 20, 25_000, 16, 2
+
+
+def build_model(path: Path, seed: int = 0) -> Schema:
+    from exporter.export import export_params
+
+    schema = Schema("bench", tuple([Field(f"c{i}", "categorical", "context") for i in range(M_CTX)]
+                                   + [Field(f"i{i}", "categorical", "item") for i in range(M_ITEM)]))
+    kept = [hash_tokens([f"{f.name}_{j}" for j in range(PER_FIELD)]) for f in schema.fields]
+    pre = Preprocessor(schema, Vocab.from_kept(kept))
+    n, m = pre.vocab.n_features, schema.m
+    rng = np.random.default_rng(seed)
+    params = {"bias": np.array([-1.0], np.float32), "linear": rng.normal(0, 0.1, n).astype(np.float32),
+              "emb": rng.normal(0, 0.1, (n, K)).astype(np.float32),
+              "U": rng.normal(0, 0.3, (RHO, m)).astype(np.float32), "e": rng.normal(0, 1, RHO).astype(np.float32)}
+    export_params(params, {"kind": "dplr", "rank": RHO}, pre, path)
+    return schema
+
+
+def make_bodies(schema: Schema, n_ads: int, count: int, positional: bool, seed: int) -> list[bytes]:
+    """Request bodies: Zipf-popular values per field, ~2% never seen in training."""
+    import msgspec
+
+    rng = np.random.default_rng(seed)
+
+    def values(name, size):
+        j = np.minimum(rng.zipf(1.2, size) - 1, PER_FIELD + 999)  # beyond PER_FIELD = unseen
+        return [f"{name}_{v}" for v in j]
+
+    out = []
+    for _ in range(count):
+        ctx = {f.name: values(f.name, 1)[0] for f in schema.context_fields}
+        cols = {f.name: values(f.name, n_ads) for f in schema.item_fields}
+        names = list(cols)
+        if positional:
+            ads = [{"id": f"ad-{a}", "values": [cols[c][a] for c in names]} for a in range(n_ads)]
+        else:
+            ads = [{"id": f"ad-{a}", "features": {c: cols[c][a] for c in names}} for a in range(n_ads)]
+        out.append(msgspec.json.encode({"model": "dplr", "context": ctx, "ads": ads}))
+    return out
+
+
+class RawClient:
+    """Minimal keep-alive HTTP/1.1 client: the least client overhead Python can have."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(1 << 16)
+        hdr, rest = self.buf.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", hdr).group(1))
+        while len(rest) < length:
+            rest += self.sock.recv(1 << 16)
+        self.buf = rest[length:]
+        return int(hdr[9:12]), rest[:length]
+
+
+def scrape(client: RawClient) -> dict:
+    _, text = client.request("GET", "/metrics")
+    out: dict = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            if s.labels.get("model") == "dplr" and s.labels.get("endpoint", "/v1/rank") == "/v1/rank":
+                key = (s.name, s.labels.get("le"))
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def hist_stats(before: dict, after: dict, name: str) -> dict:
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after if k[0].startswith(name)}
+    count, total = d.get((f"{name}_count", None), 0), d.get((f"{name}_sum", None), 0)
+    buckets = sorted((float(le), c) for (n, le), c in d.items() if n == f"{name}_bucket")
+    median, prev_le, prev_c = None, 0.0, 0.0
+    for le, c in buckets:  # linear interpolation inside the bucket holding the median
+        if c >= count / 2 and count:
+            median = prev_le + (le - prev_le) * ((count / 2 - prev_c) / max(c - prev_c, 1e-12))
+            break
+        prev_le, prev_c = le, c
+    return {"count": int(count), "mean_ms": 1e3 * total / count if count else None,
+            "p50_ms_interpolated": 1e3 * median if median is not None else None}
+
+
+def run_load(client: RawClient, bodies: list[bytes], rate: float, n: int, warmup: int) -> dict:
+    for i in range(warmup):
+        client.request("POST", "/v1/rank", bodies[i % len(bodies)])
+    lat_sched, lat_send, errors = [], [], 0
+    period = 1e9 / rate
+    t0 = time.perf_counter_ns() + 10_000_000
+    for i in range(n):
+        sched = t0 + int(i * period)
+        while (now := time.perf_counter_ns()) < sched:
+            if sched - now > 200_000:
+                time.sleep((sched - now - 150_000) / 1e9)
+        status, _ = client.request("POST", "/v1/rank", bodies[i % len(bodies)])
+        done = time.perf_counter_ns()
+        errors += status != 200
+        lat_sched.append(done - sched)
+        lat_send.append(done - now)
+    elapsed = (time.perf_counter_ns() - t0) / 1e9
+
+    def pct(xs):
+        a = np.asarray(xs) / 1e6
+        return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99, 99.9)} | {"max": float(a.max())}
+
+    return {"requests": n, "errors": errors, "achieved_rps": n / elapsed,
+            "e2e_ms": pct(lat_sched), "e2e_from_send_ms": pct(lat_send)}
+
+
+def phases(path: Path, bodies: list[bytes], reps: int) -> dict:
+    """Medians (ms) of each step of the server's hot path, run in this process."""
+    from service import schemas
+    from service.ranker import Ranker, sigmoid
+
+    r = Ranker.load(path, name="dplr")
+    r.warm()
+    t = {"json_decode": [], "encode": [], "kernel": [], "sort_link": [], "json_encode": []}
+    for i in range(reps):
+        body = bodies[i % len(bodies)]
+        a = time.perf_counter_ns()
+        req = schemas.decode_rank(body)
+        b = time.perf_counter_ns()
+        ctx = r.encoder.encode_context(req.context)
+        ids, X = r.encoder.encode_ads(req.ads)
+        c = time.perf_counter_ns()
+        raw = r.scorer.score(ctx, X)
+        d = time.perf_counter_ns()
+        order = np.argsort(-raw, kind="stable")
+        ranked = list(zip([ids[j] for j in order.tolist()], sigmoid(raw[order]).tolist(), strict=True))
+        e = time.perf_counter_ns()
+        schemas.encode_ranking("dplr", r.version, ranked)
+        f = time.perf_counter_ns()
+        for key, dt in zip(t, (b - a, c - b, d - c, e - d, f - e), strict=True):
+            t[key].append(dt / 1e6)
+    return {k: float(np.median(v)) for k, v in t.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "serve-latency"))
+    ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    args = ap.parse_args()
+    command = "python benchmarks/serve_latency.py" + (" --quick" if args.quick else "")
+    # (candidates, positional form, rate req/s, measured requests)
+    plan = [(10, False, 200, 2000), (100, False, 200, 2000), (1000, False, 50, 500), (1000, True, 50, 500)]
+    if args.quick:
+        plan = [(n, p, r, c // 10) for n, p, r, c in plan]
+
+    work = Path(tempfile.mkdtemp(prefix="adrank-bench-"))
+    print("building the model (1M features, k=16, DPLR rho=2)...", file=sys.stderr)
+    schema = build_model(work / "dplr.adrk")
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    port_no = port.getsockname()[1]
+    port.close()
+    env = {**os.environ, "ADRANK_RUN_DIR": ""}
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())",
+                               "serve", f"dplr={work / 'dplr.adrk'}", "--port", str(port_no), "--no-access-log",
+                               "--log-level", "warning"], env=env)
+    rows = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if RawClient(port_no).request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)
+        client = RawClient(port_no)
+        for n_ads, positional, rate, n in plan:
+            form = "positional" if positional else "features"
+            print(f"N={n_ads} ({form}) at {rate} req/s x {n}...", file=sys.stderr)
+            bodies = make_bodies(schema, n_ads, 20, positional, seed=n_ads)
+            before = scrape(client)
+            load = run_load(client, bodies, rate, n, warmup=min(200, n))
+            after = scrape(client)
+            rows.append({"candidates": n_ads, "item_fields": M_ITEM, "form": form, "rate_rps": rate,
+                         "body_kb": round(np.mean([len(b) for b in bodies]) / 1024, 1), **load,
+                         "server_handler": hist_stats(before, after, "adrank_request_duration_seconds"),
+                         "server_rank": hist_stats(before, after, "adrank_model_inference_duration_seconds"),
+                         "phases_in_process_ms": phases(work / "dplr.adrk", bodies, 50 if n_ads == 1000 else 200)})
+    finally:
+        server.terminate()
+        server.wait(15)
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"command": command, "machine": machine(), "model": {"kind": "dplr", "rank": RHO, "embed_dim": K,
+              "context_fields": M_CTX, "item_fields": M_ITEM, "n_features": (M_CTX + M_ITEM) * (PER_FIELD + 2)},
+              "workers": 1, "rows": rows}
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def machine() -> dict:
+    import numba
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numba": numba.__version__,
+            "load_avg_at_end": os.getloadavg()}
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Serving latency: `adrank serve`, one worker, loopback", "",
+        f"Command: `{r['command']}`  ", f"Machine: {m['cpu']}, {m['cores']} cores (shared with other work; "
+        f"load average at the end {', '.join(f'{x:.1f}' for x in m['load_avg_at_end'])}), "
+        f"Python {m['python']}, numba {m['numba']}.  ",
+        f"Model: DPLR rho={r['model']['rank']}, k={r['model']['embed_dim']}, {r['model']['context_fields']} context + "
+        f"{r['model']['item_fields']} item categorical fields, {r['model']['n_features']:,} features.", "",
+        "End to end = a raw keep-alive HTTP/1.1 client on the same machine, open loop at a fixed rate, timed from "
+        "each request's scheduled send time. In server = the server's histograms (handler; Ranker.rank = encode + "
+        "kernel + sort). Phases = the same bodies through the same functions in the benchmark process (medians).", "",
+        "| candidates | form | body KiB | rate req/s | achieved | errors | e2e p50 ms | p90 | p99 | p99.9 | max | "
+        "handler mean ms | handler p50 ms | rank mean ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["rows"]:
+        e, h, k = x["e2e_ms"], x["server_handler"], x["server_rank"]
+        lines.append(f"| {x['candidates']} | {x['form']} | {x['body_kb']} | {x['rate_rps']} | {x['achieved_rps']:.0f} | "
+                     f"{x['errors']} | {e['p50']:.3f} | {e['p90']:.3f} | {e['p99']:.3f} | {e['p99.9']:.3f} | "
+                     f"{e['max']:.2f} | {h['mean_ms']:.3f} | {h['p50_ms_interpolated']:.3f} | {k['mean_ms']:.3f} |")
+    lines += ["", "Per phase (ms, medians, in process):", "",
+              "| candidates | form | JSON decode | encode (str -> ids) | kernel | sort + sigmoid | JSON encode | "
+              "sum | e2e p50 - sum (HTTP, ASGI, client) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        p = x["phases_in_process_ms"]
+        s = sum(p.values())
+        lines.append(f"| {x['candidates']} | {x['form']} | {p['json_decode']:.3f} | {p['encode']:.3f} | "
+                     f"{p['kernel']:.3f} | {p['sort_link']:.3f} | {p['json_encode']:.3f} | {s:.3f} | "
+                     f"{x['e2e_ms']['p50'] - s:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
