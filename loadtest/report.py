@@ -85,7 +85,7 @@ def plot(result: dict, summaries: list[dict], path) -> None:
         for j, q in enumerate((50, 99)):
             vals = [m[f"{side}_p{q}_ms"] or 0 for m in summaries]
             ax1.bar(x + (2 * i + j - 2.5) * 0.13, vals, 0.13, label=f"{label} P{q}")
-    ax1.set(xticks=x, ylabel="ms", title="latency percentiles per model")
+    ax1.set(xticks=x, ylabel="ms (log)", yscale="log", title="latency percentiles per model")
     ax1.set_xticklabels(names, rotation=20)
     ax1.legend(fontsize=7)
     for m in summaries:
