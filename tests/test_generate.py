@@ -136,3 +136,14 @@ def test_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test"]["rows"] > 0
     assert main(["generate", "--out", str(tmp_path / "h"), "--fields", "3", "--context-fields", "3"]) == 2
     assert "context_fields" in capsys.readouterr().err and not (tmp_path / "h").exists()
+
+
+def test_eigen_signs(small, tmp_path):
+    assert (np.load(small / "planted.npz")["e"] < 0).any()  # default "mixed": R indefinite
+    generate(tmp_path / "p", rows=200, vocab=40, fields=4, context_fields=2, rank=3, signs="positive",
+             progress=False)
+    p = np.load(tmp_path / "p" / "planted.npz")
+    assert (p["e"] > 0).all() and p["U"].shape == (3, 4)
+    with pytest.raises(ValueError, match="signs must be"):
+        generate(tmp_path / "q", rows=200, vocab=40, fields=4, context_fields=2, signs="neg", progress=False)
+    assert not (tmp_path / "q").exists()

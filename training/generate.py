@@ -9,7 +9,9 @@ matrix (Eq. 10)::
 ``U`` (rho x m) is block-structured: field j belongs to group ``j mod rho`` and loads
 strongly on that group's row, weakly (0.3x) on the others, so fields interact strongly
 within a group and weakly between groups — the structure that motivates DPLR.  Groups mix
-context and item fields.  Feature frequencies are Zipf-like per field (value of popularity
+context and item fields.  ``e_r = +-0.8^r``: with ``signs="mixed"`` (default) the signs
+alternate, so R is indefinite (some field groups interact negatively); ``signs="positive"``
+keeps every e_r > 0.  Feature frequencies are Zipf-like per field (value of popularity
 rank p has probability proportional to (p+1)^-zipf); the last item field is multi-valued
 (a list of 1..L distinct values, its vector and linear term are means, Sec. 3.2).
 
@@ -72,7 +74,7 @@ class Planted:
     """The planted model over raw tokens and the sampler of raw rows."""
 
     def __init__(self, schema: Schema, vocab: int, rank: int, embed_dim: int, zipf: float,
-                 clusters: int, rng: np.random.Generator):
+                 clusters: int, rng: np.random.Generator, signs: str = "mixed"):
         m = schema.m
         if vocab < 2 * m:
             raise ValueError(f"vocab must be at least 2 per field ({2 * m}), got {vocab}")
@@ -92,7 +94,10 @@ class Planted:
             self._plant_clusters(clusters, rng)
         group = np.arange(m) % rank
         self.U = np.where(group[None, :] == np.arange(rank)[:, None], 1.0, CROSS_GROUP) * rng.uniform(0.5, 1.5, m)
-        self.e = np.array([(1.0 if r % 2 == 0 else -1.0) * 0.8**r for r in range(rank)])
+        if signs not in ("mixed", "positive"):
+            raise ValueError(f"signs must be 'mixed' or 'positive', got {signs!r}")
+        flip = signs == "mixed"  # mixed: e alternates in sign, R is indefinite
+        self.e = np.array([(-1.0 if flip and r % 2 else 1.0) * 0.8**r for r in range(rank)])
         self.bias = 0.0
 
     def _plant_clusters(self, C: int, rng) -> None:
@@ -195,7 +200,8 @@ def _lines(X: np.ndarray, y: np.ndarray, planted: Planted, tokens: np.ndarray) -
 def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: int = 20_000,
              fields: int = 16, context_fields: int = 8, embed_dim: int = 8, zipf: float = 1.1,
              multi_max: int = 4, clusters: int = 0, ctr: float = 0.2, signal: float = 1.2,
-             compress: bool = True, chunk_rows: int = 100_000, progress: bool = True) -> dict:
+             signs: str = "mixed", compress: bool = True, chunk_rows: int = 100_000,
+             progress: bool = True) -> dict:
     """Write a planted-model data set to ``out_dir`` (atomically) and return its truth.json."""
     if rows < 10:
         raise ValueError(f"rows must be >= 10, got {rows}")
@@ -203,7 +209,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         raise ValueError("ctr must be in (0, 1) and signal > 0")
     schema = make_schema(fields, context_fields, multi_max)
     planted = Planted(schema, vocab, rank, embed_dim, zipf, clusters,
-                      np.random.default_rng(np.random.SeedSequence([seed, 0])))
+                      np.random.default_rng(np.random.SeedSequence([seed, 0])), signs)
     planted.calibrate(planted.sample(min(rows, 50_000), np.random.default_rng([seed, 1])), ctr, signal)
     tokens = _token_table(planted)
 
@@ -228,7 +234,8 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         np.savez(tmp / "planted.npz", **planted.arrays())
         truth = _truth(scores, labels, dict(rows=rows, seed=seed, rank=rank, vocab=vocab, fields=fields,
                                             context_fields=context_fields, embed_dim=embed_dim, zipf=zipf,
-                                            multi_max=multi_max, clusters=clusters, ctr=ctr, signal=signal))
+                                            multi_max=multi_max, clusters=clusters, ctr=ctr, signal=signal,
+                                            signs=signs))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
