@@ -98,7 +98,7 @@ async def rank(request: Request) -> Response:
         if not svc.registry.ready:
             raise _unavailable(svc, "not_ready", "models are still loading")
         if svc.inflight >= svc.settings.max_inflight:
-            raise _unavailable(svc, "overloaded", f"more than {svc.settings.max_inflight} requests in flight")
+            raise _unavailable(svc, "overloaded", f"{svc.settings.max_inflight} requests already in flight")
         svc.inflight += 1
         try:
             response = Response(await _rank(svc, request, labels), media_type=JSON)

@@ -8,6 +8,8 @@ command owns a run directory (``--run-dir``, default a fresh temp dir) holding t
 file shared by the workers and ``PROMETHEUS_MULTIPROC_DIR``; every setting reaches the workers
 as ``ADRANK_*`` environment variables (service/settings.py).  With several workers SIGHUP to
 this process reloads every model in every worker (the supervisor records it in the state file).
+Kernels compile once into Numba's on-disk cache (``NUMBA_CACHE_DIR`` moves it, e.g. for a
+read-only install); every worker loads and warms them before it accepts a request.
 """
 
 from __future__ import annotations
