@@ -21,18 +21,18 @@ EMPTY = np.uint64(0)
 
 
 @numba.njit(cache=True, nogil=True)
-def _build(hashes, keys, rows):
-    """Insert hashes[a] -> a; returns the first row whose hash collides with another's, or -1."""
+def _insert(hashes, first_row, keys, rows):
+    """Insert hashes[i] -> first_row + i; returns the first i whose hash is already there, or -1."""
     mask = keys.shape[0] - 1
-    for a in range(hashes.shape[0]):
-        h = hashes[a] if hashes[a] != EMPTY else np.uint64(1)
+    for i in range(hashes.shape[0]):
+        h = hashes[i] if hashes[i] != EMPTY else np.uint64(1)
         p = h & mask
         while keys[p] != EMPTY:
             if keys[p] == h:
-                return a
+                return i
             p = (p + 1) & mask
         keys[p] = h
-        rows[p] = a
+        rows[p] = first_row + i
     return -1
 
 
@@ -71,9 +71,21 @@ class IdTable:
         cap = 1 << max(4, int(2 * n - 1).bit_length())
         self.keys = np.zeros(cap, np.uint64)
         self.rows_ = np.empty(cap, np.int64)
-        bad = _build(hashes, self.keys, self.rows_)
+        bad = _insert(hashes, 0, self.keys, self.rows_)
         if bad >= 0:
             raise IdCollision(int(bad))
+
+    def with_rows(self, hashes: np.ndarray, first_row: int) -> IdTable:
+        """A copy with ``hashes[i] -> first_row + i`` added (ids new to this table); the copy is a
+        memcpy + len(hashes) inserts, unless the load factor would pass 1/2 (then a rebuild)."""
+        if 2 * (first_row + len(hashes)) > len(self.keys):
+            return None
+        out = object.__new__(IdTable)
+        out.keys, out.rows_ = self.keys.copy(), self.rows_.copy()
+        bad = _insert(hashes, first_row, out.keys, out.rows_)
+        if bad >= 0:
+            raise IdCollision(first_row + int(bad))
+        return out
 
     @staticmethod
     def hash(ids: list[str]) -> np.ndarray:

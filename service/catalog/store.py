@@ -103,12 +103,12 @@ class Snapshot:
 
     @classmethod
     def of(cls, version: int, ids: list[str], features: list[bytes], parts: dict[str, Part],
-           index: dict | None = None, hashes: np.ndarray | None = None) -> Snapshot:
+           index: dict | None = None, hashes: np.ndarray | None = None, table: IdTable | None = None) -> Snapshot:
         """A snapshot; the id index, hashes and hash table are derived when not given."""
         index = {a: i for i, a in enumerate(ids)} if index is None else index
         hashes = IdTable.hash(ids) if hashes is None else hashes
         try:
-            table = IdTable(hashes)
+            table = IdTable(hashes) if table is None else table
         except IdCollision as exc:
             raise CatalogError(f"ad id {ids[exc.row]!r}: its 64-bit hash equals another id's") from None
         return cls(version, ids, index, features, parts, hashes, table)
@@ -225,22 +225,26 @@ class Catalog:
             ids, feats = [ids[i] for i in keep], [feats[i] for i in keep]
             new_parts = {name: self._encode(p.model, feats, lambda j: where(keep[j]), progress)
                          for name, p in old.parts.items()}
-            index = dict(old.index)
-            all_ids, all_feats = list(old.ids), list(old.features)
-            new_hashes = IdTable.hash(ids)
-            rows = np.empty(len(ids), np.int64)
-            for j, ad_id in enumerate(ids):
-                a = index.get(ad_id)
-                if a is None:
-                    a = index[ad_id] = len(all_ids)
-                    all_ids.append(ad_id)
-                    all_feats.append(b"")
+            n_old = len(old.ids)
+            added = [ad_id for ad_id in ids if ad_id not in old.index]
+            index, all_ids = (dict(old.index), list(old.ids)) if added else (old.index, old.ids)
+            all_feats = list(old.features)
+            for ad_id in added:
+                index[ad_id] = len(all_ids)
+                all_ids.append(ad_id)
+                all_feats.append(b"")
+            rows = np.fromiter((index[ad_id] for ad_id in ids), np.int64, len(ids))
+            for j, a in enumerate(rows.tolist()):
                 all_feats[a] = msgspec.json.encode(feats[j])
-                rows[j] = a
             n = len(all_ids)
-            hashes = np.empty(n, np.uint64)
-            hashes[: len(old.hashes)] = old.hashes
-            hashes[rows] = new_hashes
+            hashes, table = old.hashes, old.table  # unchanged unless ids were added
+            if added:
+                new_hashes = IdTable.hash(added)
+                hashes = np.concatenate([old.hashes, new_hashes])
+                try:
+                    table = old.table.with_rows(new_hashes, n_old)
+                except IdCollision as exc:
+                    raise CatalogError(f"ad id {all_ids[exc.row]!r}: its 64-bit hash equals another id's") from None
             parts = {}
             for name, p in old.parts.items():
                 q = new_parts[name]
@@ -251,7 +255,7 @@ class Catalog:
                     out[rows] = new_a
                     arrays.append(out)
                 parts[name] = Part(p.model, *arrays)
-            self.snapshot = snap = Snapshot.of(old.version + 1, all_ids, all_feats, parts, index, hashes)
+            self.snapshot = snap = Snapshot.of(old.version + 1, all_ids, all_feats, parts, index, hashes, table)
             return snap
 
     def delete(self, ad_ids: Iterable[str]) -> tuple[Snapshot, list[str]]:
