@@ -91,7 +91,7 @@ def test_paper_table_experiment_writes_consistent_tables(tmp_path):
     for r in table:
         rho, metric = int(r["rank"]), r["metric"]
         assert float(r["sparsity_pct"]) == pytest.approx(round(100 * 2 * rho * (m + 1) / (m * (m - 1)), 1))
-        for kind in ("fm", "fwfm", "dplr", "pruned"):  # seed means of the runs' own metrics.json
+        for kind in ("fm", "fwfm", "fwfm_ft", "dplr", "pruned"):  # seed means of the runs' metrics.json
             name = f"{kind}{rho}" if kind in ("dplr", "pruned") else kind
             vals = [json.loads((runs / f"k4-s{s}-{name}" / "metrics.json").read_text())["test"][metric]
                     for s in (0, 1)]
@@ -106,3 +106,5 @@ def test_paper_table_experiment_writes_consistent_tables(tmp_path):
 
     pruned, _, _ = checkpoint.load(runs / "k4-s0-pruned1")
     assert int(pruned.mask.sum()) == 2 * min(m + 1, m * (m - 1) // 2)
+    control, _, _ = checkpoint.load(runs / "k4-s0-fwfm_ft")  # fine-tuned with every pair kept
+    assert int(control.mask.sum()) == m * (m - 1)
