@@ -132,30 +132,34 @@ def per_candidate(sm, kind, items, cx, rng, n_req: int, repeats: int) -> dict:
     z, const = context_part(plan, cx, emb, lin)
     out = np.empty(n_req)
     reqs = [rng.integers(0, len(items), n_req) for _ in range(repeats)]
-    res = {}
-    for prefetch in (True, False):
-        kern = kernels.rows_kernel(plan.D, prefetch)
-        kern(z, const, W, c, reqs[0], out)
-        cold = np.array([timed(lambda r=r, f=kern: f(z, const, W, c, r, out)) for r in reqs[1:]])
-        hot = np.array([timed(lambda f=kern: f(z, const, W, c, reqs[0], out)) for _ in reqs[1:]])
-        tag = "" if prefetch else "_noprefetch"
-        res[f"catalog_ns_cold_median{tag}"] = float(np.median(cold[:, 1])) / n_req * 1e9
-        res[f"catalog_ns_cold_wall_median{tag}"] = float(np.median(cold[:, 0])) / n_req * 1e9
-        res[f"catalog_ns_hot{tag}"] = float(np.median(hot[:, 1])) / n_req * 1e9
+    kern = {True: kernels.rows_kernel(plan.D, True), False: kernels.rows_kernel(plan.D, False)}
     scorer = inline_scorer(kind, sm)
-    inline_items = [np.ascontiguousarray(items[r]) for r in reqs]
     if scorer is not None:
-        label = "service Scorer.score (service/kernels)"
-        scorer.score(cx, inline_items[0])
-        fn = scorer.score
+        label, fn = "service Scorer.score (service/kernels)", scorer.score
     else:
         label = "catalog reduction on the fly (no service Scorer registry found)"
 
         def fn(ctx, x):
             W_, c_ = ad_parts(plan, x, emb, lin)
             return kernels.score_all(z, const, W_, c_)
-        fn(cx, inline_items[0])
-    inl = np.array([timed(lambda x=x: fn(cx, x)) for x in inline_items[1:]])
+    for f in kern.values():
+        f(z, const, W, c, reqs[0], out)
+    fn(cx, np.ascontiguousarray(items[reqs[0]]))
+    t = {"pf": [], "nopf": [], "hot": [], "inline": []}
+    for r in reqs[1:]:  # interleaved (the other jobs' load hits every variant alike), fresh rows each
+        t["pf"].append(timed(lambda r=r: kern[True](z, const, W, c, r, out)))
+        t["hot"].append(timed(lambda r=r: kern[True](z, const, W, c, r, out)))
+        r2 = rng.integers(0, len(items), n_req)
+        t["nopf"].append(timed(lambda r=r2: kern[False](z, const, W, c, r, out)))
+        x = np.ascontiguousarray(items[rng.integers(0, len(items), n_req)])
+        t["inline"].append(timed(lambda x=x: fn(cx, x)))
+    ns = {key: np.array(v) / n_req * 1e9 for key, v in t.items()}
+    res = {"catalog_ns_cold_median": float(np.median(ns["pf"][:, 1])),
+           "catalog_ns_cold_wall_median": float(np.median(ns["pf"][:, 0])),
+           "catalog_ns_cold_median_noprefetch": float(np.median(ns["nopf"][:, 1])),
+           "catalog_ns_hot": float(np.median(ns["hot"][:, 1]))}
+    inl = ns["inline"] * n_req / 1e9
+    inline_items = [np.ascontiguousarray(items[reqs[0]])]
     ref = fn(cx, inline_items[0])
     kernels.rows_kernel(plan.D)(z, const, W, c, reqs[0], out)
     agree = float(np.max(np.abs(out - ref) / (1 + np.abs(ref))))
@@ -322,7 +326,7 @@ def main(argv=None) -> int:
         res["setup"]["n_features"] = sm.preprocessor.vocab.n_features
         items = random_items(sm.preprocessor, n_big, rng)
         cx = random_context(sm.preprocessor, rng)
-        r = per_candidate(sm, kind, items, cx, rng, 1000, reps)
+        r = per_candidate(sm, kind, items, cx, rng, 1000, 4 * reps)
         name = f"{kind}" + (f" rho={rho}" if rho else "")
         res["kinds"][name] = {k: v for k, v in r.items() if k not in ("W", "c", "z", "const")}
         if (kind, rho) == ("dplr", 2):
