@@ -193,3 +193,18 @@ def test_codebook_embedding_plugs_into_the_same_trainer(planted, tmp_path):
     assert auc(y, predict(model, X, "binary")) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
     arrays = model.export_arrays()
     assert {"bias", "linear", "emb", "U", "e", "codebooks", "codes"} <= set(arrays)
+
+
+def test_init_bias_starts_at_the_base_rate(planted, tmp_path):
+    from training.models import build
+    from training.train import init_bias
+
+    pre = planted.preprocessor
+    model = build("fm", pre.schema, pre.vocab.n_features, 4)
+    init_bias(model, planted)
+    rate = float(np.mean(planted.split("train")[1]))
+    assert float(torch.sigmoid(model.bias)) == pytest.approx(rate, rel=1e-5)
+    reg = make_planted(tmp_path / "reg", n_rows=500, target="regression", seed=3)
+    model = build("fm", reg.preprocessor.schema, reg.preprocessor.vocab.n_features, 4)
+    init_bias(model, reg)
+    assert float(model.bias) == pytest.approx(float(np.mean(reg.split("train")[1])), rel=1e-5)

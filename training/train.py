@@ -172,6 +172,18 @@ def _embedding_opts(cfg: TrainConfig, data) -> dict:
     return opts
 
 
+def init_bias(model, data) -> None:
+    """b0 <- the training mean (regression) or its log-odds (clicks): start at the base rate."""
+    y = np.asarray(data.split("train")[1], dtype=np.float64)
+    if data.target == "binary":
+        p = float(np.clip(y.mean(), 1e-4, 1 - 1e-4))
+        b0 = float(np.log(p / (1 - p)))
+    else:
+        b0 = float(y.mean())
+    with torch.no_grad():
+        model.bias.fill_(b0)
+
+
 def search_lr(cfg: TrainConfig, data, trials: int) -> float:
     """The learning rate with the best validation metric over ``trials`` Optuna (TPE) trials."""
     import optuna
@@ -186,6 +198,7 @@ def search_lr(cfg: TrainConfig, data, trials: int) -> float:
         torch.manual_seed(cfg.seed)
         model = build(kind, data.preprocessor.schema, data.preprocessor.vocab.n_features, cfg.embed_dim,
                       None if kind in ("fm", "fwfm") else cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
+        init_bias(model, data)
         _, hist = train_model(model, trial_cfg, data, desc=f"lr trial {trial.number}")
         scores = [h[key] for h in hist["history"]]
         return max(scores) if higher_better else min(scores)
@@ -214,12 +227,14 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
                 raise ValueError(f"{cfg.prune_from}: not an FwFM trained on this data set's encoding")
         else:  # train the FwFM first
             base = build("fwfm", schema, n, cfg.embed_dim, None, cfg.embedding, _embedding_opts(cfg, data))
+            init_bias(base, data)
             base, base_hist = train_model(base, cfg, data, desc="fwfm")
             extra["base_fwfm"] = {"valid": evaluate_split(base, data, "valid"), **base_hist}
         model = PrunedFwFM.from_fwfm(base, cfg.rank)
         desc = f"pruned rho={cfg.rank} fine-tune"
     else:
         model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
+        init_bias(model, data)
         desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
     if cfg.model == "pruned" and not cfg.finetune:
         hist = {"best_epoch": 0, "epochs_run": 0, "history": []}
