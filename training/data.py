@@ -23,6 +23,8 @@ Seed 0 is the trainer's default.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -101,6 +103,19 @@ def source_files(dataset: str, path) -> list[Path]:
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     return [p]
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Pause the cyclic GC while parsing: chunks create millions of acyclic lists and tuples,
+    and the collector walking them repeatedly made parsing 2-3x slower (measured)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # --- split ---------------------------------------------------------------------------------------
@@ -273,7 +288,8 @@ def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: in
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
-        _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress)
+        with _no_gc():
+            _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress)
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
@@ -339,9 +355,10 @@ def encode_file(dataset: str, path, preprocessor: Preprocessor, max_rows: int | 
     if theirs != ours:
         raise DataError(f"{path}: {dataset} fields {ours} do not match the model's fields {theirs}")
     Xs, ys = [], []
-    for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
-        Xs.append(encode_chunk(preprocessor, cols, len(y)))
-        ys.append(y)
+    with _no_gc():
+        for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
+            Xs.append(encode_chunk(preprocessor, cols, len(y)))
+            ys.append(y)
     if not Xs:
         raise DataError(f"{path}: no data rows")
     return np.concatenate(Xs), np.concatenate(ys)
