@@ -58,9 +58,12 @@ def make_preprocessor(schema: Schema, values_per_field: int) -> Preprocessor:
 
 
 def synthetic_model(kind: str, schema: Schema, values_per_field: int = 20, k: int = 8, rho: int = 2,
-                    seed: int = 0, target: str = "binary") -> SyntheticModel:
+                    seed: int = 0, target: str = "binary", preprocessor: Preprocessor | None = None
+                    ) -> SyntheticModel:
+    """Random parameters for ``schema`` (vocabulary: ``preprocessor``'s, or ``values_per_field``
+    synthetic values per field, see :func:`value`)."""
     rng = np.random.default_rng(seed)
-    pre = make_preprocessor(schema, values_per_field)
+    pre = preprocessor or make_preprocessor(schema, values_per_field)
     m, n = schema.m, pre.vocab.n_features
     naive = {"bias": rng.normal(size=1).astype(np.float32),
              "linear": rng.normal(scale=0.1, size=n).astype(np.float32),
