@@ -144,6 +144,12 @@ class RequestEncoder:
         self._getter = itemgetter(*self.item_names) if self.item_names else None
         self._categorical = [f.type == "categorical" for f in schema.fields]
 
+    def warm(self) -> None:
+        """Compile (or load from the numba cache) the hashing and lookup functions."""
+        self.index.lookup(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64))
+        _hash_joined_str("warm", 1)
+        self.encode_context({})
+
     # --- context -------------------------------------------------------------------------
     def encode_context(self, context: dict | None) -> np.ndarray:
         """int32[S_C]: the context fields' slots (absent fields are missing)."""

@@ -66,6 +66,7 @@ class Ranker:
     def warm(self) -> None:
         """Compile (or load from cache) every kernel, and run the encoder once."""
         self.scorer.warm()
+        self.encoder.warm()
         self.rank({}, [{"id": "warm", "features": {}}])
 
     def rank(self, context: dict, ads: list[dict], top_k: int | None = None) -> list[tuple]:

@@ -13,6 +13,7 @@ import pytest
 
 from adrank.preprocess import PAD
 from adrank.schema import Field, Schema
+from service.kernels import config
 from service.kernels.registry import SCORERS, make_scorer
 from tests import naive
 
@@ -159,7 +160,8 @@ def test_pruned_with_no_pairs_is_linear_only():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_threaded_path_equals_single_thread(kind):
+def test_threaded_path_equals_single_thread(kind, monkeypatch):
+    monkeypatch.setattr(config, "THREADS", 3)  # three slices, whatever this machine's core count
     schema, params, arrays, X, manifest = case(kind, 40, 16, 10, 4, B=1300)
     ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
     serial = make_scorer(manifest, arrays, parallel_min=10**9)
@@ -196,6 +198,11 @@ def test_bad_inputs_are_named_errors():
     bad[0, 0] = scorer.n_features
     with pytest.raises(ValueError, match="feature ids must lie in"):
         scorer.score(ctx, bad)
+    bad[0, 0] = -2
+    with pytest.raises(ValueError, match=r"feature ids must lie in \[-1, \d+\), got \[-2\]"):
+        scorer.score(ctx, bad)
+    with pytest.raises(ValueError, match="rows: feature ids"):
+        scorer.score_rows(np.full((2, schema.n_slots), -3, np.int32))
     with pytest.raises(ValueError, match="unknown model kind"):
         make_scorer({**manifest, "kind": "ffm"}, arrays)
     with pytest.raises(ValueError, match="'d' must have shape"):

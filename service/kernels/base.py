@@ -11,17 +11,39 @@ A scorer is built once from an artifact's manifest + arrays and then answers
 Subclasses provide ``_setup`` (read their arrays, pick compiled kernels for this k),
 ``_plan(ctx_fields, item_fields, item_offs) -> (ctx_params, item_params)`` (per-field
 coefficients split by role, item slots split by :func:`fields.split_fields`),
-``_context(ctx, offs, *ctx_params) -> state`` and ``_items(state, X, *item_params, out, parallel)``.
+``_context(ctx, offs, *ctx_params) -> state`` and ``_items(state, X, *item_params, out, start, stop)``
+(candidates ``start:stop``).
+
+Large auctions (``N >= parallel_min``) are split into one contiguous slice per thread of a
+small shared pool; the kernels are ``nogil``, so the slices run concurrently.  Python threads
+rather than numba's ``parallel=True``: no second compiled variant per kernel (the prange
+variants, closures over other kernels, could not be loaded from numba's cache), no threading
+layer to configure, and safe when several request threads score at once.
 """
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from adrank.preprocess import PAD
 from adrank.schema import Schema
 from service.kernels import config
-from service.kernels.fields import id_range
+from service.kernels.fields import id_bound
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide kernel thread pool (created on first use, THREADS - 1 workers)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, config.THREADS - 1), thread_name_prefix="adrank-kernel")
+        return _POOL
 
 
 class Scorer:
@@ -67,7 +89,7 @@ class Scorer:
         X = self._ids(items, (-1, self.n_item_slots), "items")
         state = self._context(ctx, self._ctx_offs, *self._ctx_params)
         out = np.empty(X.shape[0], dtype=np.float64)
-        self._items(state, X, *self._item_params, out, X.shape[0] >= self.parallel_min)
+        self._run(state, X, self._item_params, out)
         return out
 
     def score_rows(self, X) -> np.ndarray:
@@ -75,7 +97,7 @@ class Scorer:
         X = self._ids(X, (-1, self._rows_offs[-1]), "rows")
         state = self._context(self._no_ctx, self._no_offs, *self._rows_ctx_params)
         out = np.empty(X.shape[0], dtype=np.float64)
-        self._items(state, X, *self._rows_params, out, X.shape[0] >= self.parallel_min)
+        self._run(state, X, self._rows_params, out)
         return out
 
     def warm(self) -> None:
@@ -83,9 +105,7 @@ class Scorer:
         ctx = np.zeros(self.n_context_slots, dtype=np.int32)
         X = np.zeros((3, self.n_item_slots), dtype=np.int32)
         state = self._context(ctx, self._ctx_offs, *self._ctx_params)
-        out = np.empty(3)
-        for parallel in (False, True):
-            self._items(state, X, *self._item_params, out, parallel)
+        self._items(state, X, *self._item_params, np.empty(3), 0, 3)
         self.score_rows(np.zeros((1, int(self._rows_offs[-1])), dtype=np.int32))
 
     @property
@@ -93,14 +113,27 @@ class Scorer:
         return int(self.emb.nbytes + self.linear.nbytes)
 
     # --- helpers -------------------------------------------------------------------------
+    def _run(self, state, X, params, out) -> None:
+        n = X.shape[0]
+        threads = config.THREADS
+        if n < self.parallel_min or threads < 2:
+            self._items(state, X, *params, out, 0, n)
+            return
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        futures = [_pool().submit(self._items, state, X, *params, out, lo, hi)
+                   for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
+        self._items(state, X, *params, out, 0, int(bounds[1]))  # this thread takes the first slice
+        for f in futures:
+            f.result()
+
     def _ids(self, a, shape, what) -> np.ndarray:
         a = np.ascontiguousarray(a, dtype=np.int32)
         if a.ndim != len(shape) or any(s >= 0 and s != t for s, t in zip(shape, a.shape, strict=True)):
             want = "x".join("N" if s < 0 else str(s) for s in shape)
             raise ValueError(f"{what}: expected an int32 array of shape [{want}], got {list(a.shape)}")
-        lo, hi = id_range(a)
-        if a.size and (hi >= self.n_features or lo < PAD):
-            raise ValueError(f"{what}: feature ids must lie in [-1, {self.n_features}), got [{lo}, {hi}]")
+        if id_bound(a) > self.n_features:
+            bad = a[(a < PAD) | (a >= self.n_features)]
+            raise ValueError(f"{what}: feature ids must lie in [-1, {self.n_features}), got {bad[:5].tolist()}")
         return a
 
     def _setup(self, arrays):  # pragma: no cover - abstract

@@ -15,8 +15,9 @@ What was measured to matter on this machine, and how each is applied here:
   caches) for the first byte of ``table[row]``; kernels prefetch the rows of the candidate
   ``PREFETCH_DISTANCE`` ahead.  A 64-byte row is one cache line when the table is 64-byte
   aligned, which :func:`aligned` guarantees.
-* **Threads only for large auctions.**  ``PARALLEL_MIN_CANDIDATES`` decides when the numba
-  ``prange`` driver is used; below it, a request never touches the thread pool.
+* **Threads only for large auctions.**  ``PARALLEL_MIN_CANDIDATES`` decides when a request's
+  candidates are split over ``THREADS`` threads (base.py); below it, a request never touches
+  the thread pool.
 
 ``NUMBA_CACHE_DIR`` is honoured by numba itself (``cache=True`` everywhere).
 """
@@ -34,14 +35,14 @@ from numba.extending import intrinsic
 # (vectorised reductions); NaN/inf semantics are kept ("nnan"/"ninf" are not set).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
-NJIT_PARALLEL = dict(NJIT, parallel=True)
 
 PREFETCH_DISTANCE = 2  # candidates ahead (DESIGN §7: "the rows of the candidates two ahead")
-# Also prefetch the 4-byte linear weights?  Their table is 16x smaller (mostly L3-resident) and
-# the extra prefetch instructions cost more than they save (benchmarks/kernels_micro.py).
-PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "0") == "1"
+# Also prefetch the 4-byte linear weights: their table is 16x smaller but the stream of random
+# embedding rows evicts it, and un-prefetched they cost ~+50% per cold candidate (measured with
+# benchmarks/kernels_micro.py; ADRANK_PREFETCH_LINEAR=0 turns it off).
+PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "1"
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
-PARALLEL_CHUNK = 512  # candidates per prange task
+THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
+from service.kernels.config import NJIT
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
 from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
 
@@ -31,7 +31,7 @@ MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass o
 
 @cache
 def build(K: int, R: int, prefetch: bool):
-    """(context, items, items_parallel) for embedding dimension ``K`` and rank ``R``
+    """(context, items) for embedding dimension ``K`` and rank ``R``
     (``R == 0``: any rank, one register vector at a time, see :func:`_items_any_rank`)."""
 
     @njit(**NJIT)
@@ -136,15 +136,7 @@ def build(K: int, R: int, prefetch: bool):
 
     items = items_registers if R > 0 else items_any_rank
 
-    @njit(**NJIT_PARALLEL)
-    def items_parallel(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out):
-        n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
-        for c in prange(n_chunks):
-            lo = c * PARALLEL_CHUNK
-            hi = min(lo + PARALLEL_CHUNK, X.shape[0])
-            items(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, lo, hi)
-
-    return context, items, items_parallel
+    return context, items
 
 
 class DPLRScorer(Scorer):
@@ -161,7 +153,7 @@ class DPLRScorer(Scorer):
             raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
         self.rho = rho
         R = rho if rho <= MAX_REGISTER_RANK else 0
-        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, R, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)
@@ -174,10 +166,7 @@ class DPLRScorer(Scorer):
         P_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, U_c, d_c)
         return P_c, self.bias + c
 
-    def _items(self, state, X, single, multi, U_s, U_m, d_m, out, parallel):
+    def _items(self, state, X, single, multi, U_s, U_m, d_m, out, start, stop):
         P_c, const = state
         args = (P_c, const, X, single, multi, U_s, U_m, d_m, self.e, self.emb, self.linear, out)
-        if parallel:
-            self._par_fn(*args)
-        else:
-            self._items_fn(*args, 0, X.shape[0])
+        self._items_fn(*args, start, stop)

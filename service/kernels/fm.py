@@ -15,17 +15,17 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
+from service.kernels.config import NJIT
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
 
 @cache
 def build(K: int, prefetch: bool):
-    """(context, items, items_parallel) kernels specialised for embedding dimension ``K``."""
+    """(context, items) kernels specialised for embedding dimension ``K``."""
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, d):
@@ -61,15 +61,7 @@ def build(K: int, prefetch: bool):
                 dn += d_m[j] * norm2(v)
             out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
 
-    @njit(**NJIT_PARALLEL)
-    def items_parallel(a_c, const, X, single, multi, d_m, emb, linear, out):
-        n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
-        for c in prange(n_chunks):
-            lo = c * PARALLEL_CHUNK
-            hi = min(lo + PARALLEL_CHUNK, X.shape[0])
-            items(a_c, const, X, single, multi, d_m, emb, linear, out, lo, hi)
-
-    return context, items, items_parallel
+    return context, items
 
 
 class FMScorer(Scorer):
@@ -79,7 +71,7 @@ class FMScorer(Scorer):
         self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
         if self.d.shape != (self.m,):
             raise ValueError(f"fm artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
-        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, _, multi = split_fields(item_offs)
@@ -90,10 +82,7 @@ class FMScorer(Scorer):
         a_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, d_c)
         return a_c, self.bias + c
 
-    def _items(self, state, X, single, multi, d_m, out, parallel):
+    def _items(self, state, X, single, multi, d_m, out, start, stop):
         a_c, const = state
         args = (a_c, const, X, single, multi, d_m, self.emb, self.linear, out)
-        if parallel:
-            self._par_fn(*args)
-        else:
-            self._items_fn(*args, 0, X.shape[0])
+        self._items_fn(*args, start, stop)

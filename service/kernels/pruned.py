@@ -20,17 +20,17 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, NJIT_PARALLEL, PARALLEL_CHUNK
+from service.kernels.config import NJIT
 from service.kernels.fields import field_vector, prefetch_candidate, split_fields
 from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
 
 @cache
 def build(K: int, prefetch: bool):
-    """(context, items, items_parallel) kernels specialised for embedding dimension ``K``."""
+    """(context, items) kernels specialised for embedding dimension ``K``."""
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
@@ -78,15 +78,7 @@ def build(K: int, prefetch: bool):
                 acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
             out[n] = const + lin + vsum(vadd(acc0, acc1))
 
-    @njit(**NJIT_PARALLEL)
-    def items_parallel(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out):
-        n_chunks = (X.shape[0] + PARALLEL_CHUNK - 1) // PARALLEL_CHUNK
-        for c in prange(n_chunks):
-            lo = c * PARALLEL_CHUNK
-            hi = min(lo + PARALLEL_CHUNK, X.shape[0])
-            items(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out, lo, hi)
-
-    return context, items, items_parallel
+    return context, items
 
 
 class PrunedScorer(Scorer):
@@ -105,7 +97,7 @@ class PrunedScorer(Scorer):
         if pi.size and (pi.min() < 0 or pj.max() >= self.m or np.any(pi >= pj)):
             raise ValueError(f"{self.kind} artifact: pairs must satisfy 0 <= pair_i < pair_j < m={self.m}")
         self.pair_i, self.pair_j, self.pair_r = pi, pj, pr
-        self._ctx_fn, self._items_fn, self._par_fn = build(self.k, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         is_ctx = np.zeros(self.m, dtype=bool)
@@ -126,10 +118,7 @@ class PrunedScorer(Scorer):
         Q, c = self._ctx_fn(ctx, offs, self.emb, self.linear, *params)
         return Q, self.bias + c
 
-    def _items(self, state, X, single, single_f, multi, pa, pb, pw, out, parallel):
+    def _items(self, state, X, single, single_f, multi, pa, pb, pw, out, start, stop):
         Q, const = state
         args = (Q, const, X, single, single_f, multi, pa, pb, pw, self.emb, self.linear, out)
-        if parallel:
-            self._par_fn(*args)
-        else:
-            self._items_fn(*args, 0, X.shape[0])
+        self._items_fn(*args, start, stop)
