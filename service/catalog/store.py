@@ -67,7 +67,7 @@ class Model:
 
     def encode_items(self, feats: Sequence[dict]) -> np.ndarray:
         """Item slot rows int32[N, S_I] of feature dicts (fields this model lacks are ignored)."""
-        names = self.encoder._item_set
+        names = frozenset(self.encoder.item_names)
         ads = [{"id": i, "features": {k: v for k, v in f.items() if k in names}} for i, f in enumerate(feats)]
         try:
             return self.encoder.encode_ads(ads)[1]
