@@ -38,15 +38,16 @@ def build(K: int, R: int, prefetch: bool):
     def context(ctx, offs, emb, linear, U_c, d_c):
         rho = U_c.shape[0]
         P_c = np.zeros((rho, K), np.float32)
-        v = np.empty(K, np.float32)
+        v = np.empty((1, K), np.float32)
+        row = ctx.reshape(1, -1)
         lin = 0.0
         dn = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(ctx, offs[f], offs[f + 1], emb, linear, v)
+            lin += field_vector(row, 0, offs[f], offs[f + 1], emb, linear, v, 0)
             x = vload(v, 0, K)
             for r in range(rho):
                 vstore(P_c, r, vaxpy(vload(P_c, r, K), U_c[r, f], x))
-            dn += d_c[f] * norm2(v)
+            dn += d_c[f] * norm2(v, 0)
         return P_c, lin + 0.5 * dn
 
     @njit(**NJIT)
@@ -61,8 +62,8 @@ def build(K: int, R: int, prefetch: bool):
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
-                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V_m[j])
-                dn += d_m[j] * norm2(V_m[j])
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V_m, j)
+                dn += d_m[j] * norm2(V_m, j)
             p0 = vload(P_c, 0, K)
             p1 = vzero(K)
             p2 = vzero(K)
@@ -116,8 +117,8 @@ def build(K: int, R: int, prefetch: bool):
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):
-                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V_m[j])
-                dn += d_m[j] * norm2(V_m[j])
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V_m, j)
+                dn += d_m[j] * norm2(V_m, j)
             for i in range(single.shape[0]):
                 idx = X[n, single[i]]
                 if idx >= 0:

@@ -16,33 +16,36 @@ from service.kernels.config import NJIT, PREFETCH_DISTANCE, PREFETCH_LINEAR, pre
 
 
 @njit(**NJIT)
-def field_vector(x, lo, hi, emb, linear, v):
-    """Write v_f (mean of the non-PAD slots' rows) into ``v``; return the mean linear term."""
-    k = v.shape[0]
+def field_vector(X, r, lo, hi, emb, linear, V, j):
+    """Write v_f of row ``X[r]``'s slots ``lo:hi`` (mean of the non-PAD slots' rows) into
+    ``V[j]``; return the mean linear term.  Rows are passed whole with indices (no slices) so
+    the per-candidate call allocates and reference-counts nothing."""
+    k = V.shape[1]
     for t in range(k):
-        v[t] = 0.0
+        V[j, t] = 0.0
     n = 0
     lin = 0.0
     for s in range(lo, hi):
-        idx = x[s]
+        idx = X[r, s]
         if idx >= 0:
             n += 1
             lin += linear[idx]
             for t in range(k):
-                v[t] += emb[idx, t]
+                V[j, t] += emb[idx, t]
     if n > 1:
         inv = np.float32(1.0 / n)
         for t in range(k):
-            v[t] *= inv
+            V[j, t] *= inv
         lin /= n
     return lin
 
 
 @njit(**NJIT)
-def norm2(v):
+def norm2(V, j):
+    """||V[j]||^2 in float64."""
     s = 0.0
-    for t in range(v.shape[0]):
-        s += v[t] * v[t]
+    for t in range(V.shape[1]):
+        s += V[j, t] * V[j, t]
     return s
 
 

@@ -30,20 +30,21 @@ def build(K: int, prefetch: bool):
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, d):
         a = vzero(K)
-        v = np.empty(K, np.float32)
+        v = np.empty((1, K), np.float32)
+        x = ctx.reshape(1, -1)
         lin = 0.0
         dn = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(ctx, offs[f], offs[f + 1], emb, linear, v)
+            lin += field_vector(x, 0, offs[f], offs[f + 1], emb, linear, v, 0)
             a = vadd(a, vload(v, 0, K))
-            dn += d[f] * norm2(v)
+            dn += d[f] * norm2(v, 0)
         a_c = np.empty(K, np.float32)
         vstore(a_c, 0, a)
         return a_c, lin + 0.5 * dn
 
     @njit(**NJIT)
     def items(a_c, const, X, single, multi, d_m, emb, linear, out, start, stop):
-        v = np.empty(K, np.float32)
+        v = np.empty((1, K), np.float32)
         for n in range(start, stop):
             if prefetch:
                 prefetch_candidate(X, n, stop, emb, linear)
@@ -56,9 +57,9 @@ def build(K: int, prefetch: bool):
                     a = vadd(a, vload(emb, idx, K))
             dn = 0.0
             for j in range(multi.shape[0]):
-                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, v)
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, v, 0)
                 a = vadd(a, vload(v, 0, K))
-                dn += d_m[j] * norm2(v)
+                dn += d_m[j] * norm2(v, 0)
             out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
 
     return context, items

@@ -35,9 +35,10 @@ def build(K: int, prefetch: bool):
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
         V_c = np.zeros((max(offs.shape[0] - 1, 1), K), np.float32)
+        row = ctx.reshape(1, -1)
         lin = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(ctx, offs[f], offs[f + 1], emb, linear, V_c[f])
+            lin += field_vector(row, 0, offs[f], offs[f + 1], emb, linear, V_c, f)
         inter = 0.0
         for p in range(cc_i.shape[0]):
             inter += cc_r[p] * vdot(vload(V_c, cc_i[p], K), vload(V_c, cc_j[p], K))
@@ -67,7 +68,7 @@ def build(K: int, prefetch: bool):
                 acc0 = vadd(acc0, vmul(vload(Q, a, K), x))
             for j in range(multi.shape[0]):
                 a = multi[j, 2]
-                lin += field_vector(X[n], multi[j, 0], multi[j, 1], emb, linear, V[a])
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V, a)
                 acc1 = vadd(acc1, vmul(vload(Q, a, K), vload(V, a, K)))
             p = 0
             while p + 1 < n_pairs:
