@@ -55,9 +55,9 @@ from service.kernels.config import aligned  # noqa: E402
 from service.kernels.registry import make_scorer  # noqa: E402
 
 FULL = dict(fields=40, contexts=(10, 15, 20, 25, 30), ranks=(1, 2, 3), dims=(8, 16),
-            candidates=(10, 30, 100, 300, 1000, 3000, 10000), popularity=("uniform", "zipf"),
-            repeats=9, target=10_000, table_mib=128)
-QUICK = dict(FULL, contexts=(10, 20), dims=(16,), candidates=(10, 100, 1000), repeats=5, target=4_000)
+            candidates=(10, 100, 1000, 3000, 10000), popularity=("uniform", "zipf"),
+            repeats=5, target=10_000, table_mib=128)
+QUICK = dict(FULL, contexts=(20,), dims=(16,), candidates=(10, 100, 1000), repeats=5, target=3_000)
 ZIPF_S = 1.1
 REQUIRED = ("model", "rank", "context_fields", "item_fields", "embed_dim", "candidates", "ns_per_candidate")
 TARGET = dict(context_fields=20, embed_dim=16, candidates=1000)  # the target configuration
@@ -325,8 +325,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {k} | {pop} | {c}/{r['item_fields'] if r else '?'} | " + " | ".join(cells) + " |")
     pr = [r for r in rows if r["model"] == "pruned"]
     if pr:
-        lines += ["", "Pruned pairs kept (context x context, context x item, item x item), per context split: "
-                  + "; ".join(sorted({f"c={r['context_fields']} rho={r['rank']}: {r['pair_blocks']}" for r in pr}))]
+        keys = sorted({(r["embed_dim"], r["context_fields"], r["rank"], tuple(r["pair_blocks"])) for r in pr})
+        lines += ["", "Pruned pairs kept (context x context, context x item, item x item); one random R per k: "
+                  + "; ".join(f"k={k} c={c} rho={rho}: {list(b)}" for k, c, rho, b in keys)]
     return "\n".join(lines) + "\n"
 
 

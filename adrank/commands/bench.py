@@ -23,16 +23,16 @@ def add_arguments(p) -> None:
                        description="Time FM, FwFM, pruned FwFM and DPLR-FwFM scorers (service/kernels) on "
                                    "random models with 40 fields: one row per (model, context split, k, "
                                    "popularity, auction size), medians and spread over interleaved repeats.")
-    k.add_argument("--quick", action="store_true", help="reduced grid (2 context splits, k=16, 3 sizes): < 2 min")
+    k.add_argument("--quick", action="store_true", help="reduced grid (20 context fields, k=16, 3 sizes, both popularities): < 2 min")
     k.add_argument("--json", metavar="OUT", help="write the rows (+ machine, floors, command) as JSON")
     k.add_argument("--plot", metavar="PNG", help="write the Figure-1-style plot")
     k.add_argument("--markdown", metavar="MD", help="write a Markdown summary (targets, tables at 10/1k/10k)")
     k.add_argument("--contexts", type=_ints, help="context field counts, e.g. '10,20' (default 10..30 step 5)")
     k.add_argument("--ranks", type=_ints, help="DPLR ranks / pruned budgets rho (default 1,2,3)")
     k.add_argument("--dims", type=_ints, help="embedding dimensions k (default 8,16)")
-    k.add_argument("--candidates", type=_ints, help="auction sizes (default 10,30,...,10000)")
+    k.add_argument("--candidates", type=_ints, help="auction sizes (default 10,100,1000,3000,10000)")
     k.add_argument("--popularity", nargs="+", choices=["uniform", "zipf"], help="id popularity (default both)")
-    k.add_argument("--repeats", type=int, help="timed blocks per model and cell (default 9; quick 5)")
+    k.add_argument("--repeats", type=int, help="timed blocks per model and cell (default 5)")
     k.add_argument("--table-mib", type=int, help="embedding table size per k in MiB (default 128)")
     k.add_argument("--target", type=int,
                    help="candidates per timed block; a block holds ceil(target/N) auctions, 1..100")
