@@ -147,3 +147,15 @@ def test_eigen_signs(small, tmp_path):
     with pytest.raises(ValueError, match="signs must be"):
         generate(tmp_path / "q", rows=200, vocab=40, fields=4, context_fields=2, signs="neg", progress=False)
     assert not (tmp_path / "q").exists()
+
+
+def test_weights_fade_with_rarity(tmp_path):
+    norms = {}
+    for decay in (0.0, 0.5):
+        generate(tmp_path / f"d{decay}", rows=500, vocab=2000, fields=2, context_fields=1, multi_max=0,
+                 decay=decay, progress=False)
+        p = np.load(tmp_path / f"d{decay}" / "planted.npz")
+        e = np.linalg.norm(p["emb"][: p["field_offsets"][1]], axis=1)  # field 0, by popularity rank
+        norms[decay] = e[:10].mean() / e[400:].mean()
+    assert 0.7 < norms[0.0] < 1.4  # even
+    assert norms[0.5] > 5  # (1+p)^-0.5: ranks 0-9 vs 400+ differ ~8x

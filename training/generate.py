@@ -19,6 +19,10 @@ With ``clusters=C`` the embeddings get the structure learned ones show (xLightFM
 most popular values of each field are drawn independently (well separated), every other
 value sits near one of C per-field centroids.
 
+Weights fade with rarity: the value of popularity rank p has its linear weight and (without
+clusters) its embedding scaled by ``(1+p)^-decay`` (default 0.5), as learned models show and
+so that the signal sits mostly where the data can teach it; ``decay=0`` spreads it evenly.
+
 Scales are calibrated on a sample so the logit has standard deviation ``signal`` (70% of its
 variance from interactions) and the mean CTR is ``ctr``.
 
@@ -74,7 +78,7 @@ class Planted:
     """The planted model over raw tokens and the sampler of raw rows."""
 
     def __init__(self, schema: Schema, vocab: int, rank: int, embed_dim: int, zipf: float,
-                 clusters: int, rng: np.random.Generator, signs: str = "mixed"):
+                 clusters: int, rng: np.random.Generator, signs: str = "mixed", decay: float = 0.5):
         m = schema.m
         if vocab < 2 * m:
             raise ValueError(f"vocab must be at least 2 per field ({2 * m}), got {vocab}")
@@ -87,11 +91,17 @@ class Planted:
         self.sizes = sizes
         self.field_offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         self.cdf = [np.cumsum(p) / p.sum() for p in (np.arange(1, n + 1) ** -float(zipf) for n in sizes)]
-        self.linear = rng.standard_normal(vocab)
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        popularity_rank = np.concatenate([np.arange(n) for n in sizes])
+        scale = (1.0 + popularity_rank) ** -float(decay)  # rarer values matter less
+        self.linear = rng.standard_normal(vocab) * scale
         self.emb = rng.standard_normal((vocab, embed_dim)) / np.sqrt(embed_dim)
         self.extra = {}
         if clusters > 0:
             self._plant_clusters(clusters, rng)
+        else:
+            self.emb *= scale[:, None]
         group = np.arange(m) % rank
         self.U = np.where(group[None, :] == np.arange(rank)[:, None], 1.0, CROSS_GROUP) * rng.uniform(0.5, 1.5, m)
         if signs not in ("mixed", "positive"):
@@ -200,7 +210,7 @@ def _lines(X: np.ndarray, y: np.ndarray, planted: Planted, tokens: np.ndarray) -
 def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: int = 20_000,
              fields: int = 16, context_fields: int = 8, embed_dim: int = 8, zipf: float = 1.1,
              multi_max: int = 4, clusters: int = 0, ctr: float = 0.2, signal: float = 1.2,
-             signs: str = "mixed", compress: bool = True, chunk_rows: int = 100_000,
+             signs: str = "mixed", decay: float = 0.5, compress: bool = True, chunk_rows: int = 100_000,
              progress: bool = True) -> dict:
     """Write a planted-model data set to ``out_dir`` (atomically) and return its truth.json."""
     if rows < 10:
@@ -209,7 +219,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         raise ValueError("ctr must be in (0, 1) and signal > 0")
     schema = make_schema(fields, context_fields, multi_max)
     planted = Planted(schema, vocab, rank, embed_dim, zipf, clusters,
-                      np.random.default_rng(np.random.SeedSequence([seed, 0])), signs)
+                      np.random.default_rng(np.random.SeedSequence([seed, 0])), signs, decay)
     planted.calibrate(planted.sample(min(rows, 50_000), np.random.default_rng([seed, 1])), ctr, signal)
     tokens = _token_table(planted)
 
@@ -236,7 +246,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         truth = _truth(scores, labels, dict(rows=rows, seed=seed, rank=rank, vocab=vocab, fields=fields,
                                             context_fields=context_fields, embed_dim=embed_dim, zipf=zipf,
                                             multi_max=multi_max, clusters=clusters, ctr=ctr, signal=signal,
-                                            signs=signs))
+                                            signs=signs, decay=decay))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():

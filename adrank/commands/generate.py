@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
                    help="standard deviation of the planted logit; larger = easier (default 1.2)")
     p.add_argument("--signs", choices=("mixed", "positive"), default="mixed",
                    help="signs of the planted e: alternating (indefinite R, default) or all positive")
+    p.add_argument("--decay", type=float, default=0.5,
+                   help="weights of popularity rank p scale as (1+p)^-decay; 0 = even (default 0.5)")
     p.add_argument("--plain", action="store_true", help="write data.tsv instead of data.tsv.gz")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -38,7 +40,7 @@ def run(args) -> int:
         truth = generate(args.out, rows=args.rows, seed=args.seed, rank=args.rank, vocab=args.vocab,
                          fields=args.fields, context_fields=args.context_fields, embed_dim=args.embed_dim,
                          zipf=args.zipf, multi_max=args.multi_max, clusters=args.clusters, ctr=args.ctr,
-                         signal=args.signal, signs=args.signs, compress=not args.plain, progress=not args.quiet)
+                         signal=args.signal, signs=args.signs, decay=args.decay, compress=not args.plain, progress=not args.quiet)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     summary = {s: {k: truth[s][k] for k in ("rows", "auc", "logloss")} for s in ("train", "valid", "test")}
