@@ -89,8 +89,8 @@ async def _rank(svc: ServiceState, request: Request, labels: list[str]) -> bytes
     return schemas.encode_ranking(ranker.name, ranker.version, ranked)
 
 
-@router.post(RANK)
 async def rank(request: Request) -> Response:
+    """POST /v1/rank (a plain Starlette route: FastAPI's dependency solving cost ~45 us/request)."""
     t0 = perf_counter()
     svc: ServiceState = request.app.state.svc
     labels, status = [""], 200
@@ -110,6 +110,9 @@ async def rank(request: Request) -> Response:
     metrics.REQUESTS.labels(RANK, labels[0], str(status)).inc()
     metrics.REQUEST_DURATION.labels(RANK, labels[0]).observe(perf_counter() - t0)
     return response
+
+
+router.add_route(RANK, rank, methods=["POST"])
 
 
 def _error_response(exc: Exception) -> Response:
