@@ -3,14 +3,17 @@
 Default setup (the task's): 20 context + 20 item fields, k = 16, 1,000 candidates per request,
 an embedding table of 2^20 rows x 64 B = 64 MiB (twice the 32 MiB L3).  Two regimes:
 
-* cold   a pool of distinct random requests touching ~80 MiB of rows, scored round-robin, so
-         nearly every row a candidate needs comes from DRAM;
-* cached the same request scored again and again (its 20k rows fit in L2/L3).
+* cold   every timed request is freshly drawn at random over the whole table, so most rows a
+         candidate needs come from DRAM (at most half the table fits in L3);
+* cached one fixed request, scored once untimed right before the timed call (its rows are in
+         L2/L3).
 
 Each kind is run with and without software prefetch.  The floor is a kernel that only gathers
 and sums the candidates' 20 rows (no linear terms, no model), with and without prefetch.
-Times are medians over requests of the scoring call, as thread CPU time (robust when other
-processes share the 2 cores) and wall time.
+Times are medians over requests of the whole ``Scorer.score`` call (bounds check + context part
++ candidates) divided by the candidates, as thread CPU time and wall time.  All cases are timed
+on the same request sequence, interleaved case by case, so load from other processes on the
+shared 2 cores hits every case alike and the ratios between kernels stay meaningful.
 
     python benchmarks/kernels_micro.py --out docs/results/kernels-micro
 """
@@ -73,62 +76,73 @@ def make_floor(K: int, prefetch: bool):
     return floor
 
 
-def timed(fn, requests, repeats: int) -> dict:
-    cpu, wall = [], []
-    for _ in range(repeats):
-        for req in requests:
-            t0, w0 = time.thread_time_ns(), time.perf_counter_ns()
-            fn(req)
-            cpu.append(time.thread_time_ns() - t0)
-            wall.append(time.perf_counter_ns() - w0)
-    return {"cpu_ns": float(np.median(cpu)), "wall_ns": float(np.median(wall))}
-
-
 def run(args) -> dict:
+    """Every case is timed on the same sequence of requests, interleaved case by case, so that
+    load from other processes shifts all cases alike (ratios stay meaningful on a busy box)."""
     rng = np.random.default_rng(args.seed)
     m = args.context + args.items
     schema = schema_of(args.context, args.items)
     manifest = {"schema": schema.to_dict(), "n_features": args.rows, "embed_dim": args.k}
-    pool = [rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32)
-            for _ in range(args.pool)]
+    shared = arrays_for("fm", m, args.context, args.rows, args.k, 1, rng)  # one 64 MiB table for all
     ctx = rng.integers(0, args.rows, args.context).astype(np.int32)
-    cases = [("fm", 1), *[("dplr", r) for r in args.rhos], *[("pruned", r) for r in args.rhos], ("fwfm", 1)]
-    results = []
-    bar = tqdm(total=(len(cases) + 1) * 2, desc="kernels", file=sys.stderr)
+    kinds = [("fm", 1), *[("dplr", r) for r in args.rhos], *[("pruned", r) for r in args.rhos], ("fwfm", 1)]
+    cases = []
+    out = np.empty(args.candidates)
     for prefetch in (True, False):
         floor = make_floor(args.k, prefetch)
-        out = np.empty(args.candidates)
-        emb = arrays_for("fm", m, args.context, args.rows, args.k, 1, np.random.default_rng(0))["emb"]
-        floor(pool[0], emb, out)
-        row = {"kind": "floor (gather+sum 20 rows)", "rho": None, "pairs": None, "prefetch": prefetch}
-        fn = lambda X, f=floor, e=emb, o=out: f(X, e, o)  # noqa: E731
-        row["cold"] = timed(fn, pool, args.repeats)
-        row["cached"] = timed(fn, [pool[0]] * len(pool), args.repeats)
-        results.append(row)
-        bar.update()
-        for kind, rho in cases:
-            arrays = arrays_for(kind, m, args.context, args.rows, args.k, rho, np.random.default_rng(1))
-            s = make_scorer({**manifest, "kind": kind, "rank": rho}, arrays, prefetch=prefetch,
-                            parallel_min=10**9)
+        cases.append(({"kind": "floor (gather+sum rows)", "rho": None, "pairs": None, "prefetch": prefetch},
+                      lambda X, f=floor: f(X, shared["emb"], out)))
+        for kind, rho in kinds:
+            arrays = {**arrays_for(kind, m, args.context, 4, args.k, rho, np.random.default_rng(rho)),
+                      "emb": shared["emb"], "linear": shared["linear"]}
+            s = make_scorer({**manifest, "kind": kind, "rank": rho}, arrays, prefetch=prefetch, parallel_min=10**9)
             s.warm()
             pairs = len(s.pair_i) if kind in ("pruned", "fwfm") else None
-            row = {"kind": kind, "rho": rho if kind in ("dplr", "pruned") else None, "pairs": pairs,
-                   "prefetch": prefetch}
-            row["cold"] = timed(lambda X, s=s: s.score(ctx, X), pool, args.repeats)
-            row["cached"] = timed(lambda X, s=s: s.score(ctx, X), [pool[0]] * len(pool), args.repeats)
-            results.append(row)
-            bar.update()
-            del s, arrays
-    bar.close()
-    for r in results:
+            cases.append(({"kind": kind, "rho": rho if kind in ("dplr", "pruned") else None, "pairs": pairs,
+                           "prefetch": prefetch}, lambda X, s=s: s.score(ctx, X)))
+    hot = rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32)
+    times = {(i, regime, clock): [] for i in range(len(cases)) for regime in ("cold", "cached")
+             for clock in ("cpu_ns", "wall_ns")}
+    for _ in tqdm(range(args.requests), desc="requests", file=sys.stderr):
+        for i, (_, fn) in enumerate(cases):
+            for regime in ("cold", "cached"):
+                X = rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32) \
+                    if regime == "cold" else hot
+                if regime == "cached":
+                    fn(X)  # bring this request's rows back after the other cases ran
+                t0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+                fn(X)
+                times[i, regime, "cpu_ns"].append(time.thread_time_ns() - t0)
+                times[i, regime, "wall_ns"].append(time.perf_counter_ns() - w0)
+    threads = threads_check(args, manifest, shared, ctx, m, rng)
+    results = []
+    for i, (row, _) in enumerate(cases):
         for regime in ("cold", "cached"):
-            r[regime] = {key: v / args.candidates for key, v in r[regime].items()}  # per candidate
+            row[regime] = {c: float(np.median(times[i, regime, c])) / args.candidates for c in ("cpu_ns", "wall_ns")}
+        results.append(row)
     return {"command": " ".join(["python", *sys.argv]), "setup": vars(args),
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                         "numba": __import__("numba").__version__, "prefetch_distance": config.PREFETCH_DISTANCE,
                         "prefetch_linear": config.PREFETCH_LINEAR, "load_average": list(os.getloadavg()),
                         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host")},
-            "results": results}
+            "results": results, "threads": threads}
+
+
+def threads_check(args, manifest, shared, ctx, m, rng) -> dict:
+    """DPLR rho=2 on one large cold auction: one thread vs the scorer's thread split."""
+    arrays = {**arrays_for("dplr", m, args.context, 4, args.k, 2, np.random.default_rng(2)),
+              "emb": shared["emb"], "linear": shared["linear"]}
+    one = make_scorer({**manifest, "kind": "dplr", "rank": 2}, arrays, parallel_min=10**9)
+    split = make_scorer({**manifest, "kind": "dplr", "rank": 2}, arrays, parallel_min=1)
+    wall = {"1 thread": [], f"{config.THREADS} threads": []}
+    for _ in range(max(5, args.requests // 4)):
+        for name, s in (("1 thread", one), (f"{config.THREADS} threads", split)):
+            X = rng.integers(0, args.rows, (args.large, args.items)).astype(np.int32)
+            t0 = time.perf_counter_ns()
+            s.score(ctx, X)
+            wall[name].append(time.perf_counter_ns() - t0)
+    return {"candidates": args.large, "wall_ns_per_candidate": {k: float(np.median(v)) / args.large
+                                                                  for k, v in wall.items()}}
 
 
 def markdown(rep: dict) -> str:
@@ -137,16 +151,21 @@ def markdown(rep: dict) -> str:
              f"k = {s['k']}, {s['candidates']} candidates, table {s['rows']:,} rows = "
              f"{s['rows'] * s['k'] * 4 / 2**20:.0f} MiB)", "",
              f"Command: `{rep['command']}`", "",
-             "Median over requests of the scoring call (context part + all candidates), divided by the number "
-             "of candidates; CPU = thread CPU time (robust to the other processes sharing the 2 cores), "
-             "wall = elapsed time.  *cold*: a pool of distinct requests (rows come from DRAM); *cached*: one "
-             "request repeated.", "",
+             "Median over requests of the whole `Scorer.score` call (bounds check + context part + all "
+             "candidates), divided by the number of candidates; CPU = thread CPU time, wall = elapsed time. "
+             "*cold*: a fresh random request each time (rows mostly from DRAM); *cached*: one request whose rows "
+             "were just touched.  Cases interleaved request by request (fair under background load); "
+             f"load average during the run: {rep['machine']['load_average']}.", "",
              "| kernel | rho | pairs | prefetch | cold CPU | cold wall | cached CPU | cached wall |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rep["results"]:
         lines.append(f"| {r['kind']} | {r['rho'] or ''} | {r['pairs'] or ''} | {'yes' if r['prefetch'] else 'no'} | "
                      f"{r['cold']['cpu_ns']:.0f} | {r['cold']['wall_ns']:.0f} | {r['cached']['cpu_ns']:.0f} | "
                      f"{r['cached']['wall_ns']:.0f} |")
+    t = rep["threads"]
+    lines += ["", f"Threads (DPLR rho = 2, one cold auction of {t['candidates']:,} candidates, wall ns per candidate; "
+              "the scorer splits auctions of >= `ADRANK_PARALLEL_MIN_CANDIDATES` over `ADRANK_KERNEL_THREADS`): "
+              + ", ".join(f"{k}: {v:.0f}" for k, v in t["wall_ns_per_candidate"].items())]
     return "\n".join(lines) + "\n"
 
 
@@ -158,8 +177,8 @@ def main(argv=None) -> int:
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--rows", type=int, default=1 << 20, help="embedding table rows (2^20 x k=16 = 64 MiB)")
     p.add_argument("--rhos", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--pool", type=int, default=64, help="distinct requests in the cold pool")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests", type=int, default=40, help="timed requests per case and regime")
+    p.add_argument("--large", type=int, default=20000, help="candidates of the threads check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)

@@ -9,8 +9,9 @@ What was measured to matter on this machine, and how each is applied here:
   values, so ``cache=True`` still works per (K, R).
 * **Vector width.**  Because the hot loops use explicit vector IR rather than LLVM's loop
   vectoriser, the vectoriser's width choice (the 20x slowdown DESIGN §7 saw) never applies to
-  them; LLVM splits ``<K x float>`` into the target's registers.  To cap the width process-wide
-  anyway, set ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (e.g. ``-avx512f``) before numba starts.
+  them; LLVM splits ``<K x float>`` into the target's registers.  Measured: capping the whole
+  process to 256-bit AVX2 (``NUMBA_CPU_NAME=znver3``) vs the host's AVX-512 changed no kernel
+  by more than the run-to-run noise (docs/results/kernels-micro.md), so nothing is capped.
 * **Prefetch.**  ``prefetch_row(table, row)`` emits ``llvm.prefetch`` (read, keep in all
   caches) for the first byte of ``table[row]``; kernels prefetch the rows of the candidate
   ``PREFETCH_DISTANCE`` ahead.  A 64-byte row is one cache line when the table is 64-byte
@@ -38,8 +39,8 @@ NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boun
 
 PREFETCH_DISTANCE = 2  # candidates ahead (DESIGN §7: "the rows of the candidates two ahead")
 # Also prefetch the 4-byte linear weights: their table is 16x smaller but the stream of random
-# embedding rows evicts it, and un-prefetched they cost ~+50% per cold candidate (measured with
-# benchmarks/kernels_micro.py; ADRANK_PREFETCH_LINEAR=0 turns it off).
+# embedding rows evicts it from L3; in an interleaved A/B on cold rows (FM-like loop, 20 fields)
+# prefetching them too cut ~15% per candidate.  ADRANK_PREFETCH_LINEAR=0 turns it off.
 PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "1"
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
