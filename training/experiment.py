@@ -105,6 +105,8 @@ def summarize(records: list[dict], facts: dict, plan: Plan) -> list[dict]:
                     verdict = "tie (within seed noise)"
                 else:
                     verdict = "DPLR better" if diff.mean() > 0 else "pruned better" if diff.mean() < 0 else "tie"
+                    if len(diff) == 1:
+                        verdict += " (one seed: no noise estimate)"
                 out.append({"metric": metric, "rank": rho, "k": k,
                             "sparsity_pct": round(sparsity(rho, facts["m"]), 1),
                             "fm": values("fm", k, None, metric).mean(),
@@ -151,8 +153,8 @@ def to_markdown(table: list[dict], facts: dict, plan: Plan, command: str, second
                 cells += [f"{r[c]:.4f}" for c in ("fm", "fwfm", "fwfm_ft", "dplr", "pruned")]
                 cells += [f"{r['dplr_vs_pruned_pct']:+.2f}%", r["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
-    wins = sum(r["verdict"] == "DPLR better" for r in table)
-    losses = sum(r["verdict"] == "pruned better" for r in table)
+    wins = sum(r["verdict"].startswith("DPLR better") for r in table)
+    losses = sum(r["verdict"].startswith("pruned better") for r in table)
     lines += ["", f"DPLR better in {wins} of {len(table)} cells, pruned better in {losses}, "
               f"the rest ties.", ""]
     return "\n".join(lines)
