@@ -11,7 +11,7 @@ artifact's K (DESIGN.md §7: "an inner loop over the embedding dimension fully u
     vstore(a, i, x)     the inverse
     vzero(K)            the zero vector
     vadd(x, y)          x + y
-    vaxpy(y, s, x)      y + s x      (s a scalar, converted to float32)
+    vaxpy(y, s, x)      y + s x      (s a scalar, converted to float32; fused multiply-add)
     vmul(x, y)          x * y        (elementwise)
     vdot(x, y)          <x, y>       (float32; lanes summed by halving)
     vsum(x)             sum of the lanes
@@ -128,7 +128,9 @@ def vaxpy(typingctx, y, s, x):
         sc = context.cast(builder, args[1], sig.args[1], types.float32)
         splat = builder.insert_element(ir.Constant(ir.VectorType(_F32, k), ir.Undefined), sc, _I32(0))
         splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(_I32, k), [0] * k))
-        return builder.fadd(args[0], builder.fmul(splat, args[2]))
+        vt = ir.VectorType(_F32, k)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{k}f32")
+        return builder.call(fma, [splat, args[2], args[0]])  # one fused multiply-add per lane
 
     return y(y, s, x), codegen
 
