@@ -68,8 +68,19 @@ async def lifespan(app: FastAPI):
         metrics.worker_exited()
 
 
+def _log_to_stderr() -> None:
+    """adrank.* messages (ready, reloads, refusals) beside uvicorn's, unless logging is configured."""
+    root = logging.getLogger("adrank")
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
     """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests."""
+    _log_to_stderr()
     settings = settings or Settings.from_env()
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 MODELS = (("dplr", "dplr", 2), ("pruned", "pruned", 2))  # (served name, kind, rho)
-DEFAULTS = dict(rows=50_000, seed=0, fields=16, context_fields=8, vocab=5_000, embed_dim=8, epochs=3)
+DEFAULTS = dict(rows=40_000, seed=0, fields=16, context_fields=8, vocab=5_000, embed_dim=8, epochs=3,
+                batch_size=1024)
 MARKER = "default.json"
 
 
@@ -67,7 +68,8 @@ def build(home=None, progress: bool = True) -> dict:
         models, metrics = {}, {}
         for name, kind, rho in MODELS:
             cfg = TrainConfig(dataset="synthetic", model=kind, rank=rho, embed_dim=p["embed_dim"],
-                              epochs=p["epochs"], seed=p["seed"], progress=progress, threads=2)
+                              epochs=p["epochs"], batch_size=p["batch_size"], seed=p["seed"], progress=progress,
+                              threads=2)
             metrics[name] = fit(cfg, data, home / "runs" / name)["test"]
             out = home / f"{name}.adrk"
             export_run(home / "runs" / name, out, progress=False)
