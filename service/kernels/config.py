@@ -20,12 +20,17 @@ What was measured to matter on this machine, and how each is applied here:
   candidates are split over ``THREADS`` threads (base.py); below it, a request never touches
   the thread pool.
 
-``NUMBA_CACHE_DIR`` is honoured by numba itself (``cache=True`` everywhere).
+``NUMBA_CACHE_DIR`` is honoured by numba itself (``cache=True`` everywhere).  Numba keys a
+cached function on its own file only; ``SOURCE_STAMP`` (a digest of this file, vec.py and
+fields.py) is closed over by every kernel factory so that editing a helper also invalidates the
+cached kernels built on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -45,6 +50,8 @@ PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "1"
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
+SOURCE_STAMP = hashlib.sha1(b"".join((Path(__file__).parent / f).read_bytes()
+                                     for f in ("config.py", "vec.py", "fields.py"))).hexdigest()[:16]
 
 
 @intrinsic

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT
+from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
 from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
 
@@ -33,9 +33,11 @@ MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass o
 def build(K: int, R: int, prefetch: bool):
     """(context, items) for embedding dimension ``K`` and rank ``R``
     (``R == 0``: any rank, one register vector at a time, see :func:`_items_any_rank`)."""
+    stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, U_c, d_c):
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         rho = U_c.shape[0]
         P_c = np.zeros((rho, K), np.float32)
         v = np.empty((1, K), np.float32)
@@ -54,6 +56,7 @@ def build(K: int, R: int, prefetch: bool):
     def items_registers(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
         """rho = R <= 4: P_0..P_{R-1} live in registers; each row is read once (``if R > r``
         tests a compile-time constant, so unused ranks vanish)."""
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         n_m = multi.shape[0]
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
@@ -108,6 +111,7 @@ def build(K: int, R: int, prefetch: bool):
     def items_any_rank(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
         """Any rho: one P_r in registers at a time (r outer); the first pass gathers the rows
         from memory, the other rho - 1 passes re-read them from L1."""
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         rho = e.shape[0]
         n_m = multi.shape[0]
         V_m = np.empty((max(n_m, 1), K), np.float32)

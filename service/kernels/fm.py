@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT
+from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
@@ -26,9 +26,11 @@ from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 @cache
 def build(K: int, prefetch: bool):
     """(context, items) kernels specialised for embedding dimension ``K``."""
+    stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, d):
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         a = vzero(K)
         v = np.empty((1, K), np.float32)
         x = ctx.reshape(1, -1)
@@ -44,6 +46,7 @@ def build(K: int, prefetch: bool):
 
     @njit(**NJIT)
     def items(a_c, const, X, single, multi, d_m, emb, linear, out, start, stop):
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         v = np.empty((1, K), np.float32)
         for n in range(start, stop):
             if prefetch:

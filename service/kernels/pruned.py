@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT
+from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, prefetch_candidate, split_fields
 from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
@@ -31,9 +31,11 @@ from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vz
 @cache
 def build(K: int, prefetch: bool):
     """(context, items) kernels specialised for embedding dimension ``K``."""
+    stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
     def context(ctx, offs, emb, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         V_c = np.zeros((max(offs.shape[0] - 1, 1), K), np.float32)
         row = ctx.reshape(1, -1)
         lin = 0.0
@@ -49,6 +51,7 @@ def build(K: int, prefetch: bool):
 
     @njit(**NJIT)
     def items(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out, start, stop):
+        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         V = np.zeros((max(Q.shape[0], 1), K), np.float32)
         n_pairs = pa.shape[0]
         for n in range(start, stop):
