@@ -63,6 +63,11 @@ class IdCollision(ValueError):
         self.row = row
 
 
+def warm() -> None:
+    """Compile (or load from the cache) the table's kernels."""
+    IdTable(IdTable.hash(["a"])).rows(["a", "b"])
+
+
 class IdTable:
     """Immutable id-hash table of one snapshot: ``rows(ids) -> int64[len(ids)]`` (-1 = absent)."""
 

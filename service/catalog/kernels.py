@@ -204,3 +204,12 @@ def score_ids(z, const: float, W, c, rows: np.ndarray) -> np.ndarray:
     out = np.empty(len(rows))
     rows_kernel(W.shape[1])(z, const, W, c, np.asarray(rows, np.int64), out)
     return out
+
+
+def warm(D: int) -> None:
+    """Compile (or load from the cache) every kernel for D, so no request pays for it."""
+    z, W, c = np.zeros(D, np.float32), np.zeros((2, D), np.float32), np.zeros(2)
+    score_ids(z, 0.0, W, c, np.zeros(1, np.int64))
+    rows_kernel(D, False)(z, 0.0, W, c, np.zeros(1, np.int64), np.empty(1))
+    score_all(z, 0.0, W, c)
+    top_k(z, 0.0, W, c, 1)

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adrank.preprocess import Preprocessor
+from service.catalog import idtable, kernels
 from service.catalog.idtable import IdCollision, IdTable
 from service.catalog.precompute import Plan, ad_parts, aligned_empty, make_plan
 from service.encode import RequestEncoder, RequestError
@@ -55,6 +56,8 @@ class Model:
 
     def __post_init__(self):
         object.__setattr__(self, "plan", make_plan(self.kind, self.preprocessor.schema, self.arrays))
+        kernels.warm(self.plan.D)
+        idtable.warm()
         object.__setattr__(self, "arrays", {"emb": np.ascontiguousarray(self.arrays["emb"]),
                                             "linear": np.ascontiguousarray(self.arrays["linear"]).ravel()})
         object.__setattr__(self, "encoder", RequestEncoder(self.preprocessor))
