@@ -163,3 +163,17 @@ def test_load_reads_a_real_artifact(tmp_path):
     got = dict(ranker.rank(req["context"], req["ads"]))
     ref = reference_scores("dplr", params, req)
     np.testing.assert_allclose([got[i] for i in ref], list(ref.values()), rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_requests_get_their_own_answers():
+    """Request threads may rank at once (and share the kernels' thread pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ranker, *_ = build("dplr", seed=13)
+    threaded, *_ = build("dplr", seed=13)
+    threaded.scorer.parallel_min = 1
+    reqs = [request(np.random.default_rng(100 + i), 50) for i in range(8)]
+    expected = [ranker.rank(c, a) for c, a in reqs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: threaded.rank(*r), reqs))
+    assert got == expected
