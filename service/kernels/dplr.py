@@ -32,7 +32,7 @@ MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass o
 @cache
 def build(K: int, R: int, prefetch: bool):
     """(context, items) for embedding dimension ``K`` and rank ``R``
-    (``R == 0``: any rank, one register vector at a time, see :func:`_items_any_rank`)."""
+    (``R == 0``: any rank, one register vector at a time, see ``items_any_rank``)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
