@@ -256,13 +256,28 @@ def measure_cell(scorers: dict, traffic: Traffic, cell: dict, repeats: int, floo
     return out
 
 
+def kernels_version() -> str:
+    """Last commit touching service/kernels (+ "-dirty" when the tree differs): what was measured."""
+    import subprocess
+
+    try:
+        git = ["git", "-C", str(ROOT)]
+        rev = subprocess.run([*git, "log", "-1", "--format=%h", "--", "service/kernels"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "service/kernels"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def machine_meta(grid: dict, seed: int, command: str | None = None) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"command": command or " ".join(sys.argv), "grid": grid, "seed": seed, "cpu": cpu, "cpus": os.cpu_count(),
+    return {"command": command or " ".join(sys.argv), "grid": grid, "kernels_version": kernels_version(), "seed": seed, "cpu": cpu, "cpus": os.cpu_count(),
             "load_average": os.getloadavg(), "numba": numba.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "threads": 1, "zipf_s": ZIPF_S,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -298,7 +313,7 @@ def markdown(result: dict) -> str:
     lines = ["# Kernel benchmark (DPLR-FwFM paper, Figure 1 protocol)", "",
              f"Command: `{meta['command']}`  ", f"Machine: {meta['cpu']}, {meta['cpus']} CPUs (shared), "
              f"load average at the end {tuple(round(x, 2) for x in meta['load_average'])}; numba {meta['numba']}, "
-             f"one thread; {meta['time']}.", "",
+             f"one thread; {meta['time']}; service/kernels at {meta.get('kernels_version', 'unknown')}.", "",
              "Time per candidate = median over repeats of (block thread-CPU time / auctions / candidates), through "
              "`Scorer.score` of `service/kernels` (id validation included). `xFM` = ratio to FM, "
              "`xfloor` = ratio to |I| x the random-gather floor.", "", "## Random-gather floor", "",
