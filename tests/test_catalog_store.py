@@ -342,3 +342,12 @@ def test_real_rows_catalog_equals_naive(dataset, request):
         in_order = ref[[int(i.split("-")[1]) for i in r.ids]]  # real rows tie: order up to float32 noise
         np.testing.assert_allclose(in_order, np.sort(ref)[::-1], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(r.scores, in_order, rtol=1e-5, atol=1e-5)
+
+
+def test_uses_catalog_only_for_all_ads_or_id_only_ads():
+    from service.catalog.ranking import uses_catalog
+
+    assert uses_catalog(True, None) and not uses_catalog(False, None) and not uses_catalog(False, [])
+    assert uses_catalog(False, [{"id": "a", "features": {}}, {"id": "b"}])
+    assert not uses_catalog(False, [{"id": "a", "features": {}}, {"id": "b", "values": []}])
+    assert not uses_catalog(False, [{"features": {}}]) and uses_catalog(False, [3, {"id": "x"}])

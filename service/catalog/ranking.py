@@ -46,8 +46,19 @@ def by_id(ad) -> bool:
 
 
 def uses_catalog(all_ads, ads) -> bool:
-    """True when a /v1/rank request needs the catalog: ``all_ads`` or an ad given by id alone."""
-    return bool(all_ads) or (isinstance(ads, list) and any(by_id(a) for a in ads))
+    """True when a /v1/rank request needs the catalog: ``all_ads`` or an ad given by id alone.
+
+    Cheap on the inline path: only ads with exactly one key are looked at closely."""
+    if all_ads:
+        return True
+    if not isinstance(ads, list):
+        return False
+    try:
+        if 1 not in map(len, ads):  # an id-only ad has one key; C-speed scan of the lengths
+            return False
+    except TypeError:  # not all sized: look at each
+        pass
+    return any(by_id(a) for a in ads)
 
 
 def _sigmoid(s: np.ndarray) -> np.ndarray:
