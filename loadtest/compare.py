@@ -2,7 +2,9 @@
 
 Procedure (all on loopback, every step bounded in time):
 
-1. build one request pool (loadtest/auctions.py) — byte-identical traffic for every model;
+1. build one request pool (loadtest/auctions.py) — byte-identical traffic for every model — and
+   measure each model in process on it (thread-CPU ms per request of encoding, scoring and the
+   whole ``Ranker.rank``: the cost without HTTP, queueing or the load generator);
 2. start ONE ``adrank serve`` on 127.0.0.1 hosting every compared model (same process, same
    workers, same settings) and wait for /readyz;
 3. warm-up: a short untimed run per model;
@@ -165,6 +167,32 @@ def read_timings(path: Path) -> np.ndarray:
     return np.array(rows, dtype=[("start", "f8"), ("seconds", "f8"), ("status", "i4"), ("candidates", "i4")])
 
 
+# --- in-process CPU cost per request (no HTTP, no queueing) -----------------------------------------
+def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
+    """Mean thread-CPU ms per pooled request of the model's encoder, scorer and whole ``rank``."""
+    import msgspec
+
+    from service.ranker import Ranker
+
+    ranker = Ranker.load(path)
+    ranker.warm()
+    reqs = [msgspec.json.decode(line) for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
+    enc = score = rank = 0.0
+    for q in reqs:
+        t0 = time.thread_time()
+        ctx = ranker.encoder.encode_context(q["context"])
+        _, X = ranker.encoder.encode_ads(q["ads"])
+        t1 = time.thread_time()
+        ranker.scorer.score(ctx, X)
+        t2 = time.thread_time()
+        ranker.rank(q["context"], q["ads"])
+        rank += time.thread_time() - t2
+        enc, score = enc + t1 - t0, score + t2 - t1
+    n = max(len(reqs), 1)
+    return {"cpu_encode_ms": round(enc / n * 1e3, 3), "cpu_score_ms": round(score / n * 1e3, 4),
+            "cpu_rank_ms": round(rank / n * 1e3, 3)}
+
+
 # --- the comparison -----------------------------------------------------------------------------
 def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: float = 20, duration: float = 20,
             warmup: float = 5, repeats: int = 3, workers: int = 1, pool_size: int = 300, median: float = 200,
@@ -186,6 +214,8 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
                                max_candidates=max_candidates)
         pool = work / "pool.jsonl"
         pool_stats = write_pool(gen, pool, pool_size, progress=progress)
+        paths = [s.split("=", 1)[-1] for s in specs]
+        cpu = {n: cpu_breakdown(p, pool) for n, p in zip(names, paths, strict=True)}
         server = Server([f"{n}={s.split('=', 1)[-1]}" for n, s in zip(names, specs, strict=True)], workers,
                         work / "run", work / "server.log", ready_timeout)
         runs = []
@@ -210,7 +240,8 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
                   "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
-                  "summary": [summarize_model(n, [r for r in runs if r["model"] == n]) for n in names]}
+                  "summary": [{**summarize_model(n, [r for r in runs if r["model"] == n]), **cpu[n]}
+                              for n in names]}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_report(result, runs, out_dir, name)
         return result

@@ -44,6 +44,13 @@ def markdown(result: dict) -> str:
             f"| {_fmt(m['server_p50_ms'])} / {_fmt(m['server_p95_ms'])} / {_fmt(m['server_p99_ms'])} "
             f"| {_fmt(m['inference_p50_ms'])} / {_fmt(m['inference_p95_ms'])} / {_fmt(m['inference_p99_ms'])} "
             f"| {m['requests']} |")
+    lines += ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
+              "score = `Scorer.score`, rank = `Ranker.rank` whole):", "",
+              "| model | encode | score | rank | score share of rank |", "| --- | --- | --- | --- | --- |"]
+    for m in result["summary"]:
+        if m.get("cpu_rank_ms"):
+            lines.append(f"| {m['model']} | {m['cpu_encode_ms']:.2f} | {m['cpu_score_ms']:.3f} | {m['cpu_rank_ms']:.2f} "
+                         f"| {100 * m['cpu_score_ms'] / m['cpu_rank_ms']:.0f}% |")
     lines += ["", "Per run (client P50 / P99, server P99, ms):", "",
               "| round | " + " | ".join(result["models"]) + " |", "| --- | " + " | ".join("---" for _ in result["models"]) + " |"]
     for rep in sorted({r["repeat"] for r in result["runs"]}):
@@ -58,12 +65,14 @@ def markdown(result: dict) -> str:
     pairs = [(d, p) for d, p in pairs if p is not None]
     if pairs:
         lines += ["", "DPLR vs pruned at the same rho (same run; ratio < 1 = DPLR faster):", "",
-                  "| pair | server P99 DPLR / pruned (ms) | ratio | client P99 ratio | inference P50 ratio |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| pair | server P99 DPLR / pruned (ms) | ratio | client P99 ratio | inference P50 ratio "
+                  "| in-process score ratio |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for d, p in pairs:
             lines.append(f"| {d['model']} vs {p['model']} | {_fmt(d['server_p99_ms'])} / {_fmt(p['server_p99_ms'])} "
                          f"| {_ratio(d['server_p99_ms'], p['server_p99_ms'])} | {_ratio(d['client_p99_ms'], p['client_p99_ms'])} "
-                         f"| {_ratio(d['inference_p50_ms'], p['inference_p50_ms'])} |")
+                         f"| {_ratio(d['inference_p50_ms'], p['inference_p50_ms'])} "
+                         f"| {_ratio(d.get('cpu_score_ms'), p.get('cpu_score_ms'))} |")
     return "\n".join(lines) + "\n"
 
 

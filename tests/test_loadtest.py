@@ -160,6 +160,7 @@ def test_compare_end_to_end_on_loopback(models, tmp_path):
         assert m["requests"] > 5 and m["error_rate"] == 0
         assert m["server_requests"] >= m["requests"]  # every client request reached the histogram
         assert m["client_p50_ms"] <= m["client_p99_ms"] and m["server_p99_ms"] is not None
+        assert m["cpu_encode_ms"] > 0 and m["cpu_score_ms"] > 0 and m["cpu_rank_ms"] > 0
     text = (out / "loadtest-tiny.md").read_text()
-    assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text
+    assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text and "In process" in text
     assert (out / "loadtest-tiny.png").read_bytes()[:4] == b"\x89PNG"
