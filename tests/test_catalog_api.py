@@ -94,17 +94,18 @@ def test_workers_share_writes_through_the_journal(tmp_path):
     try:
         with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
             assert a.put("/v1/ads", json={"ads": ads(4)}).json()["version"] == 1
-            assert a.get("/v1/ads/ad-2").status_code == 200  # read-your-writes on the writer
-            deadline = time.monotonic() + 10
-            while b.get("/v1/ads/ad-2").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert b.get("/v1/ads/ad-2").json()["features"] == ads(4)[2]["features"]
+            assert b.get("/v1/ads/ad-2").json()["features"] == ads(4)[2]["features"]  # seen at once
             assert b.delete("/v1/ads/ad-2").status_code == 200
-            assert a.get("/v1/ads/ad-2").status_code == 200  # a has no follower: not yet applied
-            apps[0].state.catalog_journal.sync()
             assert a.get("/v1/ads/ad-2").status_code == 404 and b.delete("/v1/ads/ad-2").status_code == 404
+            a.put("/v1/ads", json={"ads": [{"id": "idle", "features": {}}]})
+            deadline = time.monotonic() + 10  # b's follower applies it without any request to b
+            while "idle" not in apps[1].state.catalog.snapshot.index and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert "idle" in apps[1].state.catalog.snapshot.index
+            a.put("/v1/ads", json={"ads": [{"id": "hot", "features": {}}]})  # ranked on b at once:
+            assert routes.resolve(apps[1].state.catalog, "m", {}, [{"id": "hot"}], False, None)[0][0] == "hot"
             bad = a.put("/v1/ads", json={"ads": [{"id": "x", "features": {"nope": 1}}]})
             assert bad.status_code == 422 and "ads[0]" in bad.json()["message"]
     finally:
         follower.stop()
-    assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 4

@@ -67,6 +67,16 @@ class Journal:
             self.offset += len(data)
             return len(entries)
 
+    def maybe_sync(self) -> None:
+        """Apply new entries if the file grew (one ``stat``): a write acknowledged by any worker
+        is seen by every request that starts after the acknowledgement."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return
+        if size > self.offset:
+            self.sync()
+
     def write(self, op: str, items: list):
         """Validate (upserts), journal, apply; returns the snapshot that includes the write."""
         if op == "upsert":

@@ -42,6 +42,8 @@ def resolve(catalog: Catalog, model: str, context, ads, all_ads: bool, top_k) ->
     Returns ``[(id, score), ...]`` best first; raises RankRequestError / RequestError (both
     ``EncodeError``: 422 naming the field).  The snapshot is read once: one consistent catalog.
     """
+    if catalog.journal is not None:
+        catalog.journal.maybe_sync()  # writes acknowledged by sibling workers (journal.py)
     ranked = rank(catalog.snapshot, model, context, ads, all_ads, top_k)
     metrics.scored(model, ranked)
     return list(zip(ranked.ids, ranked.scores.tolist(), strict=True))
@@ -77,6 +79,8 @@ async def upsert_ads(request: Request) -> Response:
 @router.get("/v1/ads/{ad_id}")
 async def get_ad(ad_id: str, request: Request) -> Response:
     catalog = _catalog(request)
+    if catalog is not None and catalog.journal is not None:
+        await asyncio.to_thread(catalog.journal.maybe_sync)
     snap = catalog.snapshot if catalog is not None else None
     feats = snap.get(ad_id) if snap is not None else None
     if feats is None:
@@ -91,6 +95,7 @@ async def delete_ad(ad_id: str, request: Request) -> Response:
         return _error(404, "unknown_ad", f"ad {ad_id!r} is not in the catalog")
     journal = getattr(request.app.state, "catalog_journal", None)
     if journal is not None:
+        await asyncio.to_thread(journal.maybe_sync)
         if ad_id not in catalog.snapshot.index:
             return _error(404, "unknown_ad", f"ad {ad_id!r} is not in the catalog")
         snap = await asyncio.to_thread(journal.write, "delete", [ad_id])

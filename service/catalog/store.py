@@ -160,6 +160,7 @@ class Catalog:
 
     def __init__(self, models: Iterable[Model] = ()):
         self._lock = threading.Lock()
+        self.journal = None  # set by wiring.install when several workers share writes (journal.py)
         self.snapshot = Snapshot.of(0, [], [], {m.name: _empty_part(m) for m in models})
 
     # --- reads -------------------------------------------------------------------------------

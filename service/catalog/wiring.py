@@ -27,7 +27,7 @@ def install(app, catalog: Catalog, run_dir: str | Path | None = None) -> Catalog
     """``app.state.catalog`` + the /v1/ads router; with a run directory, writes go through the
     journal shared by the workers (journal.py)."""
     app.state.catalog = catalog
-    app.state.catalog_journal = Journal(run_dir, catalog) if run_dir else None
+    app.state.catalog_journal = catalog.journal = Journal(run_dir, catalog) if run_dir else None
     app.include_router(router)
     return catalog
 
