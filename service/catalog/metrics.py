@@ -5,8 +5,8 @@
     adrank_catalog_updates_total{op}                 upsert | delete | reload | load operations
     adrank_catalog_updated_ads_total{op}             ads those operations touched
     adrank_catalog_scoring_duration_seconds{model,mode}
-        scoring time of a /v1/rank request answered from the catalog, by mode: ``catalog`` (ads by
-        id), ``all`` (whole-catalog top-k), ``mixed`` (ids + inline ads)
+        scoring time of a /v1/rank request by mode: ``catalog`` (ads by id), ``all`` (whole-catalog
+        top-k), ``mixed`` (ids + inline ads), ``inline`` (every ad with its features: Ranker.rank)
 
 Gauges use the ``max`` multiprocess mode; note that each uvicorn worker holds its own catalog.
 """
@@ -37,3 +37,8 @@ def published(snap, op: str, n_ads: int) -> None:
 
 def scored(model: str, ranked) -> None:
     SCORING.labels(model, ranked.mode).observe(ranked.seconds)
+
+
+def scored_inline(model: str, seconds: float) -> None:
+    """A request ranked inline (every ad with its features), for comparison with the catalog."""
+    SCORING.labels(model, "inline").observe(seconds)
