@@ -142,7 +142,7 @@ class ModelRegistry:
         if name not in self._served:
             raise UnknownModel(name, self.names())
         with self._reload_lock:
-            new_path = Path(path).expanduser() if path else self._served[name].path
+            new_path = Path(path).expanduser().resolve() if path else self._served[name].path
             new = load_and_warm(self.loader, name, new_path)
             seq = self._served[name].seq + 1
             if self.run_dir:
