@@ -326,6 +326,19 @@ def markdown(result: dict) -> str:
                   "| popularity | ratio | measured | target | met |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['popularity']} | {c['check']} | {c['measured']:.2f} | {c['target']} | "
                   f"{'yes' if c['met'] else 'NO'} |" for c in checks]
+    ranks = sorted({r["rank"] for r in rows if r["model"] == "dplr"})
+    if ranks:
+        lines += ["", "## DPLR vs pruned at matched parameters, every cell with >= 1,000 candidates", "",
+                  "| rho | cells | DPLR faster in | median ratio DPLR / pruned | min | max |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for rho in ranks:
+            ratios = [r["ns_per_candidate"] / p["ns_per_candidate"] for r in rows
+                      if r["name"] == f"dplr-{rho}" and r["candidates"] >= 1000
+                      for p in [pick(rows, f"pruned-{rho}", popularity=r["popularity"], embed_dim=r["embed_dim"],
+                                     context_fields=r["context_fields"], candidates=r["candidates"])] if p]
+            if ratios:
+                lines.append(f"| {rho} | {len(ratios)} | {sum(x < 1 for x in ratios)} | {np.median(ratios):.2f} "
+                             f"| {min(ratios):.2f} | {max(ratios):.2f} |")
     for N in sorted({r["candidates"] for r in rows}):
         if N not in (10, 1000, 10000) and len({r["candidates"] for r in rows}) > 3:
             continue
