@@ -40,9 +40,20 @@ async def _follow_reloads(svc: ServiceState) -> None:
             log.exception("following reloads failed")
 
 
-def _on_sighup(svc: ServiceState) -> None:
+async def _reload_all(svc: ServiceState) -> None:
+    """SIGHUP: with a run dir, ask every worker (the watcher does it); else reload here."""
     log.info("SIGHUP: reloading every model")
-    asyncio.get_running_loop().run_in_executor(None, svc.registry.request_reload_all)
+    try:
+        await asyncio.to_thread(svc.registry.request_reload_all)
+    except Exception:  # noqa: BLE001 - a failed reload never takes the server down
+        log.exception("SIGHUP reload failed")
+    if svc.settings.gc_freeze:
+        gc.freeze()
+
+
+def _on_sighup(svc: ServiceState) -> None:
+    svc.background.add(task := asyncio.get_running_loop().create_task(_reload_all(svc)))
+    task.add_done_callback(svc.background.discard)
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import gc
 import hmac
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 from fastapi import APIRouter, Request, Response
@@ -36,7 +36,8 @@ RELOAD = "/v1/models/{name}/reload"
 class ServiceState:
     settings: Settings
     registry: ModelRegistry
-    inflight: int = 0
+    inflight: int = 0  # /v1/rank requests admitted and not yet answered (this worker)
+    background: set = field(default_factory=set)  # tasks kept referenced until done
 
 
 class ApiError(Exception):

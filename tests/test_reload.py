@@ -168,3 +168,18 @@ def test_reload_under_concurrent_traffic_and_sighup(tmp_path):
         assert now != before
         _check_scores(httpx.post(srv.url + "/v1/rank", json=req).json(), {now: params_c}, req)
         assert srv.proc.poll() is None  # SIGHUP reloads; it does not stop the server
+
+
+def test_reload_all_without_run_dir_keeps_good_models(tmp_path):
+    """SIGHUP with no shared run dir (uvicorn started directly): every model re-read in place;
+    one that now fails stays on its old version while the others move on."""
+    good, bad = tmp_path / "good.adrk", tmp_path / "bad.adrk"
+    make_artifact(good, "dplr", seed=1)
+    make_artifact(bad, "fm", seed=1)
+    reg = ModelRegistry([ModelSpec("good", good), ModelSpec("bad", bad)], loader=ranker_loader())
+    reg.load_all()
+    v_good, v_bad = reg.get("good").version, reg.get("bad").version
+    make_artifact(good, "dplr", seed=2)
+    bad.write_bytes(b"garbage" * 20)
+    reg.request_reload_all()
+    assert reg.get("good").version != v_good and reg.get("bad").version == v_bad
