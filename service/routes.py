@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
 from adrank.preprocess import EncodeError
 from service import metrics, schemas
@@ -123,6 +124,8 @@ def _error_response(exc: Exception) -> Response:
         return ApiError(422, exc.code, str(exc)).response()
     if isinstance(exc, UnknownModel):
         return ApiError(404, "unknown_model", str(exc)).response()
+    if isinstance(exc, ClientDisconnect):  # nobody to answer; counted as 499 (nginx's convention)
+        return ApiError(499, "client_disconnected", "the client went away before sending its body").response()
     if isinstance(exc, EncodeError):
         return ApiError(422, getattr(exc, "code", "invalid_value"), str(exc), field=exc.field).response()
     log.exception("internal error while ranking")

@@ -124,3 +124,21 @@ def test_default_models_built_once_and_served(tmp_path):
             assert len(body["ads"]) == len(example["ads"]) and all(0 < a["score"] < 1 for a in body["ads"])
         log = srv.stop()
     assert "curl -s http://127.0.0.1:" in log and "/v1/rank" in log
+
+
+def test_client_gone_mid_body_is_499_not_500(served):
+    srv, _, _ = served
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ads\": [")
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = httpx.get(srv.url + "/metrics").text
+        if 'code="499"' in text:
+            break
+        time.sleep(0.1)
+    assert 'adrank_requests_total{code="499",endpoint="/v1/rank",model=""}' in text
+    assert 'code="500"' not in text
