@@ -8,8 +8,10 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -128,9 +130,6 @@ def test_default_models_built_once_and_served(tmp_path):
 
 def test_client_gone_mid_body_is_499_not_500(served):
     srv, _, _ = served
-    import socket
-    import time
-
     with socket.create_connection(("127.0.0.1", srv.port)) as s:
         s.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ads\": [")
         time.sleep(0.2)
