@@ -36,6 +36,13 @@ def describe(art: Artifact) -> str:
         cc, ci, ii = mf["pair_blocks"]
         lines.append(f"pairs      {mf['n_pairs']} kept (context x context {cc}, context x item {ci}, "
                      f"item x item {ii})")
+    emb = mf["embedding"]
+    if emb.get("type") == "codebook":
+        mb = emb.get("paper_mb", {})
+        lines.append(f"codebooks  {emb.get('method')} D={emb['D']} K={emb.get('K')} bits={emb.get('bits')} "
+                     f"dense fields: {', '.join(emb.get('dense_fields', [])) or '-'}")
+        lines.append(f"memory     embedding_mb={mb.get('embedding_mb', float('nan')):.3f} (paper-style) | stored "
+                     f"embedding arrays {emb.get('stored_bytes')} bytes | whole file {art.nbytes} bytes")
     lines.append("arrays")
     for name, a in sorted(art.arrays.items()):
         lines.append(f"  {name:<18} {a.dtype.name:<8} {str(tuple(a.shape)):<16} {_size(a.nbytes):>10}")

@@ -41,16 +41,44 @@ def _to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+CODEBOOK_METHODS = ("lightfm", "xlightfm")
+
+
 def embedding_section(config: dict, dense_embeddings: bool = False) -> dict:
-    """The manifest's ``embedding``: dense, or a codebook model's decoded table when asked."""
+    """The manifest's ``embedding``: dense; a codebook model's codebooks + packed codes
+    (``{"type": "codebook", "method": ...}``, the rest filled by exporter/codebook.py); or, with
+    ``dense_embeddings``, a codebook model's decoded table."""
     emb = config.get("embedding", "dense")
     t = emb.get("type", "dense") if isinstance(emb, dict) else (emb or "dense")
     if t == "dense":
         return {"type": "dense"}
-    if not dense_embeddings:
-        raise ExportError(f"embedding type {t!r} cannot be stored compressed yet; pass --dense-embeddings "
-                          "to export its decoded table (same scores, dense size)")
-    return {"type": "dense", "decoded_from": t}
+    if dense_embeddings:
+        return {"type": "dense", "decoded_from": t}
+    if t not in CODEBOOK_METHODS:
+        raise ExportError(f"embedding type {t!r} is unknown (known: dense, {', '.join(CODEBOOK_METHODS)}); "
+                          "pass --dense-embeddings to export its decoded table")
+    return {"type": "codebook", "method": t}
+
+
+def _codebook(params: dict, config: dict, pre: Preprocessor, embedding: dict):
+    """(arrays, embedding section, ||q_i||^2) of a codebook model, with paper-style memory."""
+    from exporter.codebook import codebook_arrays
+
+    k = config.get("embed_dim") or (params["codebooks"].shape[1] * params["codes"].shape[1]
+                                    if "codebooks" in params and "codes" in params else None)
+    if not isinstance(k, int) or k < 1:
+        raise ExportError("codebook model: config gives no embed_dim and codebooks/codes are missing "
+                          "(or pass --dense-embeddings to export its decoded table)")
+    arrays, section, sq = codebook_arrays(params, pre.vocab.id_offsets, k)
+    from training.quantize import embedding_memory  # paper-style MB (xLightFM Sec. 4.3)
+
+    sizes = section["K"]
+    mem = embedding_memory(pre.vocab.id_offsets, k, sizes, section["D"])
+    section = {**embedding, **section, "dense_fields": [f.name for f, K in zip(pre.schema.fields, sizes,
+                                                                             strict=True) if not K],
+               "paper_mb": {n: float(v) for n, v in mem.items()},
+               "stored_bytes": int(sum(a.nbytes for a in arrays.values()))}
+    return arrays, section, sq, k
 
 
 def build_manifest(kind: str, pre: Preprocessor, extra: dict, embedding: dict, config: dict,
@@ -83,7 +111,13 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
         raise ExportError("config names no model kind (expected a 'kind' or 'model' string)")
     embedding = embedding_section(config, dense_embeddings)
     params = {k: _to_numpy(v) for k, v in params.items()}
-    arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets)
+    if embedding["type"] == "codebook":
+        emb_arrays, embedding, sq, k = _codebook(params, config, pre, embedding)
+        params.pop("emb", None)  # the decoded table is not stored
+        arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets, sq_norms=sq, embed_dim=k)
+        arrays.update(emb_arrays)
+    else:
+        arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets)
     arrays.update(pre.vocab.arrays())
     manifest = build_manifest(kind, pre, extra, embedding, config, source or {"config": config})
     out = Path(out)

@@ -33,18 +33,21 @@ class ExportError(ValueError):
     """Parameters that cannot become an artifact: names the array and the problem."""
 
 
-def check_params(kind: str, p: dict, n: int, m: int) -> int:
-    """Validate the shapes of ``export_arrays()``; returns the embedding dimension k."""
+def check_params(kind: str, p: dict, n: int, m: int, embed_dim: int | None = None) -> int:
+    """Validate the shapes of ``export_arrays()``; returns the embedding dimension k.
+    With ``embed_dim`` (codebook models, exporter/codebook.py) no ``emb`` table is needed."""
     if kind not in KINDS:
         raise ExportError(f"unknown model kind {kind!r} (known: {KINDS})")
-    for name in ("bias", "linear", "emb", *PARAMS[kind]):
+    names = ("bias", "linear", *PARAMS[kind]) if embed_dim is not None else ("bias", "linear", "emb", *PARAMS[kind])
+    for name in names:
         if name not in p:
             raise ExportError(f"model kind {kind!r} exported no array {name!r}")
         if not np.all(np.isfinite(p[name])):
             raise ExportError(f"array {name!r} holds NaN or infinite values")
-    emb = p["emb"]
-    if emb.ndim != 2 or emb.shape[0] != n:
-        raise ExportError(f"emb has shape {emb.shape}, expected ({n}, k): the vocabulary has {n} features")
+    if embed_dim is None:
+        emb = p["emb"]
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise ExportError(f"emb has shape {emb.shape}, expected ({n}, k): the vocabulary has {n} features")
     expect = {"bias": (1,), "linear": (n,), "R": (m, m), "mask": (m, m)}
     if kind == "dplr":
         rho = p["U"].shape[0] if p["U"].ndim == 2 else -1
@@ -54,7 +57,7 @@ def check_params(kind: str, p: dict, n: int, m: int) -> int:
     for name, shape in expect.items():
         if name in p and np.shape(p[name]) != shape:
             raise ExportError(f"{name} has shape {np.shape(p[name])}, expected {shape}")
-    return int(emb.shape[1])
+    return int(embed_dim if embed_dim is not None else p["emb"].shape[1])
 
 
 def diag_coefficients(kind: str, p: dict, m: int) -> np.ndarray:
@@ -66,10 +69,10 @@ def diag_coefficients(kind: str, p: dict, m: int) -> np.ndarray:
     return -np.einsum("r,rf,rf->f", e, U, U)
 
 
-def fold_diagonal(kind: str, p: dict, schema: Schema, id_offsets: np.ndarray):
-    """(linear with single-valued fields' 1/2 c_f ||emb_j||^2 folded in, d for the rest)."""
+def fold_diagonal(kind: str, p: dict, schema: Schema, id_offsets: np.ndarray, sq_norms=None):
+    """(linear with single-valued fields' 1/2 c_f ||emb_j||^2 folded in, d for the rest);
+    ``sq_norms`` float64 [n] gives ||emb_j||^2 when there is no dense ``emb`` (codebooks)."""
     c = diag_coefficients(kind, p, schema.m)
-    emb = np.asarray(p["emb"], dtype=np.float64)
     linear = np.asarray(p["linear"], dtype=np.float64).copy()
     d = np.zeros(schema.m)
     for f, fld in enumerate(schema.fields):
@@ -77,7 +80,11 @@ def fold_diagonal(kind: str, p: dict, schema: Schema, id_offsets: np.ndarray):
             d[f] = c[f]
             continue
         lo, hi = int(id_offsets[f]), int(id_offsets[f + 1])
-        linear[lo:hi] += 0.5 * c[f] * np.einsum("jk,jk->j", emb[lo:hi], emb[lo:hi])
+        if sq_norms is not None:
+            linear[lo:hi] += 0.5 * c[f] * sq_norms[lo:hi]
+        else:
+            rows = np.asarray(p["emb"][lo:hi], dtype=np.float64)
+            linear[lo:hi] += 0.5 * c[f] * np.einsum("jk,jk->j", rows, rows)
     return linear.astype(np.float32), d.astype(np.float32)
 
 
@@ -94,17 +101,20 @@ def kept_pairs(R: np.ndarray, mask: np.ndarray, m_context: int):
             np.asarray(R, dtype=np.float32)[i, j].copy(), blocks)
 
 
-def fold(kind: str, params: dict, schema: Schema, id_offsets: np.ndarray) -> tuple[dict, dict]:
-    """(arrays for the artifact minus the vocabulary, extra manifest fields) of one model."""
+def fold(kind: str, params: dict, schema: Schema, id_offsets: np.ndarray, sq_norms=None,
+         embed_dim: int | None = None) -> tuple[dict, dict]:
+    """(arrays for the artifact minus the vocabulary, extra manifest fields) of one model.
+    Codebook models pass ``sq_norms`` (||emb_j||^2) and ``embed_dim``; no ``emb`` is written."""
     n = int(id_offsets[-1])
     p = {name: np.asarray(a) for name, a in params.items()}
-    k = check_params(kind, p, n, schema.m)
+    k = check_params(kind, p, n, schema.m, embed_dim)
     arrays = {"bias": np.asarray(p["bias"], dtype=np.float32).reshape(1),
-              "emb": np.ascontiguousarray(p["emb"], dtype=np.float32),
               "linear": np.asarray(p["linear"], dtype=np.float32)}
+    if embed_dim is None:
+        arrays["emb"] = np.ascontiguousarray(p["emb"], dtype=np.float32)
     extra: dict = {"embed_dim": k, "rank": None}
     if kind in ("fm", "dplr"):
-        arrays["linear"], arrays["d"] = fold_diagonal(kind, p, schema, id_offsets)
+        arrays["linear"], arrays["d"] = fold_diagonal(kind, p, schema, id_offsets, sq_norms)
     if kind == "dplr":
         arrays["U"] = np.asarray(p["U"], dtype=np.float32)
         arrays["e"] = np.asarray(p["e"], dtype=np.float32)

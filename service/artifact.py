@@ -58,6 +58,20 @@ KIND_ARRAYS = {
 }
 EMBEDDING_ARRAYS = {
     "dense": {"emb": ("float32", ("n_features", "embed_dim"))},
+    # xLightFM / LightFM (xlightfm.md Sec. 3): feature i of a quantized field f is the
+    # concatenation of D codewords, codeword d = codebooks[codebook_base[f, d] + code]; the code
+    # is read from the bit-packed code_stream (adrank/bitpack.py layout) at code_bits[f] bits from
+    # word code_word_base[f, d].  Fields kept dense read dense_rows[dense_base[f] + i - off_f].
+    "codebook": {
+        "codebooks": ("float32", ("embedding.n_codewords", "embedding.sub_dim")),
+        "code_stream": ("uint32", ("embedding.n_words",)),
+        "code_word_base": ("int64", ("m", "embedding.D")),
+        "codebook_base": ("int64", ("m", "embedding.D")),
+        "codebook_sizes": ("int64", ("m",)),
+        "code_bits": ("int64", ("m",)),
+        "dense_rows": ("float32", ("embedding.n_dense", "embed_dim")),
+        "dense_base": ("int64", ("m",)),
+    },
 }
 
 
@@ -230,10 +244,51 @@ def _validate_contents(manifest, a, dims, path) -> None:
     if ko[-1] != len(a["vocab_keys"]) or io[-1] != manifest["n_features"]:
         raise BadArray(f"vocabulary covers {int(io[-1])} ids / {int(ko[-1])} keys, but "
                        f"n_features = {manifest['n_features']} and {len(a['vocab_keys'])} keys are stored", path)
+    if manifest["embedding"]["type"] == "codebook":
+        _validate_codebook(manifest, a, path)
     if manifest["kind"] == "pruned":
         i, j = a["pair_i"], a["pair_j"]
         if len(i) and not (np.all(i >= 0) and np.all(i < j) and np.all(j < dims["m"])):
             raise BadArray("pruned pairs must satisfy 0 <= pair_i < pair_j < m", path)
+
+
+def _validate_codebook(manifest, a, path) -> None:
+    """Every index a codebook kernel follows stays inside its array (kernels do not bounds-check):
+    code widths match the codebook sizes, codebook / word / dense bases fit, every packed code
+    is below its codebook's size (the stream is unpacked with numpy, chunked)."""
+    D, kd, k = manifest["embedding"].get("D"), manifest["embedding"].get("sub_dim"), manifest["embed_dim"]
+    if type(D) is not int or type(kd) is not int or D < 1 or D * kd != k:
+        raise BadManifest(f"codebook embedding: D={D!r} x sub_dim={kd!r} must equal embed_dim={k}", path)
+    off = a["vocab_id_offsets"]
+    sizes, bits, cb, wb, db = (a[n] for n in ("codebook_sizes", "code_bits", "codebook_base",
+                                              "code_word_base", "dense_base"))
+    W, n_words, n_dense = len(a["codebooks"]), len(a["code_stream"]), len(a["dense_rows"])
+    stream = a["code_stream"]
+    for f in range(len(sizes)):
+        n_f, K, b = int(off[f + 1] - off[f]), int(sizes[f]), int(bits[f])
+        if K == 0:
+            if b != 0 or not 0 <= db[f] <= n_dense - n_f:
+                raise BadArray(f"codebook embedding: dense-kept field {f} needs code_bits 0 and "
+                               f"dense_base in [0, {n_dense - n_f}], got {b} / {int(db[f])}", path)
+            continue
+        if K < 1 or b != max(1, (K - 1).bit_length()) or b > 16:
+            raise BadArray(f"codebook embedding: field {f} has {K} codewords but code_bits {b}", path)
+        for d in range(D):
+            if not (0 <= cb[f, d] <= W - K):
+                raise BadArray(f"codebook embedding: codebook_base[{f}, {d}] = {int(cb[f, d])} leaves "
+                               f"{K} codewords outside the {W} stored", path)
+            if not (0 <= wb[f, d] and wb[f, d] + (n_f * b + 31) // 32 + 1 <= n_words):
+                raise BadArray(f"codebook embedding: code_word_base[{f}, {d}] = {int(wb[f, d])} puts "
+                               f"{n_f} codes of {b} bits outside the {n_words}-word code_stream", path)
+            for lo in range(0, n_f, 1 << 20):
+                bit = np.arange(lo, min(n_f, lo + (1 << 20)), dtype=np.uint64) * np.uint64(b) \
+                    + np.uint64(int(wb[f, d]) * 32)
+                w = bit >> np.uint64(5)
+                pair = stream[w].astype(np.uint64) | (stream[w + np.uint64(1)].astype(np.uint64) << np.uint64(32))
+                codes = (pair >> (bit & np.uint64(31))) & np.uint64((1 << b) - 1)
+                if codes.size and int(codes.max()) >= K:
+                    raise BadArray(f"codebook embedding: field {f} codebook {d} holds code "
+                                   f"{int(codes.max())} >= its {K} codewords", path)
 
 
 # --- writing -----------------------------------------------------------------------------------

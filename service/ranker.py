@@ -38,13 +38,9 @@ class Ranker:
         self.preprocessor = preprocessor or Preprocessor.from_state(manifest["preprocess"], arrays)
         self.schema = self.preprocessor.schema
         self.name = name or self.schema.name
-        emb = manifest.get("embedding") or {"type": "dense"}
-        self.embedding = emb.get("type", "dense") if isinstance(emb, dict) else str(emb)
-        if self.embedding != "dense":
-            raise ValueError(f"model {self.name!r}: embedding type {self.embedding!r} is not served by the dense "
-                             "kernels (export with dense embeddings)")
         self.encoder = RequestEncoder(self.preprocessor)
         self.scorer = make_scorer(manifest, arrays, **scorer_options)
+        self.embedding = self.scorer.embedding  # "dense" or "codebook" (decoded inside the kernels)
         self.nbytes = int(nbytes if nbytes is not None else sum(np.asarray(a).nbytes for a in arrays.values()))
 
     # --- construction --------------------------------------------------------------------

@@ -200,7 +200,7 @@ def _defects():
         m["kind"] = "deepfm"
 
     def embedding(m, a):
-        m["embedding"] = {"type": "codebook"}
+        m["embedding"] = {"type": "hashing-trick"}  # not a known embedding type
 
     def drop(m, a):
         del a["d"]

@@ -42,6 +42,7 @@ import numpy as np
 
 from adrank.schema import Schema
 from service.catalog.kernels import _chunks, _pool
+from service.kernels.rows import codebook_source, decode_table
 
 KINDS = ("fm", "dplr", "pruned", "fwfm")
 PARALLEL_MIN_ADS = 20_000  # precomputing more ads at once is split over threads
@@ -75,6 +76,7 @@ class Plan:
     context: Side
     item: Side
     bias: float
+    source: tuple | None = None  # codebook embedding source (service/kernels/rows.py), else None
 
     @property
     def D(self) -> int:
@@ -109,10 +111,18 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     if kind not in KINDS:
         raise PlanError(f"unknown model kind {kind!r}; expected one of {KINDS}")
     m, mc = schema.m, schema.m_context
-    for name in ("bias", "linear", "emb"):
+    source = None
+    if "emb" not in arrays and "codebooks" in arrays:  # codebook embedding: decode rows per ad batch
+        try:
+            k = int(np.asarray(arrays["codebooks"]).shape[1] * np.asarray(arrays["code_word_base"]).shape[1])
+            source = codebook_source(arrays, k)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise PlanError(f"codebook model arrays are unusable: {exc}") from None
+    for name in ("bias", "linear") if source is not None else ("bias", "linear", "emb"):
         if name not in arrays:
             raise PlanError(f"model arrays lack {name!r}")
-    k = int(np.asarray(arrays["emb"]).shape[1])
+    if source is None:
+        k = int(np.asarray(arrays["emb"]).shape[1])
     offs = np.asarray(schema.slot_offsets, np.int64)
     off_c, off_i = offs[: mc + 1], offs[mc:] - offs[mc]
     d = np.asarray(arrays.get("d", np.zeros(m)), np.float64)
@@ -128,7 +138,7 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
                 raise PlanError(f"U {U.shape} / e {e.shape} do not match rho x m = ? x {m}")
         ctx = _side(off_c, U[:, :mc], e, d[:mc], e, *none)
         item = _side(off_i, U[:, mc:], e, d[mc:], np.ones_like(e), *none)
-        return Plan(kind, k, U.shape[0], ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]))
+        return Plan(kind, k, U.shape[0], ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]), source)
     pi, pj, pr = _pairs(kind, arrays, m)
     cc, ii, ci = (pj < mc), (pi >= mc), (pi < mc) & (pj >= mc)
     cstar = np.unique(pi[ci])  # context fields with a pair into the item fields
@@ -140,7 +150,7 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     zeros_c, zeros_i, ones_b = np.zeros(mc), np.zeros(m - mc), np.ones(B)
     ctx = _side(off_c, M_c, np.zeros(B), zeros_c, ones_b, pi[cc], pj[cc], pr[cc])
     item = _side(off_i, M_i, np.zeros(B), zeros_i, ones_b, pi[ii] - mc, pj[ii] - mc, pr[ii])
-    return Plan(kind, k, B, ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]))
+    return Plan(kind, k, B, ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]), source)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
@@ -228,12 +238,26 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
     return W, c
 
 
+def _rows_of(plan: Plan, rows: np.ndarray, emb, linear):
+    """(rows, emb, linear) to compute with: for a codebook model, the rows' distinct features
+    decoded once into a small table (xLightFM Eq. 3) and the ids renumbered into it."""
+    if plan.source is None:
+        return rows, emb, linear
+    rows = np.ascontiguousarray(rows, dtype=np.int32)
+    ids = np.unique(rows[rows >= 0])
+    if ids.size and ids[-1] >= len(linear):
+        raise PlanError(f"feature id {int(ids[-1])} is outside the model's {len(linear)} features")
+    local = np.where(rows >= 0, np.searchsorted(ids, rows), -1).astype(np.int32)
+    return local, decode_table(plan.source, ids), np.ascontiguousarray(np.asarray(linear)[ids])
+
+
 def ad_parts(plan: Plan, items: np.ndarray, emb, linear):
-    """Per-ad (W_a, c_a) for encoded item rows int32[N, S_I]."""
-    return compute_side(plan.item, items, emb, linear, plan.B)
+    """Per-ad (W_a, c_a) for encoded item rows int32[N, S_I] (``emb`` is ignored, may be None,
+    for codebook plans)."""
+    return compute_side(plan.item, *_rows_of(plan, items, emb, linear), plan.B)
 
 
 def context_part(plan: Plan, ctx: np.ndarray, emb, linear):
     """Per-request (z float32[D], const float64) for one encoded context row int32[S_C]."""
-    z, c = compute_side(plan.context, np.asarray(ctx).reshape(1, -1), emb, linear, plan.B)
+    z, c = compute_side(plan.context, *_rows_of(plan, np.asarray(ctx).reshape(1, -1), emb, linear), plan.B)
     return z[0], float(c[0]) + plan.bias

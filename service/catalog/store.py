@@ -58,7 +58,8 @@ class Model:
         object.__setattr__(self, "plan", make_plan(self.kind, self.preprocessor.schema, self.arrays))
         kernels.warm(self.plan.D)
         idtable.warm()
-        object.__setattr__(self, "arrays", {"emb": np.ascontiguousarray(self.arrays["emb"]),
+        emb = self.arrays.get("emb")  # None for a codebook model: the plan decodes rows itself
+        object.__setattr__(self, "arrays", {"emb": None if emb is None else np.ascontiguousarray(emb),
                                             "linear": np.ascontiguousarray(self.arrays["linear"]).ravel()})
         object.__setattr__(self, "encoder", RequestEncoder(self.preprocessor))
 

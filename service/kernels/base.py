@@ -32,6 +32,7 @@ from adrank.preprocess import PAD
 from adrank.schema import Schema
 from service.kernels import config
 from service.kernels.fields import id_bound
+from service.kernels.rows import codebook_source
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -53,14 +54,7 @@ class Scorer:
                  parallel_min: int | None = None):
         self.schema = Schema.from_dict(manifest["schema"])
         self.m = self.schema.m
-        emb = np.asarray(arrays["emb"])
-        if emb.ndim != 2:
-            raise ValueError(f"{self.kind} artifact: 'emb' must be 2-D [n, k], got shape {emb.shape}")
-        self.n_features, self.k = emb.shape
-        if "n_features" in manifest and int(manifest["n_features"]) != self.n_features:
-            raise ValueError(f"{self.kind} artifact: 'emb' has {self.n_features} rows, manifest says "
-                             f"n_features={manifest['n_features']}")
-        self.emb = config.aligned(emb)
+        self._set_source(manifest, arrays)
         self.linear = config.aligned(np.asarray(arrays["linear"]).reshape(-1))
         if self.linear.shape != (self.n_features,):
             raise ValueError(f"{self.kind} artifact: 'linear' must have {self.n_features} entries")
@@ -110,7 +104,42 @@ class Scorer:
 
     @property
     def nbytes(self) -> int:
-        return int(self.emb.nbytes + self.linear.nbytes)
+        src = self.src if isinstance(self.src, tuple) else (self.src,)
+        return int(sum(a.nbytes for a in src) + self.linear.nbytes)
+
+    def _set_source(self, manifest, arrays) -> None:
+        """``self.src`` (the kernels' embedding source, rows.py), ``self.D`` (codebooks per
+        field; 1 for a dense table), ``n_features``, ``k``, ``embedding``."""
+        emb = manifest.get("embedding") or {"type": "dense"}
+        self.embedding = emb.get("type", "dense") if isinstance(emb, dict) else str(emb)
+        if self.embedding == "codebook":
+            for name in ("codebooks", "code_stream", "code_word_base", "codebook_base", "code_bits",
+                         "dense_rows", "dense_base", "vocab_id_offsets"):
+                if name not in arrays:
+                    raise ValueError(f"{self.kind} artifact: embedding type 'codebook' needs array {name!r}")
+            self.k = int(manifest["embed_dim"])
+            self.n_features = int(np.asarray(arrays["vocab_id_offsets"])[-1])
+            self.src = codebook_source(arrays, self.k)
+            self.D = int(self.src[2].shape[1])
+        elif self.embedding == "dense":
+            emb = np.asarray(arrays["emb"])
+            if emb.ndim != 2:
+                raise ValueError(f"{self.kind} artifact: 'emb' must be 2-D [n, k], got shape {emb.shape}")
+            self.n_features, self.k = emb.shape
+            self.src, self.D = config.aligned(emb), 1
+        else:
+            raise ValueError(f"{self.kind} artifact: embedding type {self.embedding!r} has no kernels "
+                             "(known: dense, codebook)")
+        if "n_features" in manifest and int(manifest["n_features"]) != self.n_features:
+            raise ValueError(f"{self.kind} artifact: the embedding has {self.n_features} rows, manifest says "
+                             f"n_features={manifest['n_features']}")
+
+    @property
+    def emb(self):
+        """The dense table (dense artifacts only; codebook scorers have ``src`` instead)."""
+        if isinstance(self.src, tuple):
+            raise AttributeError("a codebook scorer has no dense 'emb' table (see .src)")
+        return self.src
 
     # --- helpers -------------------------------------------------------------------------
     def _run(self, state, X, params, out) -> None:

@@ -51,7 +51,7 @@ PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
 SOURCE_STAMP = hashlib.sha1(b"".join((Path(__file__).parent / f).read_bytes()
-                                     for f in ("config.py", "vec.py", "fields.py"))).hexdigest()[:16]
+                                     for f in ("config.py", "vec.py", "fields.py", "rows.py"))).hexdigest()[:16]
 
 
 @intrinsic

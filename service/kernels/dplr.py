@@ -24,19 +24,21 @@ from numba import njit
 from service.kernels.base import Scorer
 from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.rows import fetch
 from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
 
 MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass over the fields)
 
 
 @cache
-def build(K: int, R: int, prefetch: bool):
+def build(K: int, R: int, prefetch: bool, D: int = 1):
     """(context, items) for embedding dimension ``K`` and rank ``R``
-    (``R == 0``: any rank, one register vector at a time, see ``items_any_rank``)."""
+    (``R == 0``: any rank, one register vector at a time, see ``items_any_rank``); D codebooks
+    per field for codebook sources (rows.py)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
-    def context(ctx, offs, emb, linear, U_c, d_c):
+    def context(ctx, offs, src, linear, U_c, d_c):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         rho = U_c.shape[0]
         P_c = np.zeros((rho, K), np.float32)
@@ -45,7 +47,7 @@ def build(K: int, R: int, prefetch: bool):
         lin = 0.0
         dn = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(row, 0, offs[f], offs[f + 1], emb, linear, v, 0)
+            lin += field_vector(row, 0, offs[f], offs[f + 1], src, f, linear, v, 0)
             x = vload(v, 0, K)
             for r in range(rho):
                 vstore(P_c, r, vaxpy(vload(P_c, r, K), U_c[r, f], x))
@@ -53,7 +55,7 @@ def build(K: int, R: int, prefetch: bool):
         return P_c, lin + 0.5 * dn
 
     @njit(**NJIT)
-    def items_registers(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
+    def items_registers(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
         """rho = R <= 4: P_0..P_{R-1} live in registers; each row is read once (``if R > r``
         tests a compile-time constant, so unused ranks vanish)."""
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
@@ -61,11 +63,11 @@ def build(K: int, R: int, prefetch: bool):
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, emb, linear)
+                prefetch_candidate(X, n, stop, src, linear)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V_m, j)
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, V_m, j)
                 dn += d_m[j] * norm2(V_m, j)
             p0 = vload(P_c, 0, K)
             p1 = vzero(K)
@@ -81,7 +83,7 @@ def build(K: int, R: int, prefetch: bool):
                 idx = X[n, single[i]]
                 if idx >= 0:
                     lin += linear[idx]
-                    x = vload(emb, idx, K)
+                    x = fetch(src, single_f[i] + g0, idx, K, D)
                     p0 = vaxpy(p0, U_s[i, 0], x)
                     if R > 1:
                         p1 = vaxpy(p1, U_s[i, 1], x)
@@ -108,7 +110,7 @@ def build(K: int, R: int, prefetch: bool):
             out[n] = const + lin + 0.5 * (dn + quad)
 
     @njit(**NJIT)
-    def items_any_rank(P_c, const, X, single, multi, U_s, U_m, d_m, e, emb, linear, out, start, stop):
+    def items_any_rank(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
         """Any rho: one P_r in registers at a time (r outer); the first pass gathers the rows
         from memory, the other rho - 1 passes re-read them from L1."""
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
@@ -117,11 +119,11 @@ def build(K: int, R: int, prefetch: bool):
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, emb, linear)
+                prefetch_candidate(X, n, stop, src, linear)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V_m, j)
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, V_m, j)
                 dn += d_m[j] * norm2(V_m, j)
             for i in range(single.shape[0]):
                 idx = X[n, single[i]]
@@ -133,7 +135,7 @@ def build(K: int, R: int, prefetch: bool):
                 for i in range(single.shape[0]):
                     idx = X[n, single[i]]
                     if idx >= 0:
-                        p = vaxpy(p, U_s[i, r], vload(emb, idx, K))
+                        p = vaxpy(p, U_s[i, r], fetch(src, single_f[i] + g0, idx, K, D))
                 for j in range(n_m):
                     p = vaxpy(p, U_m[j, r], vload(V_m, j, K))
                 quad += e[r] * vdot(p, p)
@@ -158,20 +160,21 @@ class DPLRScorer(Scorer):
             raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
         self.rho = rho
         R = rho if rho <= MAX_REGISTER_RANK else 0
-        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch, self.D)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)
         U_i = self.U[:, item_fields]
-        item = (single, multi, np.ascontiguousarray(U_i[:, single_f].T),  # [fields, rho]: one row per field
+        g0 = int(item_fields[0]) if len(item_fields) else 0  # global index of the first item field
+        item = (single, single_f, g0, multi, np.ascontiguousarray(U_i[:, single_f].T),  # [fields, rho]: one row per field
                 np.ascontiguousarray(U_i[:, multi[:, 2]].T), self.d[item_fields][multi[:, 2]].copy())
         return (np.ascontiguousarray(self.U[:, ctx_fields]), self.d[ctx_fields].copy()), item
 
     def _context(self, ctx, offs, U_c, d_c):
-        P_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, U_c, d_c)
+        P_c, c = self._ctx_fn(ctx, offs, self.src, self.linear, U_c, d_c)
         return P_c, self.bias + c
 
-    def _items(self, state, X, single, multi, U_s, U_m, d_m, out, start, stop):
+    def _items(self, state, X, single, single_f, g0, multi, U_s, U_m, d_m, out, start, stop):
         P_c, const = state
-        args = (P_c, const, X, single, multi, U_s, U_m, d_m, self.e, self.emb, self.linear, out)
+        args = (P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, self.e, self.src, self.linear, out)
         self._items_fn(*args, start, stop)

@@ -13,13 +13,15 @@ import numpy as np
 from numba import njit
 
 from service.kernels.config import NJIT, PREFETCH_DISTANCE, PREFETCH_LINEAR, prefetch_row
+from service.kernels.rows import add_row, prefetch_emb
 
 
 @njit(**NJIT)
-def field_vector(X, r, lo, hi, emb, linear, V, j):
-    """Write v_f of row ``X[r]``'s slots ``lo:hi`` (mean of the non-PAD slots' rows) into
-    ``V[j]``; return the mean linear term.  Rows are passed whole with indices (no slices) so
-    the per-candidate call allocates and reference-counts nothing."""
+def field_vector(X, r, lo, hi, src, f, linear, V, j):
+    """Write v_f of row ``X[r]``'s slots ``lo:hi`` (mean of the non-PAD slots' rows; global
+    field ``f``, rows from the embedding source ``src``, see rows.py) into ``V[j]``; return the
+    mean linear term.  Rows are passed whole with indices (no slices) so the per-candidate call
+    allocates and reference-counts nothing."""
     k = V.shape[1]
     for t in range(k):
         V[j, t] = 0.0
@@ -30,8 +32,7 @@ def field_vector(X, r, lo, hi, emb, linear, V, j):
         if idx >= 0:
             n += 1
             lin += linear[idx]
-            for t in range(k):
-                V[j, t] += emb[idx, t]
+            add_row(src, f, idx, V, j)
     if n > 1:
         inv = np.float32(1.0 / n)
         for t in range(k):
@@ -50,13 +51,13 @@ def norm2(V, j):
 
 
 @njit(**NJIT)
-def prefetch_candidate(items, n, stop, emb, linear):
+def prefetch_candidate(items, n, stop, src, linear):
     """Prefetch the embedding rows (and, if ``PREFETCH_LINEAR``, the linear weights) of
     candidate ``n + PREFETCH_DISTANCE``.  No test for PAD (-1): a prefetch never faults."""
     p = n + PREFETCH_DISTANCE
     if p < stop:
         for s in range(items.shape[1]):
-            prefetch_row(emb, items[p, s])
+            prefetch_emb(src, items[p, s])
             if PREFETCH_LINEAR:
                 prefetch_row(linear, items[p, s])
 

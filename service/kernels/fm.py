@@ -20,16 +20,18 @@ from numba import njit
 from service.kernels.base import Scorer
 from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
 
 @cache
-def build(K: int, prefetch: bool):
-    """(context, items) kernels specialised for embedding dimension ``K``."""
+def build(K: int, prefetch: bool, D: int = 1):
+    """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
+    sources, D codebooks per field; rows.py)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
-    def context(ctx, offs, emb, linear, d):
+    def context(ctx, offs, src, linear, d):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         a = vzero(K)
         v = np.empty((1, K), np.float32)
@@ -37,7 +39,7 @@ def build(K: int, prefetch: bool):
         lin = 0.0
         dn = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(x, 0, offs[f], offs[f + 1], emb, linear, v, 0)
+            lin += field_vector(x, 0, offs[f], offs[f + 1], src, f, linear, v, 0)
             a = vadd(a, vload(v, 0, K))
             dn += d[f] * norm2(v, 0)
         a_c = np.empty(K, np.float32)
@@ -45,22 +47,22 @@ def build(K: int, prefetch: bool):
         return a_c, lin + 0.5 * dn
 
     @njit(**NJIT)
-    def items(a_c, const, X, single, multi, d_m, emb, linear, out, start, stop):
+    def items(a_c, const, X, single, single_f, g0, multi, d_m, src, linear, out, start, stop):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         v = np.empty((1, K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, emb, linear)
+                prefetch_candidate(X, n, stop, src, linear)
             a = vload(a_c, 0, K)
             lin = np.float32(0.0)
-            for s in single:  # single-valued: d_f already folded into linear
-                idx = X[n, s]
+            for i in range(single.shape[0]):  # single-valued: d_f already folded into linear
+                idx = X[n, single[i]]
                 if idx >= 0:
                     lin += linear[idx]
-                    a = vadd(a, vload(emb, idx, K))
+                    a = vadd(a, fetch(src, single_f[i] + g0, idx, K, D))
             dn = 0.0
             for j in range(multi.shape[0]):
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, v, 0)
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
                 a = vadd(a, vload(v, 0, K))
                 dn += d_m[j] * norm2(v, 0)
             out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
@@ -75,18 +77,19 @@ class FMScorer(Scorer):
         self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
         if self.d.shape != (self.m,):
             raise ValueError(f"fm artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
-        single, _, multi = split_fields(item_offs)
+        single, single_f, multi = split_fields(item_offs)
         d_m = self.d[item_fields][multi[:, 2]].copy()
-        return (self.d[ctx_fields].copy(),), (single, multi, d_m)
+        g0 = int(item_fields[0]) if len(item_fields) else 0  # global index of the first item field
+        return (self.d[ctx_fields].copy(),), (single, single_f, g0, multi, d_m)
 
     def _context(self, ctx, offs, d_c):
-        a_c, c = self._ctx_fn(ctx, offs, self.emb, self.linear, d_c)
+        a_c, c = self._ctx_fn(ctx, offs, self.src, self.linear, d_c)
         return a_c, self.bias + c
 
-    def _items(self, state, X, single, multi, d_m, out, start, stop):
+    def _items(self, state, X, single, single_f, g0, multi, d_m, out, start, stop):
         a_c, const = state
-        args = (a_c, const, X, single, multi, d_m, self.emb, self.linear, out)
+        args = (a_c, const, X, single, single_f, g0, multi, d_m, self.src, self.linear, out)
         self._items_fn(*args, start, stop)

@@ -25,22 +25,24 @@ from numba import njit
 from service.kernels.base import Scorer
 from service.kernels.config import NJIT, SOURCE_STAMP
 from service.kernels.fields import field_vector, prefetch_candidate, split_fields
+from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
 
 @cache
-def build(K: int, prefetch: bool):
-    """(context, items) kernels specialised for embedding dimension ``K``."""
+def build(K: int, prefetch: bool, D: int = 1):
+    """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
+    sources, D codebooks per field; rows.py)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
 
     @njit(**NJIT)
-    def context(ctx, offs, emb, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
+    def context(ctx, offs, src, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         V_c = np.zeros((max(offs.shape[0] - 1, 1), K), np.float32)
         row = ctx.reshape(1, -1)
         lin = 0.0
         for f in range(offs.shape[0] - 1):
-            lin += field_vector(row, 0, offs[f], offs[f + 1], emb, linear, V_c, f)
+            lin += field_vector(row, 0, offs[f], offs[f + 1], src, f, linear, V_c, f)
         inter = 0.0
         for p in range(cc_i.shape[0]):
             inter += cc_r[p] * vdot(vload(V_c, cc_i[p], K), vload(V_c, cc_j[p], K))
@@ -50,13 +52,13 @@ def build(K: int, prefetch: bool):
         return Q, lin + inter
 
     @njit(**NJIT)
-    def items(Q, const, X, single, single_f, multi, pa, pb, pw, emb, linear, out, start, stop):
+    def items(Q, const, X, single, single_f, g0, multi, pa, pb, pw, src, linear, out, start, stop):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         V = np.zeros((max(Q.shape[0], 1), K), np.float32)
         n_pairs = pa.shape[0]
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, emb, linear)
+                prefetch_candidate(X, n, stop, src, linear)
             lin = np.float32(0.0)
             acc0 = vzero(K)
             acc1 = vzero(K)
@@ -66,12 +68,12 @@ def build(K: int, prefetch: bool):
                 x = vzero(K)
                 if idx >= 0:
                     lin += linear[idx]
-                    x = vload(emb, idx, K)
+                    x = fetch(src, a + g0, idx, K, D)
                 vstore(V, a, x)
                 acc0 = vadd(acc0, vmul(vload(Q, a, K), x))
             for j in range(multi.shape[0]):
                 a = multi[j, 2]
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], emb, linear, V, a)
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, a + g0, linear, V, a)
                 acc1 = vadd(acc1, vmul(vload(Q, a, K), vload(V, a, K)))
             p = 0
             while p + 1 < n_pairs:
@@ -101,7 +103,7 @@ class PrunedScorer(Scorer):
         if pi.size and (pi.min() < 0 or pj.max() >= self.m or np.any(pi >= pj)):
             raise ValueError(f"{self.kind} artifact: pairs must satisfy 0 <= pair_i < pair_j < m={self.m}")
         self.pair_i, self.pair_j, self.pair_r = pi, pj, pr
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         is_ctx = np.zeros(self.m, dtype=bool)
@@ -115,14 +117,15 @@ class PrunedScorer(Scorer):
         ii = ~is_ctx[pi] & ~is_ctx[pj]
         ctx = (local[pi[cc]], local[pj[cc]], pr[cc], local[pi[ci]], local[pj[ci]], pr[ci], len(item_fields))
         single, single_f, multi = split_fields(item_offs)
-        item = (single, single_f, multi, local[pi[ii]], local[pj[ii]], pr[ii].copy())
+        g0 = int(item_fields[0]) if len(item_fields) else 0  # global index of the first item field
+        item = (single, single_f, g0, multi, local[pi[ii]], local[pj[ii]], pr[ii].copy())
         return ctx, item
 
     def _context(self, ctx, offs, *params):
-        Q, c = self._ctx_fn(ctx, offs, self.emb, self.linear, *params)
+        Q, c = self._ctx_fn(ctx, offs, self.src, self.linear, *params)
         return Q, self.bias + c
 
-    def _items(self, state, X, single, single_f, multi, pa, pb, pw, out, start, stop):
+    def _items(self, state, X, single, single_f, g0, multi, pa, pb, pw, out, start, stop):
         Q, const = state
-        args = (Q, const, X, single, single_f, multi, pa, pb, pw, self.emb, self.linear, out)
+        args = (Q, const, X, single, single_f, g0, multi, pa, pb, pw, self.src, self.linear, out)
         self._items_fn(*args, start, stop)
