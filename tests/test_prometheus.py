@@ -213,12 +213,20 @@ def load(stack):
         sent += 1
     assert codes[MODELS[0], 422] and codes["", 404], f"the rejected requests were not rejected: {dict(codes)}"
     assert codes[MODELS[0], 200] > 10 and codes[MODELS[1], 200] > 10, f"too little load: {dict(codes)}"
-    return codes, candidates
+    # Rate-based rules look back 1m: later queries are evaluated at this moment (plus a few
+    # scrape/evaluation intervals), so a slow machine or a slow earlier test cannot slide the
+    # window past the load.
+    return codes, candidates, time.time() + 3.0
 
 
 # --- Prometheus HTTP API -----------------------------------------------------------------------
-def query(client, prom: str, expr: str) -> list[dict]:
-    r = client.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+def query(client, prom: str, expr: str, at: float | None = None) -> list[dict]:
+    """Instant query, evaluated now or at unix time ``at`` (waiting until then has passed)."""
+    params = {"query": expr}
+    if at is not None:
+        time.sleep(max(0.0, at - time.time()))
+        params["time"] = f"{at:.3f}"
+    r = client.get(f"{prom}/api/v1/query", params=params, timeout=10)
     body = r.json()
     assert r.status_code == 200 and body["status"] == "success", f"{expr!r}: {body}"
     return body["data"]["result"]
@@ -228,11 +236,12 @@ def by_model(result: list[dict]) -> dict[str, float]:
     return {s["metric"].get("model", ""): float(s["value"][1]) for s in result}
 
 
-def wait_query(client, prom, expr, ok, timeout=45.0):
-    """Poll an instant query until ok(result) holds; returns the last result."""
+def wait_query(client, prom, expr, ok, timeout=45.0, at=None):
+    """Poll an instant query (at unix time ``at``, default now) until ok(result) holds; returns
+    the last result."""
     deadline = time.monotonic() + timeout
     while True:
-        result = query(client, prom, expr)
+        result = query(client, prom, expr, at)
         if ok(result) or time.monotonic() > deadline:
             return result
         time.sleep(1)
@@ -241,7 +250,7 @@ def wait_query(client, prom, expr, ok, timeout=45.0):
 # --- tests ---------------------------------------------------------------------------------------
 def test_scraped_counters_equal_what_the_client_saw(stack, load):
     _, prom, client, _ = stack
-    codes, candidates = load
+    codes, candidates, _ = load
     expected = {(m, str(c)): n for (m, c), n in codes.items()}
 
     def scraped(result):
@@ -262,11 +271,12 @@ def test_scraped_counters_equal_what_the_client_saw(stack, load):
 
 def test_recording_rules_give_latency_quantiles_per_model(stack, load):
     _, prom, client, _ = stack
+    at = load[2]
     for family in ("endpoint_model:adrank_request_duration_seconds", "model:adrank_model_inference_duration_seconds"):
         q = {}
         for p in ("p50", "p95", "p99"):
             result = wait_query(client, prom, f"{family}:{p}",
-                                lambda r: set(MODELS) <= {s["metric"].get("model") for s in r})
+                                lambda r: set(MODELS) <= {s["metric"].get("model") for s in r}, at=at)
             q[p] = by_model(result)
         for m in MODELS:
             vals = [q[p][m] for p in ("p50", "p95", "p99")]
@@ -276,17 +286,17 @@ def test_recording_rules_give_latency_quantiles_per_model(stack, load):
 
 def test_recording_rules_give_rates_errors_and_candidates(stack, load):
     _, prom, client, _ = stack
-    codes, candidates = load
+    codes, candidates, at = load
 
     def has_models(r):
         return set(MODELS) <= {s["metric"].get("model") for s in r}
 
-    rates = by_model(wait_query(client, prom, 'endpoint_model:adrank_requests:rate1m{endpoint="/v1/rank"}', has_models))
+    rates = by_model(wait_query(client, prom, 'endpoint_model:adrank_requests:rate1m{endpoint="/v1/rank"}', has_models, at=at))
     assert all(rates[m] > 0 for m in MODELS), rates
     errors = by_model(wait_query(client, prom, 'endpoint_model:adrank_request_errors:ratio_rate1m{endpoint="/v1/rank"}',
-                                 has_models))
+                                 has_models, at=at))
     client_errors = by_model(wait_query(
-        client, prom, 'endpoint_model:adrank_request_client_errors:ratio_rate1m{endpoint="/v1/rank"}', has_models))
+        client, prom, 'endpoint_model:adrank_request_client_errors:ratio_rate1m{endpoint="/v1/rank"}', has_models, at=at))
     for m in MODELS:
         # The client saw no 5xx: the ratio must be exactly 0 (present, not absent, not NaN);
         # it did see 422s, so the 4xx ratio is positive.
@@ -294,7 +304,7 @@ def test_recording_rules_give_rates_errors_and_candidates(stack, load):
         rejected = sum(n for (mm, c), n in codes.items() if mm == m and 400 <= c < 500)
         assert (errors[m] > 0) == (failed > 0) and 0 <= errors[m] <= 1, (m, errors, dict(codes))
         assert (client_errors[m] > 0) == (rejected > 0) and client_errors[m] <= 1, (m, client_errors, dict(codes))
-    means = by_model(wait_query(client, prom, "model:adrank_request_candidates:mean_rate1m", has_models))
+    means = by_model(wait_query(client, prom, "model:adrank_request_candidates:mean_rate1m", has_models, at=at))
     for m in MODELS:
         # every request carried 1..50 candidates, so any window's mean lies in [1, 50]
         assert 1 <= means[m] <= 50, means
@@ -317,9 +327,10 @@ def test_every_rule_and_dashboard_metric_exists_in_prometheus(stack, load):
 
 def test_dashboard_queries_evaluate_on_live_data(stack, load):
     _, prom, client, _ = stack
-    wait_query(client, prom, "model:adrank_request_candidates:p95", lambda r: len(r) >= len(MODELS))
+    at = load[2]
+    wait_query(client, prom, "model:adrank_request_candidates:p95", lambda r: len(r) >= len(MODELS), at=at)
     for where, expr in dashboard_exprs(load_dashboard()):
-        result = query(client, prom, substitute_variables(expr))
+        result = query(client, prom, substitute_variables(expr), at)
         assert result, f"{where}: {expr!r} returned nothing on live data"
     versions = query(client, prom, "adrank_model_info == 1")
     served = {s["metric"]["model"]: s["metric"]["version"] for s in versions}
