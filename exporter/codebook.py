@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adrank.bitpack import BitpackError, bits_for, pack_fields
+from adrank.bitpack import BitpackError, bits_for, pack
 from exporter.fold import ExportError
 
 INPUTS = ("codebooks", "codes", "codebook_base", "codebook_sizes", "dense_rows", "dense_base")
@@ -43,6 +43,23 @@ def _check(p: dict, off: np.ndarray, k: int) -> tuple[int, int]:
     return D, k // D
 
 
+def pack_interleaved(codes: np.ndarray, off: np.ndarray, bits: np.ndarray):
+    """(stream uint32, word_base int64 [m]): field f's codes, feature-major (the D codes of a
+    feature adjacent: code (i, d) is number ``(i - off[f]) D + d``), packed at ``bits[f]`` by
+    ``adrank.bitpack.pack`` from word ``word_base[f]`` (-1 for a dense-kept field).  One feature's
+    D codes share one cache line, so decoding a row costs one gather, like a dense row."""
+    parts, word_base, n_words = [], np.full(off.size - 1, -1, np.int64), 0
+    for f in range(off.size - 1):
+        if bits[f]:
+            try:
+                parts.append(pack(codes[off[f]:off[f + 1]].reshape(-1), int(bits[f])))
+            except BitpackError as exc:
+                raise ExportError(f"codes of field {f} cannot be packed: {exc}") from None
+            word_base[f] = n_words
+            n_words += parts[-1].size
+    return (np.concatenate(parts) if parts else np.zeros(1, np.uint32)), word_base
+
+
 def codebook_arrays(params: dict, id_offsets, k: int) -> tuple[dict, dict, np.ndarray]:
     """(artifact arrays, manifest ``embedding`` members, ||q_i||^2 float64 [n]) of a codebook model."""
     off = np.asarray(id_offsets, dtype=np.int64)
@@ -50,10 +67,7 @@ def codebook_arrays(params: dict, id_offsets, k: int) -> tuple[dict, dict, np.nd
     D, kd = _check(p, off, k)
     sizes = p["codebook_sizes"].astype(np.int64)
     bits = np.array([bits_for(K) if K else 0 for K in sizes], dtype=np.int64)
-    try:
-        stream, word_base = pack_fields(p["codes"], off, bits)
-    except BitpackError as exc:
-        raise ExportError(f"codes cannot be packed: {exc}") from None
+    stream, word_base = pack_interleaved(p["codes"], off, bits)
     books = np.ascontiguousarray(p["codebooks"], dtype=np.float32)
     dense = np.ascontiguousarray(p["dense_rows"], dtype=np.float32).reshape(-1, k)
     word_norm = np.einsum("wj,wj->w", books.astype(np.float64), books.astype(np.float64))

@@ -59,13 +59,14 @@ KIND_ARRAYS = {
 EMBEDDING_ARRAYS = {
     "dense": {"emb": ("float32", ("n_features", "embed_dim"))},
     # xLightFM / LightFM (xlightfm.md Sec. 3): feature i of a quantized field f is the
-    # concatenation of D codewords, codeword d = codebooks[codebook_base[f, d] + code]; the code
-    # is read from the bit-packed code_stream (adrank/bitpack.py layout) at code_bits[f] bits from
-    # word code_word_base[f, d].  Fields kept dense read dense_rows[dense_base[f] + i - off_f].
+    # concatenation of D codewords, codeword d = codebooks[codebook_base[f, d] + code]; code
+    # (i, d) is number (i - off_f) D + d of the code_bits[f]-bit stream (adrank/bitpack.py layout)
+    # starting at word code_word_base[f] of code_stream.  Fields kept dense (K_f = 0) read
+    # dense_rows[dense_base[f] + i - off_f].
     "codebook": {
         "codebooks": ("float32", ("embedding.n_codewords", "embedding.sub_dim")),
         "code_stream": ("uint32", ("embedding.n_words",)),
-        "code_word_base": ("int64", ("m", "embedding.D")),
+        "code_word_base": ("int64", ("m",)),
         "codebook_base": ("int64", ("m", "embedding.D")),
         "codebook_sizes": ("int64", ("m",)),
         "code_bits": ("int64", ("m",)),
@@ -277,18 +278,19 @@ def _validate_codebook(manifest, a, path) -> None:
             if not (0 <= cb[f, d] <= W - K):
                 raise BadArray(f"codebook embedding: codebook_base[{f}, {d}] = {int(cb[f, d])} leaves "
                                f"{K} codewords outside the {W} stored", path)
-            if not (0 <= wb[f, d] and wb[f, d] + (n_f * b + 31) // 32 + 1 <= n_words):
-                raise BadArray(f"codebook embedding: code_word_base[{f}, {d}] = {int(wb[f, d])} puts "
-                               f"{n_f} codes of {b} bits outside the {n_words}-word code_stream", path)
-            for lo in range(0, n_f, 1 << 20):
-                bit = np.arange(lo, min(n_f, lo + (1 << 20)), dtype=np.uint64) * np.uint64(b) \
-                    + np.uint64(int(wb[f, d]) * 32)
-                w = bit >> np.uint64(5)
-                pair = stream[w].astype(np.uint64) | (stream[w + np.uint64(1)].astype(np.uint64) << np.uint64(32))
-                codes = (pair >> (bit & np.uint64(31))) & np.uint64((1 << b) - 1)
-                if codes.size and int(codes.max()) >= K:
-                    raise BadArray(f"codebook embedding: field {f} codebook {d} holds code "
-                                   f"{int(codes.max())} >= its {K} codewords", path)
+        n_codes = n_f * D
+        if not (0 <= wb[f] and wb[f] + (n_codes * b + 31) // 32 + 1 <= n_words):
+            raise BadArray(f"codebook embedding: code_word_base[{f}] = {int(wb[f])} puts "
+                           f"{n_codes} codes of {b} bits outside the {n_words}-word code_stream", path)
+        for lo in range(0, n_codes, 1 << 20):
+            bit = np.arange(lo, min(n_codes, lo + (1 << 20)), dtype=np.uint64) * np.uint64(b) \
+                + np.uint64(int(wb[f]) * 32)
+            w = bit >> np.uint64(5)
+            pair = stream[w].astype(np.uint64) | (stream[w + np.uint64(1)].astype(np.uint64) << np.uint64(32))
+            codes = (pair >> (bit & np.uint64(31))) & np.uint64((1 << b) - 1)
+            if codes.size and int(codes.max()) >= K:
+                raise BadArray(f"codebook embedding: field {f} holds code {int(codes.max())} >= its "
+                               f"{K} codewords", path)
 
 
 # --- writing -----------------------------------------------------------------------------------

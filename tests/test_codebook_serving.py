@@ -142,8 +142,8 @@ def test_corrupted_codebook_arrays_raise_named_errors(tmp_path, problem):
         del arrays["code_stream"]
         want = A.MissingArray
     elif problem == "big_code":  # field 0 has K=5 at 3 bits: code 7 is out of its codebook
-        w = int(arrays["code_word_base"][0, 1])
-        arrays["code_stream"][w] |= np.uint32(0b111)
+        w = int(arrays["code_word_base"][0])
+        arrays["code_stream"][w] |= np.uint32(0b111 << 3)  # code (0, 1): bits 3..5 of the field's stream
     elif problem == "bits":
         arrays["code_bits"][1] = 5
     elif problem == "base":

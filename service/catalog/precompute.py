@@ -76,7 +76,7 @@ class Plan:
     context: Side
     item: Side
     bias: float
-    source: tuple | None = None  # codebook embedding source (service/kernels/rows.py), else None
+    source: object = None  # rows.CodebookSource of a codebook model (service/kernels/rows.py), else None
 
     @property
     def D(self) -> int:
@@ -114,7 +114,7 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     source = None
     if "emb" not in arrays and "codebooks" in arrays:  # codebook embedding: decode rows per ad batch
         try:
-            k = int(np.asarray(arrays["codebooks"]).shape[1] * np.asarray(arrays["code_word_base"]).shape[1])
+            k = int(np.asarray(arrays["codebooks"]).shape[1] * np.asarray(arrays["codebook_base"]).shape[1])
             source = codebook_source(arrays, k)
         except (KeyError, ValueError, IndexError) as exc:
             raise PlanError(f"codebook model arrays are unusable: {exc}") from None

@@ -104,8 +104,8 @@ class Scorer:
 
     @property
     def nbytes(self) -> int:
-        src = self.src if isinstance(self.src, tuple) else (self.src,)
-        return int(sum(a.nbytes for a in src) + self.linear.nbytes)
+        emb = self._source.nbytes if isinstance(self.src, tuple) else self.src.nbytes
+        return int(emb + self.linear.nbytes)
 
     def _set_source(self, manifest, arrays) -> None:
         """``self.src`` (the kernels' embedding source, rows.py), ``self.D`` (codebooks per
@@ -119,8 +119,8 @@ class Scorer:
                     raise ValueError(f"{self.kind} artifact: embedding type 'codebook' needs array {name!r}")
             self.k = int(manifest["embed_dim"])
             self.n_features = int(np.asarray(arrays["vocab_id_offsets"])[-1])
-            self.src = codebook_source(arrays, self.k)
-            self.D = int(self.src[2].shape[1])
+            self._source = codebook_source(arrays, self.k)  # holds the arrays src points into
+            self.src, self.D = self._source.ptrs, self._source.D
         elif self.embedding == "dense":
             emb = np.asarray(arrays["emb"])
             if emb.ndim != 2:

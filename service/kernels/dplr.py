@@ -63,7 +63,7 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, src, linear)
+                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
@@ -119,7 +119,7 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, src, linear)
+                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.config import NJIT, PREFETCH_DISTANCE, PREFETCH_LINEAR, prefetch_row
-from service.kernels.rows import add_row, prefetch_emb
+from service.kernels.rows import add_row, prefetch_codes, prefetch_emb
 
 
 @njit(**NJIT)
@@ -51,15 +51,19 @@ def norm2(V, j):
 
 
 @njit(**NJIT)
-def prefetch_candidate(items, n, stop, src, linear):
+def prefetch_candidate(items, n, stop, src, linear, single, single_f, g0):
     """Prefetch the embedding rows (and, if ``PREFETCH_LINEAR``, the linear weights) of
-    candidate ``n + PREFETCH_DISTANCE``.  No test for PAD (-1): a prefetch never faults."""
+    candidate ``n + PREFETCH_DISTANCE``.  No test for PAD (-1): a prefetch never faults.
+    Codebook sources prefetch the packed codes of the single-slot fields (``single`` slots,
+    global fields ``single_f + g0``) instead of rows; for a dense table that loop is empty."""
     p = n + PREFETCH_DISTANCE
     if p < stop:
         for s in range(items.shape[1]):
             prefetch_emb(src, items[p, s])
             if PREFETCH_LINEAR:
                 prefetch_row(linear, items[p, s])
+        for i in range(single.shape[0]):
+            prefetch_codes(src, single_f[i] + g0, items[p, single[i]])
 
 
 def split_fields(offs: np.ndarray):

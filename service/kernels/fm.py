@@ -52,7 +52,7 @@ def build(K: int, prefetch: bool, D: int = 1):
         v = np.empty((1, K), np.float32)
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, src, linear)
+                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
             a = vload(a_c, 0, K)
             lin = np.float32(0.0)
             for i in range(single.shape[0]):  # single-valued: d_f already folded into linear

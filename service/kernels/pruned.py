@@ -58,7 +58,7 @@ def build(K: int, prefetch: bool, D: int = 1):
         n_pairs = pa.shape[0]
         for n in range(start, stop):
             if prefetch:
-                prefetch_candidate(X, n, stop, src, linear)
+                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
             lin = np.float32(0.0)
             acc0 = vzero(K)
             acc1 = vzero(K)
