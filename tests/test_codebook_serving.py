@@ -209,3 +209,20 @@ def test_every_code_width_through_the_kernel(tmp_path, bits):
     X = np.concatenate([np.full((len(items), 1), 1, np.int32), items], axis=1)
     np.testing.assert_allclose(sc.score(ctx, items), naive.scores("fm", X, schema.slot_offsets, params),
                                rtol=RTOL, atol=ATOL)
+
+
+def test_catalog_model_from_a_codebook_ranker(tmp_path):
+    from service.catalog.store import Model
+
+    art, dense, params, pre = model("pruned", tmp_path, seed=6)
+    ranker = Ranker.load(art.path)
+    cat = Model.from_ranker(ranker)
+    assert cat.arrays["emb"] is None  # nothing dense is built: rows are decoded per ad batch
+    X = random_rows(pre, n_rows=25, seed=7)
+    ctx, items = split(X)
+    W, c = cat.parts(items)
+    z, const = context_part(cat.plan, ctx, cat.arrays["emb"], cat.arrays["linear"])
+    got = const + c + W.astype(np.float64) @ z.astype(np.float64)
+    X_ctx = X.copy()
+    X_ctx[:, : len(ctx)] = ctx
+    np.testing.assert_allclose(got, naive.scores("pruned", X_ctx, SCHEMA.slot_offsets, params), rtol=RTOL, atol=ATOL)

@@ -120,14 +120,14 @@ def code(stream, bit, b):
 
 
 @njit(**NJIT, inline="always")
-def locate(src, f, idx):
+def locate(src, f, idx, D):
     """(b, local, first code bit, codebook_base row offset) of feature idx of field f: code
     (i, d) is number ``i D + d`` of the field's b-bit sub-stream starting at word wb[f]."""
     b = load(src[BITS], f, types.int64)
     local = idx - load(src[OFFS], f, types.int64)
     bit = (np.uint64(load(src[WBASE], f, types.int64)) * np.uint64(32)
-           + np.uint64(local) * np.uint64(src[ND]) * np.uint64(b))
-    return b, local, bit, f * src[ND]
+           + np.uint64(local) * np.uint64(D) * np.uint64(b))
+    return b, local, bit, f * D
 
 
 @intrinsic
@@ -158,7 +158,7 @@ def _prefetch_codes(src, f, idx):
 
     def impl(src, f, idx):
         if idx >= 0:
-            bit = locate(src, f, idx)[2]
+            bit = locate(src, f, idx, src[ND])[2]
             prefetch_addr(src[STREAM] + np.int64(bit >> np.uint64(5)) * 4)
 
     return impl
@@ -187,7 +187,7 @@ def _fetch(src, f, idx, K, D):
         return None
 
     def impl(src, f, idx, K, D):
-        b, local, bit, bb = locate(src, f, idx)
+        b, local, bit, bb = locate(src, f, idx, dd)  # dd literal: the multiplies become shifts
         if b == 0:
             return vload_at(src[DENSE], load(src[DBASE], f, types.int64) + local, k, k)
         ub = np.uint64(b)
@@ -235,7 +235,7 @@ def _add_row(src, f, idx, V, j):
         return dense
 
     def impl(src, f, idx, V, j):
-        b, local, bit, bb = locate(src, f, idx)
+        b, local, bit, bb = locate(src, f, idx, src[ND])
         if b == 0:
             r = (load(src[DBASE], f, types.int64) + local) * V.shape[1]
             for t in range(V.shape[1]):
