@@ -62,8 +62,7 @@ def prefetch_candidate(items, n, stop, src, linear, single, single_f, g0):
             prefetch_emb(src, items[p, s])
             if PREFETCH_LINEAR:
                 prefetch_row(linear, items[p, s])
-        for i in range(single.shape[0]):
-            prefetch_codes(src, single_f[i] + g0, items[p, single[i]])
+        prefetch_codes(src, items, p, single, single_f, g0)
 
 
 def split_fields(offs: np.ndarray):

@@ -17,7 +17,7 @@ type of ``src`` (numba ``overload``), so the dense path compiles to exactly the 
     fetch(src, f, idx, K, D)       row of idx as F32Vec(K)   (K, D compile-time constants)
     add_row(src, f, idx, V, j)     V[j] += row of idx        (multi-valued field means)
     prefetch_emb(src, idx)         cache hint for the row (dense) / nothing (codebooks: small)
-    prefetch_codes(src, f, idx)    cache hint for the packed codes (codebook) / nothing (dense)
+    prefetch_codes(src, X, p, ...) cache hint for row p's packed codes (codebook) / nothing (dense)
 
 The codebooks of the item fields (D K_f k/D floats each) stay in cache where a 1M-row table
 cannot; the per-feature memory touched is the packed codes (D b_f bits) + the linear weight.
@@ -147,19 +147,21 @@ def prefetch_addr(typingctx, addr):
     return types.void(addr), codegen
 
 
-def prefetch_codes(src, f, idx):  # pragma: no cover
+def prefetch_codes(src, X, p, single, single_f, g0):  # pragma: no cover
     raise NotImplementedError
 
 
 @overload(prefetch_codes, inline="always")
-def _prefetch_codes(src, f, idx):
-    if isinstance(src, types.Array):
-        return lambda src, f, idx: None  # dense rows are prefetched by prefetch_emb
+def _prefetch_codes(src, X, p, single, single_f, g0):
+    if isinstance(src, types.Array):  # dense rows are prefetched by prefetch_emb: no code at all
+        return lambda src, X, p, single, single_f, g0: None
 
-    def impl(src, f, idx):
-        if idx >= 0:
-            bit = locate(src, f, idx, src[ND])[2]
-            prefetch_addr(src[STREAM] + np.int64(bit >> np.uint64(5)) * 4)
+    def impl(src, X, p, single, single_f, g0):
+        for i in range(single.shape[0]):
+            idx = X[p, single[i]]
+            if idx >= 0:
+                bit = locate(src, single_f[i] + g0, idx, src[ND])[2]
+                prefetch_addr(src[STREAM] + np.int64(bit >> np.uint64(5)) * 4)
 
     return impl
 
