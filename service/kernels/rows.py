@@ -1,26 +1,28 @@
 """Where a kernel's embedding rows come from: a dense table, or codebooks decoded in the loop.
 
 Every scorer takes an *embedding source* ``src`` and reads the row of feature ``idx`` (of global
-field ``f``) only through the three functions below, which are specialised at compile time on the
-type of ``src`` (numba ``overload``), so the dense path compiles to exactly the code it had before:
+field ``f``) only through the functions below, which are specialised at compile time on the type
+of ``src`` (numba ``overload``), so the dense path compiles to the code it had before:
 
 * dense:     ``src`` is the float32 table ``emb`` [n, k];  ``fetch`` = ``vload(emb, idx, K)``.
-* codebook:  ``src`` is the tuple of base addresses :func:`codebook_source` takes from the
-  artifact's codebook arrays (docs/artifact-format.md; plain integers, so the compiled loop does no
-  reference counting, which cost ~40 ns per row as a tuple of arrays).  xLightFM (xlightfm.md Sec. 3, Eq. 3): feature i of a
-  quantized field f is ``q_i = [C_f^1[b_i^1], ..., C_f^D[b_i^D]]``; ``fetch`` unpacks the D codes
-  ``b_i^d`` (``code_bits[f]`` bits each, adjacent in the field's adrank/bitpack.py stream, so one
-  cache line holds them) and copies the D codewords of k/D floats into the lanes of one
-  ``<K x float>`` register vector.  A field kept
-  dense (``code_bits[f] == 0``) reads ``dense_rows[dense_base[f] + i - id_offsets[f]]``.
+* codebook:  ``src`` is ``CodebookSource.ptrs``, the base addresses of the artifact's codebook
+  arrays (docs/artifact-format.md) as plain integers, so the compiled loop does no reference
+  counting (a tuple of arrays cost ~40 ns per row in increfs).  The ``CodebookSource`` object
+  keeps the arrays alive; the scorer holding ``src`` holds it.  xLightFM (xlightfm.md Sec. 3):
+  feature i of a quantized field f is ``q_i = [C_f^1[b_i^1], ..., C_f^D[b_i^D]]``; ``fetch``
+  unpacks the D codes ``b_i^d`` (``code_bits[f]`` bits each, adjacent in the field's
+  adrank/bitpack.py stream, so one cache line holds them) and copies the D codewords of k/D
+  floats into the lanes of one ``<K x float>`` register vector.  A field kept dense
+  (``code_bits[f] == 0``) reads ``dense_rows[dense_base[f] + i - id_offsets[f]]``.
 
     fetch(src, f, idx, K, D)       row of idx as F32Vec(K)   (K, D compile-time constants)
     add_row(src, f, idx, V, j)     V[j] += row of idx        (multi-valued field means)
-    prefetch_emb(src, idx)         cache hint for the row (dense) / nothing (codebooks: small)
+    prefetch_emb(src, idx)         cache hint for the row (dense) / nothing (codebook)
     prefetch_codes(src, X, p, ...) cache hint for row p's packed codes (codebook) / nothing (dense)
 
 The codebooks of the item fields (D K_f k/D floats each) stay in cache where a 1M-row table
 cannot; the per-feature memory touched is the packed codes (D b_f bits) + the linear weight.
+Indices are not bounds-checked here: ``service.artifact`` validates every base, width and code.
 """
 
 from __future__ import annotations
