@@ -226,3 +226,23 @@ def test_catalog_model_from_a_codebook_ranker(tmp_path):
     X_ctx = X.copy()
     X_ctx[:, : len(ctx)] = ctx
     np.testing.assert_allclose(got, naive.scores("pruned", X_ctx, SCHEMA.slot_offsets, params), rtol=RTOL, atol=ATOL)
+
+
+def test_cli_export_of_a_codebook_run_prints_paper_and_real_sizes(tmp_path, monkeypatch, capsys):
+    from adrank.cli import main
+    from tests.test_export import _fake_checkpoint
+
+    pre = toy_preprocessor()
+    cb = codebook_params(pre, [5, 3, 0, 0, 4, 2])
+    params = {**toy_params("fm", pre.vocab.n_features, SCHEMA.m, k=8), **cb,
+              "emb": quantize.decode_arrays(cb, pre.vocab.id_offsets)}
+    run = tmp_path / "run"
+    run.mkdir()
+    _fake_checkpoint(monkeypatch, params, {"kind": "fm", "embedding": "lightfm", "embed_dim": 8}, pre)
+    assert main(["export", str(run), "--out", str(tmp_path / "m.adrk"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    art = A.read_artifact(tmp_path / "m.adrk")
+    emb = art.manifest["embedding"]
+    for piece in ("embedding=codebook", "embedding_mb=", f"stored embedding arrays {emb['stored_bytes']} bytes",
+                  f"whole file {art.nbytes} bytes", "dense fields: tags, ad", "code_stream"):
+        assert piece in text, piece
