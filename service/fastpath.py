@@ -45,6 +45,16 @@ _NUMERIC_DIGITS = 15
 _INT_DIGITS = 18
 _CAT, _NUM, _MULTI = 0, 1, 2
 _TYPES = {"categorical": _CAT, "numeric": _NUM, "multi": _MULTI}
+_NULL = np.frombuffer(b"null", dtype=np.uint8)
+_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+_MODEL = np.frombuffer(b"model", dtype=np.uint8)
+_TOP_K = np.frombuffer(b"top_k", dtype=np.uint8)
+_CONTEXT = np.frombuffer(b"context", dtype=np.uint8)
+_ADS = np.frombuffer(b"ads", dtype=np.uint8)
+_ID = np.frombuffer(b"id", dtype=np.uint8)
+_FEATURES = np.frombuffer(b"features", dtype=np.uint8)
+_VALUES = np.frombuffer(b"values", dtype=np.uint8)
 
 
 def python_bin(x: int) -> int:
@@ -86,8 +96,8 @@ class Scan:
 
     def ids(self, rows) -> list:
         """The Python ids (str or int) of ads ``rows`` — decoded only for the ads returned."""
-        b, sp = self.body, self.spans
-        return [int(b[sp[r, 0]:sp[r, 1]]) if sp[r, 2] else b[sp[r, 0]:sp[r, 1]].decode() for r in rows]
+        b, sp = self.body, self.spans.tolist()
+        return [int(b[sp[r][0]:sp[r][1]]) if sp[r][2] else b[sp[r][0]:sp[r][1]].decode() for r in rows]
 
 
 class FastPath:
@@ -192,15 +202,16 @@ def _integer(b, i):
 
 @numba.njit(cache=True, nogil=True)
 def _literal(b, i, word):
-    if i + len(word) > b.shape[0]:
+    """``b[i:]`` starts with the bytes ``word`` (a module-level uint8 array: a compile-time constant)."""
+    if i + word.shape[0] > b.shape[0]:
         return False
-    for k in range(len(word)):
-        if b[i + k] != ord(word[k]):
+    for k in range(word.shape[0]):
+        if b[i + k] != word[k]:
             return False
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _scalar(b, i):
     """One scalar at ``i``: (end, kind, start, stop, value); kind 0 = missing (null or ""),
     1 = string, 2 = integer, 3 = true/false (token = the literal's bytes), -1 = unsupported."""
@@ -213,11 +224,11 @@ def _scalar(b, i):
     if c == 45 or 48 <= c <= 57:
         e, v = _integer(b, i)
         return e, (-1 if e < 0 else 2), i, e, v
-    if c == 110 and _literal(b, i, "null"):
+    if c == 110 and _literal(b, i, _NULL):
         return i + 4, 0, i, i, np.int64(0)
-    if c == 116 and _literal(b, i, "true"):
+    if c == 116 and _literal(b, i, _TRUE):
         return i + 4, 3, i, i + 4, np.int64(0)
-    if c == 102 and _literal(b, i, "false"):
+    if c == 102 and _literal(b, i, _FALSE):
         return i + 5, 3, i, i + 5, np.int64(0)
     return -1, -1, 0, 0, np.int64(0)
 
@@ -241,16 +252,12 @@ def _hash_numeric(v, edges, bins):
     if x < 0:
         h = (h ^ np.uint64(45)) * _FNV_PRIME
         x = -x
-    digits = np.empty(20, np.uint8)
-    nd = 0
-    while True:
-        digits[nd] = 48 + x % 10
-        nd += 1
-        x //= 10
-        if x == 0:
-            break
-    for k in range(nd - 1, -1, -1):
-        h = (h ^ np.uint64(digits[k])) * _FNV_PRIME
+    p = np.int64(1)
+    while p * 10 <= x:
+        p *= 10
+    while p > 0:  # decimal digits, most significant first
+        h = (h ^ np.uint64(48 + (x // p) % 10)) * _FNV_PRIME
+        p //= 10
     return _mix64(h)
 
 
@@ -285,7 +292,7 @@ def _field_of(b, s, e, names, name_off, lo_f, hi_f, guess):
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _value(b, i, f, ftype, width, dest, edges, bins, tf, th, td, nt, kept):
     """Parse field ``f``'s value at ``i``; its tokens' (field, hash, destination slot) are appended
     at ``nt`` (none = the template's missing id stays).  Returns (end, nt); end = -1: fall back."""
@@ -405,19 +412,19 @@ def _key(b, i):
         return -1, 0
     s, L = i + 1, e - i - 1
     code = 0
-    if L == 5 and _literal(b, s, "model"):
+    if L == 5 and _literal(b, s, _MODEL):
         code = 1
-    elif L == 5 and _literal(b, s, "top_k"):
+    elif L == 5 and _literal(b, s, _TOP_K):
         code = 2
-    elif L == 7 and _literal(b, s, "context"):
+    elif L == 7 and _literal(b, s, _CONTEXT):
         code = 3
-    elif L == 3 and _literal(b, s, "ads"):
+    elif L == 3 and _literal(b, s, _ADS):
         code = 4
-    elif L == 2 and _literal(b, s, "id"):
+    elif L == 2 and _literal(b, s, _ID):
         code = 5
-    elif L == 8 and _literal(b, s, "features"):
+    elif L == 8 and _literal(b, s, _FEATURES):
         code = 6
-    elif L == 6 and _literal(b, s, "values"):
+    elif L == 6 and _literal(b, s, _VALUES):
         code = 7
     return e + 1, code
 
@@ -494,7 +501,7 @@ def _scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template,
     cap = n // 16 + 1  # an inline ad takes >= 16 bytes ('{"id":1,"values":[]}')
     out = np.empty(s_c + cap * s_i, np.int32)
     out[:s_c] = ctx_template
-    spans = np.zeros((cap, 3), np.int64)
+    spans = np.empty((cap, 3), np.int64)
     meta = np.full(3, -1, np.int64)
     t_cap = n // 2 + 1  # every token takes >= 1 byte plus a separator
     tf, th, td = np.empty(t_cap, np.int64), np.empty(t_cap, np.uint64), np.empty(t_cap, np.int64)
