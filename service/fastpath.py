@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numba
@@ -45,16 +46,11 @@ _NUMERIC_DIGITS = 15
 _INT_DIGITS = 18
 _CAT, _NUM, _MULTI = 0, 1, 2
 _TYPES = {"categorical": _CAT, "numeric": _NUM, "multi": _MULTI}
+_KEYS = np.frombuffer(b"modeltop_kcontextadsidfeaturesvalues", dtype=np.uint8)  # code 1..7
+_KEY_OFF = np.array([0, 5, 10, 17, 20, 22, 30, 36], dtype=np.int64)
 _NULL = np.frombuffer(b"null", dtype=np.uint8)
 _TRUE = np.frombuffer(b"true", dtype=np.uint8)
 _FALSE = np.frombuffer(b"false", dtype=np.uint8)
-_MODEL = np.frombuffer(b"model", dtype=np.uint8)
-_TOP_K = np.frombuffer(b"top_k", dtype=np.uint8)
-_CONTEXT = np.frombuffer(b"context", dtype=np.uint8)
-_ADS = np.frombuffer(b"ads", dtype=np.uint8)
-_ID = np.frombuffer(b"id", dtype=np.uint8)
-_FEATURES = np.frombuffer(b"features", dtype=np.uint8)
-_VALUES = np.frombuffer(b"values", dtype=np.uint8)
 
 
 def python_bin(x: int) -> int:
@@ -141,6 +137,43 @@ class FastPath:
     def warm(self) -> None:
         """Compile (or load from numba's cache) the scanner so that no request does."""
         self.scan(b'{"ads": [{"id": "warm", "values": []}], "context": {}}')
+
+
+_MODEL_AT = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
+
+
+def _guess_model(body: bytes) -> str | None:
+    """The name after the first ``"model": "..."`` in the body (a guess; the scan confirms it)."""
+    m = _MODEL_AT.search(body)
+    try:
+        return m.group(1).decode() if m else None
+    except UnicodeDecodeError:
+        return None
+
+
+def rank_body(registry, body: bytes, max_candidates: int):
+    """(ranker, [(ad id, score)] best first) for ``body`` exactly as ``Ranker.rank`` on the
+    msgspec-decoded request, or None when the generic path must run (unsupported shape, unknown
+    model, too many candidates, any error: it produces the error reply)."""
+    try:
+        ranker = registry.get(_guess_model(body))
+    except Exception:  # noqa: BLE001 - an unknown model is the generic path's 404
+        ranker = registry.get(None)
+    scan = ranker.fastpath.scan(body)
+    if scan is not None:
+        try:
+            named = registry.get(scan.model)  # the model the body really names
+        except Exception:  # noqa: BLE001
+            return None
+        if named is not ranker:  # the guess was wrong: its schema and vocabulary may differ
+            ranker, scan = named, named.fastpath.scan(body)
+    if scan is None or len(scan.X) > max_candidates:
+        return None
+    raw = ranker.scorer.score(scan.ctx, scan.X)
+    order = np.argsort(-raw, kind="stable")
+    if scan.top_k is not None:
+        order = order[: scan.top_k]
+    return ranker, list(zip(scan.ids(order.tolist()), ranker._link(raw[order]).tolist(), strict=True))
 
 
 # --- the compiled scanner -----------------------------------------------------------------------
@@ -262,11 +295,10 @@ def _hash_numeric(v, edges, bins):
 
 
 @numba.njit(cache=True, nogil=True)
-def _same(b, s1, e1, s2, e2):
-    if e1 - s1 != e2 - s2:
-        return False
+def _same(b, s1, e1, c, s2):
+    """``b[s1:e1] == c[s2:s2 + e1 - s1]``."""
     for k in range(e1 - s1):
-        if b[s1 + k] != b[s2 + k]:
+        if b[s1 + k] != c[s2 + k]:
             return False
     return True
 
@@ -280,15 +312,8 @@ def _field_of(b, s, e, names, name_off, lo_f, hi_f, guess):
     g = guess - lo_f if lo_f <= guess < hi_f else 0
     for t in range(n_f):
         f = lo_f + (g + t) % n_f
-        a, z = name_off[f], name_off[f + 1]
-        if z - a == e - s:
-            ok = True
-            for k in range(z - a):
-                if names[a + k] != b[s + k]:
-                    ok = False
-                    break
-            if ok:
-                return f
+        if name_off[f + 1] - name_off[f] == e - s and _same(names, name_off[f], name_off[f + 1], b, s):
+            return f
     return -1
 
 
@@ -316,7 +341,7 @@ def _value(b, i, f, ftype, width, dest, edges, bins, tf, th, td, nt, kept):
             else:  # categorical or multi: keep the first width distinct tokens (order kept)
                 keep = count < width[f]
                 for k in range(count if keep else 0):
-                    if _same(b, kept[k, 0], kept[k, 1], s, z):
+                    if kept[k, 1] - kept[k, 0] == z - s and _same(b, kept[k, 0], kept[k, 1], b, s):
                         keep = False
                         break
                 h = _hash_span(b, s, z) if keep else np.uint64(0)
@@ -403,30 +428,18 @@ def _positional(b, i, lo_f, hi_f, dest0, ftype, lo, width, edges, bins, tf, th, 
 
 @numba.njit(cache=True, nogil=True)
 def _key(b, i):
-    """Top-level / ad key at ``i``: 1 model, 2 top_k, 3 context, 4 ads, 5 id, 6 features,
-    7 values, 0 other; returns (end after the quote, code) or (-1, 0)."""
+    """The key at ``i``: (end after its quote, code), code = 1 + its index in ``_KEYS`` (model,
+    top_k, context, ads, id, features, values) or 0 for any other key; (-1, 0) if malformed."""
     if i >= b.shape[0] or b[i] != 34:
         return -1, 0
     e = _string_end(b, i + 1)
     if e < 0:
         return -1, 0
-    s, L = i + 1, e - i - 1
-    code = 0
-    if L == 5 and _literal(b, s, _MODEL):
-        code = 1
-    elif L == 5 and _literal(b, s, _TOP_K):
-        code = 2
-    elif L == 7 and _literal(b, s, _CONTEXT):
-        code = 3
-    elif L == 3 and _literal(b, s, _ADS):
-        code = 4
-    elif L == 2 and _literal(b, s, _ID):
-        code = 5
-    elif L == 8 and _literal(b, s, _FEATURES):
-        code = 6
-    elif L == 6 and _literal(b, s, _VALUES):
-        code = 7
-    return e + 1, code
+    for c in range(_KEY_OFF.shape[0] - 1):
+        a, z = _KEY_OFF[c], _KEY_OFF[c + 1]
+        if z - a == e - i - 1 and _same(_KEYS, a, z, b, i + 1):
+            return e + 1, c + 1
+    return e + 1, 0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -238,3 +238,60 @@ def test_malformed_bytes_fall_back_and_never_crash():
     for raw in [b"", b"{", b"[]", b"null", b'{"ads": [}', b"\xef\xbb\xbf{}", b'{"ads": [{"id": "\xff", "values": []}]}',
                 b'{"ads": [{"id": "\xed\xa0\x80", "values": []}]}', bytes(rng.integers(0, 256, 500, dtype=np.uint8))]:
         check(fp, enc, raw)
+
+
+# --- the /v1/rank route: whole HTTP responses with and without the fast path -------------------
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import ModelSpec, Settings
+    from tests.service_helpers import make_artifact, ranker_loader
+
+    d = tmp_path_factory.mktemp("fastpath-app")
+    specs = []
+    for i, kind in enumerate(("dplr", "pruned", "fm", "fwfm")):
+        make_artifact(d / f"{kind}.adrk", kind, seed=20 + i)
+        specs.append(ModelSpec(kind, d / f"{kind}.adrk"))
+    app = create_app(Settings(models=tuple(specs), gc_freeze=False, max_candidates=40), loader=ranker_loader())
+    with TestClient(app) as c:
+        yield c
+
+
+def http_bodies(rng):
+    """Typical requests (every model, both ad forms, top_k, duplicate ads = tied scores) and ones
+    the fast path must leave to the generic path (errors included)."""
+    from tests.service_helpers import random_request
+
+    out = []
+    for _ in range(12):
+        req = random_request(rng, int(rng.integers(1, 30)), positional=bool(rng.random() < 0.5))
+        req["ads"] += [{**ad, "id": f"{ad['id']}-twin"} for ad in req["ads"][:3]]  # equal scores
+        if rng.random() < 0.7:
+            req["model"] = ["dplr", "pruned", "fm", "fwfm", None][int(rng.integers(5))]
+        if rng.random() < 0.4:
+            req["top_k"] = int(rng.integers(1, 8))
+        out.append(dumps(rng, req, ascii_=False).encode())
+    base = out[0].decode()
+    out += [b"", b"{", b'{"ads": []}', b'{"model": "nope", "ads": [{"id": 1, "values": []}]}',
+            b'{"ads": [{"id": 1, "values": []}], "top_k": 0}', b'{"ads": [{"id": 1}]}',
+            b'{"ads": [{"id": 1, "features": {"C1": "x"}}]}', b'{"all_ads": true}',
+            json.dumps({"ads": [{"id": i, "values": []} for i in range(41)]}).encode(),  # > max_candidates
+            base.replace('"ads"', '"ads"', 1).encode() + b" x"]
+    return out
+
+
+def test_http_responses_equal_with_and_without_the_fast_path(app_client, monkeypatch):
+    import service.fastpath as fastpath
+
+    used = []
+    real = fastpath.rank_body
+    monkeypatch.setattr(fastpath, "rank_body", lambda *a: used.append(real(*a)) or used[-1])
+    for body in http_bodies(np.random.default_rng(11)):
+        monkeypatch.setattr(fastpath, "ENABLED", True)
+        fast = app_client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+        monkeypatch.setattr(fastpath, "ENABLED", False)
+        slow = app_client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+        assert (fast.status_code, fast.content) == (slow.status_code, slow.content), body[:200]
+    assert sum(u is not None for u in used) >= 12  # every typical request took the fast path
