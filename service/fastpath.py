@@ -33,13 +33,15 @@ import os
 import re
 from dataclasses import dataclass
 
+import msgspec
 import numba
 import numpy as np
 
 from adrank.preprocess import MISSING, PAD, _mix64
 from service.encode import RequestEncoder, _bucket_lookup
 
-ENABLED = os.environ.get("ADRANK_FASTPATH", "1") != "0"
+ENABLED = os.environ.get("ADRANK_FASTPATH", "1") != "0"  # routes.py reads it per request
+_JSON = msgspec.json.Encoder()
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _NUMERIC_DIGITS = 15
@@ -152,9 +154,10 @@ def _guess_model(body: bytes) -> str | None:
 
 
 def rank_body(registry, body: bytes, max_candidates: int):
-    """(ranker, [(ad id, score)] best first) for ``body`` exactly as ``Ranker.rank`` on the
-    msgspec-decoded request, or None when the generic path must run (unsupported shape, unknown
-    model, too many candidates, any error: it produces the error reply)."""
+    """(ranker, response bytes, candidates) for ``body``: byte for byte what the generic path
+    (``Ranker.rank`` on the msgspec-decoded request, then ``schemas.encode_ranking``) answers, or
+    None when the generic path must run (unsupported shape, unknown model, too many candidates:
+    it produces every error reply)."""
     try:
         ranker = registry.get(_guess_model(body))
     except Exception:  # noqa: BLE001 - an unknown model is the generic path's 404
@@ -170,10 +173,21 @@ def rank_body(registry, body: bytes, max_candidates: int):
     if scan is None or len(scan.X) > max_candidates:
         return None
     raw = ranker.scorer.score(scan.ctx, scan.X)
-    order = np.argsort(-raw, kind="stable")
+    order = np.argsort(-raw, kind="stable")  # best first, ties in input order (as Ranker.rank)
     if scan.top_k is not None:
         order = order[: scan.top_k]
-    return ranker, list(zip(scan.ids(order.tolist()), ranker._link(raw[order]).tolist(), strict=True))
+    return ranker, _response(ranker, scan, order.tolist(), ranker._link(raw[order]).tolist()), len(raw)
+
+
+def _response(ranker, scan: Scan, rows: list[int], scores: list[float]) -> bytes:
+    """``schemas.encode_ranking``'s bytes, built from the ids' own JSON bytes in the body (an
+    unescaped string or an integer is exactly what msgspec writes for it) and msgspec's floats."""
+    head = _JSON.encode({"model": ranker.name, "version": ranker.version})[:-1]
+    floats = _JSON.encode(scores)[1:-1].split(b",")  # a JSON number never contains a comma
+    b, sp = scan.body, scan.spans.tolist()
+    ids = [b[sp[r][0] - 1 + sp[r][2] : sp[r][1] + 1 - sp[r][2]] for r in rows]  # strings with quotes
+    return b"".join((head, b',"ads":[', b",".join([b'{"id":%s,"score":%s}' % p for p in zip(ids, floats, strict=True)]),
+                     b"]}"))
 
 
 # --- the compiled scanner -----------------------------------------------------------------------
