@@ -141,12 +141,14 @@ class FastPath:
         self.scan(b'{"ads": [{"id": "warm", "values": []}], "context": {}}')
 
 
-_MODEL_AT = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
+_MODEL_AT = re.compile(rb'\s*:\s*"([^"\\]*)"')
 
 
 def _guess_model(body: bytes) -> str | None:
-    """The name after the first ``"model": "..."`` in the body (a guess; the scan confirms it)."""
-    m = _MODEL_AT.search(body)
+    """The name after a ``"model": "..."`` in the body's first 512 bytes (clients write it before the
+    ads) — a guess: the scan confirms it, and a wrong guess costs a second scan, never a wrong answer."""
+    i = body.find(b'"model"', 0, 512)
+    m = _MODEL_AT.match(body, i + 7) if i >= 0 else None
     try:
         return m.group(1).decode() if m else None
     except UnicodeDecodeError:
