@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from adrank.preprocess import (
-    MISSING, N_SPECIAL, PAD, RARE, EncodeError, Preprocessor, Vocab, hash_tokens, numeric_token,
+    MISSING,
+    N_SPECIAL,
+    PAD,
+    RARE,
+    EncodeError,
+    Preprocessor,
+    Vocab,
+    hash_tokens,
+    numeric_token,
 )
 from adrank.schema import Field, Schema, SchemaError
 
