@@ -17,6 +17,7 @@ import numpy as np
 
 from adrank.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
+from service.fastpath import FastPath
 from service.kernels.registry import make_scorer
 
 
@@ -39,6 +40,7 @@ class Ranker:
         self.schema = self.preprocessor.schema
         self.name = name or self.schema.name
         self.encoder = RequestEncoder(self.preprocessor)
+        self.fastpath = FastPath(self.encoder)  # raw /v1/rank body bytes -> ids (service/fastpath.py)
         self.scorer = make_scorer(manifest, arrays, **scorer_options)
         self.embedding = self.scorer.embedding  # "dense" or "codebook" (decoded inside the kernels)
         self.nbytes = int(nbytes if nbytes is not None else sum(np.asarray(a).nbytes for a in arrays.values()))
@@ -63,6 +65,7 @@ class Ranker:
         """Compile (or load from cache) every kernel, and run the encoder once."""
         self.scorer.warm()
         self.encoder.warm()
+        self.fastpath.warm()
         self.rank({}, [{"id": "warm", "features": {}}])
 
     def rank(self, context: dict, ads: list[dict], top_k: int | None = None) -> list[tuple]:
