@@ -160,18 +160,12 @@ def rank_body(registry, body: bytes, max_candidates: int):
     (``Ranker.rank`` on the msgspec-decoded request, then ``schemas.encode_ranking``) answers, or
     None when the generic path must run (unsupported shape, unknown model, too many candidates:
     it produces every error reply)."""
-    try:
-        ranker = registry.get(_guess_model(body))
-    except Exception:  # noqa: BLE001 - an unknown model is the generic path's 404
-        ranker = registry.get(None)
-    scan = ranker.fastpath.scan(body)
+    ranker = _get(registry, _guess_model(body)) or _get(registry, None)
+    scan = _scan_for(ranker, body)
     if scan is not None:
-        try:
-            named = registry.get(scan.model)  # the model the body really names
-        except Exception:  # noqa: BLE001
-            return None
-        if named is not ranker:  # the guess was wrong: its schema and vocabulary may differ
-            ranker, scan = named, named.fastpath.scan(body)
+        named = _get(registry, scan.model)  # the model the body really names
+        if named is not ranker:  # a wrong guess (its schema and vocabulary may differ), or unknown
+            ranker, scan = named, _scan_for(named, body)
     if scan is None or len(scan.X) > max_candidates:
         return None
     raw = ranker.scorer.score(scan.ctx, scan.X)
@@ -179,6 +173,19 @@ def rank_body(registry, body: bytes, max_candidates: int):
     if scan.top_k is not None:
         order = order[: scan.top_k]
     return ranker, _response(ranker, scan, order.tolist(), ranker._link(raw[order]).tolist()), len(raw)
+
+
+def _get(registry, name):
+    """``registry.get(name)``, or None (an unknown model is the generic path's 404)."""
+    try:
+        return registry.get(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _scan_for(ranker, body: bytes) -> Scan | None:
+    fp = getattr(ranker, "fastpath", None)  # None for a ranker without one (or no ranker)
+    return fp.scan(body) if fp is not None else None
 
 
 def _response(ranker, scan: Scan, rows: list[int], scores: list[float]) -> bytes:
