@@ -22,6 +22,8 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from service import metrics
+from service.catalog import wiring as catalog_wiring
+from service.catalog.store import Catalog
 from service.models import ModelRegistry
 from service.routes import ServiceState, admin_router, router
 from service.settings import Settings
@@ -60,6 +62,7 @@ def _on_sighup(svc: ServiceState) -> None:
 async def lifespan(app: FastAPI):
     svc: ServiceState = app.state.svc
     await asyncio.to_thread(svc.registry.load_all)
+    follower = await asyncio.to_thread(catalog_wiring.load, app, svc.registry.all(), svc.settings.catalog)
     if svc.settings.gc_freeze:
         gc.collect()
         gc.freeze()
@@ -74,6 +77,8 @@ async def lifespan(app: FastAPI):
         svc.registry.ready = False
         if watcher is not None:
             watcher.cancel()
+        if follower is not None:
+            follower.stop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
         metrics.worker_exited()
@@ -95,11 +100,13 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     settings = settings or Settings.from_env()
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
+    catalog = Catalog()  # ads by id + per-ad precomputed parts, recomputed on every model swap
     registry = ModelRegistry(settings.models, loader=loader, run_dir=settings.run_dir,
-                             on_swap=metrics.model_swapped)
+                             on_swap=catalog_wiring.chain(metrics.model_swapped, catalog_wiring.on_swap(catalog)))
     app = FastAPI(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.svc = ServiceState(settings=settings, registry=registry)
     app.include_router(router)
+    catalog_wiring.install(app, catalog, settings.run_dir)
     if settings.admin_enabled:
         app.include_router(admin_router)
     return app

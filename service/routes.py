@@ -22,6 +22,8 @@ from starlette.requests import ClientDisconnect
 
 from adrank.preprocess import EncodeError
 from service import metrics, schemas
+from service.catalog import metrics as catalog_metrics
+from service.catalog.routes import resolve, uses_catalog
 from service.models import ModelLoadError, ModelRegistry, UnknownModel
 from service.settings import Settings
 
@@ -81,13 +83,20 @@ async def _rank(svc: ServiceState, request: Request, labels: list[str]) -> bytes
     req = schemas.decode_rank(await read_body(request, s.max_body_bytes))
     ranker = svc.registry.get(req.model)
     labels[0] = ranker.name
-    if len(req.ads) > s.max_candidates:
+    if req.ads is None and not req.all_ads:
+        raise ApiError(422, "invalid_request", "Object missing required field `ads` (or give \"all_ads\": true)")
+    n_ads = len(req.ads) if req.ads is not None else 0
+    if n_ads > s.max_candidates:
         raise ApiError(422, "too_many_candidates",
-                       f"ads: {len(req.ads)} candidates exceed the limit of {s.max_candidates}")
+                       f"ads: {n_ads} candidates exceed the limit of {s.max_candidates}")
     t0 = perf_counter()
-    ranked = ranker.rank(req.context, req.ads, req.top_k)
+    if uses_catalog(req.all_ads, req.ads):  # ads by id alone / all_ads: service/catalog
+        ranked = resolve(request.app.state.catalog, ranker.name, req.context, req.ads, req.all_ads, req.top_k)
+    else:
+        ranked = ranker.rank(req.context, req.ads, req.top_k)
+        catalog_metrics.scored_inline(ranker.name, perf_counter() - t0)
     metrics.INFERENCE_DURATION.labels(ranker.name).observe(perf_counter() - t0)
-    metrics.REQUEST_CANDIDATES.labels(ranker.name).observe(len(req.ads))
+    metrics.REQUEST_CANDIDATES.labels(ranker.name).observe(n_ads or len(ranked))
     return schemas.encode_ranking(ranker.name, ranker.version, ranked)
 
 

@@ -27,7 +27,8 @@ class Ad(TypedDict, total=False):
 
 
 class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    ads: list[Ad]
+    ads: list[Ad] | None = None  # an ad given as {"id"} alone comes from the catalog
+    all_ads: bool = False  # rank the whole catalog instead of `ads` (service/catalog)
     context: dict[str, Value] = {}
     model: str | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None

@@ -14,6 +14,7 @@ CLI writes the variables, every worker reads the same ones.
     ADRANK_RUN_DIR         directory shared by the workers (reload state file); optional
     ADRANK_RELOAD_POLL     seconds between checks of the reload state file, default 0.5
     ADRANK_GC_FREEZE       "0" disables gc.freeze() after start-up (DESIGN §7); default on
+    ADRANK_CATALOG         JSONL file of {"id", "features"} ads loaded at start (service/catalog)
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Settings:
     run_dir: Path | None = None
     reload_poll: float = 0.5
     gc_freeze: bool = True
+    catalog: Path | None = None  # JSONL of ads loaded at start (service/catalog)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +129,7 @@ class Settings:
             run_dir=Path(run_dir) if run_dir else None,
             reload_poll=_float(env, "ADRANK_RELOAD_POLL", cls.reload_poll),
             gc_freeze=_flag(env, "ADRANK_GC_FREEZE", True),
+            catalog=Path(env["ADRANK_CATALOG"]) if env.get("ADRANK_CATALOG") else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -145,4 +148,6 @@ class Settings:
             env["ADRANK_ADMIN_TOKEN"] = self.admin_token
         if self.run_dir:
             env["ADRANK_RUN_DIR"] = str(self.run_dir)
+        if self.catalog:
+            env["ADRANK_CATALOG"] = str(self.catalog)
         return env

@@ -109,3 +109,104 @@ def test_workers_share_writes_through_the_journal(tmp_path):
     finally:
         follower.stop()
     assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 4
+
+
+# --- the real service (service/app.py) with a catalog --------------------------------------------
+APP_KINDS = ("fm", "fwfm", "pruned", "dplr")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Real artifacts (exporter) for every kind, a JSONL catalog, the app with its lifespan."""
+    import msgspec
+
+    from service.app import create_app
+    from service.settings import ModelSpec, Settings
+    from tests.service_helpers import make_artifact, random_request, ranker_loader
+
+    d = tmp_path_factory.mktemp("catalog-app")
+    arts = {k: (d / f"{k}.adrk", make_artifact(d / f"{k}.adrk", k, seed=i)) for i, k in enumerate(APP_KINDS)}
+    req = random_request(np.random.default_rng(3), n_ads=40)
+    (d / "ads.jsonl").write_bytes(b"\n".join(msgspec.json.encode(a) for a in req["ads"]) + b"\n")
+    settings = Settings(models=tuple(ModelSpec(k, p) for k, (p, _) in arts.items()), gc_freeze=False,
+                        catalog=d / "ads.jsonl")
+    with TestClient(create_app(settings, loader=ranker_loader())) as c:
+        yield c, arts, req, d
+
+
+def rank(c, body):
+    r = c.post("/v1/rank", json=body)
+    return r.status_code, r.json()
+
+
+@pytest.mark.parametrize("kind", APP_KINDS)
+def test_app_rank_by_id_equals_inline_equals_naive(served, kind):
+    from tests.service_helpers import reference_scores
+
+    c, arts, req, _ = served
+    want = reference_scores(kind, arts[kind][1], req)
+    ids = [{"id": a["id"]} for a in req["ads"]]
+    mixed = [a if i % 2 else {"id": a["id"]} for i, a in enumerate(req["ads"])]
+    for ads in (req["ads"], ids, mixed):
+        code, body = rank(c, {"model": kind, "context": req["context"], "ads": ads})
+        assert code == 200, body
+        got = {a["id"]: a["score"] for a in body["ads"]}
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-5, atol=1e-6)
+        in_order = [want[a["id"]] for a in body["ads"]]  # best first, up to ties within float32 noise
+        np.testing.assert_allclose(in_order, sorted(want.values(), reverse=True), rtol=1e-5, atol=1e-6)
+
+
+def test_app_all_ads_top_k_and_errors(served):
+    from tests.service_helpers import reference_scores
+
+    c, arts, req, _ = served
+    want = reference_scores("dplr", arts["dplr"][1], req)
+    code, body = rank(c, {"model": "dplr", "context": req["context"], "all_ads": True, "top_k": 5})
+    assert code == 200, body
+    np.testing.assert_allclose([want[a["id"]] for a in body["ads"]], sorted(want.values(), reverse=True)[:5],
+                               rtol=1e-5, atol=1e-6)
+    for bad, field in [({"ads": [{"id": "nope"}]}, "nope"), ({"ads": [{"id": "ad-1"}], "all_ads": True}, "exactly one"),
+                       ({}, "missing required field `ads`")]:
+        code, body = rank(c, {"model": "dplr", "context": req["context"], **bad})
+        assert code == 422 and field in body["message"], body
+
+
+def test_app_writes_are_seen_by_rank_and_metrics(served):
+    from tests.service_helpers import reference_scores
+
+    c, arts, req, _ = served
+    new = {"id": "fresh", "features": {"C14": "c14-2", "tags": ["tags-1"]}}
+    assert c.put("/v1/ads", json={"ads": [new]}).status_code == 200
+    code, body = rank(c, {"model": "fm", "context": req["context"], "ads": [{"id": "fresh"}]})
+    want = reference_scores("fm", arts["fm"][1], {"context": req["context"], "ads": [new]})
+    assert code == 200 and body["ads"][0]["score"] == pytest.approx(want["fresh"], rel=1e-5)
+    assert c.delete("/v1/ads/fresh").status_code == 200
+    assert rank(c, {"model": "fm", "context": req["context"], "ads": [{"id": "fresh"}]})[0] == 422
+    text = c.get("/metrics").text
+    assert 'adrank_catalog_ads{model="fm"} 40.0' in text and 'adrank_catalog_updates_total{op="delete"}' in text
+    for mode in ("inline", "catalog", "mixed"):  # time per request, catalog vs inline scoring
+        assert any(line.startswith("adrank_catalog_scoring_duration_seconds_count") and f'mode="{mode}"' in line
+                   and 'model="fm"' in line for line in text.splitlines()), mode
+
+
+def test_app_reload_recomputes_the_catalog(served):
+    from tests.service_helpers import make_artifact, reference_scores
+
+    c, arts, req, d = served
+    params = make_artifact(d / "dplr-v2.adrk", "dplr", seed=99)
+    r = c.post("/v1/models/dplr/reload", json={"path": str(d / "dplr-v2.adrk")})
+    assert r.status_code == 200, r.text
+    want = reference_scores("dplr", params, req)
+    code, body = rank(c, {"model": "dplr", "context": req["context"], "ads": [{"id": a["id"]} for a in req["ads"]]})
+    assert code == 200
+    np.testing.assert_allclose([a["score"] for a in body["ads"]], sorted(want.values(), reverse=True), rtol=1e-5)
+
+
+def test_serve_refuses_a_missing_catalog_file(tmp_path, capsys):
+    from adrank.cli import main
+    from tests.service_helpers import make_artifact
+
+    make_artifact(tmp_path / "m.adrk", "fm")
+    assert main(["serve", str(tmp_path / "m.adrk"), "--catalog", str(tmp_path / "absent.jsonl")]) == 2
+    assert "--catalog: " in (err := capsys.readouterr().err) and "absent.jsonl does not exist" in err

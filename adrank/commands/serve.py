@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-body-bytes", type=int, help="largest body (default 16 MiB; ADRANK_MAX_BODY_BYTES)")
     p.add_argument("--max-inflight", type=int, help="requests in flight per worker before 503 (default 64)")
     p.add_argument("--no-admin", action="store_true", help="remove the reload endpoint (token: ADRANK_ADMIN_TOKEN)")
+    p.add_argument("--catalog", metavar="ADS.jsonl",
+                   help="ads to load at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
     p.add_argument("--run-dir", help="directory for the reload state and metrics files (default: a temp dir)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
@@ -86,6 +88,7 @@ def _prepare_run_dir(path: str | None) -> tuple[Path, bool]:
     run_dir = Path(path) if path else Path(tempfile.mkdtemp(prefix="adrank-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "models.json").unlink(missing_ok=True)  # state of an earlier run must not leak in
+    (run_dir / "catalog-journal.jsonl").unlink(missing_ok=True)  # nor catalog writes
     prom = run_dir / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir()
@@ -114,6 +117,10 @@ def run(args) -> int:
                 overrides[key] = str(getattr(args, flag))
         if args.no_admin:
             overrides["ADRANK_ADMIN"] = "0"
+        if args.catalog:
+            if not Path(args.catalog).is_file():
+                raise UserError(f"--catalog: {args.catalog} does not exist")
+            overrides["ADRANK_CATALOG"] = str(Path(args.catalog).resolve())
         run_dir, is_temp = _prepare_run_dir(args.run_dir)
         overrides["ADRANK_RUN_DIR"] = str(run_dir)
         settings = Settings.from_env({**os.environ, **overrides})
