@@ -43,6 +43,9 @@ class TrainConfig:
     embedding: str = "dense"  # or a codebook kind registered by training.quantize
     embedding_opts: dict = dataclasses.field(default_factory=dict)  # id_offsets is filled in
     reg_lambda: float = 0.0  # weight of embedding.regularizer() (xLightFM Eq. 5), if it has one
+    init_from: str | None = None  # a dense run directory: PQ-initialise the codebook embedding from it
+    memory_budget_mb: float | None = None  # xlightfm: the search's embedding budget (Eq. 14)
+    search_steps: int = 300  # xlightfm: Algorithm 1 steps
     epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 512
@@ -72,6 +75,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        _validate_embedding(self)
 
 
 # --- distributed helpers -------------------------------------------------------------------
@@ -209,17 +213,131 @@ def search_lr(cfg: TrainConfig, data, trials: int) -> float:
     return float(study.best_params["lr"])
 
 
+# --- codebook embeddings (LightFM / xLightFM, issue 4) ---------------------------------------
+EMBEDDING_KINDS = ("dense", "lightfm", "xlightfm")
+
+
+def _validate_embedding(cfg: TrainConfig) -> None:
+    """Clear errors for option combinations that make no sense for ``cfg.embedding``."""
+    kind, opts = cfg.embedding, cfg.embedding_opts
+    if kind not in EMBEDDING_KINDS:
+        raise ValueError(f"embedding must be one of {EMBEDDING_KINDS}, got {kind!r}")
+    if kind == "dense":
+        bad = [f"--{o}" for o in ("codebooks", "codewords", "candidates") if o in opts]
+        bad += [flag for flag, v in (("--memory-budget-mb", cfg.memory_budget_mb), ("--init-from", cfg.init_from),
+                                     ("--reg-lambda", cfg.reg_lambda or None)) if v is not None]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} only apply to --embedding lightfm/xlightfm, not dense")
+        return
+    if cfg.reg_lambda < 0:
+        raise ValueError(f"reg_lambda must be >= 0, got {cfg.reg_lambda}")
+    if kind == "lightfm" and (cfg.memory_budget_mb is not None or "candidates" in opts):
+        raise ValueError("--memory-budget-mb / --candidates only apply to --embedding xlightfm "
+                         "(lightfm uses one --codewords K in every field)")
+    if kind == "xlightfm":
+        if "codewords" in opts:
+            raise ValueError("--codewords does not apply to xlightfm: the search picks each field's K "
+                             "from --candidates")
+        if "sizes" not in opts and (cfg.memory_budget_mb is None or not cfg.memory_budget_mb > 0):
+            raise ValueError("--embedding xlightfm needs --memory-budget-mb X > 0 (the search's budget)")
+        if cfg.search_steps < 1:
+            raise ValueError(f"search_steps must be >= 1, got {cfg.search_steps}")
+    if cfg.model == "pruned" and (kind == "xlightfm" or cfg.init_from):
+        raise ValueError("--model pruned supports --embedding dense or lightfm (without --init-from) only")
+
+
+def search_sizes(cfg: TrainConfig, data, opts: dict):
+    """xLightFM Algorithm 1 on train/valid under ``cfg.memory_budget_mb``; returns (cfg with the
+    selected per-field ``sizes``, a summary for metrics.json, the ``SearchResult`` warm start)."""
+    from training.quantize import feature_counts
+    from training.xlightfm import CANDIDATES, search_xlightfm
+
+    schema, n = data.preprocessor.schema, data.preprocessor.vocab.n_features
+    X, y = data.split("train")
+
+    def factory():
+        model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank)  # the search swaps in its embedding
+        init_bias(model, data)
+        return model
+
+    res = search_xlightfm(factory, {"train": (X, y), "valid": data.split("valid")}, cfg.memory_budget_mb,
+                          id_offsets=opts["id_offsets"], codebooks=opts.get("codebooks", 4),
+                          candidates=tuple(opts.get("candidates", CANDIDATES)), steps=cfg.search_steps,
+                          batch_size=cfg.batch_size, lr=cfg.lr, lam=cfg.reg_lambda,
+                          tau_decay=1.0 / cfg.search_steps, counts=feature_counts(X, n), target=data.target,
+                          seed=cfg.seed, progress=cfg.progress)
+    kept = {k: v for k, v in cfg.embedding_opts.items() if k != "candidates"}
+    cfg = dataclasses.replace(cfg, embedding_opts={**kept, "sizes": res.sizes})
+    summary = {"budget_mb": cfg.memory_budget_mb, "steps": cfg.search_steps, "sizes": res.sizes,
+               "embedding_mb": res.memory["embedding_mb"], "peak_mb": res.peak_mb,
+               "constrained_steps": res.constrained_steps}
+    return cfg, summary, res
+
+
+def _same_encoding(a, b) -> bool:
+    (da, xa), (db, xb) = a.to_state(), b.to_state()
+    return da == db and xa.keys() == xb.keys() and all(np.array_equal(xa[k], xb[k]) for k in xa)
+
+
+def prepare_embedding(model, cfg: TrainConfig, data, warm=None) -> dict:
+    """Before training a codebook model: popularity f_i from the train split (Eq. 5), then the
+    warm start -- the xLightFM search's weights, or PQ (k-means per subspace, Eq. 2) of the
+    dense run ``cfg.init_from``.  Returns what metrics.json records about it."""
+    if cfg.embedding == "dense":
+        return {}
+    from training.quantize import feature_counts
+
+    emb, n = model.embedding, model.n_features
+    emb.set_popularity(feature_counts(data.split("train")[0], n))
+    init = "random"
+    if warm is not None:  # re-train from the search (xLightFM Sec. 3.4.3)
+        rest = {k: v for k, v in warm.model.state_dict().items() if not k.startswith("embedding.")}
+        model.load_state_dict(rest, strict=False)
+        emb.load_state_dict(warm.embedding.state_dict())
+        init = "xlightfm-search"
+    if cfg.init_from:
+        dense, dcfg, pre = checkpoint.load(cfg.init_from)
+        if dcfg.get("embedding", "dense") != "dense":
+            raise ValueError(f"--init-from {cfg.init_from}: not a dense run (embedding {dcfg.get('embedding')!r})")
+        if dense.embed_dim != model.embed_dim or not _same_encoding(pre, data.preprocessor):
+            raise ValueError(f"--init-from {cfg.init_from}: trained with another encoding or embed_dim "
+                             f"({dense.embed_dim} vs {model.embed_dim}); retrain it on this data set")
+        own = model.state_dict()  # bias, linear and interaction weights too when they fit
+        rest = {k: v for k, v in dense.state_dict().items()
+                if not k.startswith("embedding.") and k in own and own[k].shape == v.shape}
+        model.load_state_dict(rest, strict=False)
+        emb.init_from_dense(dense.embedding.table().detach(), seed=cfg.seed, progress=cfg.progress)
+        init = "pq"
+    return {"embedding_init": init, "init_from": cfg.init_from}
+
+
+def memory_metrics(model, data) -> dict:
+    """Paper-style embedding memory (xLightFM Sec. 4.3) of ``model`` and of a dense table."""
+    from training.quantize import embedding_memory
+
+    off, k, emb = data.preprocessor.vocab.id_offsets, model.embed_dim, model.embedding
+    dense = embedding_memory(off, k)
+    mem = embedding_memory(off, k, emb.sizes, emb.D) if hasattr(emb, "sizes") else dense
+    return {"embedding": model.embedding_kind, "embedding_mb": mem["embedding_mb"],
+            "dense_embedding_mb": dense["embedding_mb"], "embedding_memory": mem,
+            "compression": dense["embedding_mb"] / mem["embedding_mb"]}
+
+
 def fit(cfg: TrainConfig, data, out_dir) -> dict:
     """Train ``cfg.model`` on ``data``, write the run directory ``out_dir``; returns metrics.json."""
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     rank, _ = init_distributed()
     started = time.perf_counter()
+    schema, n = data.preprocessor.schema, data.preprocessor.vocab.n_features
+    extra = {}
+    if cfg.embedding == "xlightfm" and "sizes" not in cfg.embedding_opts:  # search first: sizes fixed after
+        cfg, extra["xlightfm_search"], warm = search_sizes(cfg, data, _embedding_opts(cfg, data))
+    else:
+        warm = None
     if cfg.lr_search:
         cfg = dataclasses.replace(cfg, lr=search_lr(cfg, data, cfg.lr_search))
     torch.manual_seed(cfg.seed)
-    schema, n = data.preprocessor.schema, data.preprocessor.vocab.n_features
-    extra = {}
     if cfg.model == "pruned":
         if cfg.prune_from:  # a trained FwFM from another run
             base, base_cfg, _ = checkpoint.load(cfg.prune_from)
@@ -228,6 +346,7 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
         else:  # train the FwFM first
             base = build("fwfm", schema, n, cfg.embed_dim, None, cfg.embedding, _embedding_opts(cfg, data))
             init_bias(base, data)
+            prepare_embedding(base, cfg, data, None)
             base, base_hist = train_model(base, cfg, data, desc="fwfm")
             extra["base_fwfm"] = {"valid": evaluate_split(base, data, "valid"), **base_hist}
         model = PrunedFwFM.from_fwfm(base, cfg.rank)
@@ -235,6 +354,7 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
     else:
         model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
         init_bias(model, data)
+        extra.update(prepare_embedding(model, cfg, data, warm))
         desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
     if cfg.model == "pruned" and not cfg.finetune:
         hist = {"best_epoch": 0, "epochs_run": 0, "history": []}
@@ -246,6 +366,7 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
         "valid": evaluate_split(model, data, "valid"), "test": evaluate_split(model, data, "test"),
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "train_seconds": round(time.perf_counter() - started, 3), **hist, **extra,
+        **memory_metrics(model, data),
     }
     if rank == 0:
         checkpoint.save(out_dir, model, cfg, data.preprocessor, metrics)

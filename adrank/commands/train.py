@@ -1,5 +1,10 @@
 """`adrank train`: train FM / FwFM / pruned FwFM / DPLR-FwFM and write a run directory.
 
+Embeddings (issue 4): ``--embedding lightfm [--codebooks D] [--codewords K]`` or
+``--embedding xlightfm --memory-budget-mb X [--codebooks D] [--candidates 64,128,...]`` (searched
+per-field sizes, then re-trained from the search), optionally ``--init-from DENSE_RUN`` (PQ init).
+metrics.json carries ``embedding_mb`` (paper-style, xLightFM Sec. 4.3) and ``dense_embedding_mb``.
+
 Multi-process: ``torchrun --nproc_per_node 2 -m adrank.cli train ...`` (DDP over gloo).
 """
 
@@ -32,6 +37,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("codebook embeddings (LightFM / xLightFM)")
+    g.add_argument("--embedding", default="dense", choices=["dense", "lightfm", "xlightfm"])
+    g.add_argument("--codebooks", type=int, default=None, metavar="D", help="codebooks per field (default 4)")
+    g.add_argument("--codewords", type=int, default=None, metavar="K", help="lightfm: codewords per codebook "
+                   "(default 256; fields with <= K values stay dense)")
+    g.add_argument("--memory-budget-mb", type=float, default=None, metavar="X",
+                   help="xlightfm: embedding memory budget of the search, paper-style MB")
+    g.add_argument("--candidates", default=None, metavar="K1,K2,...",
+                   help="xlightfm: codebook sizes the search chooses from (default 64,...,2048)")
+    g.add_argument("--search-steps", type=int, default=300, help="xlightfm: search steps (Algorithm 1)")
+    g.add_argument("--reg-lambda", type=float, default=None,
+                   help="lambda of the codebook distance regulariser, Eq. 5 (default 1.0)")
+    g.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="PQ-initialise the codebooks from this trained dense run (same data set)")
+
+
+def embedding_options(args: argparse.Namespace) -> dict:
+    """TrainConfig keyword arguments of the codebook flags (validated by TrainConfig.validate)."""
+    from adrank.cli import UserError
+
+    opts = {k: getattr(args, k) for k in ("codebooks", "codewords") if getattr(args, k) is not None}
+    if args.candidates is not None:
+        try:
+            opts["candidates"] = [int(c) for c in args.candidates.split(",")]
+        except ValueError:
+            raise UserError(f"--candidates must be comma-separated integers, got {args.candidates!r}") from None
+    lam = args.reg_lambda
+    if lam is None:
+        lam = 0.0 if args.embedding == "dense" else 1.0
+    return {"embedding": args.embedding, "embedding_opts": opts, "reg_lambda": lam,
+            "memory_budget_mb": args.memory_budget_mb, "search_steps": args.search_steps,
+            "init_from": args.init_from}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
                       max_rows=args.max_rows, min_count=args.min_count, lr_search=args.lr_search,
-                      prune_from=args.prune_from, finetune=not args.no_finetune, threads=args.threads, progress=not args.quiet)
+                      prune_from=args.prune_from, finetune=not args.no_finetune, threads=args.threads, progress=not args.quiet,
+                      **embedding_options(args))
     try:
         cfg.validate()
         rank, _ = init_distributed()
@@ -58,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
     if rank == 0:
-        summary = {k: metrics[k] for k in ("model", "rank", "embed_dim", "lr", "valid", "test")}
+        keys = ("model", "rank", "embed_dim", "lr", "valid", "test", "embedding", "embedding_mb",
+                "dense_embedding_mb", "compression", "xlightfm_search")
+        summary = {k: metrics[k] for k in keys if k in metrics}
         print(json.dumps(summary, indent=1))
     return 0
