@@ -38,3 +38,14 @@ def avazu_path() -> Path:
 @pytest.fixture
 def movielens_path() -> Path:
     return sample_path("movielens")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only spins on the shared 2-core machine (10-40x slower).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,14 +25,7 @@ from training.quantize import (
 )
 from training.xlightfm import XLightFMSearchEmbedding, field_options, search_xlightfm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: torch's thread pool only spins on the shared 2-core machine (10-40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 OFFSETS = [0, 5, 300, 340, 1340]  # field 0 (5 ids) and field 2 (40) stay dense at K = 64
