@@ -137,7 +137,8 @@ def test_bad_requests_raise_named_errors():
     assert e.value.field == "ad"
 
 
-def test_non_dense_embeddings_are_refused():
+def test_codebook_manifest_without_its_arrays_is_refused():
+    """A manifest that claims codebook embeddings but carries only a dense table: named error."""
     ranker, *_ = build("fm", seed=12)
     with pytest.raises(ValueError, match="embedding type 'codebook'"):
         Ranker.from_parts({**ranker.manifest, "embedding": {"type": "codebook"}}, ranker.arrays)
