@@ -123,7 +123,7 @@ def run(args) -> dict:
     return {"command": " ".join(["python", *sys.argv]), "setup": vars(args),
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                         "numba": __import__("numba").__version__, "prefetch_distance": config.PREFETCH_DISTANCE,
-                        "prefetch_linear": config.PREFETCH_LINEAR, "load_average": list(os.getloadavg()),
+                        "prefetch_distances": config.PREFETCH_DISTANCES, "prefetch_modes": config.PREFETCH_MODES, "load_average": list(os.getloadavg()),
                         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host")},
             "results": results, "threads": threads}
 

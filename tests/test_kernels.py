@@ -170,11 +170,30 @@ def test_threaded_path_equals_single_thread(kind, monkeypatch):
     np.testing.assert_array_equal(threaded.score_rows(X), serial.score_rows(X))
 
 
-@pytest.mark.parametrize("kind", ["dplr", "pruned"])
-def test_prefetch_does_not_change_scores(kind):
-    schema, params, arrays, X, manifest = case(kind, 50, 16, 10, 4)
-    a = make_scorer(manifest, arrays, prefetch=True).score_rows(X)
-    np.testing.assert_array_equal(make_scorer(manifest, arrays, prefetch=False).score_rows(X), a)
+@pytest.mark.parametrize("kind,rho", [("fm", 2), ("fwfm", 2), ("pruned", 2), ("dplr", 2), ("dplr", 5)])
+def test_prefetch_schedules_do_not_change_scores(kind, rho):
+    """Every prefetch schedule (burst at the top of the iteration or interleaved with the field
+    loop, with or without the linear weights, 1 or 3 candidates ahead, off) scores alike, also on
+    the candidates near the end of the auction whose prefetch target is clamped."""
+    schema, params, arrays, X, manifest = case(kind, 50, 16, 10, 4, rho=rho)
+    ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
+    off = make_scorer(manifest, arrays, prefetch=False)
+    want_rows, want = off.score_rows(X), off.score(ctx, items)
+    full = np.concatenate([np.broadcast_to(ctx, (len(items), len(ctx))), items], axis=1)
+    np.testing.assert_allclose(want, oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)
+    for dist in (True, 1, 3):
+        for mode in (None, 0, config.PF_LINEAR, config.PF_INTERLEAVE, config.PF_LINEAR | config.PF_INTERLEAVE):
+            s = make_scorer(manifest, arrays, prefetch=dist, prefetch_mode=mode)
+            np.testing.assert_array_equal(s.score_rows(X), want_rows)
+            np.testing.assert_array_equal(s.score(ctx, items), want)
+
+
+def test_prefetch_options_are_checked():
+    schema, params, arrays, X, manifest = case("fm", 51, 4, 6, 3)
+    with pytest.raises(ValueError, match="prefetch must be"):
+        make_scorer(manifest, arrays, prefetch=-1)
+    with pytest.raises(ValueError, match="prefetch_mode must be"):
+        make_scorer(manifest, arrays, prefetch_mode=8)
 
 
 def test_no_item_fields_and_no_candidates():

@@ -50,8 +50,8 @@ def _pool() -> ThreadPoolExecutor:
 class Scorer:
     kind = ""
 
-    def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool = True,
-                 parallel_min: int | None = None):
+    def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool | int = True,
+                 prefetch_mode: int | None = None, parallel_min: int | None = None):
         self.schema = Schema.from_dict(manifest["schema"])
         self.m = self.schema.m
         self._set_source(manifest, arrays)
@@ -59,7 +59,8 @@ class Scorer:
         if self.linear.shape != (self.n_features,):
             raise ValueError(f"{self.kind} artifact: 'linear' must have {self.n_features} entries")
         self.bias = float(np.asarray(arrays["bias"]).reshape(-1)[0])
-        self.prefetch = prefetch
+        self.prefetch = config.prefetch_distance(self.kind, prefetch)  # candidates ahead, 0 = off
+        self.prefetch_mode = config.prefetch_mode(self.kind, prefetch_mode)  # config.PF_* bits
         self.parallel_min = config.PARALLEL_MIN_CANDIDATES if parallel_min is None else parallel_min
         self._setup(arrays)
 

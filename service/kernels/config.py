@@ -13,8 +13,8 @@ What was measured to matter on this machine, and how each is applied here:
   process to 256-bit AVX2 (``NUMBA_CPU_NAME=znver3``) vs the host's AVX-512 changed no kernel
   by more than the run-to-run noise (docs/results/kernels-micro.md), so nothing is capped.
 * **Prefetch.**  ``prefetch_row(table, row)`` emits ``llvm.prefetch`` (read, keep in all
-  caches) for the first byte of ``table[row]``; kernels prefetch the rows of the candidate
-  ``PREFETCH_DISTANCE`` ahead.  A 64-byte row is one cache line when the table is 64-byte
+  caches) for the first byte of ``table[row]``; kernels prefetch the rows (and linear weights)
+  of the candidate ``PREFETCH_DISTANCES[kind]`` ahead, on the schedule ``PREFETCH_MODES[kind]``.  A 64-byte row is one cache line when the table is 64-byte
   aligned, which :func:`aligned` guarantees.
 * **Threads only for large auctions.**  ``PARALLEL_MIN_CANDIDATES`` decides when a request's
   candidates are split over ``THREADS`` threads (base.py); below it, a request never touches
@@ -42,16 +42,49 @@ from numba.extending import intrinsic
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 
-PREFETCH_DISTANCE = 2  # candidates ahead (DESIGN §7: "the rows of the candidates two ahead")
-# Also prefetch the 4-byte linear weights: their table is 16x smaller but the stream of random
-# embedding rows evicts it from L3; in an interleaved A/B on cold rows (FM-like loop, 20 fields)
-# prefetching them too cut ~15% per candidate.  ADRANK_PREFETCH_LINEAR=0 turns it off.
-PREFETCH_LINEAR = os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "1"
+# Prefetch schedule per kernel family: how many candidates ahead, and what (PREFETCH_MODES bits):
+#   PF_LINEAR      also the 4-byte linear weights.  Their table is 16x smaller than the rows but the
+#                  stream of random rows evicts it from L3; without it DPLR rho=2 ran 1.6x slower
+#                  on cached rows and ~6% slower on cold rows (docs/results/kernels-micro.md).
+#   PF_INTERLEAVE  issue candidate n + dist's prefetches one field at a time inside candidate n's
+#                  field loop instead of as one burst at the top of the iteration.  A/B (uniform
+#                  ids, 128 MiB table, 20 item fields): DPLR rho=2 -4% cold / -15% cached rows,
+#                  pruned -12% / 0%, full FwFM -10% / -2%; FM +1% / -3% (kept as a burst).
+# A Scorer's ``prefetch`` option overrides the distance (an int, False = off) for A/B runs, and
+# ``prefetch_mode`` the bits.  DESIGN §7 started from "the rows of the candidates two ahead".
+PF_LINEAR, PF_INTERLEAVE = 1, 2
+PREFETCH_DISTANCE = 2  # the default of a kind not listed below
+PREFETCH_DISTANCES = {"fm": 2, "dplr": 1, "pruned": 1, "fwfm": 1}
+PREFETCH_MODES = {"fm": PF_LINEAR, "dplr": PF_LINEAR | PF_INTERLEAVE, "pruned": PF_LINEAR | PF_INTERLEAVE,
+                  "fwfm": PF_LINEAR | PF_INTERLEAVE}
+if os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "0":  # kill switch for the linear-weight prefetch
+    PREFETCH_MODES = {k: v & ~PF_LINEAR for k, v in PREFETCH_MODES.items()}
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
 SOURCE_STAMP = hashlib.sha1(b"".join((Path(__file__).parent / f).read_bytes()
                                      for f in ("config.py", "vec.py", "fields.py", "rows.py"))).hexdigest()[:16]
+
+
+def prefetch_mode(kind: str, mode: int | None) -> int:
+    """PF_* bits of a ``kind`` kernel: None = the family's measured default."""
+    if mode is None:
+        return PREFETCH_MODES.get(kind, PF_LINEAR)
+    if not isinstance(mode, int) or not 0 <= mode <= PF_LINEAR | PF_INTERLEAVE:
+        raise ValueError(f"prefetch_mode must be a combination of PF_LINEAR | PF_INTERLEAVE, got {mode!r}")
+    return mode
+
+
+def prefetch_distance(kind: str, prefetch: bool | int) -> int:
+    """Candidates ahead whose rows a ``kind`` kernel prefetches: ``True`` = the family's
+    measured default, ``False``/0 = no prefetch, an int >= 0 = that distance (A/B runs)."""
+    if prefetch is True:
+        return PREFETCH_DISTANCES.get(kind, PREFETCH_DISTANCE)
+    if prefetch is False:
+        return 0
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be a bool or a distance >= 0, got {prefetch!r}")
+    return prefetch
 
 
 @intrinsic

@@ -22,8 +22,15 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, SOURCE_STAMP
-from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.config import NJIT, PF_INTERLEAVE, PF_LINEAR, SOURCE_STAMP
+from service.kernels.fields import (
+    field_vector,
+    norm2,
+    prefetch_candidate,
+    prefetch_field,
+    prefetch_multi,
+    split_fields,
+)
 from service.kernels.rows import fetch
 from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
 
@@ -31,11 +38,14 @@ MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass o
 
 
 @cache
-def build(K: int, R: int, prefetch: bool, D: int = 1):
+def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     """(context, items) for embedding dimension ``K`` and rank ``R``
     (``R == 0``: any rank, one register vector at a time, see ``items_any_rank``); D codebooks
-    per field for codebook sources (rows.py)."""
+    per field for codebook sources (rows.py); rows of the candidate ``dist`` ahead are
+    prefetched (0: none)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
+    pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
+    whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, U_c, d_c):
@@ -60,15 +70,13 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
         tests a compile-time constant, so unused ranks vanish)."""
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         n_m = multi.shape[0]
-        V_m = np.empty((max(n_m, 1), K), np.float32)
+        v = np.empty((1, K), np.float32)
         for n in range(start, stop):
-            if prefetch:
-                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
-            lin = np.float32(0.0)
-            dn = 0.0
-            for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, V_m, j)
-                dn += d_m[j] * norm2(V_m, j)
+            if whole:
+                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+            pn = min(n + dist, stop - 1)
+            if pf_in:
+                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
             p0 = vload(P_c, 0, K)
             p1 = vzero(K)
             p2 = vzero(K)
@@ -79,7 +87,10 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
                 p2 = vload(P_c, 2, K)
             if R > 3:
                 p3 = vload(P_c, 3, K)
-            for i in range(single.shape[0]):
+            lin = np.float32(0.0)
+            for i in range(single.shape[0]):  # single-valued: d_f ||v_f||^2 folded into linear
+                if pf_in:
+                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
                 idx = X[n, single[i]]
                 if idx >= 0:
                     lin += linear[idx]
@@ -91,8 +102,11 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
                         p2 = vaxpy(p2, U_s[i, 2], x)
                     if R > 3:
                         p3 = vaxpy(p3, U_s[i, 3], x)
-            for j in range(n_m):
-                x = vload(V_m, j, K)
+            dn = 0.0
+            for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
+                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
+                dn += d_m[j] * norm2(v, 0)
+                x = vload(v, 0, K)
                 p0 = vaxpy(p0, U_m[j, 0], x)
                 if R > 1:
                     p1 = vaxpy(p1, U_m[j, 1], x)
@@ -118,14 +132,19 @@ def build(K: int, R: int, prefetch: bool, D: int = 1):
         n_m = multi.shape[0]
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
-            if prefetch:
-                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
+            if whole:
+                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+            pn = min(n + dist, stop - 1)
+            if pf_in:
+                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):
                 lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, V_m, j)
                 dn += d_m[j] * norm2(V_m, j)
             for i in range(single.shape[0]):
+                if pf_in:
+                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
                 idx = X[n, single[i]]
                 if idx >= 0:
                     lin += linear[idx]
@@ -160,7 +179,7 @@ class DPLRScorer(Scorer):
             raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
         self.rho = rho
         R = rho if rho <= MAX_REGISTER_RANK else 0
-        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch, self.D)
+        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch, self.D, self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from service.kernels.config import NJIT, PREFETCH_DISTANCE, PREFETCH_LINEAR, prefetch_row
-from service.kernels.rows import add_row, prefetch_codes, prefetch_emb
+from service.kernels.config import NJIT, PF_LINEAR, prefetch_row
+from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_feature
 
 
 @njit(**NJIT)
@@ -51,25 +51,48 @@ def norm2(V, j):
 
 
 @njit(**NJIT)
-def prefetch_candidate(items, n, stop, src, linear, single, single_f, g0):
-    """Prefetch the embedding rows (and, if ``PREFETCH_LINEAR``, the linear weights) of
-    candidate ``n + PREFETCH_DISTANCE``.  No test for PAD (-1): a prefetch never faults.
+def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode):
+    """Prefetch the embedding rows of candidate ``p`` (the kernels pass ``n`` + their family's
+    distance, config.py) if ``p < stop``, and with ``mode & PF_LINEAR`` (mode: a compile-time
+    constant of the calling kernel) their linear weights.  No test for PAD (-1): a prefetch
+    never faults.
     Codebook sources prefetch the packed codes of the single-slot fields (``single`` slots,
     global fields ``single_f + g0``) instead of rows; for a dense table that loop is empty."""
-    p = n + PREFETCH_DISTANCE
     if p < stop:
         for s in range(items.shape[1]):
             prefetch_emb(src, items[p, s])
-            if PREFETCH_LINEAR:
+            if mode & PF_LINEAR:
                 prefetch_row(linear, items[p, s])
         prefetch_codes(src, items, p, single, single_f, g0)
+
+
+@njit(**NJIT, inline="always")
+def prefetch_field(X, p, slot, src, f, linear, mode):
+    """Prefetch feature ``X[p, slot]`` of global field ``f``: its row (dense) or packed codes
+    (codebook) and, with ``mode & PF_LINEAR``, its linear weight (the interleaved schedule)."""
+    idx = X[p, slot]
+    prefetch_feature(src, f, idx)
+    if mode & PF_LINEAR:
+        prefetch_row(linear, idx)
+
+
+@njit(**NJIT)
+def prefetch_multi(X, p, stop, src, linear, multi, mode):
+    """Prefetch the slots of the multi-valued fields of candidate ``p`` (interleaved schedule:
+    the single-slot fields are prefetched inside the field loop)."""
+    if p < stop:
+        for j in range(multi.shape[0]):
+            for s in range(multi[j, 0], multi[j, 1]):
+                prefetch_emb(src, X[p, s])
+                if mode & PF_LINEAR:
+                    prefetch_row(linear, X[p, s])
 
 
 def split_fields(offs: np.ndarray):
     """Split a slot layout into the single-slot fast path and the multi-valued rest.
 
     ``offs`` int64[F+1] are the slot offsets of F fields.  Returns ``(single, single_f, multi)``:
-    ``single`` int64[F1] the slot of each single-slot field and ``single_f`` its field position
+    ``single`` uint64[F1] the slot of each single-slot field and ``single_f`` its field position
     in ``offs``; ``multi`` int64[F2, 3] rows ``(lo, hi, f)`` for the other fields.  Kernels loop
     over ``single`` with no branch or call, then over ``multi`` through :func:`field_vector`;
     plans permute per-field coefficients into the same order.
@@ -79,7 +102,7 @@ def split_fields(offs: np.ndarray):
     one = np.flatnonzero(width == 1)
     many = np.flatnonzero(width != 1)
     multi = np.stack([offs[many], offs[many + 1], many], axis=1).astype(np.int64).reshape(-1, 3)
-    return offs[one].copy(), one.astype(np.int64), multi
+    return offs[one].astype(np.uint64), one.astype(np.int64), multi  # unsigned: no wraparound code
 
 
 @njit(**NJIT)

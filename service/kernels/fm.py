@@ -18,17 +18,27 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, SOURCE_STAMP
-from service.kernels.fields import field_vector, norm2, prefetch_candidate, split_fields
+from service.kernels.config import NJIT, PF_INTERLEAVE, PF_LINEAR, SOURCE_STAMP
+from service.kernels.fields import (
+    field_vector,
+    norm2,
+    prefetch_candidate,
+    prefetch_field,
+    prefetch_multi,
+    split_fields,
+)
 from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
 
 @cache
-def build(K: int, prefetch: bool, D: int = 1):
+def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
-    sources, D codebooks per field; rows.py)."""
+    sources, D codebooks per field; rows.py); rows of the candidate ``dist`` ahead are prefetched
+    (0: none)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
+    pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
+    whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, d):
@@ -51,11 +61,16 @@ def build(K: int, prefetch: bool, D: int = 1):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         v = np.empty((1, K), np.float32)
         for n in range(start, stop):
-            if prefetch:
-                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
+            if whole:
+                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+            pn = min(n + dist, stop - 1)
+            if pf_in:
+                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
             a = vload(a_c, 0, K)
             lin = np.float32(0.0)
             for i in range(single.shape[0]):  # single-valued: d_f already folded into linear
+                if pf_in:
+                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
                 idx = X[n, single[i]]
                 if idx >= 0:
                     lin += linear[idx]
@@ -77,7 +92,7 @@ class FMScorer(Scorer):
         self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
         if self.d.shape != (self.m,):
             raise ValueError(f"fm artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D, self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)

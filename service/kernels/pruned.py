@@ -23,17 +23,26 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, SOURCE_STAMP
-from service.kernels.fields import field_vector, prefetch_candidate, split_fields
+from service.kernels.config import NJIT, PF_INTERLEAVE, PF_LINEAR, SOURCE_STAMP
+from service.kernels.fields import (
+    field_vector,
+    prefetch_candidate,
+    prefetch_field,
+    prefetch_multi,
+    split_fields,
+)
 from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
 
 @cache
-def build(K: int, prefetch: bool, D: int = 1):
+def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
-    sources, D codebooks per field; rows.py)."""
+    sources, D codebooks per field; rows.py); rows of the candidate ``dist`` ahead are prefetched
+    (0: none)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
+    pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
+    whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
@@ -57,12 +66,17 @@ def build(K: int, prefetch: bool, D: int = 1):
         V = np.zeros((max(Q.shape[0], 1), K), np.float32)
         n_pairs = pa.shape[0]
         for n in range(start, stop):
-            if prefetch:
-                prefetch_candidate(X, n, stop, src, linear, single, single_f, g0)
+            if whole:
+                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+            pn = min(n + dist, stop - 1)
+            if pf_in:
+                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
             lin = np.float32(0.0)
             acc0 = vzero(K)
             acc1 = vzero(K)
             for i in range(single.shape[0]):
+                if pf_in:
+                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
                 idx = X[n, single[i]]
                 a = single_f[i]
                 x = vzero(K)
@@ -103,7 +117,7 @@ class PrunedScorer(Scorer):
         if pi.size and (pi.min() < 0 or pj.max() >= self.m or np.any(pi >= pj)):
             raise ValueError(f"{self.kind} artifact: pairs must satisfy 0 <= pair_i < pair_j < m={self.m}")
         self.pair_i, self.pair_j, self.pair_r = pi, pj, pr
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D)
+        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D, self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         is_ctx = np.zeros(self.m, dtype=bool)

@@ -17,7 +17,7 @@ SCORERS: dict[str, type[Scorer]] = {
 
 
 def make_scorer(manifest: dict, arrays: dict, **options) -> Scorer:
-    """The scorer for ``manifest["kind"]``; ``options`` (prefetch, parallel_min) go to it."""
+    """The scorer for ``manifest["kind"]``; ``options`` (prefetch, prefetch_mode, parallel_min) go to it."""
     kind = manifest.get("kind")
     if kind not in SCORERS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(SCORERS)}")

@@ -19,6 +19,7 @@ of ``src`` (numba ``overload``), so the dense path compiles to the code it had b
     add_row(src, f, idx, V, j)     V[j] += row of idx        (multi-valued field means)
     prefetch_emb(src, idx)         cache hint for the row (dense) / nothing (codebook)
     prefetch_codes(src, X, p, ...) cache hint for row p's packed codes (codebook) / nothing (dense)
+    prefetch_feature(src, f, idx)  cache hint for one feature: its row (dense) / its codes (codebook)
 
 The codebooks of the item fields (D K_f k/D floats each) stay in cache where a 1M-row table
 cannot; the per-feature memory touched is the packed codes (D b_f bits) + the linear weight.
@@ -180,6 +181,10 @@ def prefetch_emb(src, idx):  # pragma: no cover
     raise NotImplementedError
 
 
+def prefetch_feature(src, f, idx):  # pragma: no cover
+    raise NotImplementedError
+
+
 @overload(fetch, prefer_literal=True, inline="always")
 def _fetch(src, f, idx, K, D):
     k, dd = _literal(K), _literal(D)
@@ -260,6 +265,19 @@ def _prefetch_emb(src, idx):
     if isinstance(src, types.Array):
         return lambda src, idx: prefetch_row(src, idx)
     return lambda src, idx: None
+
+
+@overload(prefetch_feature, inline="always")
+def _prefetch_feature(src, f, idx):
+    if isinstance(src, types.Array):
+        return lambda src, f, idx: prefetch_row(src, idx)
+
+    def impl(src, f, idx):
+        if idx >= 0:
+            bit = locate(src, f, idx, src[ND])[2]
+            prefetch_addr(src[STREAM] + np.int64(bit >> np.uint64(5)) * 4)
+
+    return impl
 
 
 # --- host side -------------------------------------------------------------------------------

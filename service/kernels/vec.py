@@ -7,7 +7,7 @@ an SSA value of LLVM vector type ``<K x float>`` (K a compile-time constant), so
 accumulation over fields is a chain of vector adds in registers, fully unrolled for the
 artifact's K (DESIGN.md §7: "an inner loop over the embedding dimension fully unrolled").
 
-    vload(a, i, K)      a[i, 0:K] (2-D) or a[i:i+K] (1-D) as a vector
+    vload(a, i, K)      a[i, 0:K] (2-D, K columns) or a[i:i+K] (1-D) as a vector
     vstore(a, i, x)     the inverse
     vzero(K)            the zero vector
     vadd(x, y)          x + y
@@ -51,8 +51,14 @@ def _is_vec(x, y=None):
     return isinstance(x, F32Vec) and (y is None or x == y)
 
 
-def _row_ptr(context, builder, aryty, ary_val, row):
+def _row_ptr(context, builder, aryty, ary_val, row, k):
+    """Address of ``a[row, 0]`` (2-D) / ``a[row]`` (1-D).  A C-contiguous 2-D array is taken to
+    have k columns (every kernel's rows are k wide), so the offset is ``row * k`` with k a
+    constant (a shift) instead of a multiply by the runtime ``shape[1]``; no wraparound: the
+    kernels' row indices are never negative."""
     ary = context.make_array(aryty)(context, builder, ary_val)
+    if aryty.ndim == 2 and aryty.layout == "C":
+        return builder.gep(ary.data, [builder.mul(row, ir.Constant(row.type, k))], inbounds=True)
     inds = [row] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
     return cgutils.get_item_pointer(context, builder, aryty, ary, inds)
 
@@ -69,7 +75,7 @@ def vload(typingctx, a, i, K):
 
     def codegen(context, builder, sig, args):
         row = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _row_ptr(context, builder, sig.args[0], args[0], row)
+        ptr = _row_ptr(context, builder, sig.args[0], args[0], row, k)
         return builder.load(builder.bitcast(ptr, ir.VectorType(_F32, k).as_pointer()), align=4)
 
     return F32Vec(k)(a, i, K), codegen
@@ -82,7 +88,7 @@ def vstore(typingctx, a, i, x):
 
     def codegen(context, builder, sig, args):
         row = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _row_ptr(context, builder, sig.args[0], args[0], row)
+        ptr = _row_ptr(context, builder, sig.args[0], args[0], row, x.k)
         builder.store(args[2], builder.bitcast(ptr, ir.VectorType(_F32, x.k).as_pointer()), align=4)
         return context.get_dummy_value()
 
