@@ -79,12 +79,13 @@ class XLightFMSearchEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         uniq, inv = torch.unique(ids.reshape(-1), return_inverse=True)
         bounds = torch.searchsorted(uniq, torch.tensor(self.id_offsets)).tolist()
+        rows = self.weight[uniq]  # one gather: one [n, k] gradient fill per step, not one per field
         parts, reg = [], []
         for f in range(len(self.options)):
             a, b = bounds[f], bounds[f + 1]
             if a == b:
                 continue
-            v, w = self.weight[uniq[a:b]], self.weights_of(f)
+            v, w = rows[a:b], self.weights_of(f)
             c = 0.0
             for j, bi in enumerate(self.book_of[f]):
                 if self.training or w[j] > 0:
