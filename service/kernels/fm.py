@@ -23,6 +23,7 @@ from service.kernels.fields import (
     field_vector,
     norm2,
     prefetch_candidate,
+    prefetch_context,
     prefetch_field,
     prefetch_multi,
     split_fields,
@@ -39,10 +40,13 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
     pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
     whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
+    ctx_prefetch = dist > 0  # the context rows, all at once, before the context pass
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, d):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
+        if ctx_prefetch:
+            prefetch_context(ctx, offs, src, linear)
         a = vzero(K)
         v = np.empty((1, K), np.float32)
         x = ctx.reshape(1, -1)

@@ -27,6 +27,7 @@ from service.kernels.config import NJIT, PF_INTERLEAVE, PF_LINEAR, SOURCE_STAMP
 from service.kernels.fields import (
     field_vector,
     prefetch_candidate,
+    prefetch_context,
     prefetch_field,
     prefetch_multi,
     split_fields,
@@ -43,10 +44,13 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
     pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
     whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
+    ctx_prefetch = dist > 0  # the context rows, all at once, before the context pass
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
+        if ctx_prefetch:
+            prefetch_context(ctx, offs, src, linear)
         V_c = np.zeros((max(offs.shape[0] - 1, 1), K), np.float32)
         row = ctx.reshape(1, -1)
         lin = 0.0
