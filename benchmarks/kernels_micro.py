@@ -8,14 +8,18 @@ an embedding table of 2^20 rows x 64 B = 64 MiB (twice the 32 MiB L3).  Two regi
 * cached one fixed request, scored once untimed right before the timed call (its rows are in
          L2/L3).
 
-Each kind is run with and without software prefetch.  The floor is a kernel that only gathers
-and sums the candidates' 20 rows (no linear terms, no model), with and without prefetch.
+Each kind is run under every prefetch schedule of ``--schedules`` (default: the schedule
+service/kernels/config.py picks for it, and no prefetch), so a schedule change is an A/B inside
+one run.  The floor is a kernel that only gathers and sums the candidates' 20 rows (no linear
+terms, no model), with and without prefetch.
 Times are medians over requests of the whole ``Scorer.score`` call (bounds check + context part
 + candidates) divided by the candidates, as thread CPU time and wall time.  All cases are timed
-on the same request sequence, interleaved case by case, so load from other processes on the
-shared 2 cores hits every case alike and the ratios between kernels stay meaningful.
+on the same request sequence, interleaved case by case in a fresh random order per request, so
+load from other processes on the shared 2 cores hits every case alike and the ratios between
+kernels stay meaningful.
 
     python benchmarks/kernels_micro.py --out docs/results/kernels-micro
+    python benchmarks/kernels_micro.py --rhos 2 --schedules default off 2:burst 1:inter 2:burst-nolin
 """
 
 from __future__ import annotations
@@ -76,6 +80,28 @@ def make_floor(K: int, prefetch: bool):
     return floor
 
 
+def schedule(name: str, kind: str) -> tuple:
+    """(prefetch, prefetch_mode) scorer options of a schedule name: ``default`` (config.py's choice
+    for the kind), ``off``, or ``D:burst|inter[-nolin]`` = D candidates ahead, all rows at the top of
+    the iteration (burst) or field by field inside the field loop (inter), linear weights too unless
+    ``-nolin``."""
+    if name in ("default", "off"):
+        return name == "default", None
+    dist, _, how = name.partition(":")
+    kind_bits = {"burst": 0, "inter": config.PF_INTERLEAVE}
+    base, _, nolin = how.partition("-")
+    if not dist.isdigit() or base not in kind_bits or nolin not in ("", "nolin"):
+        raise SystemExit(f"bad schedule {name!r}: expected default, off or D:burst|inter[-nolin]")
+    return int(dist), kind_bits[base] | (0 if nolin else config.PF_LINEAR)
+
+
+def describe(dist: int, mode: int) -> str:
+    if dist == 0:
+        return "off"
+    how = "inter" if mode & config.PF_INTERLEAVE else "burst"
+    return f"{dist}:{how}" + ("" if mode & config.PF_LINEAR else "-nolin")
+
+
 def run(args) -> dict:
     """Every case is timed on the same sequence of requests, interleaved case by case, so that
     load from other processes shifts all cases alike (ratios stay meaningful on a busy box)."""
@@ -86,25 +112,31 @@ def run(args) -> dict:
     shared = arrays_for("fm", m, args.context, args.rows, args.k, 1, rng)  # one 64 MiB table for all
     ctx = rng.integers(0, args.rows, args.context).astype(np.int32)
     kinds = [("fm", 1), *[("dplr", r) for r in args.rhos], *[("pruned", r) for r in args.rhos], ("fwfm", 1)]
+    kinds = [(kind, rho) for kind, rho in kinds if kind in args.kinds]
     cases = []
     out = np.empty(args.candidates)
-    for prefetch in (True, False):
-        floor = make_floor(args.k, prefetch)
-        cases.append(({"kind": "floor (gather+sum rows)", "rho": None, "pairs": None, "prefetch": prefetch},
-                      lambda X, f=floor: f(X, shared["emb"], out)))
+    for name in args.schedules:
+        if name in ("default", "off"):
+            floor = make_floor(args.k, name == "default")
+            cases.append(({"kind": "floor (gather+sum rows)", "rho": None, "pairs": None, "schedule": name},
+                          lambda X, f=floor: f(X, shared["emb"], out)))
         for kind, rho in kinds:
+            prefetch, mode = schedule(name, kind)
             arrays = {**arrays_for(kind, m, args.context, 4, args.k, rho, np.random.default_rng(rho)),
                       "emb": shared["emb"], "linear": shared["linear"]}
-            s = make_scorer({**manifest, "kind": kind, "rank": rho}, arrays, prefetch=prefetch, parallel_min=10**9)
+            s = make_scorer({**manifest, "kind": kind, "rank": rho}, arrays, prefetch=prefetch, prefetch_mode=mode,
+                            parallel_min=10**9)
             s.warm()
             pairs = len(s.pair_i) if kind in ("pruned", "fwfm") else None
+            label = name if name != "default" else f"default ({describe(s.prefetch, s.prefetch_mode)})"
             cases.append(({"kind": kind, "rho": rho if kind in ("dplr", "pruned") else None, "pairs": pairs,
-                           "prefetch": prefetch}, lambda X, s=s: s.score(ctx, X)))
+                           "schedule": label}, lambda X, s=s: s.score(ctx, X)))
     hot = rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32)
     times = {(i, regime, clock): [] for i in range(len(cases)) for regime in ("cold", "cached")
              for clock in ("cpu_ns", "wall_ns")}
     for _ in tqdm(range(args.requests), desc="requests", file=sys.stderr):
-        for i, (_, fn) in enumerate(cases):
+        for i in rng.permutation(len(cases)):
+            fn = cases[i][1]
             for regime in ("cold", "cached"):
                 X = rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32) \
                     if regime == "cold" else hot
@@ -156,10 +188,13 @@ def markdown(rep: dict) -> str:
              "*cold*: a fresh random request each time (rows mostly from DRAM); *cached*: one request whose rows "
              "were just touched.  Cases interleaved request by request (fair under background load); "
              f"load average during the run: {rep['machine']['load_average']}.", "",
-             "| kernel | rho | pairs | prefetch | cold CPU | cold wall | cached CPU | cached wall |",
+             "Schedules: `D:burst` = the rows and linear weights of the candidate D ahead prefetched at the top "
+             "of each iteration, `D:inter` = the same prefetches issued field by field inside the field loop, "
+             "`-nolin` = rows only; `default` = what service/kernels/config.py uses for the kind.", "",
+             "| kernel | rho | pairs | prefetch schedule | cold CPU | cold wall | cached CPU | cached wall |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rep["results"]:
-        lines.append(f"| {r['kind']} | {r['rho'] or ''} | {r['pairs'] or ''} | {'yes' if r['prefetch'] else 'no'} | "
+        lines.append(f"| {r['kind']} | {r['rho'] or ''} | {r['pairs'] or ''} | {r['schedule']} | "
                      f"{r['cold']['cpu_ns']:.0f} | {r['cold']['wall_ns']:.0f} | {r['cached']['cpu_ns']:.0f} | "
                      f"{r['cached']['wall_ns']:.0f} |")
     t = rep["threads"]
@@ -177,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--rows", type=int, default=1 << 20, help="embedding table rows (2^20 x k=16 = 64 MiB)")
     p.add_argument("--rhos", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--kinds", nargs="+", default=["fm", "dplr", "pruned", "fwfm"], choices=["fm", "dplr", "pruned", "fwfm"])
+    p.add_argument("--schedules", nargs="+", default=["default", "off"],
+                   help="prefetch schedules to compare: default, off, D:burst, D:inter, ...-nolin (see schedule())")
     p.add_argument("--requests", type=int, default=40, help="timed requests per case and regime")
     p.add_argument("--large", type=int, default=20000, help="candidates of the threads check")
     p.add_argument("--seed", type=int, default=0)
