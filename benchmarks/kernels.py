@@ -307,6 +307,44 @@ def target_checks(rows: list) -> list[dict]:
     return out
 
 
+def target_run(path) -> dict:
+    """The target-cell summary of a separate ``--json`` result: its command, machine state,
+    the rows of the target cell and the three checks per popularity.  ValueError if the file is
+    not such a result or has no target cell."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "rows" not in data or "meta" not in data:
+        raise ValueError("not an `adrank bench kernels --json` result")
+    rows = [r for r in data["rows"] if all(r.get(k) == v for k, v in TARGET.items())]
+    checks = target_checks(rows)
+    if not checks:
+        raise ValueError("no fm / dplr-2 / pruned-2 rows at 20 context fields, k = 16, 1,000 candidates")
+    meta = data["meta"]
+    return {"file": str(path), "command": meta.get("command"), "seed": meta.get("seed"), "time": meta.get("time"),
+            "load_average": meta.get("load_average"), "kernels_version": meta.get("kernels_version"),
+            "rows": [{k: r[k] for k in ("name", "popularity", "ns_per_candidate", "us_per_auction_p25",
+                                         "us_per_auction_p75", "repeats")} for r in rows],
+            "checks": checks}
+
+
+def target_runs_markdown(runs: list) -> list[str]:
+    lines = ["", "## Target runs (20 context / 20 item fields, k = 16, 1,000 candidates, separate runs)", "",
+             "Each run is its own process (fresh tables and models from its seed), models interleaved in a shuffled "
+             "order per repeat; ns per candidate = median over repeats.", "",
+             "| seed | load average (1/5/15 min) | popularity | FM | DPLR rho=2 | pruned rho=2 | DPLR / FM (<= 1.1) "
+             "| DPLR / pruned (<= 0.8) | pruned / FM (<= 1.6) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        for pop in sorted({r["popularity"] for r in run["rows"]}):
+            ns = {r["name"]: r["ns_per_candidate"] for r in run["rows"] if r["popularity"] == pop}
+            checks = {c["check"]: c for c in run["checks"] if c["popularity"] == pop}
+            cells = [f"{c['measured']:.2f} {'met' if c['met'] else 'MISSED'}" for c in checks.values()]
+            load = "/".join(f"{x:.1f}" for x in run["load_average"] or ())
+            lines.append(f"| {run['seed']} | {load} | {pop} | {ns.get('fm', 0):.0f} | {ns.get('dplr-2', 0):.0f} | "
+                         f"{ns.get('pruned-2', 0):.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in runs)]
+    return lines
+
+
 def markdown(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
     names = list(dict.fromkeys(r["name"] for r in rows))
@@ -326,6 +364,8 @@ def markdown(result: dict) -> str:
                   "| popularity | ratio | measured | target | met |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['popularity']} | {c['check']} | {c['measured']:.2f} | {c['target']} | "
                   f"{'yes' if c['met'] else 'NO'} |" for c in checks]
+    if result.get("target_runs"):
+        lines += target_runs_markdown(result["target_runs"])
     ranks = sorted({r["rank"] for r in rows if r["model"] == "dplr"})
     if ranks:
         lines += ["", "## DPLR vs pruned at matched parameters, every cell with >= 1,000 candidates", "",

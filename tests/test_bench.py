@@ -91,3 +91,36 @@ def test_pruned_mask_keeps_the_largest_entries():
     kept = np.abs(R[np.triu(mask, 1)])
     dropped = np.abs(R[np.triu(~mask, 1)])
     assert kept.min() >= dropped.max()
+
+
+def test_target_runs_are_summarised_and_kept(tmp_path):
+    """Separate runs of the target cell fold into a 'Target runs' section with their seeds and checks."""
+    cell = ["--contexts", "20", "--dims", "16", "--candidates", "1000", "--ranks", "2", "--repeats", "2",
+            "--table-mib", "1", "--target", "1000", "--popularity", "uniform", "--quiet"]
+    runs = []
+    for seed in (0, 2):
+        runs.append(tmp_path / f"t{seed}.json")
+        assert main(["bench", "kernels", *cell, "--seed", str(seed), "--json", str(runs[-1])]) == 0
+    out, md = tmp_path / "k.json", tmp_path / "k.md"
+    assert main(["bench", "kernels", *TINY, "--target-runs", *map(str, runs), "--json", str(out),
+                 "--markdown", str(md)]) == 0
+    kept = json.loads(out.read_text())["target_runs"]
+    assert [r["seed"] for r in kept] == [0, 2]
+    for run, path in zip(kept, runs, strict=True):
+        rows = {r["name"]: r["ns_per_candidate"] for r in run["rows"]}
+        assert set(rows) >= {"fm", "dplr-2", "pruned-2"}
+        source = {r["name"]: r["ns_per_candidate"] for r in json.loads(path.read_text())["rows"]}
+        assert rows == {k: source[k] for k in rows}
+        assert [c["check"] for c in run["checks"]] == ["DPLR rho=2 / FM", "DPLR rho=2 / pruned rho=2",
+                                                       "pruned rho=2 / FM"]
+        fm_ratio = run["checks"][0]["measured"]
+        assert fm_ratio == pytest.approx(rows["dplr-2"] / rows["fm"], abs=1e-3)
+    text = md.read_text()
+    assert "## Target runs" in text and text.count("| uniform |") >= 2 and "--seed 2" in text
+
+
+def test_bad_target_run_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    assert main(["bench", "kernels", *TINY, "--target-runs", str(bad)]) == 2
+    assert f"--target-runs {bad}: not an `adrank bench kernels --json` result" in capsys.readouterr().err

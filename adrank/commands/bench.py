@@ -37,6 +37,9 @@ def add_arguments(p) -> None:
     k.add_argument("--target", type=int,
                    help="candidates per timed block; a block holds ceil(target/N) auctions, 1..100")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--target-runs", nargs="+", metavar="JSON",
+                   help="JSON outputs of separate runs of the target cell (20 context fields, k=16, 1,000 "
+                        "candidates) to summarise in a 'Target runs' section and keep in this run's JSON")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,6 +54,8 @@ def _command(args) -> str:
             parts += [f"--{key.replace('_', '-')}", text]
     if args.popularity:
         parts += ["--popularity", *args.popularity]
+    if args.target_runs:
+        parts += ["--target-runs", *args.target_runs]
     return " ".join(parts)
 
 
@@ -77,9 +82,17 @@ def run(args) -> int:
     for path in (args.json, args.plot, args.markdown):
         if path and not Path(path).resolve().parent.is_dir():
             problems.append(f"output directory of {path} does not exist")
+    target_runs = []
+    for path in args.target_runs or ():
+        try:
+            target_runs.append(kernels.target_run(path))
+        except (OSError, ValueError) as exc:
+            problems.append(f"--target-runs {path}: {exc}")
     if problems:
         raise UserError("; ".join(problems))
     result = kernels.run(grid, seed=args.seed, progress=not args.quiet, command=_command(args))
+    if target_runs:
+        result["target_runs"] = target_runs
     kernels.write_outputs(result, args.json, args.plot, args.markdown)
     checks = kernels.target_checks(result["rows"])
     for f_k, f in result["floors"].items():
