@@ -168,15 +168,28 @@ def read_timings(path: Path) -> np.ndarray:
 
 
 # --- in-process CPU cost per request (no HTTP, no queueing) -----------------------------------------
+class _OneModel:
+    """The registry interface ``service.fastpath.rank_body`` uses: ``get(name)`` -> the one ranker."""
+
+    def __init__(self, ranker):
+        self.ranker = ranker
+
+    def get(self, name=None):
+        return self.ranker
+
+
 def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
-    """Mean thread-CPU ms per pooled request of the model's encoder, scorer and whole ``rank``."""
+    """Mean thread-CPU ms per pooled request of the model's encoder, scorer and whole ``rank``, and,
+    when the ranker has the compiled fast path (service/fastpath), of its body scan (raw bytes ->
+    ids) and of ``rank_body`` whole (scan + score + sort + response bytes)."""
     import msgspec
 
     from service.ranker import Ranker
 
     ranker = Ranker.load(path)
     ranker.warm()
-    reqs = [msgspec.json.decode(line) for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
+    bodies = [line for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
+    reqs = [msgspec.json.decode(line) for line in bodies]
     enc = score = rank = 0.0
     for q in reqs:
         t0 = time.thread_time()
@@ -189,8 +202,23 @@ def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
         rank += time.thread_time() - t2
         enc, score = enc + t1 - t0, score + t2 - t1
     n = max(len(reqs), 1)
-    return {"cpu_encode_ms": round(enc / n * 1e3, 3), "cpu_score_ms": round(score / n * 1e3, 4),
-            "cpu_rank_ms": round(rank / n * 1e3, 3)}
+    out = {"cpu_encode_ms": round(enc / n * 1e3, 3), "cpu_score_ms": round(score / n * 1e3, 4),
+           "cpu_rank_ms": round(rank / n * 1e3, 3)}
+    fp = getattr(ranker, "fastpath", None)
+    if fp is not None:
+        from service import fastpath
+
+        registry, scan_s, whole_s, fast = _OneModel(ranker), 0.0, 0.0, 0
+        for body in bodies:
+            t0 = time.thread_time()
+            ok = fp.scan(body) is not None
+            t1 = time.thread_time()
+            ok = ok and fastpath.rank_body(registry, body, 1 << 30) is not None
+            whole_s += time.thread_time() - t1
+            scan_s, fast = scan_s + t1 - t0, fast + ok
+        if fast == len(bodies):  # every pooled request takes the fast path
+            out.update(cpu_fast_scan_ms=round(scan_s / n * 1e3, 3), cpu_fast_ms=round(whole_s / n * 1e3, 3))
+    return out
 
 
 # --- the comparison -----------------------------------------------------------------------------

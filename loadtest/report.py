@@ -44,13 +44,22 @@ def markdown(result: dict) -> str:
             f"| {_fmt(m['server_p50_ms'])} / {_fmt(m['server_p95_ms'])} / {_fmt(m['server_p99_ms'])} "
             f"| {_fmt(m['inference_p50_ms'])} / {_fmt(m['inference_p95_ms'])} / {_fmt(m['inference_p99_ms'])} "
             f"| {m['requests']} |")
+    fast = any(m.get("cpu_fast_ms") for m in result["summary"])
     lines += ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
-              "score = `Scorer.score`, rank = `Ranker.rank` whole):", "",
-              "| model | encode | score | rank | score share of rank |", "| --- | --- | --- | --- | --- |"]
+              "score = `Scorer.score`, rank = `Ranker.rank` whole"
+              + ("; fast path = `service.fastpath`: scan = raw body -> ids, whole = `rank_body` (scan + score + "
+                 "sort + response bytes), what `/v1/rank` runs for these requests" if fast else "") + "):", "",
+              "| model | encode | score | rank | score share of rank |"
+              + (" fast path scan | fast path whole | score share of fast path |" if fast else ""),
+              "| --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if fast else "")]
     for m in result["summary"]:
         if m.get("cpu_rank_ms"):
-            lines.append(f"| {m['model']} | {m['cpu_encode_ms']:.2f} | {m['cpu_score_ms']:.3f} | {m['cpu_rank_ms']:.2f} "
-                         f"| {100 * m['cpu_score_ms'] / m['cpu_rank_ms']:.0f}% |")
+            row = (f"| {m['model']} | {m['cpu_encode_ms']:.2f} | {m['cpu_score_ms']:.3f} | {m['cpu_rank_ms']:.2f} "
+                   f"| {100 * m['cpu_score_ms'] / m['cpu_rank_ms']:.0f}% |")
+            if fast:
+                row += (f" {_fmt(m.get('cpu_fast_scan_ms'))} | {_fmt(m.get('cpu_fast_ms'))} | "
+                        + (f"{100 * m['cpu_score_ms'] / m['cpu_fast_ms']:.0f}% |" if m.get("cpu_fast_ms") else "- |"))
+            lines.append(row)
     lines += ["", "Per run (client P50 / P99, server P99, ms):", "",
               "| round | " + " | ".join(result["models"]) + " |", "| --- | " + " | ".join("---" for _ in result["models"]) + " |"]
     for rep in sorted({r["repeat"] for r in result["runs"]}):

@@ -23,7 +23,7 @@ from tests.service_helpers import ranker_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtest.auctions import AuctionGenerator, load_values, values_from_data, with_model, write_pool  # noqa: E402
-from loadtest.compare import histogram_delta, histogram_quantile, histograms  # noqa: E402
+from loadtest.compare import cpu_breakdown, histogram_delta, histogram_quantile, histograms  # noqa: E402
 from loadtest.models import build_models  # noqa: E402
 
 
@@ -139,6 +139,15 @@ def test_histograms_from_exposition_and_deltas():
         assert edges[b - 1] <= est <= edges[b]
 
 
+def test_cpu_breakdown_times_generic_and_fast_paths(models, tmp_path):
+    gen = AuctionGenerator(load_values(models["values"]), seed=2, median=20, sigma=1.0, max_candidates=200)
+    pool = tmp_path / "pool.jsonl"
+    write_pool(gen, pool, 12)
+    cpu = cpu_breakdown(models["dplr-1"], pool)
+    for key in ("cpu_encode_ms", "cpu_score_ms", "cpu_rank_ms", "cpu_fast_scan_ms", "cpu_fast_ms"):
+        assert cpu[key] > 0, key  # the generated requests all take service.fastpath
+
+
 def test_compare_rejects_bad_arguments(models, capsys):
     assert main(["loadtest", "compare", "--models", models["dplr-1"]]) == 2
     assert "--models needs at least two artifacts" in capsys.readouterr().err
@@ -163,4 +172,5 @@ def test_compare_end_to_end_on_loopback(models, tmp_path):
         assert m["cpu_encode_ms"] > 0 and m["cpu_score_ms"] > 0 and m["cpu_rank_ms"] > 0
     text = (out / "loadtest-tiny.md").read_text()
     assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text and "In process" in text
+    assert all(m["cpu_fast_ms"] > 0 for m in result["summary"]) and "fast path whole" in text
     assert (out / "loadtest-tiny.png").read_bytes()[:4] == b"\x89PNG"
