@@ -44,18 +44,20 @@ NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boun
 
 # Prefetch schedule per kernel family: how many candidates ahead, and what (PREFETCH_MODES bits):
 #   PF_LINEAR      also the 4-byte linear weights.  Their table is 16x smaller than the rows but the
-#                  stream of random rows evicts it from L3; without it DPLR rho=2 ran 1.6x slower
-#                  on cached rows and ~6% slower on cold rows (docs/results/kernels-micro.md).
+#                  stream of random rows evicts it from L3; without it DPLR rho=2 ran 1.5x slower
+#                  on cached rows and 6-13% slower on cold rows (docs/results/kernels-micro.md).
 #   PF_INTERLEAVE  issue candidate n + dist's prefetches one field at a time inside candidate n's
-#                  field loop instead of as one burst at the top of the iteration.  A/B (uniform
-#                  ids, 128 MiB table, 20 item fields): DPLR rho=2 -4% cold / -15% cached rows,
-#                  pruned -12% / 0%, full FwFM -10% / -2%; FM +1% / -3% (kept as a burst).
+#                  field loop instead of as one burst at the top of the iteration.  Interleaved
+#                  A/B in the bench-kernels target cell (20 item fields, k = 16, 128 MiB table,
+#                  1,000 candidates, 120-200 blocks each): pruned rho=2 1:inter vs 2:burst -12%
+#                  uniform / +3% Zipf, full FwFM -10% / -1%; DPLR rho=2 +7% / 0% and FM +2..10%
+#                  (so both keep the 2-ahead burst).  Distances 1-8 as bursts were within noise.
 # A Scorer's ``prefetch`` option overrides the distance (an int, False = off) for A/B runs, and
 # ``prefetch_mode`` the bits.  DESIGN §7 started from "the rows of the candidates two ahead".
 PF_LINEAR, PF_INTERLEAVE = 1, 2
 PREFETCH_DISTANCE = 2  # the default of a kind not listed below
-PREFETCH_DISTANCES = {"fm": 2, "dplr": 1, "pruned": 1, "fwfm": 1}
-PREFETCH_MODES = {"fm": PF_LINEAR, "dplr": PF_LINEAR | PF_INTERLEAVE, "pruned": PF_LINEAR | PF_INTERLEAVE,
+PREFETCH_DISTANCES = {"fm": 2, "dplr": 2, "pruned": 1, "fwfm": 1}
+PREFETCH_MODES = {"fm": PF_LINEAR, "dplr": PF_LINEAR, "pruned": PF_LINEAR | PF_INTERLEAVE,
                   "fwfm": PF_LINEAR | PF_INTERLEAVE}
 if os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "0":  # kill switch for the linear-weight prefetch
     PREFETCH_MODES = {k: v & ~PF_LINEAR for k, v in PREFETCH_MODES.items()}
