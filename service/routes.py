@@ -81,13 +81,13 @@ async def _rank(svc: ServiceState, request: Request, labels: list[str]) -> bytes
     s = svc.settings
     await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
     body = await read_body(request, s.max_body_bytes)
-    if fastpath.ENABLED:  # inline ads of the common shape: body bytes -> ids -> response, compiled
+    if fastpath.ENABLED:  # the common shapes: body bytes -> ids -> response, compiled
         t0 = perf_counter()  # (parse and encode are one pass there: the inference time includes it)
-        fast = fastpath.rank_body(svc.registry, body, s.max_candidates)
+        fast = fastpath.rank_body(svc.registry, body, s.max_candidates, getattr(request.app.state, "catalog", None))
         if fast is not None:  # None: anything else, errors included, takes the generic path below
-            ranker, response, n_ads = fast
+            ranker, response, n_ads, mode = fast
             labels[0] = ranker.name
-            catalog_metrics.scored_inline(ranker.name, perf_counter() - t0)
+            catalog_metrics.observe(ranker.name, mode, perf_counter() - t0)
             metrics.INFERENCE_DURATION.labels(ranker.name).observe(perf_counter() - t0)
             metrics.REQUEST_CANDIDATES.labels(ranker.name).observe(n_ads)
             return response

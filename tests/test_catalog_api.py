@@ -157,6 +157,36 @@ def test_app_rank_by_id_equals_inline_equals_naive(served, kind):
         np.testing.assert_allclose(in_order, sorted(want.values(), reverse=True), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", APP_KINDS)
+def test_app_fast_path_by_id_answers_byte_for_byte_as_the_generic_path(served, kind, monkeypatch):
+    """Every ad by id: service/fastpath scores from the snapshot's per-ad parts; anything it does
+    not take (unknown or integer ids, mixed requests) falls back, with the same reply either way."""
+    import json
+
+    import service.fastpath as fastpath
+
+    c, _, req, _ = served
+    ids = [a["id"] for a in req["ads"]]
+    used = []
+    real = fastpath.rank_body
+    monkeypatch.setattr(fastpath, "rank_body", lambda *a: used.append(real(*a)) or used[-1])
+    bodies = [{"model": kind, "context": req["context"], "ads": [{"id": i} for i in ids]},
+              {"model": kind, "context": req["context"], "ads": [{"id": i} for i in ids[::-1] + ids[:3]], "top_k": 7},
+              {"context": {}, "model": kind, "ads": [{"id": ids[5]}]},
+              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, {"id": "not-there"}]},
+              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, {"id": 7}]},
+              {"model": kind, "context": req["context"], "ads": [{"id": ""}]},
+              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, req["ads"][1]]}]
+    for body in bodies:
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        monkeypatch.setattr(fastpath, "ENABLED", True)
+        fast = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
+        monkeypatch.setattr(fastpath, "ENABLED", False)
+        slow = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
+        assert (fast.status_code, fast.content) == (slow.status_code, slow.content), raw[:200]
+    assert [u is not None and u[3] == "catalog" for u in used] == [True] * 3 + [False] * 4
+
+
 def test_app_all_ads_top_k_and_errors(served):
     from tests.service_helpers import reference_scores
 

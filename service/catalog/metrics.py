@@ -42,3 +42,8 @@ def scored(model: str, ranked) -> None:
 def scored_inline(model: str, seconds: float) -> None:
     """A request ranked inline (every ad with its features), for comparison with the catalog."""
     SCORING.labels(model, "inline").observe(seconds)
+
+
+def observe(model: str, mode: str, seconds: float) -> None:
+    """A request ranked in ``mode`` ("inline", "catalog", "mixed" or "all")."""
+    SCORING.labels(model, mode).observe(seconds)

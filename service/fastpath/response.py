@@ -1,0 +1,74 @@
+"""The ``/v1/rank`` response body, assembled in one compiled pass.
+
+``schemas.encode_ranking`` (msgspec) writes ``{"model":..,"version":..,"ads":[{"id":..,"score":..},..]}``.
+Here the same bytes are copied together: each id is its own JSON text from the request body (an
+unescaped string, quotes included, or an integer's digits: exactly what msgspec writes for that
+id) and each score is msgspec's own text for that float (the shortest round-trip repr), taken
+from one ``msgspec`` encoding of the score list.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numba
+import numpy as np
+
+_JSON = msgspec.json.Encoder()
+_ADS = np.frombuffer(b',"ads":[', dtype=np.uint8)
+_ID = np.frombuffer(b'{"id":', dtype=np.uint8)
+_SCORE = np.frombuffer(b',"score":', dtype=np.uint8)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put(out, p, src, s, e):
+    for k in range(s, e):
+        out[p] = src[k]
+        p += 1
+    return p
+
+
+@numba.njit(cache=True, nogil=True)
+def _assemble(head, body, spans, rows, floats):
+    """head (``{"model":..,"version":..`` without the closing brace) + the ads array: ad j is
+    ``{"id":<body span of rows[j]>,"score":<j-th number of floats>}``; floats is ``[a,b,...]``."""
+    size = head.shape[0] + _ADS.shape[0] + 2 + floats.shape[0]
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        quoted = 0 if spans[r, 2] == 1 else 1
+        size += _ID.shape[0] + _SCORE.shape[0] + 2 + spans[r, 1] - spans[r, 0] + 2 * quoted
+    out = np.empty(size, np.uint8)
+    p = _put(out, 0, head, 0, head.shape[0])
+    p = _put(out, p, _ADS, 0, _ADS.shape[0])
+    f = 1  # after floats' "["
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        quoted = 0 if spans[r, 2] == 1 else 1
+        if j:
+            out[p] = 44
+            p += 1
+        p = _put(out, p, _ID, 0, _ID.shape[0])
+        p = _put(out, p, body, spans[r, 0] - quoted, spans[r, 1] + quoted)
+        p = _put(out, p, _SCORE, 0, _SCORE.shape[0])
+        e = f
+        while floats[e] != 44 and floats[e] != 93:  # a JSON number never holds "," or "]"
+            e += 1
+        p = _put(out, p, floats, f, e)
+        f = e + 1
+        out[p] = 125
+        p += 1
+    out[p] = 93
+    out[p + 1] = 125
+    return out[: p + 2]
+
+
+def response(model: str, version: str, body: bytes, spans: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> bytes:
+    """Byte for byte ``schemas.encode_ranking(model, version, [(id of row r, score) ...])`` for the
+    ads ``rows`` (best first) with ``scores`` (float64, same order); spans as the scanner's."""
+    head = np.frombuffer(_JSON.encode({"model": model, "version": version})[:-1], dtype=np.uint8)
+    floats = np.frombuffer(_JSON.encode(scores.tolist()), dtype=np.uint8)
+    return _assemble(head, np.frombuffer(body, dtype=np.uint8), spans, rows, floats).tobytes()
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) the assembler."""
+    response("m", "v", b'"a"', np.array([[1, 2, 0]], np.int64), np.zeros(1, np.int64), np.zeros(1))

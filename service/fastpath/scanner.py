@@ -1,0 +1,310 @@
+"""The compiled scanner: a whole ``/v1/rank`` body -> context ids, item id rows and the ads' id spans.
+
+One pass over the bytes (lexer.py) records every token's (field, hash, destination slot) and its
+bucket in the vocabulary's sorted keys (``service.encode.BucketIndex``), prefetching the bucket's
+keys so that the random reads overlap with parsing; ``_resolve`` then finds each token's id.
+Each ad's row starts as the schema's template (missing ids, PAD in unused multi slots) and its
+tokens overwrite slots.  An ad given by id alone (a catalog ad) gets its id's hash recorded
+instead; the caller decides what a request mixing both kinds means.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from adrank.preprocess import N_SPECIAL, RARE
+from service.fastpath.lexer import (
+    BAD,
+    INTEGER,
+    K_ADS,
+    K_CONTEXT,
+    K_FEATURES,
+    K_ID,
+    K_MODEL,
+    K_TOP_K,
+    K_VALUES,
+    MISSING_VALUE,
+    NUMERIC_DIGITS,
+    STRING,
+    colon,
+    hash_numeric,
+    hash_span,
+    key,
+    same,
+    scalar,
+    separator,
+    string_end,
+    ws,
+)
+from service.kernels.config import prefetch_row
+
+CAT, NUM, MULTI = 0, 1, 2
+TYPES = {"categorical": CAT, "numeric": NUM, "multi": MULTI}
+INLINE_FEATURES, INLINE_VALUES = 1 << K_ID | 1 << K_FEATURES, 1 << K_ID | 1 << K_VALUES
+
+
+@numba.njit(cache=True, nogil=True)
+def _field_of(b, s, e, names, name_off, lo_f, hi_f, guess):
+    """The field in [lo_f, hi_f) whose UTF-8 name is b[s:e] (``guess`` tried first), or -1."""
+    f = guess if lo_f <= guess < hi_f else lo_f
+    for _ in range(hi_f - lo_f):
+        if name_off[f + 1] - name_off[f] == e - s and same(names, name_off[f], name_off[f + 1], b, s):
+            return f
+        f = f + 1 if f + 1 < hi_f else lo_f
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _token(tok, ix, t, f, h, dest):
+    """Record token t (field f, hash h, destination slot) and prefetch its bucket's entry in the
+    vocabulary's bucket table (BucketIndex): the random reads of the lookup then overlap with
+    the parsing of the tokens that follow (a prefetch never stalls; a load would)."""
+    tf, th, td, lo_t, hi_t = tok
+    keys, key_off, starts, start_off, shift = ix
+    tf[t], th[t], td[t] = f, h, dest
+    prefetch_row(starts, start_off[f] + np.int64(h >> shift[f]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _resolve(tok, ix, id_off, nt, out):
+    """out[destination of token t] = the id of token t (its field's rare id if absent): first every
+    token's bucket [lo, hi) in the sorted keys (prefetching its first key), then the short scans."""
+    tf, th, td, lo_t, hi_t = tok
+    keys, key_off, starts, start_off, shift = ix
+    for t in range(nt):
+        f = tf[t]
+        bk = start_off[f] + np.int64(th[t] >> shift[f])
+        lo_t[t] = key_off[f] + starts[bk]
+        hi_t[t] = key_off[f] + starts[bk + 1]
+        prefetch_row(keys, lo_t[t])
+    for t in range(nt):
+        f = tf[t]
+        fid = id_off[f] + RARE
+        for p in range(lo_t[t], hi_t[t]):
+            if keys[p] == th[t]:
+                fid = id_off[f] + N_SPECIAL + (p - key_off[f])
+                break
+        out[td[t]] = fid
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _value(b, i, f, ftype, width, dest, edges, bins, tok, ix, nt, kept):
+    """Parse field ``f``'s value at ``i``; its tokens are appended at ``nt`` (none = the template's
+    missing id stays): ``_token``.  Returns (end, nt); end = -1: fall back."""
+    n = b.shape[0]
+    in_list = ftype[f] == MULTI and i < n and b[i] == 91
+    if in_list:
+        i = ws(b, i + 1)
+        if i < n and b[i] == 93:
+            return i + 1, nt
+    count = 0
+    while True:
+        e, kind, s, z, v, h = scalar(b, i)
+        if kind == BAD:
+            return -1, nt
+        if kind != MISSING_VALUE:
+            keep = True
+            if ftype[f] == NUM:
+                if kind != INTEGER or abs(v) >= 10**NUMERIC_DIGITS:
+                    return -1, nt
+                h = hash_numeric(v, edges, bins)
+            else:  # categorical or multi: keep the first width distinct tokens (order kept)
+                keep = count < width[f]
+                for k in range(count if keep else 0):
+                    if kept[k, 1] - kept[k, 0] == z - s and same(b, kept[k, 0], kept[k, 1], b, s):
+                        keep = False
+                        break
+                if keep:
+                    kept[count, 0], kept[count, 1] = s, z
+                    if kind != STRING:  # an integer's digits or true/false: the literal is the token
+                        h = hash_span(b, s, z)
+            if keep:
+                _token(tok, ix, nt, f, h, dest + count)
+                nt += 1
+                count += 1
+        if not in_list:
+            return e, nt
+        i, closed = separator(b, e, 93)
+        if closed:
+            return i, nt
+
+
+@numba.njit(cache=True, nogil=True)
+def _object(b, i, r, lo_f, hi_f, dest0, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt, kept,
+            stamp):
+    """A ``{field: value, ...}`` object at ``i`` over fields [lo_f, hi_f), row stamp ``r``
+    (a field seen twice in one object falls back).  Returns (end, nt); end = -1: fall back."""
+    n = b.shape[0]
+    if i >= n or b[i] != 123:
+        return -1, nt
+    i = ws(b, i + 1)
+    if i < n and b[i] == 125:
+        return i + 1, nt
+    guess = lo_f
+    while True:
+        if i >= n or b[i] != 34:
+            return -1, nt
+        e = string_end(b, i + 1)
+        if e < 0:
+            return -1, nt
+        f = _field_of(b, i + 1, e, names, name_off, lo_f, hi_f, guess)
+        if f < 0 or stamp[f] == r:
+            return -1, nt
+        stamp[f] = r
+        guess = f + 1
+        i = colon(b, e + 1)
+        if i < 0:
+            return -1, nt
+        i, nt = _value(b, i, f, ftype, width, dest0 + lo[f], edges, bins, tok, ix, nt, kept)
+        if i < 0:
+            return -1, nt
+        i, closed = separator(b, i, 125)
+        if closed:
+            return i, nt
+
+
+@numba.njit(cache=True, nogil=True)
+def _positional(b, i, lo_f, hi_f, dest0, ftype, lo, width, edges, bins, tok, ix, nt, kept):
+    """A ``[v_1, ..., v_j]`` values array (item-field order, j <= |I|).  Returns (end, nt)."""
+    n = b.shape[0]
+    if i >= n or b[i] != 91:
+        return -1, nt
+    i = ws(b, i + 1)
+    if i < n and b[i] == 93:
+        return i + 1, nt
+    f = lo_f
+    while True:
+        if f >= hi_f:
+            return -1, nt
+        i, nt = _value(b, i, f, ftype, width, dest0 + lo[f], edges, bins, tok, ix, nt, kept)
+        if i < 0:
+            return -1, nt
+        f += 1
+        i, closed = separator(b, i, 93)
+        if closed:
+            return i, nt
+
+
+@numba.njit(cache=True, nogil=True)
+def _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt, kept, stamp,
+         out, item_template, spans, id_hash):
+    """The ``ads`` array at ``i``: an inline ad's row is the template, then its tokens; an ad by id
+    alone (a string id) records the id's hash and spans[r, 2] = 2.  Returns (end, nt, n_ads,
+    n_by_id); end = -1: fall back."""
+    n, r, n_by_id = b.shape[0], 0, 0
+    if i >= n or b[i] != 91:
+        return -1, nt, 0, 0
+    i = ws(b, i + 1)
+    while True:
+        if r >= spans.shape[0] or i >= n or b[i] != 123:
+            return -1, nt, r, n_by_id
+        dest0 = s_c + r * s_i
+        out[dest0 : dest0 + s_i] = item_template
+        i = ws(b, i + 1)
+        seen = 0
+        while True:
+            i, code = key(b, i)
+            if i < 0 or code < K_ID or (seen >> code) & 1:
+                return -1, nt, r, n_by_id
+            seen |= 1 << code
+            i = colon(b, i)
+            if i < 0:
+                return -1, nt, r, n_by_id
+            if code == K_ID:
+                e, kind, s, z, v, h = scalar(b, i)
+                if kind != INTEGER and (kind == BAD or b[i] != 34):  # a string or an integer
+                    return -1, nt, r, n_by_id
+                spans[r, 0], spans[r, 1], spans[r, 2] = s, z, 1 if kind == INTEGER else 0
+                id_hash[r] = h if kind == STRING else np.uint64(0)
+                i = e
+            elif code == K_FEATURES:
+                i, nt = _object(b, i, r, mc, m, dest0, names, name_off, ftype, lo, width,
+                                edges, bins, tok, ix, nt, kept, stamp)
+            else:
+                i, nt = _positional(b, i, mc, m, dest0, ftype, lo, width, edges, bins, tok, ix, nt, kept)
+            if i < 0:
+                return -1, nt, r, n_by_id
+            i, closed = separator(b, i, 125)
+            if i < 0:
+                return -1, nt, r, n_by_id
+            if closed:
+                break
+        if seen == 1 << K_ID:  # by id alone: only a non-empty string id is looked up here
+            if spans[r, 2] != 0 or spans[r, 1] == spans[r, 0]:
+                return -1, nt, r, n_by_id
+            spans[r, 2] = 2
+            n_by_id += 1
+        elif seen != INLINE_FEATURES and seen != INLINE_VALUES:
+            return -1, nt, r, n_by_id
+        r += 1
+        i, closed = separator(b, i, 93)
+        if closed:
+            return i, nt, r, n_by_id
+
+
+def capacities(n: int) -> tuple[int, int]:
+    """(ads, tokens) a body of ``n`` bytes can hold at most: an ad takes >= 10 bytes
+    ('{"id":"x"}' plus a separator), a token >= 2 (one byte plus a separator)."""
+    return n // 10 + 1, n // 2 + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, edges, bins,
+         keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, tf, th, td, lo_t, hi_t,
+         kept, stamp, meta):
+    """The whole body -> (status, n_ads, n_by_id); status != 0 = fall back.  Results land in the
+    caller's workspace (sized by ``capacities(len(b))``, reused across requests: fresh buffers
+    would page-fault on every request): ``out[:S_C]`` the context slots, ``out[S_C:S_C + n_ads *
+    S_I]`` the item rows, spans[r] = (start, end, 0 string id | 1 integer id | 2 string id of an ad
+    by id alone), id_hash[r] a string id's hash, meta = (model start, model end | -1, top_k | -1);
+    kept (int64[max width, 2]) and stamp (int64[m]) are scratch."""
+    ix = (keys, key_off, starts, start_off, shift)
+    tok = (tf, th, td, lo_t, hi_t)
+    n, m = b.shape[0], ftype.shape[0]
+    s_c, s_i = ctx_template.shape[0], item_template.shape[0]
+    out[:s_c] = ctx_template
+    meta[:] = -1
+    stamp[:] = -2
+    nt, n_ads, n_by_id, seen = 0, 0, 0, 0
+    i = ws(b, 0)
+    ok = i < n and b[i] == 123
+    i = ws(b, i + 1)
+    while ok:
+        i, code = key(b, i)
+        if i < 0 or code < K_MODEL or code > K_ADS or (seen >> code) & 1:
+            ok = False
+            break
+        seen |= 1 << code
+        i = colon(b, i)
+        if i < 0:
+            ok = False
+            break
+        if code == K_MODEL or code == K_TOP_K:
+            e, kind, s, z, v, h = scalar(b, i)
+            null = kind == MISSING_VALUE and b[i] == 110
+            good = (kind != BAD and kind != INTEGER and b[i] == 34) if code == K_MODEL else (kind == INTEGER and v >= 1)
+            if e < 0 or not (null or good):
+                ok = False
+                break
+            if not null and code == K_MODEL:
+                meta[0], meta[1] = s, z
+            elif not null:
+                meta[2] = v
+            i = e
+        elif code == K_CONTEXT:
+            i, nt = _object(b, i, -1, 0, mc, 0, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt,
+                            kept, stamp)
+        else:
+            i, nt, n_ads, n_by_id = _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins,
+                                         tok, ix, nt, kept, stamp, out, item_template, spans, id_hash)
+        if i < 0:
+            ok = False
+            break
+        i, closed = separator(b, i, 125)
+        if closed:
+            ok = i >= 0 and ws(b, i) == n and (seen >> K_ADS) & 1 == 1 and n_ads > 0
+            break
+    if ok:
+        _resolve(tok, ix, id_off, nt, out)
+    return (0 if ok else 1), n_ads, n_by_id
