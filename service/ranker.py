@@ -11,8 +11,10 @@ but saturates to 1.0 in float64, which would create false ties).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from adrank.preprocess import Preprocessor
@@ -22,9 +24,19 @@ from service.kernels.registry import make_scorer
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow warnings for large |x|."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    """1 / (1 + exp(-x)) without overflow warnings for large |x| (compiled: NumPy's seven ufunc
+    calls cost ~15 us on a 10-ad request)."""
+    x = np.asarray(x, dtype=np.float64)
+    return _sigmoid(np.ascontiguousarray(x).ravel()).reshape(x.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sigmoid(x):
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        z = math.exp(-abs(x[i]))
+        out[i] = 1.0 / (1.0 + z) if x[i] >= 0 else z / (1.0 + z)
+    return out
 
 
 class Ranker:

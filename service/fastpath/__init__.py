@@ -115,9 +115,10 @@ class FastPath:
         ix = encoder.index
         self.index = (ix.keys, ix.key_off, ix.starts, ix.start_off, ix.shift, ix.id_off)
         self._local = threading.local()  # each thread its own workspace
+        self._shape = (len(self.templates[0]), len(self.templates[1]), schema.m, int(self.width.max(initial=1)))
 
     def _workspace(self, n: int) -> _Workspace:
-        shape = (len(self.templates[0]), len(self.templates[1]), len(self.ftype), int(self.width.max(initial=1)))
+        shape = self._shape
         if n > WORKSPACE_MAX_BYTES:
             return _Workspace(n, *shape)
         ws = getattr(self._local, "ws", None)
