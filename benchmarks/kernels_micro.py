@@ -71,7 +71,7 @@ def make_floor(K: int, prefetch: bool):
         for n in range(X.shape[0]):
             if prefetch and n + config.PREFETCH_DISTANCE < X.shape[0]:
                 for s in range(X.shape[1]):
-                    config.prefetch_row(emb, X[n + config.PREFETCH_DISTANCE, s])
+                    config.prefetch_row_l2(emb, X[n + config.PREFETCH_DISTANCE, s])
             a = vzero(K)
             for s in range(X.shape[1]):
                 a = vadd(a, vload(emb, X[n, s], K))
@@ -82,24 +82,25 @@ def make_floor(K: int, prefetch: bool):
 
 def schedule(name: str, kind: str) -> tuple:
     """(prefetch, prefetch_mode) scorer options of a schedule name: ``default`` (config.py's choice
-    for the kind), ``off``, or ``D:burst|inter[-nolin]`` = D candidates ahead, all rows at the top of
-    the iteration (burst) or field by field inside the field loop (inter), linear weights too unless
-    ``-nolin``."""
+    for the kind), ``off``, or ``D:burst|inter[-nolin][-l2]`` = D candidates ahead, all rows at the
+    top of the iteration (burst) or field by field inside the field loop (inter), linear weights
+    too unless ``-nolin``, into L1 (prefetcht0) or with ``-l2`` into L2 (prefetcht1)."""
     if name in ("default", "off"):
         return name == "default", None
     dist, _, how = name.partition(":")
-    kind_bits = {"burst": 0, "inter": config.PF_INTERLEAVE}
-    base, _, nolin = how.partition("-")
-    if not dist.isdigit() or base not in kind_bits or nolin not in ("", "nolin"):
-        raise SystemExit(f"bad schedule {name!r}: expected default, off or D:burst|inter[-nolin]")
-    return int(dist), kind_bits[base] | (0 if nolin else config.PF_LINEAR)
+    base, *extra = how.split("-")
+    bits = {"burst": 0, "inter": config.PF_INTERLEAVE}
+    if not dist.isdigit() or base not in bits or not set(extra) <= {"nolin", "l2"}:
+        raise SystemExit(f"bad schedule {name!r}: expected default, off or D:burst|inter[-nolin][-l2]")
+    return int(dist), bits[base] | (0 if "nolin" in extra else config.PF_LINEAR) | (config.PF_L2 if "l2" in extra else 0)
 
 
 def describe(dist: int, mode: int) -> str:
     if dist == 0:
         return "off"
     how = "inter" if mode & config.PF_INTERLEAVE else "burst"
-    return f"{dist}:{how}" + ("" if mode & config.PF_LINEAR else "-nolin")
+    return (f"{dist}:{how}" + ("" if mode & config.PF_LINEAR else "-nolin")
+            + ("-l2" if mode & config.PF_L2 else ""))
 
 
 def run(args) -> dict:
@@ -190,7 +191,9 @@ def markdown(rep: dict) -> str:
              f"load average during the run: {rep['machine']['load_average']}.", "",
              "Schedules: `D:burst` = the rows and linear weights of the candidate D ahead prefetched at the top "
              "of each iteration, `D:inter` = the same prefetches issued field by field inside the field loop, "
-             "`-nolin` = rows only; `default` = what service/kernels/config.py uses for the kind.", "",
+             "`-nolin` = rows only, `-l2` = into L2 (prefetcht1) instead of L1 (prefetcht0); `default` = what "
+             "service/kernels/config.py uses for the kind (the floor's default: L2, "
+             f"{config.PREFETCH_DISTANCE} ahead).", "",
              "| kernel | rho | pairs | prefetch schedule | cold CPU | cold wall | cached CPU | cached wall |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rep["results"]:

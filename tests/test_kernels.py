@@ -173,7 +173,8 @@ def test_threaded_path_equals_single_thread(kind, monkeypatch):
 @pytest.mark.parametrize("kind,rho", [("fm", 2), ("fwfm", 2), ("pruned", 2), ("dplr", 2), ("dplr", 5)])
 def test_prefetch_schedules_do_not_change_scores(kind, rho):
     """Every prefetch schedule (burst at the top of the iteration or interleaved with the field
-    loop, with or without the linear weights, 1 or 3 candidates ahead, off) scores alike, also on
+    loop, with or without the linear weights, into L1 or L2, 1 or 3 candidates ahead, off) scores
+    alike, also on
     the candidates near the end of the auction whose prefetch target is clamped."""
     schema, params, arrays, X, manifest = case(kind, 50, 16, 10, 4, rho=rho)
     ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
@@ -182,7 +183,8 @@ def test_prefetch_schedules_do_not_change_scores(kind, rho):
     full = np.concatenate([np.broadcast_to(ctx, (len(items), len(ctx))), items], axis=1)
     np.testing.assert_allclose(want, oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)
     for dist in (True, 1, 3):
-        for mode in (None, 0, config.PF_LINEAR, config.PF_INTERLEAVE, config.PF_LINEAR | config.PF_INTERLEAVE):
+        for mode in (None, 0, config.PF_LINEAR, config.PF_INTERLEAVE, config.PF_LINEAR | config.PF_INTERLEAVE,
+                     config.PF_L2 | config.PF_LINEAR, config.PF_L2 | config.PF_INTERLEAVE):
             s = make_scorer(manifest, arrays, prefetch=dist, prefetch_mode=mode)
             np.testing.assert_array_equal(s.score_rows(X), want_rows)
             np.testing.assert_array_equal(s.score(ctx, items), want)
@@ -193,7 +195,7 @@ def test_prefetch_options_are_checked():
     with pytest.raises(ValueError, match="prefetch must be"):
         make_scorer(manifest, arrays, prefetch=-1)
     with pytest.raises(ValueError, match="prefetch_mode must be"):
-        make_scorer(manifest, arrays, prefetch_mode=8)
+        make_scorer(manifest, arrays, prefetch_mode=8 | config.PF_L2 | 3)
 
 
 def test_no_item_fields_and_no_candidates():

@@ -42,23 +42,30 @@ from numba.extending import intrinsic
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 
-# Prefetch schedule per kernel family: how many candidates ahead, and what (PREFETCH_MODES bits):
+# Prefetch schedule per kernel family: how many candidates ahead, and how (PREFETCH_MODES bits):
+#   PF_L2          prefetch into L2 (x86 prefetcht1) rather than L1 (prefetcht0).  The largest
+#                  effect found: L1 has few miss buffers, so with L1 prefetches of 20-40 random
+#                  lines per candidate most stayed queued; into L2 many more are in flight and the
+#                  demand load then hits L2.  Interleaved A/B in the bench-kernels target cell
+#                  (20 item fields, k = 16, 128 MiB table, 1,000 candidates, 40 blocks each),
+#                  uniform ids: FM 409 -> 220-242 ns, DPLR rho=2 416 -> 221-253, pruned rho=2
+#                  500 -> 300-314, full FwFM 700 -> 483-518; Zipf ids: FM -14%, DPLR -12%,
+#                  pruned and FwFM within noise.
 #   PF_LINEAR      also the 4-byte linear weights.  Their table is 16x smaller than the rows but the
 #                  stream of random rows evicts it from L3; without it DPLR rho=2 ran 1.5x slower
 #                  on cached rows and 6-13% slower on cold rows (docs/results/kernels-micro.md).
 #   PF_INTERLEAVE  issue candidate n + dist's prefetches one field at a time inside candidate n's
-#                  field loop instead of as one burst at the top of the iteration.  Interleaved
-#                  A/B in the bench-kernels target cell (20 item fields, k = 16, 128 MiB table,
-#                  1,000 candidates, 120-200 blocks each): pruned rho=2 1:inter vs 2:burst -12%
-#                  uniform / +3% Zipf, full FwFM -10% / -1%; DPLR rho=2 +7% / 0% and FM +2..10%
-#                  (so both keep the 2-ahead burst).  Distances 1-8 as bursts were within noise.
-# A Scorer's ``prefetch`` option overrides the distance (an int, False = off) for A/B runs, and
-# ``prefetch_mode`` the bits.  DESIGN §7 started from "the rows of the candidates two ahead".
-PF_LINEAR, PF_INTERLEAVE = 1, 2
-PREFETCH_DISTANCE = 2  # the default of a kind not listed below
-PREFETCH_DISTANCES = {"fm": 2, "dplr": 2, "pruned": 1, "fwfm": 1}
-PREFETCH_MODES = {"fm": PF_LINEAR, "dplr": PF_LINEAR, "pruned": PF_LINEAR | PF_INTERLEAVE,
-                  "fwfm": PF_LINEAR | PF_INTERLEAVE}
+#                  field loop instead of as one burst at the top of the iteration.  With L1
+#                  prefetches it helped pruned (-12% uniform) and FwFM (-10%) but not FM/DPLR;
+#                  with L2 prefetches the burst was as good or better for every family.
+# Distances 2-8 with L2 prefetches were within the noise of each other (40 blocks each, load ~2.7);
+# every family uses the same schedule, 4 candidates ahead.  A Scorer's ``prefetch`` option
+# overrides the distance (an int, False = off) and ``prefetch_mode`` the bits, for A/B runs.
+PF_LINEAR, PF_INTERLEAVE, PF_L2 = 1, 2, 4
+PREFETCH_DISTANCE = 4  # the default of a kind not listed below
+PREFETCH_DISTANCES = {"fm": 4, "dplr": 4, "pruned": 4, "fwfm": 4}
+PREFETCH_MODES = {"fm": PF_LINEAR | PF_L2, "dplr": PF_LINEAR | PF_L2, "pruned": PF_LINEAR | PF_L2,
+                  "fwfm": PF_LINEAR | PF_L2}
 if os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "0":  # kill switch for the linear-weight prefetch
     PREFETCH_MODES = {k: v & ~PF_LINEAR for k, v in PREFETCH_MODES.items()}
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
@@ -71,9 +78,9 @@ SOURCE_STAMP = hashlib.sha1(b"".join((Path(__file__).parent / f).read_bytes()
 def prefetch_mode(kind: str, mode: int | None) -> int:
     """PF_* bits of a ``kind`` kernel: None = the family's measured default."""
     if mode is None:
-        return PREFETCH_MODES.get(kind, PF_LINEAR)
-    if not isinstance(mode, int) or not 0 <= mode <= PF_LINEAR | PF_INTERLEAVE:
-        raise ValueError(f"prefetch_mode must be a combination of PF_LINEAR | PF_INTERLEAVE, got {mode!r}")
+        return PREFETCH_MODES.get(kind, PF_LINEAR | PF_L2)
+    if not isinstance(mode, int) or not 0 <= mode <= PF_LINEAR | PF_INTERLEAVE | PF_L2:
+        raise ValueError(f"prefetch_mode must be a combination of PF_LINEAR | PF_INTERLEAVE | PF_L2, got {mode!r}")
     return mode
 
 
@@ -89,26 +96,35 @@ def prefetch_distance(kind: str, prefetch: bool | int) -> int:
     return prefetch
 
 
-@intrinsic
-def prefetch_row(typingctx, table, row):
-    """``llvm.prefetch(&table[row, 0], read, locality=3, data)``: a hint, never a fault."""
-    if not isinstance(table, types.Array) or not isinstance(row, types.Integer):
-        return None
-    sig = types.void(table, row)
+def _prefetch(locality: int, doc: str):
+    @intrinsic
+    def prefetch(typingctx, table, row):
+        if not isinstance(table, types.Array) or not isinstance(row, types.Integer):
+            return None
+        sig = types.void(table, row)
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = context.cast(builder, args[1], signature.args[1], types.intp)
-        inds = [idx] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds)
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = context.cast(builder, args[1], signature.args[1], types.intp)
+            inds = [idx] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds)
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    prefetch.__doc__ = doc
+    return prefetch
+
+
+prefetch_row = _prefetch(3, "``llvm.prefetch(&table[row, 0], read, locality=3, data)`` (x86: prefetcht0, into L1): "
+                            "a hint, never a fault.")
+prefetch_row_l2 = _prefetch(2, "``llvm.prefetch(&table[row, 0], read, locality=2, data)`` (x86: prefetcht1, into L2 "
+                               "and outer levels only): a hint, never a fault.")
 
 
 def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -53,7 +53,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     def context(ctx, offs, src, linear, U_c, d_c):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
-            prefetch_context(ctx, offs, src, linear)
+            prefetch_context(ctx, offs, src, linear, mode)
         rho = U_c.shape[0]
         P_c = np.zeros((rho, K), np.float32)
         v = np.empty((1, K), np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from service.kernels.config import NJIT, PF_LINEAR, prefetch_row
+from service.kernels.config import NJIT, PF_L2, PF_LINEAR, prefetch_row, prefetch_row_l2
 from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_feature
 
 
@@ -50,6 +50,15 @@ def norm2(V, j):
     return s
 
 
+@njit(**NJIT, inline="always")
+def hint(table, idx, mode):
+    """Prefetch ``table[idx]`` into L2 (``mode & PF_L2``) or into L1."""
+    if mode & PF_L2:
+        prefetch_row_l2(table, idx)
+    else:
+        prefetch_row(table, idx)
+
+
 @njit(**NJIT)
 def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode):
     """Prefetch the embedding rows of candidate ``p`` (the kernels pass ``n`` + their family's
@@ -60,9 +69,9 @@ def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode):
     global fields ``single_f + g0``) instead of rows; for a dense table that loop is empty."""
     if p < stop:
         for s in range(items.shape[1]):
-            prefetch_emb(src, items[p, s])
+            prefetch_emb(src, items[p, s], mode & PF_L2)
             if mode & PF_LINEAR:
-                prefetch_row(linear, items[p, s])
+                hint(linear, items[p, s], mode)
         prefetch_codes(src, items, p, single, single_f, g0)
 
 
@@ -71,20 +80,20 @@ def prefetch_field(X, p, slot, src, f, linear, mode):
     """Prefetch feature ``X[p, slot]`` of global field ``f``: its row (dense) or packed codes
     (codebook) and, with ``mode & PF_LINEAR``, its linear weight (the interleaved schedule)."""
     idx = X[p, slot]
-    prefetch_feature(src, f, idx)
+    prefetch_feature(src, f, idx, mode & PF_L2)
     if mode & PF_LINEAR:
-        prefetch_row(linear, idx)
+        hint(linear, idx, mode)
 
 
 @njit(**NJIT)
-def prefetch_context(ctx, offs, src, linear):
+def prefetch_context(ctx, offs, src, linear, mode):
     """Prefetch every context slot's row (codes, for a codebook source) and linear weight before
     the context pass: the fields' rows are independent, so their cache misses overlap instead of
     being met one field at a time (after a large auction they are usually cold)."""
     for f in range(offs.shape[0] - 1):
         for s in range(offs[f], offs[f + 1]):
-            prefetch_feature(src, f, ctx[s])
-            prefetch_row(linear, ctx[s])
+            prefetch_feature(src, f, ctx[s], mode & PF_L2)
+            hint(linear, ctx[s], mode)
 
 
 @njit(**NJIT)
@@ -94,9 +103,9 @@ def prefetch_multi(X, p, stop, src, linear, multi, mode):
     if p < stop:
         for j in range(multi.shape[0]):
             for s in range(multi[j, 0], multi[j, 1]):
-                prefetch_emb(src, X[p, s])
+                prefetch_emb(src, X[p, s], mode & PF_L2)
                 if mode & PF_LINEAR:
-                    prefetch_row(linear, X[p, s])
+                    hint(linear, X[p, s], mode)
 
 
 def split_fields(offs: np.ndarray):

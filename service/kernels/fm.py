@@ -46,7 +46,7 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     def context(ctx, offs, src, linear, d):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
-            prefetch_context(ctx, offs, src, linear)
+            prefetch_context(ctx, offs, src, linear, mode)
         a = vzero(K)
         v = np.empty((1, K), np.float32)
         x = ctx.reshape(1, -1)

@@ -50,7 +50,7 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     def context(ctx, offs, src, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
-            prefetch_context(ctx, offs, src, linear)
+            prefetch_context(ctx, offs, src, linear, mode)
         V_c = np.zeros((max(offs.shape[0] - 1, 1), K), np.float32)
         row = ctx.reshape(1, -1)
         lin = 0.0

@@ -17,9 +17,9 @@ of ``src`` (numba ``overload``), so the dense path compiles to the code it had b
 
     fetch(src, f, idx, K, D)       row of idx as F32Vec(K)   (K, D compile-time constants)
     add_row(src, f, idx, V, j)     V[j] += row of idx        (multi-valued field means)
-    prefetch_emb(src, idx)         cache hint for the row (dense) / nothing (codebook)
+    prefetch_emb(src, idx, l2)     cache hint for the row (dense; l2: into L2 only) / nothing (codebook)
     prefetch_codes(src, X, p, ...) cache hint for row p's packed codes (codebook) / nothing (dense)
-    prefetch_feature(src, f, idx)  cache hint for one feature: its row (dense) / its codes (codebook)
+    prefetch_feature(src, f, idx, l2)  cache hint for one feature: its row (dense) / its codes (codebook)
 
 The codebooks of the item fields (D K_f k/D floats each) stay in cache where a 1M-row table
 cannot; the per-feature memory touched is the packed codes (D b_f bits) + the linear weight.
@@ -34,7 +34,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from service.kernels.config import NJIT, aligned, prefetch_row
+from service.kernels.config import NJIT, aligned, prefetch_row, prefetch_row_l2
 from service.kernels.vec import F32Vec, vload, vzero
 
 MAX_D = 8  # codebooks per field the register decoder unrolls
@@ -177,11 +177,11 @@ def add_row(src, f, idx, V, j):  # pragma: no cover
     raise NotImplementedError
 
 
-def prefetch_emb(src, idx):  # pragma: no cover
+def prefetch_emb(src, idx, l2):  # pragma: no cover
     raise NotImplementedError
 
 
-def prefetch_feature(src, f, idx):  # pragma: no cover
+def prefetch_feature(src, f, idx, l2):  # pragma: no cover
     raise NotImplementedError
 
 
@@ -261,18 +261,23 @@ def _add_row(src, f, idx, V, j):
 
 
 @overload(prefetch_emb, inline="always")
-def _prefetch_emb(src, idx):
+def _prefetch_emb(src, idx, l2):
     if isinstance(src, types.Array):
-        return lambda src, idx: prefetch_row(src, idx)
-    return lambda src, idx: None
+        def dense(src, idx, l2):
+            if l2:
+                prefetch_row_l2(src, idx)
+            else:
+                prefetch_row(src, idx)
+        return dense
+    return lambda src, idx, l2: None
 
 
 @overload(prefetch_feature, inline="always")
-def _prefetch_feature(src, f, idx):
+def _prefetch_feature(src, f, idx, l2):
     if isinstance(src, types.Array):
-        return lambda src, f, idx: prefetch_row(src, idx)
+        return lambda src, f, idx, l2: prefetch_emb(src, idx, l2)
 
-    def impl(src, f, idx):
+    def impl(src, f, idx, l2):
         if idx >= 0:
             bit = locate(src, f, idx, src[ND])[2]
             prefetch_addr(src[STREAM] + np.int64(bit >> np.uint64(5)) * 4)
