@@ -25,7 +25,7 @@ from service import metrics
 from service.catalog import wiring as catalog_wiring
 from service.catalog.store import Catalog
 from service.models import ModelRegistry
-from service.routes import ServiceState, admin_router, router
+from service.routes import RankFront, ServiceState, admin_router, router
 from service.settings import Settings
 
 log = logging.getLogger("adrank.app")
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     app = FastAPI(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.svc = ServiceState(settings=settings, registry=registry)
     app.include_router(router)
+    app.add_middleware(RankFront)  # POST /v1/rank answered before the router (routes.py)
     catalog_wiring.install(app, catalog, settings.run_dir)
     if settings.admin_enabled:
         app.include_router(admin_router)

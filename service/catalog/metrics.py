@@ -37,13 +37,3 @@ def published(snap, op: str, n_ads: int) -> None:
 
 def scored(model: str, ranked) -> None:
     SCORING.labels(model, ranked.mode).observe(ranked.seconds)
-
-
-def scored_inline(model: str, seconds: float) -> None:
-    """A request ranked inline (every ad with its features), for comparison with the catalog."""
-    SCORING.labels(model, "inline").observe(seconds)
-
-
-def observe(model: str, mode: str, seconds: float) -> None:
-    """A request ranked in ``mode`` ("inline", "catalog", "mixed" or "all")."""
-    SCORING.labels(model, mode).observe(seconds)
