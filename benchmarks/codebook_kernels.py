@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     lines = ["# Codebook vs dense serving kernels (ns per candidate, cold)\n",
              f"Command: `{meta['command']}` (commit {commit}); n = {meta['n_features']:,} features, "
              f"20 context + 20 item fields, {args.candidates} candidates, D codebooks of K = {args.K} codewords per field "
-             f"(8-bit codes), median over {args.requests} interleaved requests, then over {args.rounds} rounds; CPU = thread CPU time; "
+             f"({max(1, int(np.ceil(np.log2(args.K))))}-bit packed codes), median over {args.requests} interleaved requests, then over {args.rounds} rounds; CPU = thread CPU time; "
              f"load average after the run {[round(x, 1) for x in meta['loadavg_after']]} (2 shared cores: "
              "other processes evict the codebooks from L2/L3 and inflate both columns).\n",
              "| kind | k | D | dense CPU ns | codebook CPU ns | codebook / dense | dense wall ns | codebook wall ns "
