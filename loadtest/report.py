@@ -31,7 +31,9 @@ def markdown(result: dict) -> str:
              "Client-side percentiles come from raw per-request timings (a Locust request hook, not Locust's "
              "whole-millisecond statistics); server-side ones from the difference of the Prometheus histograms "
              "scraped from /metrics before and after each run (`adrank_request_duration_seconds` = handler, "
-             "`adrank_model_inference_duration_seconds` = Ranker.rank: encoding + scoring + sorting), "
+             "`adrank_model_inference_duration_seconds` = the model's part: on the compiled fast path "
+             "(service/fastpath, taken by these requests) body scan + encoding + scoring + sorting + response "
+             "bytes, on the generic path Ranker.rank), "
              "interpolated inside buckets like `histogram_quantile`. Achieved RPS = (requests - 1) / (last start - "
              "first start) of each run, averaged over runs.", "",
              "| model | achieved RPS | error rate | client P50 / P95 / P99 (ms) | server P50 / P95 / P99 (ms) "
