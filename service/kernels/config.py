@@ -52,8 +52,9 @@ NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boun
 #                  500 -> 300-314, full FwFM 700 -> 483-518; Zipf ids: FM -14%, DPLR -12%,
 #                  pruned and FwFM within noise.
 #   PF_LINEAR      also the 4-byte linear weights.  Their table is 16x smaller than the rows but the
-#                  stream of random rows evicts it from L3; without it DPLR rho=2 ran 1.5x slower
-#                  on cached rows and 6-13% slower on cold rows (docs/results/kernels-micro.md).
+#                  stream of random rows evicts it from L3; without it (4 ahead, L2) DPLR rho=2
+#                  ran 1.6x slower on cold rows and 6% slower on cached ones, FM 1.4x / 1.1x
+#                  (docs/results/kernels-micro.md).
 #   PF_INTERLEAVE  issue candidate n + dist's prefetches one field at a time inside candidate n's
 #                  field loop instead of as one burst at the top of the iteration.  With L1
 #                  prefetches it helped pruned (-12% uniform) and FwFM (-10%) but not FM/DPLR;
