@@ -81,12 +81,18 @@ class BucketIndex:
 
 @numba.njit(cache=True, nogil=True)
 def _bucket_lookup(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out):
+    """``_bucket_lookup_into`` with fresh scratch arrays."""
+    T = hashes.shape[0]
+    _bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out,
+                        np.empty(T, np.int64), np.empty(T, np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out, lo, hi):
     """Two passes so that the random reads overlap: first every bucket's [lo, hi) (independent
     loads, no data-dependent branch; the first key of each bucket is prefetched), then the
-    short scans."""
+    short scans.  ``lo``, ``hi``: scratch of at least len(hashes) (the fast path reuses its own)."""
     T = hashes.shape[0]
-    lo = np.empty(T, np.int64)
-    hi = np.empty(T, np.int64)
     for t in range(T):
         f = fields[t]
         b = start_off[f] + np.int64(hashes[t] >> shift[f])

@@ -65,7 +65,8 @@ class _Workspace:
         self.spans = np.empty((cap, 3), np.int64)
         self.id_hash = np.empty(cap, np.uint64)
         self.tokens = (np.empty(t_cap, np.int64), np.empty(t_cap, np.uint64), np.empty(t_cap, np.int64),
-                       np.empty(t_cap, np.int64), np.empty(t_cap, np.int64))  # field, hash, slot, bucket
+                       np.empty(t_cap, np.int32), np.empty(t_cap, np.int64), np.empty(t_cap, np.int64))
+        # (field, hash, slot, id, bucket lo, bucket hi) per token
         self.scratch = (np.empty((max_width, 2), np.int64), np.empty(m, np.int64), np.empty(3, np.int64))
 
 

@@ -1,8 +1,9 @@
 """The compiled scanner: a whole ``/v1/rank`` body -> context ids, item id rows and the ads' id spans.
 
-One pass over the bytes (lexer.py) records every token's (field, hash, destination slot) and its
-bucket in the vocabulary's sorted keys (``service.encode.BucketIndex``), prefetching the bucket's
-keys so that the random reads overlap with parsing; ``_resolve`` then finds each token's id.
+One pass over the bytes (lexer.py) records every token's (field, hash, destination slot) and
+prefetches its bucket's entry in the vocabulary's bucket table (``service.encode.BucketIndex``),
+so that the random reads overlap with parsing; the encoder's own ``_bucket_lookup_into`` then
+finds every token's id in one batch, into the caller's scratch.
 Each ad's row starts as the schema's template (missing ids, PAD in unused multi slots) and its
 tokens overwrite slots.  An ad given by id alone (a catalog ad) gets its id's hash recorded
 instead; the caller decides what a request mixing both kinds means.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from adrank.preprocess import N_SPECIAL, RARE
+from service.encode import _bucket_lookup_into
 from service.fastpath.lexer import (
     BAD,
     INTEGER,
@@ -60,32 +61,10 @@ def _token(tok, ix, t, f, h, dest):
     """Record token t (field f, hash h, destination slot) and prefetch its bucket's entry in the
     vocabulary's bucket table (BucketIndex): the random reads of the lookup then overlap with
     the parsing of the tokens that follow (a prefetch never stalls; a load would)."""
-    tf, th, td, lo_t, hi_t = tok
+    tf, th, td = tok
     keys, key_off, starts, start_off, shift = ix
     tf[t], th[t], td[t] = f, h, dest
     prefetch_row(starts, start_off[f] + np.int64(h >> shift[f]))
-
-
-@numba.njit(cache=True, nogil=True)
-def _resolve(tok, ix, id_off, nt, out):
-    """out[destination of token t] = the id of token t (its field's rare id if absent): first every
-    token's bucket [lo, hi) in the sorted keys (prefetching its first key), then the short scans."""
-    tf, th, td, lo_t, hi_t = tok
-    keys, key_off, starts, start_off, shift = ix
-    for t in range(nt):
-        f = tf[t]
-        bk = start_off[f] + np.int64(th[t] >> shift[f])
-        lo_t[t] = key_off[f] + starts[bk]
-        hi_t[t] = key_off[f] + starts[bk + 1]
-        prefetch_row(keys, lo_t[t])
-    for t in range(nt):
-        f = tf[t]
-        fid = id_off[f] + RARE
-        for p in range(lo_t[t], hi_t[t]):
-            if keys[p] == th[t]:
-                fid = id_off[f] + N_SPECIAL + (p - key_off[f])
-                break
-        out[td[t]] = fid
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -251,7 +230,7 @@ def capacities(n: int) -> tuple[int, int]:
 
 @numba.njit(cache=True, nogil=True)
 def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, edges, bins,
-         keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, tf, th, td, lo_t, hi_t,
+         keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, tf, th, td, ids, lo_t, hi_t,
          kept, stamp, meta):
     """The whole body -> (status, n_ads, n_by_id); status != 0 = fall back.  Results land in the
     caller's workspace (sized by ``capacities(len(b))``, reused across requests: fresh buffers
@@ -260,7 +239,7 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
     by id alone), id_hash[r] a string id's hash, meta = (model start, model end | -1, top_k | -1);
     kept (int64[max width, 2]) and stamp (int64[m]) are scratch."""
     ix = (keys, key_off, starts, start_off, shift)
-    tok = (tf, th, td, lo_t, hi_t)
+    tok = (tf, th, td)
     n, m = b.shape[0], ftype.shape[0]
     s_c, s_i = ctx_template.shape[0], item_template.shape[0]
     out[:s_c] = ctx_template
@@ -305,6 +284,8 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
         if closed:
             ok = i >= 0 and ws(b, i) == n and (seen >> K_ADS) & 1 == 1 and n_ads > 0
             break
-    if ok:
-        _resolve(tok, ix, id_off, nt, out)
+    if ok and nt:  # every token's id (its field's rare id if absent), then into its slot
+        _bucket_lookup_into(tf[:nt], th[:nt], keys, key_off, starts, start_off, shift, id_off, ids, lo_t, hi_t)
+        for t in range(nt):
+            out[td[t]] = ids[t]
     return (0 if ok else 1), n_ads, n_by_id
