@@ -41,6 +41,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from adrank.preprocess import MISSING, PAD
+from service.catalog import kernels
+from service.catalog.idtable import _lookup
+from service.catalog.precompute import context_part
+from service.catalog.ranking import _sigmoid
 from service.encode import RequestEncoder
 from service.fastpath import response as _response
 from service.fastpath.lexer import bin_edges, python_bin
@@ -191,11 +195,6 @@ def rank_body(registry, body: bytes, max_candidates: int, catalog=None):
 def _rank_catalog(ranker, scan: Scan, catalog) -> bytes | None:
     """Every ad by id: ``service.catalog.routes.resolve``'s answer from the snapshot's per-ad parts,
     or None (no catalog for this model, a part computed for another model version, an unknown id)."""
-    from service.catalog import kernels
-    from service.catalog.idtable import _lookup
-    from service.catalog.precompute import context_part
-    from service.catalog.ranking import _sigmoid
-
     if catalog is None:
         return None
     if catalog.journal is not None:
