@@ -85,6 +85,14 @@ def prefetch_mode(kind: str, mode: int | None) -> int:
     return mode
 
 
+def prefetch_schedule(dist: int, mode: int) -> tuple[bool, bool, bool]:
+    """(inside, whole, context) for kernels prefetching ``dist`` candidates ahead under ``mode``:
+    prefetch inside the field loop (PF_INTERLEAVE), else the whole candidate at the top of the
+    iteration; and the context rows all at once before the context pass (any dist > 0)."""
+    inside = dist > 0 and bool(mode & PF_INTERLEAVE)
+    return inside, dist > 0 and not inside, dist > 0
+
+
 def prefetch_distance(kind: str, prefetch: bool | int) -> int:
     """Candidates ahead whose rows a ``kind`` kernel prefetches: ``True`` = the family's
     measured default, ``False``/0 = no prefetch, an int >= 0 = that distance (A/B runs)."""

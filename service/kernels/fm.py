@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, PF_INTERLEAVE, PF_LINEAR, SOURCE_STAMP
+from service.kernels.config import NJIT, PF_LINEAR, SOURCE_STAMP, prefetch_schedule
 from service.kernels.fields import (
     field_vector,
     norm2,
@@ -38,9 +38,7 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     sources, D codebooks per field; rows.py); rows of the candidate ``dist`` ahead are prefetched
     (0: none)."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    pf_in = dist > 0 and bool(mode & PF_INTERLEAVE)  # prefetch inside the field loop
-    whole = dist > 0 and not pf_in  # prefetch the whole candidate at the top of the iteration
-    ctx_prefetch = dist > 0  # the context rows, all at once, before the context pass
+    pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, d):
