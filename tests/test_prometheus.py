@@ -192,7 +192,11 @@ def load(stack):
     """Bounded load: alternate models, count what the server answered (model label, code) and
     the candidates of every ranked request. Two in every 50 requests have too many candidates
     (422, counted under their model); every 50th names an unknown model (404, counted under model="")."""
-    app, _, client, _ = stack
+    app, prom, client, _ = stack
+    # Prometheus must already be scraping the server when the load starts: the load takes ~3 s
+    # (MAX_REQUESTS), and a first successful scrape after it would leave every rate flat (0).
+    up = wait_query(client, prom, 'up{job="adrank"}', lambda r: bool(r) and all(s["value"][1] == "1" for s in r))
+    assert up and all(s["value"][1] == "1" for s in up), f"Prometheus never scraped the server: {up}"
     rng = random.Random(1)
     codes, candidates, sent = Counter(), Counter(), 0
     t_end = time.monotonic() + LOAD_SECONDS
