@@ -131,12 +131,29 @@ def test_cached_context_equals_full_rows_and_naive(kind, k, seed, m_context, p_m
     np.testing.assert_allclose(cached, oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("rho", [1, 3, 5])  # 5 > MAX_REGISTER_RANK: the any-rank kernel
-def test_dplr_ranks_and_pruned_budgets(rho):
+@pytest.mark.parametrize("rho", [1, 2, 3, 4, 5])  # 5 > MAX_REGISTER_RANK: the any-rank kernel
+@pytest.mark.parametrize("p_multi", [0.3, 0.0])  # 0.0: every item field single-slot (items[True] kernels)
+def test_dplr_ranks_and_pruned_budgets(rho, p_multi):
+    """Every register layout of the DPLR kernel (rank 1 alone, lane-paired ranks (0, 1), + rank 2
+    alone, + pair (2, 3)) and the any-rank kernel, with and without multi-valued item fields,
+    scored through the cached context and as full rows."""
     for kind in ("dplr", "pruned"):
-        schema, params, arrays, X, manifest = case(kind, 20 + rho, 16, 9, 4, rho=rho)
-        got = make_scorer(manifest, arrays).score_rows(X)
+        schema, params, arrays, X, manifest = case(kind, 20 + rho, 16, 9, 4, rho=rho, p_multi=p_multi)
+        scorer = make_scorer(manifest, arrays)
+        np.testing.assert_allclose(scorer.score_rows(X), oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
+        X[:, : schema.n_context_slots] = X[0, : schema.n_context_slots]
+        got = scorer.score(X[0, : schema.n_context_slots], X[:, schema.n_context_slots :])
         np.testing.assert_allclose(got, oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("k", [5, 6])  # odd k: lane pairs do not fit, the any-rank kernel serves rho >= 2
+def test_dplr_lane_pairs_need_even_k(k):
+    from service.kernels.dplr import register_rank
+
+    assert register_rank(2, k) == (2 if k % 2 == 0 else 0) and register_rank(1, k) == 1
+    schema, params, arrays, X, manifest = case("dplr", 60 + k, k, 9, 4, rho=2, p_multi=0.0)
+    got = make_scorer(manifest, arrays).score_rows(X)
+    np.testing.assert_allclose(got, oracle("dplr", X, schema, params), rtol=RTOL, atol=ATOL)
 
 
 def test_pruned_with_every_pair_kept_equals_fwfm():
@@ -243,3 +260,19 @@ def test_readonly_unaligned_arrays_are_served():
     scorer = make_scorer(manifest, {**arrays, "emb": emb})
     assert scorer.emb.ctypes.data % 64 == 0
     np.testing.assert_allclose(scorer.score_rows(X), oracle("dplr", X, schema, params), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("p_multi", [0.0, 0.4])
+def test_pad_in_single_slot_fields_is_a_zero_field(kind, p_multi):
+    """A single-slot field holding PAD contributes nothing (the kernels' ``idx >= 0`` guard),
+    in the all-single-slot kernels and the general ones alike."""
+    schema, params, arrays, X, manifest = case(kind, 70, 16, 10, 4, p_multi=p_multi)
+    width = np.diff(schema.slot_offsets)
+    single = np.asarray(schema.slot_offsets[:-1])[width == 1]
+    X[:, single] = np.where(np.random.default_rng(71).random((len(X), len(single))) < 0.3, PAD, X[:, single])
+    scorer = make_scorer(manifest, arrays)
+    np.testing.assert_allclose(scorer.score_rows(X), oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
+    ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
+    full = np.concatenate([np.broadcast_to(ctx, (len(items), len(ctx))), items], axis=1)
+    np.testing.assert_allclose(scorer.score(ctx, items), oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)

@@ -12,6 +12,19 @@ Per candidate (steps 2-3), O(rho |I| k):  P_r = (P_C)_r + sum_{f in I} U_rf v_f,
 
 For rho <= 4 every P_r stays in registers and each row is read once; larger ranks take one
 P_r at a time.
+
+Lane-paired ranks (rho = 2..4, k even).  Per row, the per-field coefficients U_rf are what the
+kernel loads besides the rows themselves; one broadcast load per rank per field was the cost
+that set DPLR apart from FM on cold rows (docs/results/kernels-micro.md).  Ranks are therefore
+taken in pairs (r, r+1) held in two register vectors with the ranks interleaved over the lanes:
+
+    A[t] = P_{r + t%2}[t],   B[t] = P_{r + t%2}[t ^ 1]         (t = 0 .. k-1)
+    per field:  w = (U_rf, U_{r+1}f, U_rf, ...)  (one 8-byte load),
+                A += w * v_f,   B += w * swap(v_f)              (swap: lanes exchanged in pairs)
+    e_r ||P_r||^2 + e_{r+1} ||P_{r+1}||^2 = sum_t E[t] (A[t]^2 + B[t]^2),  E[t] = e_{r + t%2}
+
+so a pair of ranks costs one coefficient load, one in-register lane swap and two FMAs per field
+(rho = 3: the pair (0, 1) and rank 2 on its own; rho = 4: pairs (0, 1) and (2, 3)).
 """
 
 from __future__ import annotations
@@ -33,19 +46,28 @@ from service.kernels.fields import (
     split_fields,
 )
 from service.kernels.rows import fetch
-from service.kernels.vec import vaxpy, vdot, vload, vstore, vzero
+from service.kernels.vec import vaxpy, vdot, vfma, vload, vmul, vpair, vstore, vsum, vswap
 
 MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass over the fields)
 
 
+def register_rank(rho: int, k: int) -> int:
+    """The ``R`` :func:`build` takes for rank rho and dimension k: rho itself when every P_r fits
+    in registers (rho <= 4; the lane-paired form needs k even when rho >= 2), else 0 (any rank)."""
+    return rho if rho == 1 or (rho <= MAX_REGISTER_RANK and k % 2 == 0) else 0
+
+
 @cache
 def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
-    """(context, items) for embedding dimension ``K`` and rank ``R``
-    (``R == 0``: any rank, one register vector at a time, see ``items_any_rank``); D codebooks
-    per field for codebook sources (rows.py); rows of the candidate ``dist`` ahead are
-    prefetched (0: none)."""
+    """(context, items) for embedding dimension ``K`` and rank ``R`` (:func:`register_rank`;
+    ``R == 0``: any rank, one register vector at a time, see ``items_any_rank``); D codebooks
+    per field for codebook sources (rows.py); rows of the candidate ``dist`` ahead are prefetched
+    (0: none).  ``items`` is a dict: ``items[True]`` for plans whose item fields are all
+    single-slot (field i is slot i, no per-field slot lookup, no multi-valued path compiled),
+    ``items[False]`` for the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
     pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
+    SOLO = 0 if R == 1 else 2 if R == 3 else -1  # the rank held on its own (not lane-paired), if any
 
     @njit(**NJIT)
     def context(ctx, offs, src, linear, U_c, d_c):
@@ -67,63 +89,83 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         return P_c, lin + 0.5 * dn
 
     @njit(**NJIT)
-    def items_registers(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
-        """rho = R <= 4: P_0..P_{R-1} live in registers; each row is read once (``if R > r``
-        tests a compile-time constant, so unused ranks vanish)."""
-        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
-        n_m = multi.shape[0]
-        v = np.empty((1, K), np.float32)
-        for n in range(start, stop):
-            if whole:
-                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
-            pn = min(n + dist, stop - 1)
-            if pf_in:
-                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
-            p0 = vload(P_c, 0, K)
-            p1 = vzero(K)
-            p2 = vzero(K)
-            p3 = vzero(K)
-            if R > 1:
-                p1 = vload(P_c, 1, K)
-            if R > 2:
-                p2 = vload(P_c, 2, K)
-            if R > 3:
-                p3 = vload(P_c, 3, K)
-            lin = np.float32(0.0)
-            for i in range(single.shape[0]):  # single-valued: d_f ||v_f||^2 folded into linear
-                if pf_in:
-                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
-                idx = X[n, single[i]]
-                if idx >= 0:
-                    lin += linear[idx]
-                    x = fetch(src, single_f[i] + g0, idx, K, D)
-                    p0 = vaxpy(p0, U_s[i, 0], x)
-                    if R > 1:
-                        p1 = vaxpy(p1, U_s[i, 1], x)
-                    if R > 2:
-                        p2 = vaxpy(p2, U_s[i, 2], x)
-                    if R > 3:
-                        p3 = vaxpy(p3, U_s[i, 3], x)
-            dn = 0.0
-            for j in range(n_m):  # multi-valued fields: mean vectors, kept diagonal terms
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
-                dn += d_m[j] * norm2(v, 0)
-                x = vload(v, 0, K)
-                p0 = vaxpy(p0, U_m[j, 0], x)
-                if R > 1:
-                    p1 = vaxpy(p1, U_m[j, 1], x)
-                if R > 2:
-                    p2 = vaxpy(p2, U_m[j, 2], x)
-                if R > 3:
-                    p3 = vaxpy(p3, U_m[j, 3], x)
-            quad = e[0] * vdot(p0, p0)
-            if R > 1:
-                quad += e[1] * vdot(p1, p1)
-            if R > 2:
-                quad += e[2] * vdot(p2, p2)
-            if R > 3:
-                quad += e[3] * vdot(p3, p3)
-            out[n] = const + lin + 0.5 * (dn + quad)
+    def paired_start(P_c, e, r):
+        """(A, B, E) of the rank pair (r, r+1) as arrays of K lanes (module docstring)."""
+        A, B, E = np.empty((1, K), np.float32), np.empty((1, K), np.float32), np.empty((1, K), np.float32)
+        for t in range(K):
+            A[0, t] = P_c[r + t % 2, t]
+            B[0, t] = P_c[r + t % 2, t ^ 1]
+            E[0, t] = e[r + t % 2]
+        return A, B, E
+
+    def make_registers(IDENT):
+        @njit(**NJIT)
+        def items_registers(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
+            """rho = R <= 4: every P_r lives in registers (pairs of ranks lane-paired, module
+            docstring) and each row is read once; ``if R ...`` tests compile-time constants."""
+            _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
+            A01, B01, E01 = paired_start(P_c, e, 0) if R >= 2 else (P_c[:1], P_c[:1], P_c[:1])
+            A23, B23, E23 = paired_start(P_c, e, 2) if R == 4 else (A01, B01, E01)
+            a01, b01, a23, b23, w01 = vload(A01, 0, K), vload(B01, 0, K), vload(A23, 0, K), vload(B23, 0, K), vload(E01, 0, K)
+            w23 = vload(E23, 0, K)
+            s0 = vload(P_c, max(SOLO, 0), K)
+            e_s = e[max(SOLO, 0)]
+            v = np.empty((1, K), np.float32)
+            for n in range(start, stop):
+                if whole:
+                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                pn = min(n + dist, stop - 1)
+                if pf_in and not IDENT:
+                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                a, b, c, d, p = a01, b01, a23, b23, s0
+                lin = np.float32(0.0)
+                for i in range(single.shape[0]):  # single-valued: d_f ||v_f||^2 folded into linear
+                    s = np.uint64(i) if IDENT else single[i]
+                    f = i + g0 if IDENT else single_f[i] + g0
+                    if pf_in:
+                        prefetch_field(X, pn, s, src, f, linear, mode)
+                    idx = X[n, s]
+                    if idx >= 0:
+                        lin += linear[idx]
+                        x = fetch(src, f, idx, K, D)
+                        if R >= 2:
+                            w = vpair(U_s, i, 0, K)
+                            xs = vswap(x)
+                            a = vfma(a, w, x)
+                            b = vfma(b, w, xs)
+                            if R == 4:
+                                w = vpair(U_s, i, 2, K)
+                                c = vfma(c, w, x)
+                                d = vfma(d, w, xs)
+                        if SOLO >= 0:
+                            p = vaxpy(p, U_s[i, SOLO], x)
+                dn = 0.0
+                if not IDENT:
+                    for j in range(multi.shape[0]):  # multi-valued fields: mean vectors, kept diagonal terms
+                        lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
+                        dn += d_m[j] * norm2(v, 0)
+                        x = vload(v, 0, K)
+                        if R >= 2:
+                            w = vpair(U_m, j, 0, K)
+                            xs = vswap(x)
+                            a = vfma(a, w, x)
+                            b = vfma(b, w, xs)
+                            if R == 4:
+                                w = vpair(U_m, j, 2, K)
+                                c = vfma(c, w, x)
+                                d = vfma(d, w, xs)
+                        if SOLO >= 0:
+                            p = vaxpy(p, U_m[j, SOLO], x)
+                quad = 0.0
+                if R >= 2:
+                    quad += vsum(vmul(w01, vfma(vmul(a, a), b, b)))
+                if R == 4:
+                    quad += vsum(vmul(w23, vfma(vmul(c, c), d, d)))
+                if SOLO >= 0:
+                    quad += e_s * vdot(p, p)
+                out[n] = const + lin + 0.5 * (dn + quad)
+
+        return items_registers
 
     @njit(**NJIT)
     def items_any_rank(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
@@ -162,8 +204,8 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
                 quad += e[r] * vdot(p, p)
             out[n] = const + lin + 0.5 * (dn + quad)
 
-    items = items_registers if R > 0 else items_any_rank
-
+    items = {True: make_registers(True), False: make_registers(False)} if R > 0 else \
+        {True: items_any_rank, False: items_any_rank}
     return context, items
 
 
@@ -180,8 +222,8 @@ class DPLRScorer(Scorer):
         if self.d.shape != (self.m,):
             raise ValueError(f"dplr artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
         self.rho = rho
-        R = rho if rho <= MAX_REGISTER_RANK else 0
-        self._ctx_fn, self._items_fn = build(self.k, R, self.prefetch, self.D, self.prefetch_mode)
+        self._ctx_fn, self._items_fns = build(self.k, register_rank(rho, self.k), self.prefetch, self.D,
+                                              self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)
@@ -198,4 +240,4 @@ class DPLRScorer(Scorer):
     def _items(self, state, X, single, single_f, g0, multi, U_s, U_m, d_m, out, start, stop):
         P_c, const = state
         args = (P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, self.e, self.src, self.linear, out)
-        self._items_fn(*args, start, stop)
+        self._items_fns[multi.shape[0] == 0](*args, start, stop)

@@ -36,7 +36,8 @@ from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
     sources, D codebooks per field; rows.py); rows of the candidate ``dist`` ahead are prefetched
-    (0: none)."""
+    (0: none).  ``items[True]`` serves plans whose item fields are all single-slot (field i is
+    slot i: no per-field slot lookup, no multi-valued path compiled), ``items[False]`` the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
     pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
 
@@ -58,31 +59,40 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         vstore(a_c, 0, a)
         return a_c, lin + 0.5 * dn
 
-    @njit(**NJIT)
-    def items(a_c, const, X, single, single_f, g0, multi, d_m, src, linear, out, start, stop):
-        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
-        v = np.empty((1, K), np.float32)
-        for n in range(start, stop):
-            if whole:
-                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
-            pn = min(n + dist, stop - 1)
-            if pf_in:
-                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
-            a = vload(a_c, 0, K)
-            lin = np.float32(0.0)
-            for i in range(single.shape[0]):  # single-valued: d_f already folded into linear
-                if pf_in:
-                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
-                idx = X[n, single[i]]
-                if idx >= 0:
-                    lin += linear[idx]
-                    a = vadd(a, fetch(src, single_f[i] + g0, idx, K, D))
-            dn = 0.0
-            for j in range(multi.shape[0]):
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
-                a = vadd(a, vload(v, 0, K))
-                dn += d_m[j] * norm2(v, 0)
-            out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
+    def make_items(IDENT):
+        @njit(**NJIT)
+        def items(a_c, const, X, single, single_f, g0, multi, d_m, src, linear, out, start, stop):
+            _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
+            v = np.empty((1, K), np.float32)
+            a0 = vload(a_c, 0, K)
+            for n in range(start, stop):
+                if whole:
+                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                pn = min(n + dist, stop - 1)
+                if pf_in and not IDENT:
+                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                a = a0
+                lin = np.float32(0.0)
+                for i in range(single.shape[0]):  # single-valued: d_f already folded into linear
+                    s = np.uint64(i) if IDENT else single[i]
+                    f = i + g0 if IDENT else single_f[i] + g0
+                    if pf_in:
+                        prefetch_field(X, pn, s, src, f, linear, mode)
+                    idx = X[n, s]
+                    if idx >= 0:
+                        lin += linear[idx]
+                        a = vadd(a, fetch(src, f, idx, K, D))
+                dn = 0.0
+                if not IDENT:
+                    for j in range(multi.shape[0]):
+                        lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
+                        a = vadd(a, vload(v, 0, K))
+                        dn += d_m[j] * norm2(v, 0)
+                out[n] = const + lin + 0.5 * (vdot(a, a) + dn)
+
+        return items
+
+    items = {True: make_items(True), False: make_items(False)}  # True: every item field single-slot
 
     return context, items
 
@@ -94,7 +104,7 @@ class FMScorer(Scorer):
         self.d = np.ascontiguousarray(arrays["d"], dtype=np.float64)
         if self.d.shape != (self.m,):
             raise ValueError(f"fm artifact: 'd' must have shape ({self.m},), got {self.d.shape}")
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D, self.prefetch_mode)
+        self._ctx_fn, self._items_fns = build(self.k, self.prefetch, self.D, self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         single, single_f, multi = split_fields(item_offs)
@@ -109,4 +119,4 @@ class FMScorer(Scorer):
     def _items(self, state, X, single, single_f, g0, multi, d_m, out, start, stop):
         a_c, const = state
         args = (a_c, const, X, single, single_f, g0, multi, d_m, self.src, self.linear, out)
-        self._items_fn(*args, start, stop)
+        self._items_fns[multi.shape[0] == 0](*args, start, stop)

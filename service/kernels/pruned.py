@@ -40,7 +40,8 @@ from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vz
 def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     """(context, items) kernels specialised for embedding dimension ``K`` (and, for codebook
     sources, D codebooks per field; rows.py); rows of the candidate ``dist`` ahead are prefetched
-    (0: none)."""
+    (0: none).  ``items[True]`` serves plans whose item fields are all single-slot (field i is
+    slot i: no per-field slot lookup, no multi-valued path compiled), ``items[False]`` the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
     pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
 
@@ -62,43 +63,50 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             vstore(Q, ci_a[p], vaxpy(vload(Q, ci_a[p], K), ci_r[p], vload(V_c, ci_c[p], K)))
         return Q, lin + inter
 
-    @njit(**NJIT)
-    def items(Q, const, X, single, single_f, g0, multi, pa, pb, pw, src, linear, out, start, stop):
-        _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
-        V = np.zeros((max(Q.shape[0], 1), K), np.float32)
-        n_pairs = pa.shape[0]
-        for n in range(start, stop):
-            if whole:
-                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
-            pn = min(n + dist, stop - 1)
-            if pf_in:
-                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
-            lin = np.float32(0.0)
-            acc0 = vzero(K)
-            acc1 = vzero(K)
-            for i in range(single.shape[0]):
-                if pf_in:
-                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
-                idx = X[n, single[i]]
-                a = single_f[i]
-                x = vzero(K)
-                if idx >= 0:
-                    lin += linear[idx]
-                    x = fetch(src, a + g0, idx, K, D)
-                vstore(V, a, x)
-                acc0 = vadd(acc0, vmul(vload(Q, a, K), x))
-            for j in range(multi.shape[0]):
-                a = multi[j, 2]
-                lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, a + g0, linear, V, a)
-                acc1 = vadd(acc1, vmul(vload(Q, a, K), vload(V, a, K)))
-            p = 0
-            while p + 1 < n_pairs:
-                acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
-                acc1 = vaxpy(acc1, pw[p + 1], vmul(vload(V, pa[p + 1], K), vload(V, pb[p + 1], K)))
-                p += 2
-            if p < n_pairs:
-                acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
-            out[n] = const + lin + vsum(vadd(acc0, acc1))
+    def make_items(IDENT):
+        @njit(**NJIT)
+        def items(Q, const, X, single, single_f, g0, multi, pa, pb, pw, src, linear, out, start, stop):
+            _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
+            V = np.zeros((max(Q.shape[0], 1), K), np.float32)
+            n_pairs = pa.shape[0]
+            for n in range(start, stop):
+                if whole:
+                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                pn = min(n + dist, stop - 1)
+                if pf_in and not IDENT:
+                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                lin = np.float32(0.0)
+                acc0 = vzero(K)
+                acc1 = vzero(K)
+                for i in range(single.shape[0]):
+                    s = np.uint64(i) if IDENT else single[i]
+                    a = i if IDENT else single_f[i]
+                    if pf_in:
+                        prefetch_field(X, pn, s, src, a + g0, linear, mode)
+                    idx = X[n, s]
+                    x = vzero(K)
+                    if idx >= 0:
+                        lin += linear[idx]
+                        x = fetch(src, a + g0, idx, K, D)
+                    vstore(V, a, x)
+                    acc0 = vadd(acc0, vmul(vload(Q, a, K), x))
+                if not IDENT:
+                    for j in range(multi.shape[0]):
+                        a = multi[j, 2]
+                        lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, a + g0, linear, V, a)
+                        acc1 = vadd(acc1, vmul(vload(Q, a, K), vload(V, a, K)))
+                p = 0
+                while p + 1 < n_pairs:
+                    acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
+                    acc1 = vaxpy(acc1, pw[p + 1], vmul(vload(V, pa[p + 1], K), vload(V, pb[p + 1], K)))
+                    p += 2
+                if p < n_pairs:
+                    acc0 = vaxpy(acc0, pw[p], vmul(vload(V, pa[p], K), vload(V, pb[p], K)))
+                out[n] = const + lin + vsum(vadd(acc0, acc1))
+
+        return items
+
+    items = {True: make_items(True), False: make_items(False)}  # True: every item field single-slot
 
     return context, items
 
@@ -119,7 +127,7 @@ class PrunedScorer(Scorer):
         if pi.size and (pi.min() < 0 or pj.max() >= self.m or np.any(pi >= pj)):
             raise ValueError(f"{self.kind} artifact: pairs must satisfy 0 <= pair_i < pair_j < m={self.m}")
         self.pair_i, self.pair_j, self.pair_r = pi, pj, pr
-        self._ctx_fn, self._items_fn = build(self.k, self.prefetch, self.D, self.prefetch_mode)
+        self._ctx_fn, self._items_fns = build(self.k, self.prefetch, self.D, self.prefetch_mode)
 
     def _plan(self, ctx_fields, item_fields, item_offs):
         is_ctx = np.zeros(self.m, dtype=bool)
@@ -144,4 +152,4 @@ class PrunedScorer(Scorer):
     def _items(self, state, X, single, single_f, g0, multi, pa, pb, pw, out, start, stop):
         Q, const = state
         args = (Q, const, X, single, single_f, g0, multi, pa, pb, pw, self.src, self.linear, out)
-        self._items_fn(*args, start, stop)
+        self._items_fns[multi.shape[0] == 0](*args, start, stop)

@@ -15,6 +15,13 @@ artifact's K (DESIGN.md §7: "an inner loop over the embedding dimension fully u
     vmul(x, y)          x * y        (elementwise)
     vdot(x, y)          <x, y>       (float32; lanes summed by halving)
     vsum(x)             sum of the lanes
+    vfma(y, w, x)       y + w x      (elementwise, fused)
+    vpair(U, i, r, K)   (U[i, r], U[i, r+1], U[i, r], U[i, r+1], ...): one 8-byte load, K even
+    vswap(x)            (x_1, x_0, x_3, x_2, ...): lanes swapped in pairs, K even
+
+``vpair``/``vswap`` let two rank-one terms share their loads (dplr.py, "lane-paired ranks"):
+with ``w = vpair(U, i, r, K)``, ``A += w x`` and ``B += w vswap(x)`` accumulate ``U[i, r] x`` and
+``U[i, r+1] x`` between them, from one load of the coefficient pair instead of two broadcasts.
 """
 
 from __future__ import annotations
@@ -174,3 +181,46 @@ def vsum(typingctx, x):
         return _hsum(builder, args[0], x.k)
 
     return types.float32(x), codegen
+
+
+@intrinsic
+def vfma(typingctx, y, w, x):
+    if not (_is_vec(y, w) and _is_vec(y, x)):
+        return None
+    k = y.k
+
+    def codegen(context, builder, sig, args):
+        vt = ir.VectorType(_F32, k)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{k}f32")
+        return builder.call(fma, [args[1], args[2], args[0]])
+
+    return y(y, w, x), codegen
+
+
+@intrinsic
+def vpair(typingctx, U, i, r, K):
+    k = _k_of(K)
+    if (k is None or k % 2 or not (isinstance(U, types.Array) and U.dtype == types.float32 and U.ndim == 2)
+            or not isinstance(i, types.Integer) or not isinstance(r, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        inds = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:3], sig.args[1:3], strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds)
+        two = builder.load(builder.bitcast(ptr, ir.VectorType(_F32, 2).as_pointer()), align=4)
+        return builder.shuffle_vector(two, two, ir.Constant(ir.VectorType(_I32, k), [t % 2 for t in range(k)]))
+
+    return F32Vec(k)(U, i, r, K), codegen
+
+
+@intrinsic
+def vswap(typingctx, x):
+    if not _is_vec(x) or x.k % 2:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[0], ir.Constant(ir.VectorType(_I32, x.k), [t ^ 1 for t in range(x.k)]))
+
+    return x(x), codegen
