@@ -25,7 +25,7 @@ from service import metrics
 from service.catalog import wiring as catalog_wiring
 from service.catalog.store import Catalog
 from service.models import ModelRegistry
-from service.routes import RankFront, ServiceState, admin_router, router
+from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
 from service.settings import Settings
 
 log = logging.getLogger("adrank.app")
@@ -94,6 +94,19 @@ def _log_to_stderr() -> None:
         root.setLevel(logging.INFO)
 
 
+class _App(FastAPI):
+    """FastAPI answering ``POST /v1/rank`` itself, first (routes.rank_asgi): before FastAPI's
+    per-request telemetry check, Starlette's middleware stack and the router.  Every other
+    request takes the usual path."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if is_rank(scope):
+            scope["app"] = self
+            await rank_asgi(self.state, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
     """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests."""
     _log_to_stderr()
@@ -103,10 +116,9 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     catalog = Catalog()  # ads by id + per-ad precomputed parts, recomputed on every model swap
     registry = ModelRegistry(settings.models, loader=loader, run_dir=settings.run_dir,
                              on_swap=catalog_wiring.chain(metrics.model_swapped, catalog_wiring.on_swap(catalog)))
-    app = FastAPI(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.svc = ServiceState(settings=settings, registry=registry)
     app.include_router(router)
-    app.add_middleware(RankFront)  # POST /v1/rank answered before the router (routes.py)
     catalog_wiring.install(app, catalog, settings.run_dir)
     if settings.admin_enabled:
         app.include_router(admin_router)

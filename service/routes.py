@@ -161,38 +161,35 @@ async def answer_rank(svc: ServiceState, catalog, read) -> Response:
 
 async def rank(request: Request) -> Response:
     """POST /v1/rank as a plain Starlette route (the app normally answers it earlier, in
-    :class:`RankFront`; this route serves apps built without it)."""
+    :func:`rank_asgi`; this route serves apps built without it)."""
     return await answer_rank(request.app.state.svc, getattr(request.app.state, "catalog", None),
                              lambda limit: read_body(request, limit))
 
 
-class RankFront:
-    """ASGI middleware answering ``POST /v1/rank`` before FastAPI's router: the routing, the
-    dependency machinery and the framework's per-request tracing hooks cost ~45 us a request,
-    a tenth of a 100-ad request's time in the server.  Everything else passes through."""
+def is_rank(scope) -> bool:
+    """``scope`` is a ``POST /v1/rank`` HTTP request."""
+    return scope["type"] == "http" and scope["path"] == RANK and scope["method"] == "POST"
 
-    def __init__(self, app):
-        self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != RANK:
-            await self.app(scope, receive, send)
-            return
-        state = scope["app"].state
-        declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
+async def rank_asgi(state, scope, receive, send) -> None:
+    """``POST /v1/rank`` answered as bare ASGI (``app.state`` = ``state``), before FastAPI's
+    telemetry check, Starlette's middleware stack and the router (service/app.py): together they
+    cost ~45 us a request, a tenth of a 100-ad request's time in the server.  ``answer_rank``
+    turns every failure into a JSON reply itself."""
+    declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
 
-        async def chunks():
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                yield message.get("body", b"")
-                if not message.get("more_body", False):
-                    return
+    async def chunks():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
 
-        response = await answer_rank(state.svc, getattr(state, "catalog", None),
-                                     lambda limit: _read_limited(declared, chunks(), limit))
-        await response(scope, receive, send)
+    response = await answer_rank(state.svc, getattr(state, "catalog", None),
+                                 lambda limit: _read_limited(declared, chunks(), limit))
+    await response(scope, receive, send)
 
 
 router.add_route(RANK, rank, methods=["POST"])
