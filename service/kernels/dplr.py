@@ -98,6 +98,23 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             E[0, t] = e[r + t % 2]
         return A, B, E
 
+    @njit(**NJIT, inline="always")
+    def accumulate(U, i, x, a, b, c, d, p):
+        """Field vector ``x`` with coefficients ``U[i]`` into the rank registers: pair (0, 1) in
+        (a, b), pair (2, 3) in (c, d), the solo rank in p (module docstring)."""
+        if R >= 2:
+            w = vpair(U, i, 0, K)
+            xs = vswap(x)
+            a = vfma(a, w, x)
+            b = vfma(b, w, xs)
+            if R == 4:
+                w = vpair(U, i, 2, K)
+                c = vfma(c, w, x)
+                d = vfma(d, w, xs)
+        if SOLO >= 0:
+            p = vaxpy(p, U[i, SOLO], x)
+        return a, b, c, d, p
+
     def make_registers(IDENT):
         @njit(**NJIT)
         def items_registers(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
@@ -117,8 +134,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
                 pn = min(n + dist, stop - 1)
                 if pf_in and not IDENT:
                     prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
-                a, b, c, d, p = a01, b01, a23, b23, s0
-                lin = np.float32(0.0)
+                a, b, c, d, p, lin = a01, b01, a23, b23, s0, np.float32(0.0)
                 for i in range(single.shape[0]):  # single-valued: d_f ||v_f||^2 folded into linear
                     s = np.uint64(i) if IDENT else single[i]
                     f = i + g0 if IDENT else single_f[i] + g0
@@ -127,35 +143,13 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
                     idx = X[n, s]
                     if idx >= 0:
                         lin += linear[idx]
-                        x = fetch(src, f, idx, K, D)
-                        if R >= 2:
-                            w = vpair(U_s, i, 0, K)
-                            xs = vswap(x)
-                            a = vfma(a, w, x)
-                            b = vfma(b, w, xs)
-                            if R == 4:
-                                w = vpair(U_s, i, 2, K)
-                                c = vfma(c, w, x)
-                                d = vfma(d, w, xs)
-                        if SOLO >= 0:
-                            p = vaxpy(p, U_s[i, SOLO], x)
+                        a, b, c, d, p = accumulate(U_s, i, fetch(src, f, idx, K, D), a, b, c, d, p)
                 dn = 0.0
                 if not IDENT:
                     for j in range(multi.shape[0]):  # multi-valued fields: mean vectors, kept diagonal terms
                         lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, v, 0)
                         dn += d_m[j] * norm2(v, 0)
-                        x = vload(v, 0, K)
-                        if R >= 2:
-                            w = vpair(U_m, j, 0, K)
-                            xs = vswap(x)
-                            a = vfma(a, w, x)
-                            b = vfma(b, w, xs)
-                            if R == 4:
-                                w = vpair(U_m, j, 2, K)
-                                c = vfma(c, w, x)
-                                d = vfma(d, w, xs)
-                        if SOLO >= 0:
-                            p = vaxpy(p, U_m[j, SOLO], x)
+                        a, b, c, d, p = accumulate(U_m, j, vload(v, 0, K), a, b, c, d, p)
                 quad = 0.0
                 if R >= 2:
                     quad += vsum(vmul(w01, vfma(vmul(a, a), b, b)))
