@@ -18,17 +18,25 @@ on the same request sequence, interleaved case by case in a fresh random order p
 load from other processes on the shared 2 cores hits every case alike and the ratios between
 kernels stay meaningful.
 
+``--baseline REV`` adds the FM, DPLR and pruned/FwFM kernels of git revision REV (their files
+fm.py, dplr.py, pruned.py as of REV, on today's shared helpers vec/fields/rows/config), timed in
+the same interleaved sequence: an A/B of a kernel change inside one run.
+
     python benchmarks/kernels_micro.py --out docs/results/kernels-micro
     python benchmarks/kernels_micro.py --rhos 2 --schedules default off 2:burst 1:inter 2:burst-nolin
+    python benchmarks/kernels_micro.py --rhos 2 --schedules default --baseline ea810f3 --large 0
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +88,33 @@ def make_floor(K: int, prefetch: bool):
     return floor
 
 
+BASELINE_CLASSES = {"fm": ("fm", "FMScorer"), "dplr": ("dplr", "DPLRScorer"), "pruned": ("pruned", "PrunedScorer"),
+                    "fwfm": ("fwfm", "FwFMScorer")}
+
+
+def baseline_classes(rev: str) -> dict:
+    """kind -> Scorer class of the kernel files of git revision ``rev`` (fm, dplr, pruned, fwfm),
+    imported as private modules that use today's helpers (vec, fields, rows, config, base)."""
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="kernels-baseline-"))
+    mods = {}
+    for stem in ("pruned", "fm", "dplr", "fwfm"):  # pruned first: fwfm imports it
+        try:
+            text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:service/kernels/{stem}.py"], check=True,
+                                  capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SystemExit(f"--baseline {rev}: cannot read service/kernels/{stem}.py at that revision ({exc})") from exc
+        name = f"_baseline_{stem}"
+        text = text.replace("from service.kernels.pruned import", "from _baseline_pruned import")
+        path = tmp / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        mods[stem] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mods[stem]
+        spec.loader.exec_module(mods[stem])
+    return {kind: getattr(mods[stem], cls) for kind, (stem, cls) in BASELINE_CLASSES.items()}
+
+
 def schedule(name: str, kind: str) -> tuple:
     """(prefetch, prefetch_mode) scorer options of a schedule name: ``default`` (config.py's choice
     for the kind), ``off``, or ``D:burst|inter[-nolin][-l2]`` = D candidates ahead, all rows at the
@@ -115,6 +150,7 @@ def run(args) -> dict:
     kinds = [("fm", 1), *[("dplr", r) for r in args.rhos], *[("pruned", r) for r in args.rhos], ("fwfm", 1)]
     kinds = [(kind, rho) for kind, rho in kinds if kind in args.kinds]
     cases = []
+    baselines = baseline_classes(args.baseline) if args.baseline else {}
     out = np.empty(args.candidates)
     for name in args.schedules:
         if name in ("default", "off"):
@@ -132,6 +168,11 @@ def run(args) -> dict:
             label = name if name != "default" else f"default ({describe(s.prefetch, s.prefetch_mode)})"
             cases.append(({"kind": kind, "rho": rho if kind in ("dplr", "pruned") else None, "pairs": pairs,
                            "schedule": label}, lambda X, s=s: s.score(ctx, X)))
+            if args.baseline:  # the same model and schedule through the kernels of --baseline REV
+                b = baselines[kind]({**manifest, "kind": kind, "rank": rho}, arrays, prefetch=prefetch,
+                                    prefetch_mode=mode, parallel_min=10**9)
+                b.warm()
+                cases.append(({**cases[-1][0], "kind": f"{kind} @{args.baseline}"}, lambda X, b=b: b.score(ctx, X)))
     hot = rng.integers(0, args.rows, (args.candidates, args.items)).astype(np.int32)
     times = {(i, regime, clock): [] for i in range(len(cases)) for regime in ("cold", "cached")
              for clock in ("cpu_ns", "wall_ns")}
@@ -147,7 +188,7 @@ def run(args) -> dict:
                 fn(X)
                 times[i, regime, "cpu_ns"].append(time.thread_time_ns() - t0)
                 times[i, regime, "wall_ns"].append(time.perf_counter_ns() - w0)
-    threads = threads_check(args, manifest, shared, ctx, m, rng)
+    threads = threads_check(args, manifest, shared, ctx, m, rng) if args.large > 0 else None
     results = []
     for i, (row, _) in enumerate(cases):
         for regime in ("cold", "cached"):
@@ -157,8 +198,22 @@ def run(args) -> dict:
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                         "numba": __import__("numba").__version__, "prefetch_distance": config.PREFETCH_DISTANCE,
                         "prefetch_distances": config.PREFETCH_DISTANCES, "prefetch_modes": config.PREFETCH_MODES, "load_average": list(os.getloadavg()),
-                        "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host")},
+                        "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
+                        "kernels_version": kernels_version()},
             "results": results, "threads": threads}
+
+
+def kernels_version() -> str:
+    """Last commit touching service/kernels (+ "-dirty" when the tree differs there)."""
+    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+    try:
+        rev = subprocess.run([*git, "log", "-1", "--format=%h", "--", "service/kernels"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "service/kernels"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def threads_check(args, manifest, shared, ctx, m, rng) -> dict:
@@ -193,7 +248,11 @@ def markdown(rep: dict) -> str:
              "of each iteration, `D:inter` = the same prefetches issued field by field inside the field loop, "
              "`-nolin` = rows only, `-l2` = into L2 (prefetcht1) instead of L1 (prefetcht0); `default` = what "
              "service/kernels/config.py uses for the kind (the floor's default: L2, "
-             f"{config.PREFETCH_DISTANCE} ahead).", "",
+             f"{config.PREFETCH_DISTANCE} ahead).  Kernels measured: service/kernels at "
+             f"{rep['machine'].get('kernels_version', 'unknown')}"
+             + (f"; rows `KIND @{s['baseline']}` are the fm/dplr/pruned/fwfm kernel files of revision "
+                f"{s['baseline']} on the same helpers, same models, same request sequence (an A/B inside one run)."
+                if s.get("baseline") else "."), "",
              "| kernel | rho | pairs | prefetch schedule | cold CPU | cold wall | cached CPU | cached wall |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rep["results"]:
@@ -201,6 +260,8 @@ def markdown(rep: dict) -> str:
                      f"{r['cold']['cpu_ns']:.0f} | {r['cold']['wall_ns']:.0f} | {r['cached']['cpu_ns']:.0f} | "
                      f"{r['cached']['wall_ns']:.0f} |")
     t = rep["threads"]
+    if t is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Threads (DPLR rho = 2, one cold auction of {t['candidates']:,} candidates, wall ns per candidate; "
               "the scorer splits auctions of >= `ADRANK_PARALLEL_MIN_CANDIDATES` over `ADRANK_KERNEL_THREADS`): "
               + ", ".join(f"{k}: {v:.0f}" for k, v in t["wall_ns_per_candidate"].items())]
@@ -219,7 +280,8 @@ def main(argv=None) -> int:
     p.add_argument("--schedules", nargs="+", default=["default", "off"],
                    help="prefetch schedules to compare: default, off, D:burst, D:inter, ...-nolin (see schedule())")
     p.add_argument("--requests", type=int, default=40, help="timed requests per case and regime")
-    p.add_argument("--large", type=int, default=20000, help="candidates of the threads check")
+    p.add_argument("--large", type=int, default=20000, help="candidates of the threads check (0: no threads check)")
+    p.add_argument("--baseline", metavar="REV", help="also time the fm/dplr/pruned/fwfm kernels of git revision REV")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)

@@ -60,7 +60,13 @@ NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boun
 #                  prefetches it helped pruned (-12% uniform) and FwFM (-10%) but not FM/DPLR;
 #                  with L2 prefetches the burst was as good or better for every family.
 # Distances 2-8 with L2 prefetches were within the noise of each other (40 blocks each, load ~2.7);
-# every family uses the same schedule, 4 candidates ahead.  A Scorer's ``prefetch`` option
+# every family uses the same schedule, 4 candidates ahead.  Re-checked with the lane-paired DPLR and
+# all-single-slot kernels (8b1beaa) in the bench-kernels target cell (seed 0, uniform ids, 150
+# auctions per case interleaved auction by auction, load ~1.1; ns per candidate): FM 4 ahead 146,
+# 3 / 6 / 8 ahead 147-148, interleaved 2 / 4 ahead 155 / 152; DPLR rho=2 147, 148-149, 153 / 151;
+# pruned 191, 6 ahead 196, interleaved 2 ahead 204.  The burst, 4 ahead, stays for every family
+# (the interleaved L2 schedule that was 12% faster for DPLR on cached rows in a micro run is 3-4%
+# slower in the target cell).  A Scorer's ``prefetch`` option
 # overrides the distance (an int, False = off) and ``prefetch_mode`` the bits, for A/B runs.
 PF_LINEAR, PF_INTERLEAVE, PF_L2 = 1, 2, 4
 PREFETCH_DISTANCE = 4  # the default of a kind not listed below
