@@ -11,32 +11,15 @@ but saturates to 1.0 in float64, which would create false ties).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from adrank.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
 from service.kernels.registry import make_scorer
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow warnings for large |x| (compiled: NumPy's seven ufunc
-    calls cost ~15 us on a 10-ad request)."""
-    x = np.asarray(x, dtype=np.float64)
-    return _sigmoid(np.ascontiguousarray(x).ravel()).reshape(x.shape)
-
-
-@numba.njit(cache=True, nogil=True)
-def _sigmoid(x):
-    out = np.empty(x.shape[0])
-    for i in range(x.shape[0]):
-        z = math.exp(-abs(x[i]))
-        out[i] = 1.0 / (1.0 + z) if x[i] >= 0 else z / (1.0 + z)
-    return out
+from service.link import order_scores, sigmoid
 
 
 class Ranker:
@@ -87,10 +70,7 @@ class Ranker:
         ctx = self.encoder.encode_context(context)
         ids, X = self.encoder.encode_ads(ads)
         raw = self.scorer.score(ctx, X)
-        order = np.argsort(-raw, kind="stable")
-        if top_k is not None:
-            order = order[:top_k]
-        out = self._link(raw[order])
+        order, out = order_scores(raw, -1 if top_k is None else top_k, self.target == "binary")
         return [(ids[i], s) for i, s in zip(order.tolist(), out.tolist(), strict=True)]
 
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:

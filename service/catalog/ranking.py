@@ -20,6 +20,7 @@ from service.catalog import kernels
 from service.catalog.precompute import context_part
 from service.catalog.store import Part, Snapshot
 from service.encode import RequestError
+from service.link import order_scores, sigmoid
 
 DEFAULT_TOP_K = 100
 
@@ -61,11 +62,6 @@ def uses_catalog(all_ads, ads) -> bool:
     return any(by_id(a) for a in ads)
 
 
-def _sigmoid(s: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-s))
-
-
 def _rows_by_id(snap: Snapshot, ads: list) -> tuple[list, np.ndarray] | None:
     """(ids, rows) when every ad is exactly {"id": <known string id>}, else None (general path).
 
@@ -97,8 +93,7 @@ def _lookup(index: dict, ads: list) -> tuple[list[int], list[int]]:
 
 
 def _finish(ids: list, raw: np.ndarray, top_k, target: str) -> tuple[list, np.ndarray]:
-    order = np.argsort(-raw, kind="stable")[:top_k]
-    s = _sigmoid(raw[order]) if target == "binary" else raw[order]
+    order, s = order_scores(raw, -1 if top_k is None else top_k, target == "binary")
     return [ids[i] for i in order.tolist()], s
 
 
@@ -120,7 +115,7 @@ def rank(snap: Snapshot, model: str, context, ads=None, all_ads: bool = False, t
     z, const = context_part(m.plan, cx, m.arrays["emb"], m.arrays["linear"])
     if all_ads:
         rows, raw = kernels.top_k(z, const, part.W, part.c, DEFAULT_TOP_K if top_k is None else top_k)
-        s = _sigmoid(raw) if m.target == "binary" else raw
+        s = sigmoid(raw) if m.target == "binary" else raw
         return Ranked([snap.ids[a] for a in rows.tolist()], s, "all", len(snap), time.perf_counter() - t0)
     if not isinstance(ads, list):
         raise RankRequestError("ads", f"expected a list of ads, got {type(ads).__name__}", code="invalid_ad")
@@ -128,8 +123,7 @@ def rank(snap: Snapshot, model: str, context, ads=None, all_ads: bool = False, t
     if found is not None:  # the common case, every ad by id alone: no Python object per ad
         ids, rows = found
         raw = kernels.score_ids(z, const, part.W, part.c, rows)
-        order = np.argsort(-raw, kind="stable")[:top_k]
-        s = _sigmoid(raw[order]) if m.target == "binary" else raw[order]
+        order, s = order_scores(raw, -1 if top_k is None else top_k, m.target == "binary")
         return Ranked([ids[i] for i in order.tolist()], s, "catalog", len(ads), time.perf_counter() - t0)
     pos, rows = _lookup(snap.index, ads)
     ids, X = m.encoder.encode_ads(ads)  # validates every inline ad; id-only rows are discarded

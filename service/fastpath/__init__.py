@@ -44,11 +44,11 @@ from adrank.preprocess import MISSING, PAD
 from service.catalog import kernels
 from service.catalog.idtable import _lookup
 from service.catalog.precompute import context_part
-from service.catalog.ranking import _sigmoid
 from service.encode import RequestEncoder
 from service.fastpath import response as _response
 from service.fastpath.lexer import bin_edges, python_bin
 from service.fastpath.scanner import TYPES, capacities, scan
+from service.link import order_scores
 
 ENABLED = os.environ.get("ADRANK_FASTPATH", "1") != "0"  # routes.py reads it per request
 BY_ID = 2  # spans[r, 2] of an ad given by id alone
@@ -133,6 +133,15 @@ class FastPath:
 
     def scan(self, body: bytes) -> Scan | None:
         """Encode ``body`` if it is in the supported subset, else None (use the generic path)."""
+        sc = self.scan_views(body)
+        if sc is None:
+            return None
+        return Scan(sc.model, sc.top_k, sc.ctx.copy(), sc.X.copy(), sc.spans.copy(), sc.id_hash.copy(), sc.n_by_id,
+                    body)
+
+    def scan_views(self, body: bytes) -> Scan | None:
+        """:meth:`scan` whose arrays are views into this thread's workspace: valid until the
+        thread's next scan (``rank_body`` uses them at once; five copies fewer per request)."""
         buf = np.frombuffer(body, dtype=np.uint8)
         w = self._workspace(len(body))
         status, n_ads, n_by_id = scan(
@@ -143,9 +152,9 @@ class FastPath:
             return None
         s_c, s_i = len(self.templates[0]), len(self.templates[1])
         model = None if meta[0] < 0 else body[meta[0]:meta[1]].decode()
-        return Scan(model, None if meta[2] < 0 else int(meta[2]), w.out[:s_c].copy(),
-                    w.out[s_c : s_c + n_ads * s_i].reshape(n_ads, s_i).copy(), w.spans[:n_ads].copy(),
-                    w.id_hash[:n_ads].copy(), int(n_by_id), body)
+        return Scan(model, None if meta[2] < 0 else int(meta[2]), w.out[:s_c],
+                    w.out[s_c : s_c + n_ads * s_i].reshape(n_ads, s_i), w.spans[:n_ads], w.id_hash[:n_ads],
+                    int(n_by_id), body)
 
     def warm(self) -> None:
         """Compile (or load from numba's cache) the scanner and the response writer."""
@@ -184,11 +193,9 @@ def rank_body(registry, body: bytes, max_candidates: int, catalog=None):
     if scan.n_by_id:
         out = _rank_catalog(ranker, scan, catalog) if scan.n_by_id == len(scan.X) else None
         return None if out is None else (ranker, out, len(scan.X), "catalog")
-    raw = ranker.scorer.score(scan.ctx, scan.X)
-    order = np.argsort(-raw, kind="stable")  # best first, ties in input order (as Ranker.rank)
-    if scan.top_k is not None:
-        order = order[: scan.top_k]
-    body_out = _response.response(ranker.name, ranker.version, body, scan.spans, order, ranker._link(raw[order]))
+    raw = ranker.scorer.score_valid(scan.ctx, scan.X)  # ids straight from the model's own vocabulary
+    order, scores = order_scores(raw, -1 if scan.top_k is None else scan.top_k, ranker.target == "binary")
+    body_out = _response.response(ranker.name, ranker.version, body, scan.spans, order, scores)
     return ranker, body_out, len(raw), "inline"
 
 
@@ -209,8 +216,7 @@ def _rank_catalog(ranker, scan: Scan, catalog) -> bytes | None:
     m = part.model
     z, const = context_part(m.plan, scan.ctx, m.arrays["emb"], m.arrays["linear"])
     raw = kernels.score_ids(z, const, part.W, part.c, rows)
-    order = np.argsort(-raw, kind="stable")[: scan.top_k]
-    scores = _sigmoid(raw[order]) if m.target == "binary" else raw[order]
+    order, scores = order_scores(raw, -1 if scan.top_k is None else scan.top_k, m.target == "binary")
     return _response.response(ranker.name, ranker.version, scan.body, scan.spans, order, scores)
 
 
@@ -224,4 +230,4 @@ def _get(registry, name):
 
 def _scan_for(ranker, body: bytes) -> Scan | None:
     fp = getattr(ranker, "fastpath", None)  # None for a ranker without one (or no ranker)
-    return fp.scan(body) if fp is not None else None
+    return fp.scan_views(body) if fp is not None else None

@@ -9,6 +9,8 @@ from one ``msgspec`` encoding of the score list.
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 import numba
 import numpy as np
@@ -61,10 +63,16 @@ def _assemble(head, body, spans, rows, floats):
     return out[: p + 2]
 
 
+@functools.lru_cache(maxsize=64)
+def _head(model: str, version: str) -> np.ndarray:
+    """``{"model":..,"version":..`` (no closing brace) as msgspec writes it, once per served model."""
+    return np.frombuffer(_JSON.encode({"model": model, "version": version})[:-1], dtype=np.uint8)
+
+
 def response(model: str, version: str, body: bytes, spans: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> bytes:
     """Byte for byte ``schemas.encode_ranking(model, version, [(id of row r, score) ...])`` for the
     ads ``rows`` (best first) with ``scores`` (float64, same order); spans as the scanner's."""
-    head = np.frombuffer(_JSON.encode({"model": model, "version": version})[:-1], dtype=np.uint8)
+    head = _head(model, version)
     floats = np.frombuffer(_JSON.encode(scores.tolist()), dtype=np.uint8)
     return _assemble(head, np.frombuffer(body, dtype=np.uint8), spans, rows, floats).tobytes()
 

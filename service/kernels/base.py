@@ -87,6 +87,16 @@ class Scorer:
         self._run(state, X, self._item_params, out)
         return out
 
+    def score_valid(self, ctx, items) -> np.ndarray:
+        """:meth:`score` without re-checking the ids: for callers whose ids come from this model's
+        own vocabulary (service/fastpath's scanner), C-contiguous int32 ``ctx`` [S_C] and ``items``
+        [N, S_I].  Two native calls fewer per request (each costs 20-30 us when the request finds
+        numba's dispatcher out of cache)."""
+        state = self._context(ctx, self._ctx_offs, *self._ctx_params)
+        out = np.empty(items.shape[0], dtype=np.float64)
+        self._run(state, items, self._item_params, out)
+        return out
+
     def score_rows(self, X) -> np.ndarray:
         """Raw scores float64[B] of full encoded rows ``X`` int32[B, S]."""
         X = self._ids(X, (-1, self._rows_offs[-1]), "rows")
