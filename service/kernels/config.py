@@ -142,6 +142,39 @@ prefetch_row_l2 = _prefetch(2, "``llvm.prefetch(&table[row, 0], read, locality=2
                                "and outer levels only): a hint, never a fault.")
 
 
+def _prefetch_k(locality: int, doc: str):
+    @intrinsic
+    def prefetch(typingctx, table, row, K):
+        k = K.literal_value if isinstance(K, types.IntegerLiteral) else None
+        if (k is None or not isinstance(table, types.Array) or table.ndim != 2 or table.layout != "C"
+                or not isinstance(row, types.Integer)):
+            return None
+        sig = types.void(table, row, K)
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], signature.args[1], types.intp)
+            ptr = builder.gep(ary.data, [builder.mul(idx, ir.Constant(idx.type, k))], inbounds=True)
+            i32 = ir.IntType(32)
+            ptr = builder.bitcast(ptr, ir.FloatType().as_pointer())  # the pointer type of llvm.prefetch.p0 above
+            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    prefetch.__doc__ = doc
+    return prefetch
+
+
+prefetch_row_k = _prefetch_k(3, "``prefetch_row`` for a C-contiguous table of exactly K columns (K a compile-time "
+                                "constant): the row offset is ``row * K``, a shift, not a multiply by the runtime "
+                                "row stride.")
+prefetch_row_l2_k = _prefetch_k(2, "``prefetch_row_l2`` for a C-contiguous table of exactly K columns (see "
+                                   "``prefetch_row_k``).")
+
+
 def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     """``a`` as a C-contiguous array of ``dtype`` whose data starts on a 64-byte boundary.
 

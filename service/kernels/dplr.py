@@ -130,7 +130,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             v = np.empty((1, K), np.float32)
             for n in range(start, stop):
                 if whole:
-                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
                 pn = min(n + dist, stop - 1)
                 if pf_in and not IDENT:
                     prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
@@ -171,7 +171,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
             if whole:
-                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
             pn = min(n + dist, stop - 1)
             if pf_in:
                 prefetch_multi(X, n + dist, stop, src, linear, multi, mode)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from service.kernels.config import NJIT, PF_L2, PF_LINEAR, prefetch_row, prefetch_row_l2
-from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_feature
+from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_emb_k, prefetch_feature
 
 
 @njit(**NJIT)
@@ -60,16 +60,17 @@ def hint(table, idx, mode):
 
 
 @njit(**NJIT)
-def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode):
+def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode, K=0):
     """Prefetch the embedding rows of candidate ``p`` (the kernels pass ``n`` + their family's
     distance, config.py) if ``p < stop``, and with ``mode & PF_LINEAR`` (mode: a compile-time
     constant of the calling kernel) their linear weights.  No test for PAD (-1): a prefetch
-    never faults.
+    never faults.  ``K`` (the kernel's compile-time row width; 0 = unknown) makes a row's address a
+    shift instead of a multiply by the runtime row stride.
     Codebook sources prefetch the packed codes of the single-slot fields (``single`` slots,
     global fields ``single_f + g0``) instead of rows; for a dense table that loop is empty."""
     if p < stop:
         for s in range(items.shape[1]):
-            prefetch_emb(src, items[p, s], mode & PF_L2)
+            prefetch_emb_k(src, items[p, s], mode & PF_L2, K)
             if mode & PF_LINEAR:
                 hint(linear, items[p, s], mode)
         prefetch_codes(src, items, p, single, single_f, g0)

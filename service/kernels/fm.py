@@ -67,7 +67,7 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             a0 = vload(a_c, 0, K)
             for n in range(start, stop):
                 if whole:
-                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode)
+                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
                 pn = min(n + dist, stop - 1)
                 if pf_in and not IDENT:
                     prefetch_multi(X, n + dist, stop, src, linear, multi, mode)

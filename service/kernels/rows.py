@@ -18,6 +18,7 @@ of ``src`` (numba ``overload``), so the dense path compiles to the code it had b
     fetch(src, f, idx, K, D)       row of idx as F32Vec(K)   (K, D compile-time constants)
     add_row(src, f, idx, V, j)     V[j] += row of idx        (multi-valued field means)
     prefetch_emb(src, idx, l2)     cache hint for the row (dense; l2: into L2 only) / nothing (codebook)
+    prefetch_emb_k(src, idx, l2, K)  the same with the row width K a compile-time constant (dense: a shift)
     prefetch_codes(src, X, p, ...) cache hint for row p's packed codes (codebook) / nothing (dense)
     prefetch_feature(src, f, idx, l2)  cache hint for one feature: its row (dense) / its codes (codebook)
 
@@ -34,7 +35,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from service.kernels.config import NJIT, aligned, prefetch_row, prefetch_row_l2
+from service.kernels.config import (
+    NJIT,
+    aligned,
+    prefetch_row,
+    prefetch_row_k,
+    prefetch_row_l2,
+    prefetch_row_l2_k,
+)
 from service.kernels.vec import F32Vec, vload, vzero
 
 MAX_D = 8  # codebooks per field the register decoder unrolls
@@ -185,6 +193,10 @@ def prefetch_feature(src, f, idx, l2):  # pragma: no cover
     raise NotImplementedError
 
 
+def prefetch_emb_k(src, idx, l2, K):  # pragma: no cover
+    raise NotImplementedError
+
+
 @overload(fetch, prefer_literal=True, inline="always")
 def _fetch(src, f, idx, K, D):
     k, dd = _literal(K), _literal(D)
@@ -270,6 +282,21 @@ def _prefetch_emb(src, idx, l2):
                 prefetch_row(src, idx)
         return dense
     return lambda src, idx, l2: None
+
+
+@overload(prefetch_emb_k, prefer_literal=True, inline="always")
+def _prefetch_emb_k(src, idx, l2, K):
+    k = K.value if isinstance(K, types.Omitted) else _literal(K)
+    if k is None:
+        return None
+    if k > 0 and isinstance(src, types.Array) and src.ndim == 2 and src.layout == "C":
+        def dense(src, idx, l2, K):
+            if l2:
+                prefetch_row_l2_k(src, idx, k)
+            else:
+                prefetch_row_k(src, idx, k)
+        return dense
+    return lambda src, idx, l2, K: prefetch_emb(src, idx, l2)
 
 
 @overload(prefetch_feature, inline="always")
