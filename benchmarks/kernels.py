@@ -329,18 +329,28 @@ def target_run(path) -> dict:
 def target_runs_markdown(runs: list) -> list[str]:
     lines = ["", "## Target runs (20 context / 20 item fields, k = 16, 1,000 candidates, separate runs)", "",
              "Each run is its own process (fresh tables and models from its seed), models interleaved in a shuffled "
-             "order per repeat; ns per candidate = median over repeats.", "",
-             "| seed | load average (1/5/15 min) | popularity | FM | DPLR rho=2 | pruned rho=2 | DPLR / FM (<= 1.1) "
+             "order per repeat; ns per candidate = median over repeats (in brackets: 25th-75th percentile of the "
+             "repeats); load average at the end of the run; time = end of the run (UTC).", "",
+             "| seed | time | load average (1/5/15 min) | popularity | FM | DPLR rho=2 | pruned rho=2 | DPLR / FM (<= 1.1) "
              "| DPLR / pruned (<= 0.8) | pruned / FM (<= 1.6) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         for pop in sorted({r["popularity"] for r in run["rows"]}):
-            ns = {r["name"]: r["ns_per_candidate"] for r in run["rows"] if r["popularity"] == pop}
+            rows = {r["name"]: r for r in run["rows"] if r["popularity"] == pop}
             checks = {c["check"]: c for c in run["checks"] if c["popularity"] == pop}
             cells = [f"{c['measured']:.2f} {'met' if c['met'] else 'MISSED'}" for c in checks.values()]
             load = "/".join(f"{x:.1f}" for x in run["load_average"] or ())
-            lines.append(f"| {run['seed']} | {load} | {pop} | {ns.get('fm', 0):.0f} | {ns.get('dplr-2', 0):.0f} | "
-                         f"{ns.get('pruned-2', 0):.0f} | " + " | ".join(cells) + " |")
+            when = (run.get("time") or "")[11:19]
+
+            def ns(name, rows=rows):
+                r = rows.get(name)
+                if r is None:
+                    return ""
+                per = 1e3 / TARGET["candidates"]  # us per auction -> ns per candidate
+                return (f"{r['ns_per_candidate']:.0f} ({r['us_per_auction_p25'] * per:.0f}-"
+                        f"{r['us_per_auction_p75'] * per:.0f})")
+            lines.append(f"| {run['seed']} | {when} | {load} | {pop} | {ns('fm')} | {ns('dplr-2')} | {ns('pruned-2')} | "
+                         + " | ".join(cells) + " |")
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in runs)]
     return lines
 
