@@ -23,6 +23,7 @@ Writes OUT.json and OUT.md with the exact command.  Not a test: nothing asserts 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -322,6 +323,8 @@ def main() -> int:
                                             "app_in_process_ms": asgi_in_process(work / "dplr.adrk", bodies, reps)}
             return cache[n_ads, positional]
 
+        gc.collect()
+        gc.freeze()  # the client's own collector stays out of the timed runs
         for n_ads, positional, rate, n in plan:
             form = "positional" if positional else "features"
             print(f"N={n_ads} ({form}) at {rate} req/s x {n}...", file=sys.stderr)
@@ -335,8 +338,13 @@ def main() -> int:
             rows.append({"candidates": n_ads, "item_fields": M_ITEM, "form": form, "rate_rps": rate,
                          "body_kb": round(np.mean([len(b) for b in bodies]) / 1024, 1), **load,
                          "server_handler": hist_stats(before, after, "adrank_request_duration_seconds"),
-                         "server_rank": hist_stats(before, after, "adrank_model_inference_duration_seconds"),
-                         **in_process(n_ads, positional, bodies)})
+                         "server_rank": hist_stats(before, after, "adrank_model_inference_duration_seconds")})
+        # in-process measurements only after every HTTP run: loading models into this (client) process
+        # between runs disturbed the runs that followed (its caches, page cache and collector)
+        gc.unfreeze()
+        for row in rows:
+            bodies = make_bodies(schema, row["candidates"], 20, row["form"] == "positional", seed=row["candidates"])
+            row.update(in_process(row["candidates"], row["form"] == "positional", bodies))
         print("kernel vs gather floor (cold rows)...", file=sys.stderr)
         floor = kernel_vs_floor(work / "dplr.adrk", repeats=5 if args.quick else 31)
     finally:
