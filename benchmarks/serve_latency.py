@@ -215,20 +215,20 @@ def phases(path: Path, bodies: list[bytes], reps: int) -> dict:
     -> msgspec encode), run in this process on the same bodies."""
     from service import schemas
     from service.fastpath import response
+    from service.link import order_scores
     from service.ranker import Ranker
 
     r = Ranker.load(path, name="dplr")
     r.warm()
     t = {"scan": [], "kernel": [], "sort_link": [], "response": [], "generic": []}
-    for i in range(reps):
+    for i in range(reps):  # the calls fastpath.rank_body makes, one by one
         body = bodies[i % len(bodies)]
         a = time.perf_counter_ns()
-        sc = r.fastpath.scan(body)
+        sc = r.fastpath.scan_views(body)
         b = time.perf_counter_ns()
-        raw = r.scorer.score(sc.ctx, sc.X)
+        raw = r.scorer.score_valid(sc.ctx, sc.X)
         c = time.perf_counter_ns()
-        order = np.argsort(-raw, kind="stable")
-        scores = r._link(raw[order])
+        order, scores = order_scores(raw, -1, True)
         d = time.perf_counter_ns()
         response.response("dplr", r.version, body, sc.spans, order, scores)
         e = time.perf_counter_ns()
