@@ -174,3 +174,13 @@ def test_compare_end_to_end_on_loopback(models, tmp_path):
     assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text and "In process" in text
     assert all(m["cpu_fast_ms"] > 0 for m in result["summary"]) and "fast path whole" in text
     assert (out / "loadtest-tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_per_round_counts_rounds_where_dplr_is_lower():
+    from loadtest.report import _per_round
+
+    runs = [{"repeat": r, "model": m, "server_p99_ms": v}
+            for r, (d, p) in enumerate([(8.0, 10.0), (9.0, 6.0), (5.0, 5.5)])
+            for m, v in (("dplr-2", d), ("pruned-2", p))]
+    assert _per_round(runs, {"model": "dplr-2"}, {"model": "pruned-2"}) == "2 of 3, 0.80-1.50"
+    assert _per_round([], {"model": "dplr-2"}, {"model": "pruned-2"}) == "-"
