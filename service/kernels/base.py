@@ -80,12 +80,8 @@ class Scorer:
     # --- public --------------------------------------------------------------------------
     def score(self, ctx, items) -> np.ndarray:
         """Raw scores float64[N] of ``items`` int32[N, S_I] under context ``ctx`` int32[S_C]."""
-        ctx = self._ids(ctx, (self.n_context_slots,), "context")
-        X = self._ids(items, (-1, self.n_item_slots), "items")
-        state = self._context(ctx, self._ctx_offs, *self._ctx_params)
-        out = np.empty(X.shape[0], dtype=np.float64)
-        self._run(state, X, self._item_params, out)
-        return out
+        return self.score_valid(self._ids(ctx, (self.n_context_slots,), "context"),
+                                self._ids(items, (-1, self.n_item_slots), "items"))
 
     def score_valid(self, ctx, items) -> np.ndarray:
         """:meth:`score` without re-checking the ids: for callers whose ids come from this model's

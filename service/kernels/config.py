@@ -111,6 +111,14 @@ def prefetch_distance(kind: str, prefetch: bool | int) -> int:
     return prefetch
 
 
+def _emit_prefetch(builder, ptr, locality: int) -> None:
+    """``llvm.prefetch(ptr, read, locality, data)``: a hint, never a fault."""
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+
+
 def _prefetch(locality: int, doc: str):
     @intrinsic
     def prefetch(typingctx, table, row):
@@ -123,11 +131,7 @@ def _prefetch(locality: int, doc: str):
             ary = context.make_array(aryty)(context, builder, args[0])
             idx = context.cast(builder, args[1], signature.args[1], types.intp)
             inds = [idx] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds)
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+            _emit_prefetch(builder, cgutils.get_item_pointer(context, builder, aryty, ary, inds), locality)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -155,11 +159,8 @@ def _prefetch_k(locality: int, doc: str):
             ary = context.make_array(signature.args[0])(context, builder, args[0])
             idx = context.cast(builder, args[1], signature.args[1], types.intp)
             ptr = builder.gep(ary.data, [builder.mul(idx, ir.Constant(idx.type, k))], inbounds=True)
-            i32 = ir.IntType(32)
-            ptr = builder.bitcast(ptr, ir.FloatType().as_pointer())  # the pointer type of llvm.prefetch.p0 above
-            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+            # the pointer type llvm.prefetch.p0 is declared with by prefetch_row on float tables
+            _emit_prefetch(builder, builder.bitcast(ptr, ir.FloatType().as_pointer()), locality)
             return context.get_dummy_value()
 
         return sig, codegen
