@@ -44,10 +44,13 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from adrank.schema import Field, Schema
-from service.kernels import config
-from service.kernels.registry import make_scorer
-from service.kernels.vec import vadd, vdot, vload, vzero
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.kernels
+
+from adrank.schema import Field, Schema  # noqa: E402
+from benchmarks.kernels import kernels_version  # noqa: E402
+from service.kernels import config  # noqa: E402
+from service.kernels.registry import make_scorer  # noqa: E402
+from service.kernels.vec import vadd, vdot, vload, vzero  # noqa: E402
 
 
 def schema_of(mc: int, mi: int) -> Schema:
@@ -201,19 +204,6 @@ def run(args) -> dict:
                         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
                         "kernels_version": kernels_version()},
             "results": results, "threads": threads}
-
-
-def kernels_version() -> str:
-    """Last commit touching service/kernels (+ "-dirty" when the tree differs there)."""
-    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
-    try:
-        rev = subprocess.run([*git, "log", "-1", "--format=%h", "--", "service/kernels"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", "service/kernels"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return (rev or "unknown") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def threads_check(args, manifest, shared, ctx, m, rng) -> dict:
