@@ -124,9 +124,15 @@ class AuctionGenerator:
             return int(10**12 + self.rng.integers(0, 10**6))  # a count bin no training row reached
         return f"unseen-{int(self.rng.integers(0, 2**62)):x}"
 
-    def request(self) -> dict:
+    def request(self, catalog_size: int | None = None) -> dict:
+        """One auction: a context and its candidates, inline ``{"id", "features"}`` ads, or with
+        ``catalog_size`` distinct ads by id alone drawn uniformly from a catalog of ``ad-0`` ..
+        ``ad-{catalog_size - 1}`` (see :meth:`catalog_ads`)."""
         n = self.n_candidates()
         ctx = {f["name"]: self.column(f, 1)[0] for f in self.fields if f["role"] == "context"}
+        if catalog_size is not None:
+            picks = self.rng.choice(catalog_size, min(n, catalog_size), replace=False)
+            return {"context": ctx, "ads": [{"id": f"ad-{i}"} for i in picks.tolist()]}
         items = {f["name"]: self.column(f, n) for f in self.fields if f["role"] == "item"}
         base = self.n
         self.n += n
@@ -135,8 +141,34 @@ class AuctionGenerator:
         return {"context": ctx, "ads": ads}
 
 
-def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False) -> dict:
-    """``count`` request bodies, one JSON object per line (no ``model`` key); returns stats."""
+    def catalog_ads(self, count: int, chunk: int = 10_000):
+        """``count`` catalog ads ``{"id": "ad-<i>", "features": {item field: raw value}}``, item
+        values drawn like inline ads' (Zipf-popular, some unseen, some missing), in chunks."""
+        items = [f for f in self.fields if f["role"] == "item"]
+        for start in range(0, count, chunk):
+            n = min(chunk, count - start)
+            cols = {f["name"]: self.column(f, n) for f in items}
+            for i in range(n):
+                yield {"id": f"ad-{start + i}", "features": {name: col[i] for name, col in cols.items()}}
+
+
+def write_catalog(gen: AuctionGenerator, path, count: int, progress: bool = False) -> None:
+    """``count`` catalog ads as JSONL (``adrank serve --catalog``), written atomically."""
+    from tqdm import tqdm
+
+    enc = msgspec.json.Encoder()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=not progress):
+            fh.write(enc.encode(ad) + b"\n")
+    os.replace(tmp, path)
+
+
+def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
+               catalog_size: int | None = None) -> dict:
+    """``count`` request bodies, one JSON object per line (no ``model`` key); returns stats.
+    ``catalog_size``: ads by id from a catalog of that many ads (:meth:`AuctionGenerator.request`)."""
     from tqdm import tqdm
 
     enc = msgspec.json.Encoder()
@@ -145,7 +177,7 @@ def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False) 
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         for _ in tqdm(range(count), desc="request pool", disable=not progress):
-            req = gen.request()
+            req = gen.request(catalog_size)
             sizes.append(len(req["ads"]))
             fh.write(enc.encode(req) + b"\n")
     os.replace(tmp, path)

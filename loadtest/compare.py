@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 REQUEST = "adrank_request_duration_seconds"
 INFERENCE = "adrank_model_inference_duration_seconds"
+AGAIN = "-again"  # suffix of the --control copy
 
 
 class LoadTestError(RuntimeError):
@@ -60,18 +61,53 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+# --- CPU placement -----------------------------------------------------------------------------
+def split_cpus(spec: str = "auto") -> tuple[frozenset[int], frozenset[int]] | None:
+    """(server CPUs, load-generator CPUs), or None (no pinning).
+
+    ``auto``: with two or more usable CPUs the server gets the upper half, Locust the lower half,
+    so the load generator never takes CPU time from the server it measures (on a 2-core machine
+    their contention is the largest source of tail latency).  ``none``: no pinning.  Otherwise
+    ``SERVER/CLIENT`` CPU lists, e.g. ``1/0`` or ``2,3/0,1``."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if spec == "none":
+        return None
+    if spec == "auto":
+        if len(usable) < 2:
+            return None
+        half = len(usable) // 2
+        return frozenset(usable[half:]), frozenset(usable[:half])
+    try:
+        server, client = (frozenset(int(c) for c in part.split(",")) for part in spec.split("/"))
+    except ValueError:
+        raise LoadTestError(f"--pin {spec!r}: expected auto, none or SERVER/CLIENT CPU lists like 1/0") from None
+    unknown = sorted((server | client) - set(usable))
+    if unknown or not server or not client:
+        raise LoadTestError(f"--pin {spec!r}: CPUs {unknown or 'missing'} are not usable here (usable: {usable})")
+    return server, client
+
+
+def _pinned(cpus: frozenset[int] | None):
+    """A ``preexec_fn`` that pins the child to ``cpus`` (None: no function)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 # --- server ----------------------------------------------------------------------------------
 class Server:
     """``adrank serve`` on 127.0.0.1 in a child process group; stopped by its own pid."""
 
-    def __init__(self, specs: list[str], workers: int, run_dir: Path, log_path: Path, ready_timeout: float):
+    def __init__(self, specs: list[str], workers: int, run_dir: Path, log_path: Path, ready_timeout: float,
+                 cpus: frozenset[int] | None = None, extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())", "serve", *specs, "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--run-dir", str(run_dir),
-               "--max-candidates", "10000"]
+               "--max-candidates", "10000", *extra]
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_pinned(cpus))
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -143,7 +179,8 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 # --- one Locust run ----------------------------------------------------------------------------
-def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, timings: Path, log: Path) -> None:
+def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, timings: Path, log: Path,
+               cpus: frozenset[int] | None = None) -> None:
     users = max(2, int(np.ceil(rps / 5)))  # each user offers <= 5 req/s: a slow reply does not lower the rate
     env = {**os.environ, "ADRANK_LT_POOL": str(pool), "ADRANK_LT_MODEL": model, "ADRANK_LT_RPS": str(rps),
            "ADRANK_LT_USERS": str(users), "ADRANK_LT_TIMINGS": str(timings)}
@@ -152,7 +189,7 @@ def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, t
     with open(log, "ab") as fh:
         try:
             proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=duration + 60,
-                                  check=False)
+                                  check=False, preexec_fn=_pinned(cpus))
         except subprocess.TimeoutExpired:
             raise LoadTestError(f"locust did not finish within {duration + 60:.0f} s (model {model}); see {log}") from None
     if not timings.is_file():
@@ -221,40 +258,110 @@ def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
     return out
 
 
+def cpu_breakdown_catalog(paths: dict[str, str], pool: Path, ads: Path, limit: int = 200) -> dict[str, dict]:
+    """Catalog traffic: per model, mean thread-CPU ms per pooled request of ``fastpath.rank_body``
+    against an in-process catalog of the same ads (context part + id lookups + per-ad dot products +
+    sort + response bytes: what ``/v1/rank`` runs for these requests), and its median."""
+    from loadtest.auctions import with_model
+    from service import fastpath
+    from service.catalog.store import Catalog, Model
+    from service.ranker import Ranker
+
+    rankers = {}
+    for n, p in paths.items():
+        rankers[n] = Ranker.load(p, name=n)
+        rankers[n].warm()
+    catalog = Catalog([Model.from_ranker(r, n) for n, r in rankers.items()])
+    catalog.load_jsonl(ads, progress=False)
+    registry = _Named(rankers)
+    lines = [line for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
+    out = {}
+    for n in rankers:
+        bodies = [with_model(line, n) for line in lines]
+        fastpath.rank_body(registry, bodies[0], 1 << 30, catalog)  # compile / first touch
+        times = []
+        for body in bodies:
+            t0 = time.thread_time()
+            got = fastpath.rank_body(registry, body, 1 << 30, catalog)
+            times.append(time.thread_time() - t0)
+            if got is None or got[3] != "catalog":
+                raise LoadTestError(f"model {n}: a pooled catalog request did not take the catalog fast path")
+        out[n] = {"cpu_catalog_ms": round(float(np.mean(times)) * 1e3, 4),
+                  "cpu_catalog_p50_ms": round(float(np.median(times)) * 1e3, 4)}
+    return out
+
+
+class _Named:
+    """The registry interface of ``rank_body`` over several rankers: ``get(name)``."""
+
+    def __init__(self, rankers: dict):
+        self.rankers = rankers
+
+    def get(self, name=None):
+        return self.rankers[name]
+
+
+def round_order(names: list[str], rep: int) -> list[str]:
+    """Round ``rep``'s model order: ``names`` rotated by ``rep``, so no model always runs first
+    (right after the server's idle warm-up gap) or always follows the same neighbour."""
+    k = rep % len(names)
+    return names[k:] + names[:k]
+
+
 # --- the comparison -----------------------------------------------------------------------------
 def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: float = 20, duration: float = 20,
             warmup: float = 5, repeats: int = 3, workers: int = 1, pool_size: int = 300, median: float = 200,
             sigma: float = 1.0, max_candidates: int = 5000, seed: int = 0, command: str = "",
-            progress: bool = True, ready_timeout: float = 300) -> dict:
+            progress: bool = True, ready_timeout: float = 300, pin: str = "auto", traffic: str = "inline",
+            catalog_ads: int = 100_000, control: str | None = None) -> dict:
     """Run the comparison (module docstring); returns the result written to ``out_dir``."""
     from tqdm import tqdm
 
-    from loadtest.auctions import AuctionGenerator, load_values, write_pool
+    from loadtest.auctions import AuctionGenerator, load_values, write_catalog, write_pool
     from loadtest.report import write_report
 
     names = [s.split("=", 1)[0] if "=" in s else Path(s).stem for s in specs]
+    if control is not None:  # the noise floor: the same artifact again, under another name
+        if control not in names:
+            raise LoadTestError(f"--control {control!r} is not one of the models {names}")
+        specs = [*specs, f"{control}{AGAIN}={specs[names.index(control)].split('=', 1)[-1]}"]
+        names.append(control + AGAIN)
     if len(set(names)) != len(names):
         raise LoadTestError(f"model names must differ, got {names}")
+    if traffic not in ("inline", "catalog"):
+        raise LoadTestError(f"traffic must be inline or catalog, got {traffic!r}")
+    if traffic == "catalog" and catalog_ads < 1:
+        raise LoadTestError(f"--catalog-ads must be >= 1, got {catalog_ads}")
+    placement = split_cpus(pin)
+    server_cpus, client_cpus = placement or (None, None)
     out_dir = Path(out_dir)
     work = Path(tempfile.mkdtemp(prefix="adrank-loadtest-"))
     try:
         gen = AuctionGenerator(load_values(values_path), seed=seed, median=median, sigma=sigma,
                                max_candidates=max_candidates)
-        pool = work / "pool.jsonl"
-        pool_stats = write_pool(gen, pool, pool_size, progress=progress)
+        pool, ads, extra = work / "pool.jsonl", work / "ads.jsonl", ()
         paths = [s.split("=", 1)[-1] for s in specs]
-        cpu = {n: cpu_breakdown(p, pool) for n, p in zip(names, paths, strict=True)}
-        server = Server([f"{n}={s.split('=', 1)[-1]}" for n, s in zip(names, specs, strict=True)], workers,
-                        work / "run", work / "server.log", ready_timeout)
+        if traffic == "catalog":  # the catalog first: the pool's id draws then follow it in the generator
+            write_catalog(gen, ads, catalog_ads, progress=progress)
+            extra = ("--catalog", str(ads))
+        pool_stats = write_pool(gen, pool, pool_size, progress=progress,
+                                catalog_size=catalog_ads if traffic == "catalog" else None)
+        if traffic == "catalog":
+            cpu = cpu_breakdown_catalog(dict(zip(names, paths, strict=True)), pool, ads)
+        else:
+            cpu = {n: cpu_breakdown(p, pool) for n, p in zip(names, paths, strict=True)}
+        server = Server([f"{n}={p}" for n, p in zip(names, paths, strict=True)], workers,
+                        work / "run", work / "server.log", ready_timeout, server_cpus, extra)
         runs = []
         try:
-            steps = [("warmup", 0, n) for n in names] + [("run", r, n) for r in range(repeats) for n in names]
+            steps = [("warmup", 0, n) for n in names] + [("run", r, n) for r in range(repeats)
+                                                          for n in round_order(names, r)]
             for kind, rep, model in tqdm(steps, desc="loadtest", disable=not progress):
                 timings = work / f"{kind}-{rep}-{model}.csv"
                 before = server.metrics()
                 t0 = time.time()
                 run_locust(server.base, pool, model, rps, warmup if kind == "warmup" else duration, timings,
-                           work / "locust.log")
+                           work / "locust.log", client_cpus)
                 wall = time.time() - t0
                 after = server.metrics()
                 if kind == "run":
@@ -264,7 +371,10 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         result = {"command": command, "models": dict(zip(names, [s.split("=", 1)[-1] for s in specs], strict=True)),
                   "settings": {"rps": rps, "duration_s": duration, "warmup_s": warmup, "repeats": repeats,
                                "workers": workers, "pool": pool_stats, "seed": seed, "median_candidates": median,
-                               "sigma": sigma, "max_candidates": max_candidates},
+                               "sigma": sigma, "max_candidates": max_candidates, "traffic": traffic,
+                               "catalog_ads": catalog_ads if traffic == "catalog" else None, "control": control,
+                               "pin": {"server_cpus": sorted(server_cpus), "client_cpus": sorted(client_cpus)}
+                               if placement else None},
                   "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],

@@ -15,19 +15,29 @@ def _fmt(x, digits: int = 2) -> str:
 
 def markdown(result: dict) -> str:
     s = result["settings"]
+    catalog = s.get("traffic") == "catalog"
+    pin = s.get("pin")
+    placement = (f"server pinned to CPU {','.join(map(str, pin['server_cpus']))}, Locust to CPU "
+                 f"{','.join(map(str, pin['client_cpus']))}" if pin else "server and Locust not pinned")
+    if catalog:
+        ads = (f"ads by id alone (`{{\"id\": ...}}`), distinct within a request and drawn uniformly from a "
+               f"server-side catalog of {s['catalog_ads']:,} generated ads (`adrank serve --catalog`; item values "
+               "Zipf-popular, 2% unseen, 1% missing; per-ad parts precomputed); context raw values Zipf-popular "
+               "from the model's values file")
+    else:
+        ads = "raw values Zipf-popular from the model's values file, 2% unseen, 1% missing"
     lines = [f"# Load test: {', '.join(result['models'])}", "",
              f"Command: `{result['command']}`  ",
              f"{result['time']}; {s['workers']} server worker(s) on 127.0.0.1, every model in the same server, "
              f"one model at a time; {s['rps']:g} req/s offered (Locust FastHttpUser, constant_throughput) for "
              f"{s['duration_s']:g} s per run after a {s['warmup_s']:g} s warm-up per model; {s['repeats']} rounds "
-             f"interleaved ({' '.join(result['models'])} ...). Machine: {result['machine']['cpus']} CPUs shared "
+             f"interleaved, round r in the order ({' '.join(result['models'])}) rotated by r; {placement}. Machine: {result['machine']['cpus']} CPUs shared "
              f"with other work (load average at the end "
              f"{tuple(round(x, 2) for x in result['machine']['load_average_end'])}).", "",
              f"Traffic: a pool of {s['pool']['requests']} requests replayed identically for every model; candidates "
              f"per request log-normal (median {s['median_candidates']:g}, sigma {s['sigma']:g}, at most "
              f"{s['max_candidates']}): mean {s['pool']['candidates_mean']:.0f}, P50 {s['pool']['candidates_p50']:.0f}, "
-             f"P99 {s['pool']['candidates_p99']:.0f}; raw values Zipf-popular from the model's values file, 2% unseen, "
-             "1% missing.", "",
+             f"P99 {s['pool']['candidates_p99']:.0f}; {ads}.", "",
              "Client-side percentiles come from raw per-request timings (a Locust request hook, not Locust's "
              "whole-millisecond statistics); server-side ones from the difference of the Prometheus histograms "
              "scraped from /metrics before and after each run (`adrank_request_duration_seconds` = handler, "
@@ -47,6 +57,28 @@ def markdown(result: dict) -> str:
             f"| {_fmt(m['inference_p50_ms'])} / {_fmt(m['inference_p95_ms'])} / {_fmt(m['inference_p99_ms'])} "
             f"| {m['requests']} |")
     fast = any(m.get("cpu_fast_ms") for m in result["summary"])
+    if catalog:
+        lines += _catalog_cpu(result)
+    else:
+        lines += _inline_cpu(result, fast)
+    lines += _per_run(result)
+    lines += _pairs(result, "cpu_catalog_ms" if catalog else "cpu_score_ms")
+    return "\n".join(lines) + "\n"
+
+
+def _catalog_cpu(result: dict) -> list[str]:
+    lines = ["", "In process, same pool and catalog, no HTTP (thread-CPU ms per request of `service.fastpath."
+             "rank_body`: context part, id lookups, per-ad dot products, sort, response bytes — what `/v1/rank` "
+             "runs for these requests; back to back, so caches are warm):", "",
+             "| model | mean | median |", "| --- | --- | --- |"]
+    for m in result["summary"]:
+        if m.get("cpu_catalog_ms"):
+            lines.append(f"| {m['model']} | {m['cpu_catalog_ms']:.3f} | {m['cpu_catalog_p50_ms']:.3f} |")
+    return lines
+
+
+def _inline_cpu(result: dict, fast: bool) -> list[str]:
+    lines = []
     lines += ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
               "score = `Scorer.score`, rank = `Ranker.rank` whole"
               + ("; fast path = `service.fastpath`: scan = raw body -> ids, whole = `rank_body` (scan + score + "
@@ -62,7 +94,11 @@ def markdown(result: dict) -> str:
                 row += (f" {_fmt(m.get('cpu_fast_scan_ms'))} | {_fmt(m.get('cpu_fast_ms'))} | "
                         + (f"{100 * m['cpu_score_ms'] / m['cpu_fast_ms']:.0f}% |" if m.get("cpu_fast_ms") else "- |"))
             lines.append(row)
-    lines += ["", "Per run (client P50 / P99, server P99, ms):", "",
+    return lines
+
+
+def _per_run(result: dict) -> list[str]:
+    lines = ["", "Per run (client P50 / P99, server P99, ms):", "",
               "| round | " + " | ".join(result["models"]) + " |", "| --- | " + " | ".join("---" for _ in result["models"]) + " |"]
     for rep in sorted({r["repeat"] for r in result["runs"]}):
         cells = []
@@ -71,23 +107,36 @@ def markdown(result: dict) -> str:
             cells.append("-" if r is None else f"{_fmt(r['client_p50_ms'])} / {_fmt(r['client_p99_ms'])}, "
                                                f"{_fmt(r['server_p99_ms'])}")
         lines.append(f"| {rep + 1} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pairs(result: dict, cpu_key: str) -> list[str]:
+    lines = []
     pairs = [(m, next((x for x in result["summary"] if x["model"] == m["model"].replace("dplr", "pruned")), None))
              for m in result["summary"] if m["model"].startswith("dplr")]
     pairs = [(d, p) for d, p in pairs if p is not None]
+    control = result["settings"].get("control")
+    again = next((x for x in result["summary"] if control and x["model"] == control + "-again"), None)
+    if again is not None:  # A/A: the same artifact twice, the noise floor of every ratio
+        pairs.append((again, next(x for x in result["summary"] if x["model"] == control)))
     if pairs:
         lines += ["", "DPLR vs pruned at the same rho (same run; ratio < 1 = DPLR faster). Per round = the server "
                   "P99 ratio of each interleaved round: when its range spans 1, the pooled ratio is within the "
-                  "round-to-round noise.", "",
+                  "round-to-round noise."
+                  + (f" The last row (A/A control) is {control} against itself under another name: how far "
+                     "two identical models' figures differ in this run." if again is not None else ""), "",
                   "| pair | server P99 DPLR / pruned (ms) | ratio | per round: DPLR lower, ratio range "
-                  "| client P99 ratio | inference P50 ratio | in-process score ratio |",
+                  "| client P99 ratio | inference P50 ratio | in-process "
+                  + ("catalog rank" if cpu_key == "cpu_catalog_ms" else "score") + " ratio |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for d, p in pairs:
-            lines.append(f"| {d['model']} vs {p['model']} | {_fmt(d['server_p99_ms'])} / {_fmt(p['server_p99_ms'])} "
+            label = f"{d['model']} vs {p['model']}" + (" (A/A control)" if d is again else "")
+            lines.append(f"| {label} | {_fmt(d['server_p99_ms'])} / {_fmt(p['server_p99_ms'])} "
                          f"| {_ratio(d['server_p99_ms'], p['server_p99_ms'])} | {_per_round(result['runs'], d, p)} "
                          f"| {_ratio(d['client_p99_ms'], p['client_p99_ms'])} "
                          f"| {_ratio(d['inference_p50_ms'], p['inference_p50_ms'])} "
-                         f"| {_ratio(d.get('cpu_score_ms'), p.get('cpu_score_ms'))} |")
-    return "\n".join(lines) + "\n"
+                         f"| {_ratio(d.get(cpu_key), p.get(cpu_key))} |")
+    return lines
 
 
 def _per_round(runs: list, d: dict, p: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,24 @@ from service.settings import ModelSpec, Settings
 from tests.service_helpers import ranker_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtest.auctions import AuctionGenerator, load_values, values_from_data, with_model, write_pool  # noqa: E402
-from loadtest.compare import cpu_breakdown, histogram_delta, histogram_quantile, histograms  # noqa: E402
+from loadtest.auctions import (  # noqa: E402
+    AuctionGenerator,
+    load_values,
+    values_from_data,
+    with_model,
+    write_catalog,
+    write_pool,
+)
+from loadtest.compare import (  # noqa: E402
+    LoadTestError,
+    cpu_breakdown,
+    cpu_breakdown_catalog,
+    histogram_delta,
+    histogram_quantile,
+    histograms,
+    round_order,
+    split_cpus,
+)
 from loadtest.models import build_models  # noqa: E402
 
 
@@ -50,6 +67,53 @@ def test_generated_requests_are_accepted_by_the_service(models, tmp_path):
                 body = r.json()
                 assert body["model"] == model
                 assert sorted(a["id"] for a in body["ads"]) == sorted(a["id"] for a in sent["ads"])
+
+
+def test_catalog_traffic_ranks_the_catalog_ads_as_if_sent_inline(models, tmp_path):
+    gen = AuctionGenerator(load_values(models["values"]), seed=4, median=15, sigma=1.0, max_candidates=60)
+    ads, pool = tmp_path / "ads.jsonl", tmp_path / "pool.jsonl"
+    write_catalog(gen, ads, 80)
+    catalog = {a["id"]: a["features"] for a in map(json.loads, ads.read_text().splitlines())}
+    item_fields = {f["name"] for f in load_values(models["values"])["schema"]["fields"] if f["role"] == "item"}
+    assert list(catalog) == [f"ad-{i}" for i in range(80)]
+    assert all(set(f) == item_fields for f in catalog.values())
+    write_pool(gen, pool, 10, catalog_size=80)
+    sent = [json.loads(line) for line in pool.read_bytes().splitlines()]
+    for q in sent:
+        ids = [a["id"] for a in q["ads"]]
+        assert all(a.keys() == {"id"} for a in q["ads"]) and len(set(ids)) == len(ids) and set(ids) <= set(catalog)
+    settings = Settings(models=(ModelSpec("dplr-1", Path(models["dplr-1"])),), gc_freeze=False, catalog=ads)
+    with TestClient(create_app(settings, loader=ranker_loader())) as client:
+        for line, q in zip(pool.read_bytes().splitlines(), sent, strict=True):
+            by_id = client.post("/v1/rank", content=with_model(line, "dplr-1"),
+                                headers={"content-type": "application/json"})
+            inline = client.post("/v1/rank", json={"model": "dplr-1", "context": q["context"], "ads": [
+                {"id": a["id"], "features": catalog[a["id"]]} for a in q["ads"]]})
+            assert by_id.status_code == 200 and inline.status_code == 200, (by_id.text, inline.text)
+            got = {a["id"]: a["score"] for a in by_id.json()["ads"]}
+            want = {a["id"]: a["score"] for a in inline.json()["ads"]}
+            assert got.keys() == want.keys()
+            np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-5, atol=1e-6)
+    cpu = cpu_breakdown_catalog({"dplr-1": models["dplr-1"], "pruned-1": models["pruned-1"]}, pool, ads)
+    assert all(cpu[n]["cpu_catalog_ms"] > 0 and cpu[n]["cpu_catalog_p50_ms"] > 0 for n in ("dplr-1", "pruned-1"))
+
+
+def test_cpu_placement_and_round_order():
+    usable = sorted(os.sched_getaffinity(0))
+    placement = split_cpus("auto")
+    if len(usable) < 2:
+        assert placement is None
+    else:
+        server, client = placement
+        assert server and client and not server & client and server | client == set(usable)
+        assert split_cpus(f"{usable[1]}/{usable[0]}") == (frozenset({usable[1]}), frozenset({usable[0]}))
+    assert split_cpus("none") is None
+    for bad in ("1", "a/b", "999/0", "/0"):
+        with pytest.raises(LoadTestError, match="--pin"):
+            split_cpus(bad)
+    names = ["a", "b", "c"]
+    assert [round_order(names, r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                         ["a", "b", "c"]]
 
 
 def test_values_encode_as_kept_unseen_as_rare_and_nulls_as_missing(models):
@@ -174,6 +238,30 @@ def test_compare_end_to_end_on_loopback(models, tmp_path):
     assert "| d1 |" in text and "| p1 |" in text and "adrank loadtest compare" in text and "In process" in text
     assert all(m["cpu_fast_ms"] > 0 for m in result["summary"]) and "fast path whole" in text
     assert (out / "loadtest-tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_compare_catalog_traffic_with_an_aa_control(models, tmp_path):
+    out = tmp_path / "out"
+    code = main(["loadtest", "compare", "--models", f"d1={models['dplr-1']}", f"p1={models['pruned-1']}",
+                 "--traffic", "catalog", "--catalog-ads", "500", "--control", "d1", "--rps", "8", "--duration",
+                 "3", "--warmup", "1", "--repeats", "2", "--pool", "20", "--candidates", "20", "--out", str(out),
+                 "--name", "cat", "--quiet"])
+    assert code == 0
+    result = json.loads((out / "loadtest-cat.json").read_text())
+    assert [r["model"] for r in result["runs"]] == ["d1", "p1", "d1-again", "p1", "d1-again", "d1"]
+    for m in result["summary"]:
+        assert m["requests"] > 5 and m["error_rate"] == 0 and m["server_requests"] >= m["requests"]
+        assert m["cpu_catalog_ms"] > 0
+    text = (out / "loadtest-cat.md").read_text()
+    assert "server-side catalog of 500 generated ads" in text and "--traffic catalog" in text
+    assert "| d1-again vs d1 (A/A control) |" in text
+
+
+def test_compare_rejects_a_control_that_is_not_a_model(models, capsys):
+    assert main(["loadtest", "compare", "--models", models["dplr-1"], models["pruned-1"], "--control", "x",
+                 "--out", "/nonexistent-never-written"]) == 2
+    assert "--control 'x' is not one of the models" in capsys.readouterr().err
 
 
 def test_per_round_counts_rounds_where_dplr_is_lower():

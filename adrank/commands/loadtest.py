@@ -46,6 +46,18 @@ def add_arguments(p) -> None:
     c.add_argument("--out", default=".", help="output directory (default .)")
     c.add_argument("--name", default="compare", help="files are loadtest-NAME.* (default compare)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--traffic", choices=("inline", "catalog"), default="inline",
+                   help="inline (default): every ad with its raw item features in the body; catalog: ads "
+                        "by id alone from a server-side catalog of --catalog-ads generated ads (adrank serve "
+                        "--catalog), the per-ad parts precomputed")
+    c.add_argument("--catalog-ads", type=int, default=100_000, help="catalog size with --traffic catalog "
+                   "(default 100000); candidates are distinct ads drawn uniformly from it")
+    c.add_argument("--control", metavar="NAME", help="also run model NAME a second time as NAME-again: the "
+                   "report's A/A row shows how far two identical models differ (the noise floor)")
+    c.add_argument("--pin", default="auto", metavar="auto|none|SERVER/CLIENT",
+                   help="CPU placement: auto (default) gives the server the upper half of the usable CPUs and "
+                        "Locust the lower half, so the load generator does not steal the measured server's "
+                        "CPU; none; or CPU lists like 1/0")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -77,6 +89,11 @@ def _compare(args, UserError) -> int:
     problems = []
     if len(args.models) < 2:
         problems.append("--models needs at least two artifacts")
+    try:
+        from loadtest.compare import split_cpus
+        split_cpus(args.pin)
+    except LoadTestError as exc:
+        problems.append(str(exc))
     for spec in args.models:
         path = Path(spec.split("=", 1)[-1])
         if not path.is_file():
@@ -84,7 +101,7 @@ def _compare(args, UserError) -> int:
     for flag, value, lo in (("--rps", args.rps, 0.1), ("--duration", args.duration, 1), ("--warmup", args.warmup, 0),
                             ("--repeats", args.repeats, 1), ("--workers", args.workers, 1),
                             ("--candidates", args.candidates, 1), ("--max-candidates", args.max_candidates, 1),
-                            ("--pool", args.pool, 1)):
+                            ("--pool", args.pool, 1), ("--catalog-ads", args.catalog_ads, 1)):
         if value < lo:
             problems.append(f"{flag} must be >= {lo}")
     if args.duration > 3600 or args.repeats * len(args.models) * (args.duration + args.warmup) > 4 * 3600:
@@ -101,13 +118,15 @@ def _compare(args, UserError) -> int:
          "--warmup", f"{args.warmup:g}", "--repeats", str(args.repeats), "--workers", str(args.workers),
          "--candidates", f"{args.candidates:g}", "--sigma", f"{args.sigma:g}", "--max-candidates",
          str(args.max_candidates), "--pool", str(args.pool), "--out", args.out, "--name", args.name,
-         "--seed", str(args.seed)])
+         "--seed", str(args.seed), "--pin", args.pin, "--traffic", args.traffic]
+        + (["--catalog-ads", str(args.catalog_ads)] if args.traffic == "catalog" else [])
+        + (["--control", args.control] if args.control else []))
     try:
         result = compare(args.models, values, args.out, name=args.name, rps=args.rps, duration=args.duration,
                          warmup=args.warmup, repeats=args.repeats, workers=args.workers, pool_size=args.pool,
                          median=args.candidates, sigma=args.sigma, max_candidates=args.max_candidates,
-                         seed=args.seed, command=command,
-                         progress=not args.quiet)
+                         seed=args.seed, command=command, progress=not args.quiet, pin=args.pin,
+                         traffic=args.traffic, catalog_ads=args.catalog_ads, control=args.control)
     except (LoadTestError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for m in result["summary"]:
