@@ -180,10 +180,11 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 # --- one Locust run ----------------------------------------------------------------------------
 def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, timings: Path, log: Path,
-               cpus: frozenset[int] | None = None) -> None:
+               cpus: frozenset[int] | None = None, arrivals: str = "poisson") -> None:
     users = max(2, int(np.ceil(rps / 5)))  # each user offers <= 5 req/s: a slow reply does not lower the rate
     env = {**os.environ, "ADRANK_LT_POOL": str(pool), "ADRANK_LT_MODEL": model, "ADRANK_LT_RPS": str(rps),
-           "ADRANK_LT_USERS": str(users), "ADRANK_LT_TIMINGS": str(timings)}
+           "ADRANK_LT_USERS": str(users), "ADRANK_LT_TIMINGS": str(timings),
+           "ADRANK_LT_ARRIVALS": arrivals}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
            "-t", f"{duration:g}s", "--stop-timeout", "5", "--host", base, "--only-summary", "--loglevel", "WARNING"]
     with open(log, "ab") as fh:
@@ -313,7 +314,7 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
             warmup: float = 5, repeats: int = 3, workers: int = 1, pool_size: int = 300, median: float = 200,
             sigma: float = 1.0, max_candidates: int = 5000, seed: int = 0, command: str = "",
             progress: bool = True, ready_timeout: float = 300, pin: str = "auto", traffic: str = "inline",
-            catalog_ads: int = 100_000, control: str | None = None) -> dict:
+            catalog_ads: int = 100_000, control: str | None = None, arrivals: str = "poisson") -> dict:
     """Run the comparison (module docstring); returns the result written to ``out_dir``."""
     from tqdm import tqdm
 
@@ -328,6 +329,8 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         names.append(control + AGAIN)
     if len(set(names)) != len(names):
         raise LoadTestError(f"model names must differ, got {names}")
+    if arrivals not in ("poisson", "uniform"):
+        raise LoadTestError(f"arrivals must be poisson or uniform, got {arrivals!r}")
     if traffic not in ("inline", "catalog"):
         raise LoadTestError(f"traffic must be inline or catalog, got {traffic!r}")
     if traffic == "catalog" and catalog_ads < 1:
@@ -361,7 +364,7 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
                 before = server.metrics()
                 t0 = time.time()
                 run_locust(server.base, pool, model, rps, warmup if kind == "warmup" else duration, timings,
-                           work / "locust.log", client_cpus)
+                           work / "locust.log", client_cpus, arrivals)
                 wall = time.time() - t0
                 after = server.metrics()
                 if kind == "run":
@@ -373,6 +376,7 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
                                "workers": workers, "pool": pool_stats, "seed": seed, "median_candidates": median,
                                "sigma": sigma, "max_candidates": max_candidates, "traffic": traffic,
                                "catalog_ads": catalog_ads if traffic == "catalog" else None, "control": control,
+                               "arrivals": arrivals,
                                "pin": {"server_cpus": sorted(server_cpus), "client_cpus": sorted(client_cpus)}
                                if placement else None},
                   "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()},

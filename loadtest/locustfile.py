@@ -5,8 +5,17 @@
 
 Bodies come from a pool written by ``loadtest.auctions.write_pool`` (realistic auctions: long-tail
 candidate counts, Zipf-popular raw values, some unseen and missing), cycled in order from a
-per-user offset, each prefixed with ``"model": ADRANK_LT_MODEL``.  Every user of ``-u U`` runs
-``constant_throughput(ADRANK_LT_RPS / U)``, so the offered rate is fixed (not closed-loop).
+per-user offset, each prefixed with ``"model": ADRANK_LT_MODEL``.  The offered rate is fixed (open loop, not closed-loop): every user
+of ``-u U`` keeps its own schedule of arrival times at ``ADRANK_LT_RPS / U`` per second and sleeps
+until the next one, whatever the replies took.  ``ADRANK_LT_ARRIVALS``:
+
+* ``poisson`` (default): exponential gaps, so the U users together are one Poisson stream at
+  ``ADRANK_LT_RPS`` — requests sometimes arrive together and queue, as in production;
+* ``uniform``: user i starts at i / RPS and then every U / RPS seconds, so arrivals are evenly
+  spaced and never overlap while a reply takes less than 1 / RPS (latency without queueing).
+
+(Locust's ``constant_throughput`` is not used: users spawned at a fixed rate with a common
+period fall into a few phases and send their requests in bursts.)
 
 Locust's own statistics round to whole milliseconds; a ``request`` event listener keeps the raw
 float time of every request and writes ``start_unix,seconds,status,candidates`` rows to
@@ -17,10 +26,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import sys
+import time
 from pathlib import Path
 
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtest.auctions import with_model  # noqa: E402
@@ -29,6 +40,9 @@ POOL = os.environ.get("ADRANK_LT_POOL", "")
 MODEL = os.environ.get("ADRANK_LT_MODEL", "")
 RPS = float(os.environ.get("ADRANK_LT_RPS", "10"))
 USERS = int(os.environ.get("ADRANK_LT_USERS", "1"))
+ARRIVALS = os.environ.get("ADRANK_LT_ARRIVALS", "poisson")
+if ARRIVALS not in ("poisson", "uniform"):
+    raise SystemExit(f"locustfile: ADRANK_LT_ARRIVALS={ARRIVALS!r} is not poisson or uniform")
 TIMINGS = os.environ.get("ADRANK_LT_TIMINGS", "")
 
 _bodies: list[tuple[bytes, int]] = []
@@ -73,13 +87,22 @@ def _on_stop(environment, **_kw) -> None:
 
 
 class RankUser(FastHttpUser):
-    wait_time = constant_throughput(RPS / max(USERS, 1))
-
     def on_start(self) -> None:
         _load_pool()
+        index = next(_next_user)
         self._order = itertools.cycle(range(len(_bodies)))
-        for _ in range((next(_next_user) * 7919) % len(_bodies)):  # users start at different requests
+        for _ in range((index * 7919) % len(_bodies)):  # users start at different requests
             next(self._order)
+        self._gap = max(USERS, 1) / RPS  # this user's mean time between requests
+        self._rng = random.Random(index)
+        first = index / RPS if ARRIVALS == "uniform" else self._rng.expovariate(1 / self._gap)
+        self._next = time.monotonic() + first
+        time.sleep(max(0.0, self._next - time.monotonic()))  # gevent-patched: yields to the other users
+
+    def wait_time(self) -> float:
+        """Seconds until this user's next scheduled arrival (0 when behind schedule)."""
+        self._next += self._gap if ARRIVALS == "uniform" else self._rng.expovariate(1 / self._gap)
+        return max(0.0, self._next - time.monotonic())
 
     @task
     def rank(self) -> None:

@@ -29,9 +29,10 @@ def markdown(result: dict) -> str:
     lines = [f"# Load test: {', '.join(result['models'])}", "",
              f"Command: `{result['command']}`  ",
              f"{result['time']}; {s['workers']} server worker(s) on 127.0.0.1, every model in the same server, "
-             f"one model at a time; {s['rps']:g} req/s offered (Locust FastHttpUser, constant_throughput) for "
+             f"one model at a time; {s['rps']:g} req/s offered ({_arrivals(s)}) for "
              f"{s['duration_s']:g} s per run after a {s['warmup_s']:g} s warm-up per model; {s['repeats']} rounds "
-             f"interleaved, round r in the order ({' '.join(result['models'])}) rotated by r; {placement}. Machine: {result['machine']['cpus']} CPUs shared "
+             f"interleaved ({' '.join(result['models'])}"
+             + (" rotated by one model each round" if s.get("arrivals") else " ...") + f"); {placement}. Machine: {result['machine']['cpus']} CPUs shared "
              f"with other work (load average at the end "
              f"{tuple(round(x, 2) for x in result['machine']['load_average_end'])}).", "",
              f"Traffic: a pool of {s['pool']['requests']} requests replayed identically for every model; candidates "
@@ -64,6 +65,14 @@ def markdown(result: dict) -> str:
     lines += _per_run(result)
     lines += _pairs(result, "cpu_catalog_ms" if catalog else "cpu_score_ms")
     return "\n".join(lines) + "\n"
+
+
+def _arrivals(s: dict) -> str:
+    if s.get("arrivals") == "uniform":
+        return "Locust FastHttpUser, open loop, evenly spaced arrivals"
+    if s.get("arrivals") == "poisson":
+        return "Locust FastHttpUser, open loop, Poisson arrivals"
+    return "Locust FastHttpUser, constant_throughput"  # results written before --arrivals
 
 
 def _catalog_cpu(result: dict) -> list[str]:

@@ -52,6 +52,9 @@ def add_arguments(p) -> None:
                         "--catalog), the per-ad parts precomputed")
     c.add_argument("--catalog-ads", type=int, default=100_000, help="catalog size with --traffic catalog "
                    "(default 100000); candidates are distinct ads drawn uniformly from it")
+    c.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
+                   help="arrival process at --rps: poisson (default; requests sometimes coincide and queue, as "
+                        "in production) or uniform (evenly spaced: latency without queueing)")
     c.add_argument("--control", metavar="NAME", help="also run model NAME a second time as NAME-again: the "
                    "report's A/A row shows how far two identical models differ (the noise floor)")
     c.add_argument("--pin", default="auto", metavar="auto|none|SERVER/CLIENT",
@@ -118,7 +121,7 @@ def _compare(args, UserError) -> int:
          "--warmup", f"{args.warmup:g}", "--repeats", str(args.repeats), "--workers", str(args.workers),
          "--candidates", f"{args.candidates:g}", "--sigma", f"{args.sigma:g}", "--max-candidates",
          str(args.max_candidates), "--pool", str(args.pool), "--out", args.out, "--name", args.name,
-         "--seed", str(args.seed), "--pin", args.pin, "--traffic", args.traffic]
+         "--seed", str(args.seed), "--pin", args.pin, "--traffic", args.traffic, "--arrivals", args.arrivals]
         + (["--catalog-ads", str(args.catalog_ads)] if args.traffic == "catalog" else [])
         + (["--control", args.control] if args.control else []))
     try:
@@ -126,7 +129,7 @@ def _compare(args, UserError) -> int:
                          warmup=args.warmup, repeats=args.repeats, workers=args.workers, pool_size=args.pool,
                          median=args.candidates, sigma=args.sigma, max_candidates=args.max_candidates,
                          seed=args.seed, command=command, progress=not args.quiet, pin=args.pin,
-                         traffic=args.traffic, catalog_ads=args.catalog_ads, control=args.control)
+                         traffic=args.traffic, catalog_ads=args.catalog_ads, control=args.control, arrivals=args.arrivals)
     except (LoadTestError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for m in result["summary"]:
