@@ -5,17 +5,11 @@
 
 Bodies come from a pool written by ``loadtest.auctions.write_pool`` (realistic auctions: long-tail
 candidate counts, Zipf-popular raw values, some unseen and missing), cycled in order from a
-per-user offset, each prefixed with ``"model": ADRANK_LT_MODEL``.  The offered rate is fixed (open loop, not closed-loop): every user
-of ``-u U`` keeps its own schedule of arrival times at ``ADRANK_LT_RPS / U`` per second and sleeps
-until the next one, whatever the replies took.  ``ADRANK_LT_ARRIVALS``:
-
-* ``poisson`` (default): exponential gaps, so the U users together are one Poisson stream at
-  ``ADRANK_LT_RPS`` — requests sometimes arrive together and queue, as in production;
-* ``uniform``: user i starts at i / RPS and then every U / RPS seconds, so arrivals are evenly
-  spaced and never overlap while a reply takes less than 1 / RPS (latency without queueing).
-
-(Locust's ``constant_throughput`` is not used: users spawned at a fixed rate with a common
-period fall into a few phases and send their requests in bursts.)
+per-user offset, each prefixed with ``"model": ADRANK_LT_MODEL``.  The offered rate is fixed, open loop: every user of ``-u U``
+follows its own arrival schedule (loadtest/arrivals.py, ``ADRANK_LT_ARRIVALS`` = ``poisson`` or
+``uniform``) from a common epoch and sleeps until its next arrival, whatever the replies took.
+(Locust's ``constant_throughput`` is not used: users spawned at a fixed rate with a common period
+fall into a few phases and send their requests in bursts.)
 
 Locust's own statistics round to whole milliseconds; a ``request`` event listener keeps the raw
 float time of every request and writes ``start_unix,seconds,status,candidates`` rows to
@@ -26,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -34,6 +27,7 @@ from pathlib import Path
 from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtest.arrivals import KINDS, Schedule  # noqa: E402
 from loadtest.auctions import with_model  # noqa: E402
 
 POOL = os.environ.get("ADRANK_LT_POOL", "")
@@ -41,13 +35,15 @@ MODEL = os.environ.get("ADRANK_LT_MODEL", "")
 RPS = float(os.environ.get("ADRANK_LT_RPS", "10"))
 USERS = int(os.environ.get("ADRANK_LT_USERS", "1"))
 ARRIVALS = os.environ.get("ADRANK_LT_ARRIVALS", "poisson")
-if ARRIVALS not in ("poisson", "uniform"):
-    raise SystemExit(f"locustfile: ADRANK_LT_ARRIVALS={ARRIVALS!r} is not poisson or uniform")
+if ARRIVALS not in KINDS:
+    raise SystemExit(f"locustfile: ADRANK_LT_ARRIVALS={ARRIVALS!r} is not one of {KINDS}")
+SPAWN_SLACK = 1.0  # s from the first user's start to the common epoch: every user is spawned by then
 TIMINGS = os.environ.get("ADRANK_LT_TIMINGS", "")
 
 _bodies: list[tuple[bytes, int]] = []
 _timings: list[tuple[float, float, int, int]] = []
 _next_user = itertools.count()
+_epoch: list[float] = []
 
 
 def _load_pool() -> None:
@@ -93,16 +89,15 @@ class RankUser(FastHttpUser):
         self._order = itertools.cycle(range(len(_bodies)))
         for _ in range((index * 7919) % len(_bodies)):  # users start at different requests
             next(self._order)
-        self._gap = max(USERS, 1) / RPS  # this user's mean time between requests
-        self._rng = random.Random(index)
-        first = index / RPS if ARRIVALS == "uniform" else self._rng.expovariate(1 / self._gap)
-        self._next = time.monotonic() + first
-        time.sleep(max(0.0, self._next - time.monotonic()))  # gevent-patched: yields to the other users
+        if not _epoch:
+            _epoch.append(time.monotonic() + SPAWN_SLACK)
+        self._schedule = Schedule(ARRIVALS, RPS, max(USERS, index + 1), index)
+        self._schedule.skip_to(time.monotonic() - _epoch[0])
+        time.sleep(max(0.0, _epoch[0] + self._schedule.t - time.monotonic()))  # gevent: yields
 
     def wait_time(self) -> float:
         """Seconds until this user's next scheduled arrival (0 when behind schedule)."""
-        self._next += self._gap if ARRIVALS == "uniform" else self._rng.expovariate(1 / self._gap)
-        return max(0.0, self._next - time.monotonic())
+        return max(0.0, _epoch[0] + self._schedule.next() - time.monotonic())
 
     @task
     def rank(self) -> None:

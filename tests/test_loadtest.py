@@ -272,3 +272,28 @@ def test_per_round_counts_rounds_where_dplr_is_lower():
             for m, v in (("dplr-2", d), ("pruned-2", p))]
     assert _per_round(runs, {"model": "dplr-2"}, {"model": "pruned-2"}) == "2 of 3, 0.80-1.50"
     assert _per_round([], {"model": "dplr-2"}, {"model": "pruned-2"}) == "-"
+
+
+@pytest.mark.parametrize("kind", ["poisson", "uniform"])
+def test_arrival_schedules_merge_into_one_stream_at_the_offered_rate(kind):
+    from loadtest.arrivals import Schedule
+
+    rps, users, horizon = 50.0, 7, 400.0
+    times = []
+    for i in range(users):
+        s = Schedule(kind, rps, users, i, seed=1)
+        while s.t < horizon:
+            times.append(s.t)
+            s.next()
+    gaps = np.diff(np.sort(times))
+    assert len(times) == pytest.approx(rps * horizon, rel=0.03)
+    assert gaps.mean() == pytest.approx(1 / rps, rel=0.03)
+    if kind == "uniform":  # an evenly spaced comb: never two arrivals closer than 1 / rps
+        np.testing.assert_allclose(gaps, 1 / rps, rtol=1e-6)
+    else:  # exponential gaps: coefficient of variation 1, P(gap < mean / 10) = 1 - e^-0.1
+        assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)
+        assert (gaps < 0.1 / rps).mean() == pytest.approx(1 - np.exp(-0.1), abs=0.01)
+    late = Schedule(kind, rps, users, 3, seed=1)
+    assert late.skip_to(10.0) >= 10.0 and late.t - 10.0 < (users / rps if kind == "uniform" else 5.0)
+    with pytest.raises(ValueError, match="arrivals must be one of"):
+        Schedule("bursty", rps, users, 0)
