@@ -206,14 +206,15 @@ def read_timings(path: Path) -> np.ndarray:
 
 
 # --- in-process CPU cost per request (no HTTP, no queueing) -----------------------------------------
-class _OneModel:
-    """The registry interface ``service.fastpath.rank_body`` uses: ``get(name)`` -> the one ranker."""
+class _Registry:
+    """The registry interface ``service.fastpath.rank_body`` uses: ``get(name)``; a body without
+    a ``model`` key (``name`` None) gets the only ranker."""
 
-    def __init__(self, ranker):
-        self.ranker = ranker
+    def __init__(self, rankers: dict):
+        self.rankers = rankers
 
     def get(self, name=None):
-        return self.ranker
+        return self.rankers[name] if name is not None else next(iter(self.rankers.values()))
 
 
 def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
@@ -246,7 +247,7 @@ def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
     if fp is not None:
         from service import fastpath
 
-        registry, scan_s, whole_s, fast = _OneModel(ranker), 0.0, 0.0, 0
+        registry, scan_s, whole_s, fast = _Registry({ranker.name: ranker}), 0.0, 0.0, 0
         for body in bodies:
             t0 = time.thread_time()
             ok = fp.scan(body) is not None
@@ -274,7 +275,7 @@ def cpu_breakdown_catalog(paths: dict[str, str], pool: Path, ads: Path, limit: i
         rankers[n].warm()
     catalog = Catalog([Model.from_ranker(r, n) for n, r in rankers.items()])
     catalog.load_jsonl(ads, progress=False)
-    registry = _Named(rankers)
+    registry = _Registry(rankers)
     lines = [line for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
     out = {}
     for n in rankers:
@@ -290,16 +291,6 @@ def cpu_breakdown_catalog(paths: dict[str, str], pool: Path, ads: Path, limit: i
         out[n] = {"cpu_catalog_ms": round(float(np.mean(times)) * 1e3, 4),
                   "cpu_catalog_p50_ms": round(float(np.median(times)) * 1e3, 4)}
     return out
-
-
-class _Named:
-    """The registry interface of ``rank_body`` over several rankers: ``get(name)``."""
-
-    def __init__(self, rankers: dict):
-        self.rankers = rankers
-
-    def get(self, name=None):
-        return self.rankers[name]
 
 
 def round_order(names: list[str], rep: int) -> list[str]:
@@ -347,11 +338,10 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         if traffic == "catalog":  # the catalog first: the pool's id draws then follow it in the generator
             write_catalog(gen, ads, catalog_ads, progress=progress)
             extra = ("--catalog", str(ads))
-        pool_stats = write_pool(gen, pool, pool_size, progress=progress,
-                                catalog_size=catalog_ads if traffic == "catalog" else None)
-        if traffic == "catalog":
+            pool_stats = write_pool(gen, pool, pool_size, progress=progress, catalog_size=catalog_ads)
             cpu = cpu_breakdown_catalog(dict(zip(names, paths, strict=True)), pool, ads)
         else:
+            pool_stats = write_pool(gen, pool, pool_size, progress=progress)
             cpu = {n: cpu_breakdown(p, pool) for n, p in zip(names, paths, strict=True)}
         server = Server([f"{n}={p}" for n, p in zip(names, paths, strict=True)], workers,
                         work / "run", work / "server.log", ready_timeout, server_cpus, extra)

@@ -57,11 +57,7 @@ def markdown(result: dict) -> str:
             f"| {_fmt(m['server_p50_ms'])} / {_fmt(m['server_p95_ms'])} / {_fmt(m['server_p99_ms'])} "
             f"| {_fmt(m['inference_p50_ms'])} / {_fmt(m['inference_p95_ms'])} / {_fmt(m['inference_p99_ms'])} "
             f"| {m['requests']} |")
-    fast = any(m.get("cpu_fast_ms") for m in result["summary"])
-    if catalog:
-        lines += _catalog_cpu(result)
-    else:
-        lines += _inline_cpu(result, fast)
+    lines += _catalog_cpu(result) if catalog else _inline_cpu(result)
     lines += _per_run(result)
     lines += _pairs(result, "cpu_catalog_ms" if catalog else "cpu_score_ms")
     return "\n".join(lines) + "\n"
@@ -86,9 +82,9 @@ def _catalog_cpu(result: dict) -> list[str]:
     return lines
 
 
-def _inline_cpu(result: dict, fast: bool) -> list[str]:
-    lines = []
-    lines += ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
+def _inline_cpu(result: dict) -> list[str]:
+    fast = any(m.get("cpu_fast_ms") for m in result["summary"])
+    lines = ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
               "score = `Scorer.score`, rank = `Ranker.rank` whole"
               + ("; fast path = `service.fastpath`: scan = raw body -> ids, whole = `rank_body` (scan + score + "
                  "sort + response bytes), what `/v1/rank` runs for these requests" if fast else "") + "):", "",
