@@ -23,7 +23,10 @@ What was measured to matter on this machine, and how each is applied here:
 ``NUMBA_CACHE_DIR`` is honoured by numba itself (``cache=True`` everywhere).  Numba keys a
 cached function on its own file only; ``SOURCE_STAMP`` (a digest of this file, vec.py and
 fields.py) is closed over by every kernel factory so that editing a helper also invalidates the
-cached kernels built on it.
+cached kernels built on it.  Functions built inside a factory are compiled with
+:func:`closure_njit`, whose cache key the next process computes alike (numba's own key for a
+closure over another compiled function changed with every process: each server start recompiled
+those kernels).
 """
 
 from __future__ import annotations
@@ -34,13 +37,55 @@ from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba import njit
+from numba.core import cgutils, serialize, types
+from numba.core.caching import FunctionCache
+from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
 # The njit options every kernel uses.  fastmath lets LLVM reassociate the k-long dot products
 # (vectorised reductions); NaN/inf semantics are kept ("nnan"/"ninf" are not set).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
+
+
+class _ClosureCache(FunctionCache):
+    """numba's on-disk cache for a kernel built in a factory, keyed so that it is found again
+    by the next process.
+
+    numba keys a cached closure on the pickle of its cell contents.  A compiled helper in a
+    cell (another closure of the factory: ``accumulate``, ``candidate_walk``'s ``ahead``/``slot``)
+    pickles with a uuid drawn per process, so every process missed the cache, recompiled the
+    kernel (about 1 s each) and appended one more entry to the index.  Here a helper in a cell
+    is keyed by what determines its code instead: its qualified name, its bytecode and, in turn,
+    its own cells."""
+
+    def _index_key(self, sig, codegen):
+        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
+        cells = hashlib.sha256(serialize.dumps(_cells_key(self._py_func))).hexdigest()
+        return sig, codegen.magic_tuple(), (code, cells)
+
+
+def _cells_key(fn) -> tuple:
+    def key(v):
+        if isinstance(v, Dispatcher):
+            f = v.py_func
+            return ("njit", f.__module__, f.__qualname__, f.__code__.co_code, _cells_key(f))
+        return v
+
+    return tuple(key(c.cell_contents) for c in fn.__closure__ or ())
+
+
+def closure_njit(fn=None, **options):
+    """``njit(**NJIT, **options)`` for a function built inside a kernel factory, with a cache key
+    that survives the process (:class:`_ClosureCache`).  ``@closure_njit`` or
+    ``@closure_njit(inline="always")``."""
+    def wrap(f):
+        d = njit(**NJIT, **options)(f)
+        d._cache = _ClosureCache(f)  # what Dispatcher.enable_caching() set, re-keyed
+        return d
+
+    return wrap if fn is None else wrap(fn)
 
 # Prefetch schedule per kernel family: how many candidates ahead, and how (PREFETCH_MODES bits):
 #   PF_L2          prefetch into L2 (x86 prefetcht1) rather than L1 (prefetcht0).  The largest

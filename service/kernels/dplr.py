@@ -32,19 +32,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, PF_LINEAR, SOURCE_STAMP, prefetch_schedule
-from service.kernels.fields import (
-    field_vector,
-    norm2,
-    prefetch_candidate,
-    prefetch_context,
-    prefetch_field,
-    prefetch_multi,
-    split_fields,
-)
+from service.kernels.config import PF_LINEAR, SOURCE_STAMP, closure_njit, prefetch_schedule
+from service.kernels.fields import candidate_walk, field_vector, norm2, prefetch_context, split_fields
 from service.kernels.rows import fetch
 from service.kernels.vec import vaxpy, vdot, vfma, vload, vmul, vpair, vstore, vsum, vswap
 
@@ -66,10 +57,10 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     single-slot (field i is slot i, no per-field slot lookup, no multi-valued path compiled),
     ``items[False]`` for the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
+    ctx_prefetch = prefetch_schedule(dist, mode)[2]  # config.prefetch_schedule
     SOLO = 0 if R == 1 else 2 if R == 3 else -1  # the rank held on its own (not lane-paired), if any
 
-    @njit(**NJIT)
+    @closure_njit
     def context(ctx, offs, src, linear, U_c, d_c):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
@@ -88,7 +79,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             dn += d_c[f] * norm2(v, 0)
         return P_c, lin + 0.5 * dn
 
-    @njit(**NJIT)
+    @closure_njit
     def paired_start(P_c, e, r):
         """(A, B, E) of the rank pair (r, r+1) as arrays of K lanes (module docstring)."""
         A, B, E = np.empty((1, K), np.float32), np.empty((1, K), np.float32), np.empty((1, K), np.float32)
@@ -98,7 +89,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             E[0, t] = e[r + t % 2]
         return A, B, E
 
-    @njit(**NJIT, inline="always")
+    @closure_njit(inline="always")
     def accumulate(U, i, x, a, b, c, d, p):
         """Field vector ``x`` with coefficients ``U[i]`` into the rank registers: pair (0, 1) in
         (a, b), pair (2, 3) in (c, d), the solo rank in p (module docstring)."""
@@ -116,7 +107,9 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         return a, b, c, d, p
 
     def make_registers(IDENT):
-        @njit(**NJIT)
+        ahead, slot = candidate_walk(dist, mode, K, IDENT)
+
+        @closure_njit
         def items_registers(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
             """rho = R <= 4: every P_r lives in registers (pairs of ranks lane-paired, module
             docstring) and each row is read once; ``if R ...`` tests compile-time constants."""
@@ -129,21 +122,13 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
             e_s = e[max(SOLO, 0)]
             v = np.empty((1, K), np.float32)
             for n in range(start, stop):
-                if whole:
-                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
-                pn = min(n + dist, stop - 1)
-                if pf_in and not IDENT:
-                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                pn = ahead(X, n, stop, src, linear, single, single_f, g0, multi)
                 a, b, c, d, p, lin = a01, b01, a23, b23, s0, np.float32(0.0)
                 for i in range(single.shape[0]):  # single-valued: d_f ||v_f||^2 folded into linear
-                    s = np.uint64(i) if IDENT else single[i]
-                    f = i + g0 if IDENT else single_f[i] + g0
-                    if pf_in:
-                        prefetch_field(X, pn, s, src, f, linear, mode)
-                    idx = X[n, s]
+                    idx, pos = slot(X, n, pn, i, single, single_f, g0, src, linear)
                     if idx >= 0:
                         lin += linear[idx]
-                        a, b, c, d, p = accumulate(U_s, i, fetch(src, f, idx, K, D), a, b, c, d, p)
+                        a, b, c, d, p = accumulate(U_s, i, fetch(src, pos + g0, idx, K, D), a, b, c, d, p)
                 dn = 0.0
                 if not IDENT:
                     for j in range(multi.shape[0]):  # multi-valued fields: mean vectors, kept diagonal terms
@@ -161,7 +146,9 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
 
         return items_registers
 
-    @njit(**NJIT)
+    ahead_any, slot_any = candidate_walk(dist, mode, K, False)
+
+    @closure_njit
     def items_any_rank(P_c, const, X, single, single_f, g0, multi, U_s, U_m, d_m, e, src, linear, out, start, stop):
         """Any rho: one P_r in registers at a time (r outer); the first pass gathers the rows
         from memory, the other rho - 1 passes re-read them from L1."""
@@ -170,20 +157,14 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         n_m = multi.shape[0]
         V_m = np.empty((max(n_m, 1), K), np.float32)
         for n in range(start, stop):
-            if whole:
-                prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
-            pn = min(n + dist, stop - 1)
-            if pf_in:
-                prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+            pn = ahead_any(X, n, stop, src, linear, single, single_f, g0, multi)
             lin = np.float32(0.0)
             dn = 0.0
             for j in range(n_m):
                 lin += field_vector(X, n, multi[j, 0], multi[j, 1], src, multi[j, 2] + g0, linear, V_m, j)
                 dn += d_m[j] * norm2(V_m, j)
             for i in range(single.shape[0]):
-                if pf_in:
-                    prefetch_field(X, pn, single[i], src, single_f[i] + g0, linear, mode)
-                idx = X[n, single[i]]
+                idx = slot_any(X, n, pn, i, single, single_f, g0, src, linear)[0]
                 if idx >= 0:
                     lin += linear[idx]
             quad = 0.0

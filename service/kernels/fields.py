@@ -4,15 +4,26 @@ A field f of a row ``x`` owns slots ``offs[f]:offs[f+1]``.  Its vector is
 ``v_f = (1/n) sum_{s: x_s != PAD} emb[x_s]`` and its linear term the same mean of
 ``linear[x_s]`` (the paper's Sec. 3.2: x_j = 1/n on each of n values); a field with no
 non-PAD slot contributes the zero vector.  Single-slot fields take an inlined fast path in the
-kernels; this module is the general (multi-valued) path.
+kernels; this module is the general (multi-valued) path, the prefetch hints, and the
+per-candidate walk every item loop shares (:func:`candidate_walk`).
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from numba import njit
 
-from service.kernels.config import NJIT, PF_L2, PF_LINEAR, prefetch_row, prefetch_row_l2
+from service.kernels.config import (
+    NJIT,
+    PF_L2,
+    PF_LINEAR,
+    closure_njit,
+    prefetch_row,
+    prefetch_row_l2,
+    prefetch_schedule,
+)
 from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_emb_k, prefetch_feature
 
 
@@ -107,6 +118,44 @@ def prefetch_multi(X, p, stop, src, linear, multi, mode):
                 prefetch_emb(src, X[p, s], mode & PF_L2)
                 if mode & PF_LINEAR:
                     hint(linear, X[p, s], mode)
+
+
+@cache
+def candidate_walk(dist: int, mode: int, K: int, ident: bool):
+    """``(ahead, slot)``: the per-candidate prefetch and slot addressing every item loop shares,
+    compiled for one kernel's schedule (``dist`` candidates ahead, ``mode`` bits: config.py), row
+    width ``K`` and plan shape (``ident``: every item field single-slot, field i is slot i).
+    Both are inlined into the calling loop, where the closed-over constants fold away::
+
+        for n in range(start, stop):
+            pn = ahead(X, n, stop, src, linear, single, single_f, g0, multi)
+            for i in range(single.shape[0]):
+                idx, a = slot(X, n, pn, i, single, single_f, g0, src, linear)
+                # a: the field's position among the item fields, global field a + g0
+
+    ``ahead`` prefetches candidate ``n + dist`` whole (burst schedule) and its multi-valued
+    slots, and returns the candidate ``slot`` prefetches field by field (interleaved
+    schedule).  ``slot`` returns the feature id of single-slot field ``i`` of candidate ``n``
+    (-1 = PAD) and the field's item position."""
+    pf_in, whole, _ = prefetch_schedule(dist, mode)
+
+    @closure_njit(inline="always")
+    def ahead(X, n, stop, src, linear, single, single_f, g0, multi):
+        if whole:
+            prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
+        if pf_in and not ident:
+            prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+        return min(n + dist, stop - 1)
+
+    @closure_njit(inline="always")
+    def slot(X, n, pn, i, single, single_f, g0, src, linear):
+        s = np.uint64(i) if ident else single[i]
+        a = i if ident else single_f[i]
+        if pf_in:
+            prefetch_field(X, pn, s, src, a + g0, linear, mode)
+        return X[n, s], a
+
+    return ahead, slot
 
 
 def split_fields(offs: np.ndarray):

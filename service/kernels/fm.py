@@ -15,19 +15,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, PF_LINEAR, SOURCE_STAMP, prefetch_schedule
-from service.kernels.fields import (
-    field_vector,
-    norm2,
-    prefetch_candidate,
-    prefetch_context,
-    prefetch_field,
-    prefetch_multi,
-    split_fields,
-)
+from service.kernels.config import PF_LINEAR, SOURCE_STAMP, closure_njit, prefetch_schedule
+from service.kernels.fields import candidate_walk, field_vector, norm2, prefetch_context, split_fields
 from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
@@ -39,9 +30,9 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     (0: none).  ``items[True]`` serves plans whose item fields are all single-slot (field i is
     slot i: no per-field slot lookup, no multi-valued path compiled), ``items[False]`` the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
+    ctx_prefetch = prefetch_schedule(dist, mode)[2]  # config.prefetch_schedule
 
-    @njit(**NJIT)
+    @closure_njit
     def context(ctx, offs, src, linear, d):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
@@ -60,28 +51,22 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         return a_c, lin + 0.5 * dn
 
     def make_items(IDENT):
-        @njit(**NJIT)
+        ahead, slot = candidate_walk(dist, mode, K, IDENT)
+
+        @closure_njit
         def items(a_c, const, X, single, single_f, g0, multi, d_m, src, linear, out, start, stop):
             _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
             v = np.empty((1, K), np.float32)
             a0 = vload(a_c, 0, K)
             for n in range(start, stop):
-                if whole:
-                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
-                pn = min(n + dist, stop - 1)
-                if pf_in and not IDENT:
-                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                pn = ahead(X, n, stop, src, linear, single, single_f, g0, multi)
                 a = a0
                 lin = np.float32(0.0)
                 for i in range(single.shape[0]):  # single-valued: d_f already folded into linear
-                    s = np.uint64(i) if IDENT else single[i]
-                    f = i + g0 if IDENT else single_f[i] + g0
-                    if pf_in:
-                        prefetch_field(X, pn, s, src, f, linear, mode)
-                    idx = X[n, s]
+                    idx, pos = slot(X, n, pn, i, single, single_f, g0, src, linear)
                     if idx >= 0:
                         lin += linear[idx]
-                        a = vadd(a, fetch(src, f, idx, K, D))
+                        a = vadd(a, fetch(src, pos + g0, idx, K, D))
                 dn = 0.0
                 if not IDENT:
                     for j in range(multi.shape[0]):

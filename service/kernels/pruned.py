@@ -20,18 +20,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit
 
 from service.kernels.base import Scorer
-from service.kernels.config import NJIT, PF_LINEAR, SOURCE_STAMP, prefetch_schedule
-from service.kernels.fields import (
-    field_vector,
-    prefetch_candidate,
-    prefetch_context,
-    prefetch_field,
-    prefetch_multi,
-    split_fields,
-)
+from service.kernels.config import PF_LINEAR, SOURCE_STAMP, closure_njit, prefetch_schedule
+from service.kernels.fields import candidate_walk, field_vector, prefetch_context, split_fields
 from service.kernels.rows import fetch
 from service.kernels.vec import vadd, vaxpy, vdot, vload, vmul, vstore, vsum, vzero
 
@@ -43,9 +35,9 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     (0: none).  ``items[True]`` serves plans whose item fields are all single-slot (field i is
     slot i: no per-field slot lookup, no multi-valued path compiled), ``items[False]`` the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    pf_in, whole, ctx_prefetch = prefetch_schedule(dist, mode)  # config.prefetch_schedule
+    ctx_prefetch = prefetch_schedule(dist, mode)[2]  # config.prefetch_schedule
 
-    @njit(**NJIT)
+    @closure_njit
     def context(ctx, offs, src, linear, cc_i, cc_j, cc_r, ci_c, ci_a, ci_r, n_items):
         _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
         if ctx_prefetch:
@@ -64,26 +56,20 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
         return Q, lin + inter
 
     def make_items(IDENT):
-        @njit(**NJIT)
+        ahead, slot = candidate_walk(dist, mode, K, IDENT)
+
+        @closure_njit
         def items(Q, const, X, single, single_f, g0, multi, pa, pb, pw, src, linear, out, start, stop):
             _ = stamp  # noqa: F841 (keeps the stamp a closure cell)
             V = np.zeros((max(Q.shape[0], 1), K), np.float32)
             n_pairs = pa.shape[0]
             for n in range(start, stop):
-                if whole:
-                    prefetch_candidate(X, n + dist, stop, src, linear, single, single_f, g0, mode, K)
-                pn = min(n + dist, stop - 1)
-                if pf_in and not IDENT:
-                    prefetch_multi(X, n + dist, stop, src, linear, multi, mode)
+                pn = ahead(X, n, stop, src, linear, single, single_f, g0, multi)
                 lin = np.float32(0.0)
                 acc0 = vzero(K)
                 acc1 = vzero(K)
                 for i in range(single.shape[0]):
-                    s = np.uint64(i) if IDENT else single[i]
-                    a = i if IDENT else single_f[i]
-                    if pf_in:
-                        prefetch_field(X, pn, s, src, a + g0, linear, mode)
-                    idx = X[n, s]
+                    idx, a = slot(X, n, pn, i, single, single_f, g0, src, linear)
                     x = vzero(K)
                     if idx >= 0:
                         lin += linear[idx]
