@@ -4,7 +4,8 @@ Kernels are closures built per (k, rank, schedule) by factories, and some close 
 compiled helpers.  numba keys a cached closure on the pickle of its cells, in which a compiled
 helper carries a uuid drawn per process: every server start then recompiled those kernels and
 appended another entry to the cache index (service/kernels/config.py, ``closure_njit``).  Two
-fresh processes share one cache directory here; the second must compile no kernel.
+fresh processes share one cache directory here (the scoring kernels of every family and the
+catalog's); the second must compile no kernel.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ for kind, rho, p_multi in (("fm", 2, 0.0), ("fm", 2, 0.5), ("dplr", 2, 0.0), ("d
     scorer = make_scorer(manifest, arrays)
     scorer.warm()
     scorer.score(X[0, :scorer.n_context_slots], X[:, scorer.n_context_slots:])
+from service.catalog import kernels as catalog_kernels
+catalog_kernels.warm(16)
 compiled = sorted({f"{d.py_func.__module__}.{d.py_func.__qualname__}" for d in gc.get_objects()
-                   if isinstance(d, Dispatcher) and d.py_func.__module__.startswith("service.kernels")
+                   if isinstance(d, Dispatcher) and d.py_func.__module__.startswith(("service.kernels", "service.catalog"))
                    and d.stats.cache_misses})
 index_bytes = sum(p.stat().st_size for p in Path(sys.argv[1]).rglob("*.nbi"))
 print(json.dumps({"compiled": compiled, "index_bytes": index_bytes}))

@@ -25,6 +25,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from service.kernels.config import closure_njit
 from service.kernels.vec import vdot, vload
 
 JIT = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
@@ -66,7 +67,7 @@ def rows_kernel(D: int, prefetch: bool = True):
 
     vec_dot = _vec_dot(D)
 
-    @numba.njit(**JIT)
+    @closure_njit(**JIT)
     def score_rows(z, const, W, c, rows, out):
         flat = W.reshape(-1)
         n_rows = rows.shape[0]
@@ -87,12 +88,12 @@ def _vec_dot(D: int):
     """<z, W[a]> in float32 with both rows as ``<D x float>`` register vectors (service/kernels/vec.py:
     numba's scalar loop compiled to a serial chain of scalar FMAs here)."""
     if D == 0:
-        @numba.njit(inline="always", **JIT)
+        @closure_njit(inline="always", **JIT)
         def dot0(z, W, a):
             return np.float32(0.0)
         return dot0
 
-    @numba.njit(inline="always", **JIT)
+    @closure_njit(inline="always", **JIT)
     def dot(z, W, a):
         return vdot(vload(z, 0, D), vload(W, a, D))
 
@@ -124,17 +125,17 @@ def scan_kernels(D: int):
 
     vec_dot = _vec_dot(D)
 
-    @numba.njit(inline="always", **JIT)
+    @closure_njit(inline="always", **JIT)
     def score(z, const, W, c, a):
         return const + c[a] + vec_dot(z, W, a)
 
-    @numba.njit(**JIT)
+    @closure_njit(**JIT)
     def score_range(z, const, W, c, lo, hi, out):
         """out[a - lo] = score of ad a for a in [lo, hi)."""
         for a in range(lo, hi):
             out[a - lo] = score(z, const, W, c, a)
 
-    @numba.njit(**JIT)
+    @closure_njit(**JIT)
     def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
         """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
         size = 0

@@ -77,11 +77,11 @@ def _cells_key(fn) -> tuple:
 
 
 def closure_njit(fn=None, **options):
-    """``njit(**NJIT, **options)`` for a function built inside a kernel factory, with a cache key
-    that survives the process (:class:`_ClosureCache`).  ``@closure_njit`` or
+    """``njit`` with NJIT updated by ``options`` for a function built inside a kernel factory, with
+    a cache key that survives the process (:class:`_ClosureCache`).  ``@closure_njit`` or
     ``@closure_njit(inline="always")``."""
     def wrap(f):
-        d = njit(**NJIT, **options)(f)
+        d = njit(**{**NJIT, **options})(f)
         d._cache = _ClosureCache(f)  # what Dispatcher.enable_caching() set, re-keyed
         return d
 
