@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adrank.files import replacing, write_json, write_text  # noqa: E402
 from service.catalog import kernels  # noqa: E402
 from service.catalog.precompute import ad_parts, context_part, make_plan  # noqa: E402
 from service.catalog.ranking import rank  # noqa: E402
@@ -402,7 +402,7 @@ def http_lines(h: dict | None) -> list[str]:
 
 def write(res: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), res, indent=2)
     f = res["floors"]
     lines = [f"# Catalog scoring benchmark\n\nCommand: `{res['command']}`  \nMachine: {res['machine']}  \n"
              f"Setup: {res['setup']}\n",
@@ -455,7 +455,7 @@ def write(res: dict, out: Path) -> None:
                           f"({res['writes'][op + '_ms_first']:.0f})"
                           for op in ("insert_1", "update_1", "upsert_1000", "delete_1"))
               + ".  Every write copies the per-ad arrays (copy-on-write); readers never wait.\n"]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_text(out.with_suffix(".md"), "\n".join(lines))
     try:
         import matplotlib
 
@@ -474,7 +474,8 @@ def write(res: dict, out: Path) -> None:
         ax.set_title("1,000 ids from a catalog: catalog kernel vs inline scoring")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=110)
+        with replacing(out.with_suffix(".png")) as tmp:
+            fig.savefig(tmp, dpi=110)
     except ImportError:
         pass
 

@@ -20,7 +20,6 @@ load from other processes on the shared cores hits both alike.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from adrank.files import write_json, write_text
 from adrank.schema import Field, Schema
 from exporter.codebook import codebook_arrays
 from service.kernels.registry import make_scorer
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             "loadavg_after": list(os.getloadavg())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows}, indent=2)
     lines = ["# Codebook vs dense serving kernels (ns per candidate, cold)\n",
              f"Command: `{meta['command']}` (commit {commit}); n = {meta['n_features']:,} features, "
              f"20 context + 20 item fields, {args.candidates} candidates, D codebooks of K = {args.K} codewords per field "
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
               "cold dense gather costs little more than the decode's extra work (D code extractions and "
               "D codeword loads from L2-resident codebooks per field); at k=32 the dense row is two lines "
               "and the 128 MiB table misses more, so decoding has more to gain. Under load from other processes the codebooks (L2/L3-resident) are evicted too, which hurts D = 4 most (see the per-round ratios)."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

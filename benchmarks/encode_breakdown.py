@@ -11,13 +11,13 @@ show the non-string path.  Times are medians of thread CPU time over repeated re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from adrank.files import write_json, write_text
 from adrank.preprocess import Preprocessor, Vocab, hash_tokens
 from adrank.schema import Field, Schema
 from service.encode import RequestEncoder, _hash_joined_str, _join_nonempty_str
@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
-        out.with_suffix(".md").write_text(md)
+        write_json(out.with_suffix(".json"), rep)
+        write_text(out.with_suffix(".md"), md)
     return 0
 
 

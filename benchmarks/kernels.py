@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from adrank.files import replacing  # noqa: E402
 from adrank.schema import Field, Schema  # noqa: E402
 from exporter.fold import fold  # noqa: E402
 from service.kernels.config import aligned  # noqa: E402
@@ -450,16 +451,13 @@ def plot(result: dict, path) -> None:
 
 
 def write_outputs(result: dict, json_path=None, plot_path=None, md_path=None) -> None:
-    """Write each requested file atomically (temp file + rename): never a half-written report."""
-    for path, render in ((json_path, lambda p: Path(p).write_text(json.dumps(result, indent=1) + "\n")),
-                         (md_path, lambda p: Path(p).write_text(markdown(result))),
+    """Write each requested file atomically (adrank.files): never a half-written report."""
+    for path, render in ((json_path, lambda p: p.write_text(json.dumps(result, indent=1) + "\n")),
+                         (md_path, lambda p: p.write_text(markdown(result))),
                          (plot_path, lambda p: plot(result, p))):
-        if path is None:
-            continue
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        render(tmp)
-        os.replace(tmp, path)
+        if path is not None:
+            with replacing(path) as tmp:
+                render(tmp)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import subprocess
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.kernels
 
+from adrank.files import write_json, write_text  # noqa: E402
 from adrank.schema import Field, Schema  # noqa: E402
 from benchmarks.kernels import kernels_version  # noqa: E402
 from service.kernels import config  # noqa: E402
@@ -281,8 +281,8 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
-        out.with_suffix(".md").write_text(md)
+        write_json(out.with_suffix(".json"), rep)
+        write_text(out.with_suffix(".md"), md)
     return 0
 
 

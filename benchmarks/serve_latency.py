@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import re
@@ -42,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from adrank.files import write_json, write_text  # noqa: E402
 from adrank.preprocess import Preprocessor, Vocab, hash_tokens  # noqa: E402
 from adrank.schema import Field, Schema  # noqa: E402
 
@@ -358,8 +358,8 @@ def main() -> int:
               "context_fields": M_CTX, "item_fields": M_ITEM, "n_features": (M_CTX + M_ITEM) * (PER_FIELD + 2)},
               "workers": 1, "rows": rows}
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_json(out.with_suffix(".json"), result)
+    write_text(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
     return 0
 

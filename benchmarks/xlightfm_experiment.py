@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from adrank.files import replacing, write_json, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADRANK_SHARED_DATA", "/work/shared/data"))
 REAL = {"criteo": SHARED / "criteo" / "criteo_dac_train_head.txt.gz",
@@ -79,8 +81,8 @@ class Runner:
         if not metrics_file.exists():
             print(f"[{time.strftime('%H:%M:%S')}] train {name}", flush=True)
             sh(cmd, self.runs / f"{name}.log")
-            (out / "load.json").write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                       "loadavg": os.getloadavg()}))
+            write_json(out / "load.json", {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                           "loadavg": os.getloadavg()}, indent=None)
         art = out / "model.adrank"
         if not art.exists():
             sh([sys.executable, "-m", "adrank.cli", "export", str(out), "--out", str(art), "--quiet"],
@@ -206,7 +208,8 @@ def picture(info: dict, path: Path) -> bool:
         ax.set(xlabel="embedding MB (paper-style)", ylabel="test AUC", title=f"generated, {res['model']}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
 
@@ -263,7 +266,7 @@ def write_report(out: str) -> None:
     reading = Path(out + "-reading.md")
     if reading.exists():
         md += [reading.read_text().rstrip(), ""]
-    Path(out + ".md").write_text("\n".join(md))
+    write_text(out + ".md", "\n".join(md))
 
 
 def main(argv=None) -> int:
@@ -338,7 +341,7 @@ def main(argv=None) -> int:
         dense_dir = Path(next(r for r in results if r["dataset"] == "gen")["rows"]["dense"]["run_dir"])
         info["dense_mb"] = json.loads((dense_dir / "metrics.json").read_text())["dense_embedding_mb"]
         info["n_features"] = json.loads((dense_dir / "config.json").read_text())["n_features"]
-    Path(a.out + ".json").write_text(json.dumps(info, indent=1))
+    write_json(a.out + ".json", info)
     write_report(a.out)
     return 0
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import msgspec
 import numpy as np
+
+from adrank.files import replacing
 
 
 def values_from_data(data_dir, max_rows: int = 100_000, keep: int = 50_000) -> dict:
@@ -157,12 +158,9 @@ def write_catalog(gen: AuctionGenerator, path, count: int, progress: bool = Fals
     from tqdm import tqdm
 
     enc = msgspec.json.Encoder()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
         for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=not progress):
             fh.write(enc.encode(ad) + b"\n")
-    os.replace(tmp, path)
 
 
 def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
@@ -173,14 +171,11 @@ def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
 
     enc = msgspec.json.Encoder()
     sizes = []
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
         for _ in tqdm(range(count), desc="request pool", disable=not progress):
             req = gen.request(catalog_size)
             sizes.append(len(req["ads"]))
             fh.write(enc.encode(req) + b"\n")
-    os.replace(tmp, path)
     s = np.asarray(sizes)
     return {"requests": count, "candidates_mean": float(s.mean()), "candidates_p50": float(np.median(s)),
             "candidates_p99": float(np.percentile(s, 99)), "candidates_max": int(s.max())}

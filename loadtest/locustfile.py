@@ -27,6 +27,7 @@ from pathlib import Path
 from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from adrank.files import replacing  # noqa: E402
 from loadtest.arrivals import KINDS, Schedule  # noqa: E402
 from loadtest.auctions import with_model  # noqa: E402
 
@@ -75,11 +76,9 @@ def _on_request(request_type, name, response_time, response_length, response=Non
 def _on_stop(environment, **_kw) -> None:
     if not TIMINGS:
         return
-    tmp = f"{TIMINGS}.tmp"
-    with open(tmp, "w") as fh:
+    with replacing(TIMINGS) as tmp, open(tmp, "w") as fh:
         fh.write("start_unix,seconds,status,candidates\n")
         fh.writelines(f"{s:.6f},{t:.9f},{c},{n}\n" for s, t, c, n in _timings)
-    os.replace(tmp, TIMINGS)
 
 
 class RankUser(FastHttpUser):

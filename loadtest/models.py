@@ -18,12 +18,11 @@ meaningless (random weights); latency is what these models are for.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from adrank.files import write_json
 from adrank.preprocess import Preprocessor, Vocab, field_tokens, hash_tokens
 
 
@@ -80,8 +79,6 @@ def build_models(out_dir, ranks=(1, 2, 3), embed_dim: int = 16, values_per_field
         paths[name] = str(info.path)
     doc = {"schema": schema.to_dict(), "values": values,
            "note": "raw values per field, most popular first (loadtest/models.py)"}
-    tmp = out / ".values.json.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, out / "values.json")
+    write_json(out / "values.json", doc, indent=None)
     paths["values"] = str(out / "values.json")
     return paths

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from adrank.files import replacing
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -195,8 +196,6 @@ def write_report(result: dict, runs: list[dict], out_dir: Path, name: str) -> No
     for suffix, render in ((".json", lambda p: p.write_text(json.dumps(clean, indent=1) + "\n")),
                            (".md", lambda p: p.write_text(markdown(clean))),
                            (".png", lambda p: plot(clean, summaries, p))):
-        path = stem.with_suffix(suffix)
-        tmp = path.with_name(f".{path.stem}.tmp{suffix}")
-        render(tmp)
-        os.replace(tmp, path)
+        with replacing(stem.with_suffix(suffix)) as tmp:
+            render(tmp)
     result["summary"] = clean["summary"]

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from adrank.files import write_text
+
 MODELS = (("dplr", "dplr", 2), ("pruned", "pruned", 2))  # (served name, kind, rho)
 DEFAULTS = dict(rows=40_000, seed=0, fields=16, context_fields=8, vocab=5_000, embed_dim=8, epochs=3,
                 batch_size=1024)
@@ -77,9 +79,7 @@ def build(home=None, progress: bool = True) -> dict:
         info = {"models": models, "test_metrics": metrics, "params": p,
                 "build_seconds": round(time.perf_counter() - t0, 1),
                 "example": example_request(home / "data")}
-        tmp = home / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, home / MARKER)
+        write_text(home / MARKER, json.dumps(info, indent=1))
         return info
 
 

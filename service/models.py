@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from adrank.files import write_text
 from service.settings import ModelSpec
 
 log = logging.getLogger("adrank.models")
@@ -243,9 +244,7 @@ def locked_state(run_dir: Path):
         try:
             models = read_state(run_dir)
             yield models
-            tmp = run_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"models": models}, indent=1))
-            os.replace(tmp, run_dir / STATE_FILE)
+            write_text(run_dir / STATE_FILE, json.dumps({"models": models}, indent=1))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

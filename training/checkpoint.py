@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from adrank.files import replacing
 from adrank.preprocess import Preprocessor
 from adrank.schema import Schema
 from training.models import build
@@ -31,13 +31,8 @@ class CheckpointError(ValueError):
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from adrank.files import write_text
+
 HELP = "Score every row of a raw file with a trained run or an exported artifact (AUC/LogLoss or MSE)."
 
 
@@ -47,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        write_text(args.json, text + "\n")
     return 0
