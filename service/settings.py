@@ -15,6 +15,8 @@ CLI writes the variables, every worker reads the same ones.
     ADRANK_RELOAD_POLL     seconds between checks of the reload state file, default 0.5
     ADRANK_GC_FREEZE       "0" disables gc.freeze() after start-up (DESIGN §7); default on
     ADRANK_CATALOG         JSONL file of {"id", "features"} ads loaded at start (service/catalog)
+    ADRANK_HUGE_PAGES      "0" serves embedding rows and linear weights from the artifact's shared
+                           map instead of private huge-page copies (read by service/kernels/config.py)
 """
 
 from __future__ import annotations

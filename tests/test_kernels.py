@@ -8,6 +8,8 @@ the *unfolded* parameters.  Few distinct k keep compile time small (numba cache=
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -276,3 +278,61 @@ def test_pad_in_single_slot_fields_is_a_zero_field(kind, p_multi):
     ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
     full = np.concatenate([np.broadcast_to(ctx, (len(items), len(ctx))), items], axis=1)
     np.testing.assert_allclose(scorer.score(ctx, items), oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)
+
+
+def _anon_huge_kib(addr: int) -> int | None:
+    """AnonHugePages (KiB) of the mapping holding ``addr`` in /proc/self/smaps; None if unknown."""
+    try:
+        text = open("/proc/self/smaps").read()
+    except OSError:
+        return None
+    current = False
+    for line in text.splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            current = lo <= addr < hi
+        elif current and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
+    """``huge_pages=True`` copies a table of >= 2 MiB into private memory on a 2 MiB boundary
+    (config.resident); ``False`` serves the given (read-only, shared) arrays themselves.  Scores
+    are identical either way."""
+    schema, params, arrays, X, manifest = case(kind, 81, 16, m=6, m_context=2, p_multi=0.0)
+    n = 40_000  # 40,000 x 16 x 4 B = 2.4 MiB: above the 2 MiB threshold
+    rng = np.random.default_rng(5)
+    emb = config.aligned(np.zeros((n, 16), np.float32))  # 64-byte aligned, as in an artifact
+    emb[: arrays["emb"].shape[0]] = arrays["emb"]
+    emb[arrays["emb"].shape[0]:] = rng.normal(0, 0.4, (n - arrays["emb"].shape[0], 16))
+    linear = config.aligned(np.zeros(n, np.float32))
+    linear[: arrays["linear"].shape[0]] = arrays["linear"]
+    emb.flags.writeable = linear.flags.writeable = False  # as mapped from an artifact
+    big = {**arrays, "emb": emb, "linear": linear}
+    manifest = {**manifest, "n_features": n}
+    huge = make_scorer(manifest, big, huge_pages=True)
+    shared = make_scorer(manifest, big, huge_pages=False)
+    assert huge.huge_pages and not shared.huge_pages
+    assert not np.shares_memory(huge.emb, emb) and huge.emb.ctypes.data % config.HUGE_PAGE == 0
+    assert np.array_equal(huge.emb, emb) and np.array_equal(huge.linear, linear)
+    assert np.shares_memory(shared.emb, emb) and np.shares_memory(shared.linear, linear)
+    ids = rng.integers(0, n, (300, X.shape[1])).astype(np.int32)
+    c = huge.n_context_slots
+    np.testing.assert_array_equal(huge.score(ids[0, :c], ids[:, c:]), shared.score(ids[0, :c], ids[:, c:]))
+    np.testing.assert_array_equal(huge.score_rows(X), shared.score_rows(X))
+    np.testing.assert_allclose(huge.score_rows(X), oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if \
+        os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled") else ""
+    if "[never]" not in thp and thp:  # THP available: the copy is backed by huge pages
+        kib = _anon_huge_kib(huge.emb.ctypes.data)
+        assert kib is None or kib >= 2048, f"the table copy has {kib} KiB of huge pages"
+
+
+def test_small_tables_are_not_copied():
+    schema, params, arrays, X, manifest = case("fm", 82, 16)
+    emb = config.aligned(arrays["emb"])
+    scorer = make_scorer(manifest, {**arrays, "emb": emb}, huge_pages=True)
+    assert np.shares_memory(scorer.emb, emb)  # under 2 MiB: the 64-byte-aligned view is enough

@@ -51,11 +51,15 @@ class Scorer:
     kind = ""
 
     def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool | int = True,
-                 prefetch_mode: int | None = None, parallel_min: int | None = None):
+                 prefetch_mode: int | None = None, parallel_min: int | None = None,
+                 huge_pages: bool | None = None):
         self.schema = Schema.from_dict(manifest["schema"])
         self.m = self.schema.m
+        # the tables gathered at random: private huge-page copies, or views of the arrays given
+        self.huge_pages = config.HUGE_PAGES if huge_pages is None else bool(huge_pages)
+        self._table = config.resident if self.huge_pages else config.aligned
         self._set_source(manifest, arrays)
-        self.linear = config.aligned(np.asarray(arrays["linear"]).reshape(-1))
+        self.linear = self._table(np.asarray(arrays["linear"]).reshape(-1))
         if self.linear.shape != (self.n_features,):
             raise ValueError(f"{self.kind} artifact: 'linear' must have {self.n_features} entries")
         self.bias = float(np.asarray(arrays["bias"]).reshape(-1)[0])
@@ -133,7 +137,7 @@ class Scorer:
             if emb.ndim != 2:
                 raise ValueError(f"{self.kind} artifact: 'emb' must be 2-D [n, k], got shape {emb.shape}")
             self.n_features, self.k = emb.shape
-            self.src, self.D = config.aligned(emb), 1
+            self.src, self.D = self._table(emb), 1
         else:
             raise ValueError(f"{self.kind} artifact: embedding type {self.embedding!r} has no kernels "
                              "(known: dense, codebook)")

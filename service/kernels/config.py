@@ -32,6 +32,7 @@ those kernels).
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from pathlib import Path
 
@@ -123,6 +124,14 @@ if os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "0":  # kill switch for the 
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
+# Tables the kernels gather from at random (embedding rows, linear weights) are copied out of the
+# artifact's shared read-only map into private memory advised for 2 MiB transparent huge pages
+# (:func:`resident`).  Measured on the Criteo-shaped artifacts (docs/results/table-pages.md): a
+# view into the map (4 KiB page-cache pages: nearly every random row is also a TLB miss) cost
+# 24-32% more per candidate.  "0" keeps the views: one copy of the tables shared by every worker
+# process, at that cost.
+HUGE_PAGES = os.environ.get("ADRANK_HUGE_PAGES", "1") != "0"
+HUGE_PAGE = 2 << 20  # bytes
 SOURCE_STAMP = hashlib.sha1(b"".join((Path(__file__).parent / f).read_bytes()
                                      for f in ("config.py", "vec.py", "fields.py", "rows.py"))).hexdigest()[:16]
 
@@ -219,6 +228,29 @@ prefetch_row_k = _prefetch_k(3, "``prefetch_row`` for a C-contiguous table of ex
                                 "row stride.")
 prefetch_row_l2_k = _prefetch_k(2, "``prefetch_row_l2`` for a C-contiguous table of exactly K columns (see "
                                    "``prefetch_row_k``).")
+
+
+def resident(a: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """A private copy of ``a`` (C-contiguous ``dtype``) in anonymous memory that starts on a 2 MiB
+    boundary and is advised for transparent huge pages, so that one TLB entry covers 2 MiB of a
+    table gathered at random.  Arrays under 2 MiB go through :func:`aligned` (no copy when
+    aligned).  Where the system has no THP the advice is refused and the copy keeps 4 KiB pages:
+    the same values, only without the gain."""
+    a = np.asarray(a)
+    nbytes = a.size * np.dtype(dtype).itemsize
+    if nbytes < HUGE_PAGE:
+        return aligned(a, dtype)
+    # private: a shared anonymous map would be shmem, whose huge pages are a separate, usually off, setting
+    mm = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # kept alive by the view
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):  # no madvise/THP here
+        pass
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    start = (-buf.ctypes.data) % HUGE_PAGE
+    out = buf[start : start + nbytes].view(dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:
