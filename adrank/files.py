@@ -42,3 +42,12 @@ def write_text(path, text: str) -> None:
 def write_json(path, obj, indent: int | None = 1) -> None:
     """``obj`` as JSON (one trailing newline), atomically."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_report(out, data, markdown: str) -> None:
+    """A benchmark's ``OUT.json`` (``data``) and ``OUT.md`` (``markdown``), each atomically;
+    ``out``'s directory is created."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), data)
+    write_text(out.with_suffix(".md"), markdown)

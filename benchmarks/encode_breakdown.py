@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from adrank.files import write_json, write_text
+from adrank.files import write_report
 from adrank.preprocess import Preprocessor, Vocab, hash_tokens
 from adrank.schema import Field, Schema
 from service.encode import RequestEncoder, _hash_joined_str, _join_nonempty_str
@@ -131,10 +130,7 @@ def main(argv=None) -> int:
     md = markdown(rep)
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out.with_suffix(".json"), rep)
-        write_text(out.with_suffix(".md"), md)
+        write_report(args.out, rep, md)
     return 0
 
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.kernels
 
-from adrank.files import write_json, write_text  # noqa: E402
+from adrank.files import write_report  # noqa: E402
 from adrank.schema import Field, Schema  # noqa: E402
 from benchmarks.kernels import kernels_version  # noqa: E402
 from service.kernels import config  # noqa: E402
@@ -279,10 +279,7 @@ def main(argv=None) -> int:
     md = markdown(rep)
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out.with_suffix(".json"), rep)
-        write_text(out.with_suffix(".md"), md)
+        write_report(args.out, rep, md)
     return 0
 
 

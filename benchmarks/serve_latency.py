@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adrank.files import write_json, write_text  # noqa: E402
+from adrank.files import write_report  # noqa: E402
 from adrank.preprocess import Preprocessor, Vocab, hash_tokens  # noqa: E402
 from adrank.schema import Field, Schema  # noqa: E402
 
@@ -357,9 +357,7 @@ def main() -> int:
     result = {"command": command, "machine": machine(), "kernel_floor": floor, "model": {"kind": "dplr", "rank": RHO, "embed_dim": K,
               "context_fields": M_CTX, "item_fields": M_ITEM, "n_features": (M_CTX + M_ITEM) * (PER_FIELD + 2)},
               "workers": 1, "rows": rows}
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
+    write_report(args.out, result, markdown(result))
     print(markdown(result))
     return 0
 

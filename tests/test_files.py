@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from adrank.files import replacing, write_json, write_text
+from adrank.files import replacing, write_json, write_report, write_text
 
 
 def test_write_replaces_whole_files(tmp_path):
@@ -42,3 +42,9 @@ def test_the_temporary_keeps_the_suffix_and_sits_beside_the_target(tmp_path):
         assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".plot.")
         tmp.write_bytes(b"png")
     assert (tmp_path / "plot.png").read_bytes() == b"png"
+
+
+def test_write_report_makes_the_folder_and_both_files(tmp_path):
+    write_report(tmp_path / "results" / "bench", {"rows": [1]}, "# bench\n")
+    assert json.loads((tmp_path / "results" / "bench.json").read_text()) == {"rows": [1]}
+    assert (tmp_path / "results" / "bench.md").read_text() == "# bench\n"

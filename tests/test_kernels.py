@@ -280,23 +280,6 @@ def test_pad_in_single_slot_fields_is_a_zero_field(kind, p_multi):
     np.testing.assert_allclose(scorer.score(ctx, items), oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)
 
 
-def _anon_huge_kib(addr: int) -> int | None:
-    """AnonHugePages (KiB) of the mapping holding ``addr`` in /proc/self/smaps; None if unknown."""
-    try:
-        text = open("/proc/self/smaps").read()
-    except OSError:
-        return None
-    current = False
-    for line in text.splitlines():
-        head = line.split()[0]
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            current = lo <= addr < hi
-        elif current and line.startswith("AnonHugePages:"):
-            return int(line.split()[1])
-    return None
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
     """``huge_pages=True`` copies a table of >= 2 MiB into private memory on a 2 MiB boundary
@@ -327,7 +310,7 @@ def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
     thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if \
         os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled") else ""
     if "[never]" not in thp and thp:  # THP available: the copy is backed by huge pages
-        kib = _anon_huge_kib(huge.emb.ctypes.data)
+        kib = config.anon_huge_kib(huge.emb.ctypes.data)
         assert kib is None or kib >= 2048, f"the table copy has {kib} KiB of huge pages"
 
 

@@ -127,8 +127,8 @@ ALIGNMENT = 64  # bytes
 # Tables the kernels gather from at random (embedding rows, linear weights) are copied out of the
 # artifact's shared read-only map into private memory advised for 2 MiB transparent huge pages
 # (:func:`resident`).  Measured on the Criteo-shaped artifacts (docs/results/table-pages.md): a
-# view into the map (4 KiB page-cache pages: nearly every random row is also a TLB miss) cost
-# 24-32% more per candidate.  "0" keeps the views: one copy of the tables shared by every worker
+# view into the map (4 KiB page-cache pages: nearly every random row is also a TLB miss) took
+# 1.28-1.39x the time per candidate of the copy.  "0" keeps the views: one copy of the tables shared by every worker
 # process, at that cost.
 HUGE_PAGES = os.environ.get("ADRANK_HUGE_PAGES", "1") != "0"
 HUGE_PAGE = 2 << 20  # bytes
@@ -251,6 +251,25 @@ def resident(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     out = buf[start : start + nbytes].view(dtype).reshape(a.shape)
     out[...] = a
     return out
+
+
+def anon_huge_kib(addr: int) -> int | None:
+    """AnonHugePages (KiB) of this process's mapping that holds address ``addr`` (from
+    /proc/self/smaps; None where it cannot be read or no mapping holds ``addr``): how much of a
+    :func:`resident` copy the kernel backs with huge pages."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return None
 
 
 def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:
