@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 import numpy as np
-
-from adrank.files import replacing
 
 
 def values_from_data(data_dir, max_rows: int = 100_000, keep: int = 50_000) -> dict:
@@ -153,12 +153,27 @@ class AuctionGenerator:
                 yield {"id": f"ad-{start + i}", "features": {name: col[i] for name, col in cols.items()}}
 
 
+@contextmanager
+def replacing(path, mode: str = "wb"):
+    """An open temporary file beside ``path`` that replaces it once the block completes (removed on
+    an error: no half-written pool).  adrank.files has the same for the rest of the project; this
+    module and the locustfile also run in the Locust image, which has no adrank package."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_catalog(gen: AuctionGenerator, path, count: int, progress: bool = False) -> None:
     """``count`` catalog ads as JSONL (``adrank serve --catalog``), written atomically."""
     from tqdm import tqdm
 
     enc = msgspec.json.Encoder()
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with replacing(path) as fh:
         for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=not progress):
             fh.write(enc.encode(ad) + b"\n")
 
@@ -171,7 +186,7 @@ def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
 
     enc = msgspec.json.Encoder()
     sizes = []
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with replacing(path) as fh:
         for _ in tqdm(range(count), desc="request pool", disable=not progress):
             req = gen.request(catalog_size)
             sizes.append(len(req["ads"]))

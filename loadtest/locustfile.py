@@ -27,9 +27,8 @@ from pathlib import Path
 from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from adrank.files import replacing  # noqa: E402
 from loadtest.arrivals import KINDS, Schedule  # noqa: E402
-from loadtest.auctions import with_model  # noqa: E402
+from loadtest.auctions import replacing, with_model  # noqa: E402
 
 POOL = os.environ.get("ADRANK_LT_POOL", "")
 MODEL = os.environ.get("ADRANK_LT_MODEL", "")
@@ -76,7 +75,7 @@ def _on_request(request_type, name, response_time, response_length, response=Non
 def _on_stop(environment, **_kw) -> None:
     if not TIMINGS:
         return
-    with replacing(TIMINGS) as tmp, open(tmp, "w") as fh:
+    with replacing(TIMINGS, "w") as fh:
         fh.write("start_unix,seconds,status,candidates\n")
         fh.writelines(f"{s:.6f},{t:.9f},{c},{n}\n" for s, t, c, n in _timings)
 

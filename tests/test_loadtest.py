@@ -297,3 +297,38 @@ def test_arrival_schedules_merge_into_one_stream_at_the_offered_rate(kind):
     assert late.skip_to(10.0) >= 10.0 and late.t - 10.0 < (users / rps if kind == "uniform" else 5.0)
     with pytest.raises(ValueError, match="arrivals must be one of"):
         Schedule("bursty", rps, users, 0)
+
+
+def test_the_locust_side_imports_without_the_adrank_packages(tmp_path):
+    """The locustfile and the modules it imports run in the Locust image (docker/locust.Dockerfile:
+    locust, msgspec, numpy, tqdm and the mounted loadtest/ only): they must not import adrank,
+    service, training, exporter or torch.  Its pool writer still replaces files whole."""
+    import subprocess
+
+    code = r"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("adrank", "service", "training", "exporter", "torch"):
+            raise ImportError(f"the Locust image has no {name}")
+sys.meta_path.insert(0, Block())
+import loadtest.locustfile
+from loadtest.auctions import replacing
+out = sys.argv[1]
+with replacing(out, "w") as fh:
+    fh.write("start_unix,seconds,status,candidates\n")
+try:
+    with replacing(out, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("stop")
+except RuntimeError:
+    pass
+print(open(out).read().strip())
+"""
+    out = tmp_path / "timings.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "ADRANK_LT_ARRIVALS": "poisson"}
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "start_unix,seconds,status,candidates"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timings.csv"]
