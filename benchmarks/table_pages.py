@@ -2,8 +2,8 @@
 
 A loaded artifact is one read-only memory map; its arrays are views of it, in 4 KiB page-cache
 pages.  The kernels gather embedding rows and linear weights at random, so on a table of tens
-of MiB nearly every row is a TLB miss as well as a cache miss.  ``Scorer(huge_pages=True)`` (the
-default, ``ADRANK_HUGE_PAGES``) copies those two tables into private memory advised for 2 MiB
+of MiB nearly every row is a TLB miss as well as a cache miss.  ``Ranker.load`` (through
+``Scorer(huge_pages=True)``, the default ``ADRANK_HUGE_PAGES=1``) copies those two tables into private memory advised for 2 MiB
 transparent huge pages (service/kernels/config.py, ``resident``).  This script loads each
 artifact both ways in one process and times ``Scorer.score`` on the same random auctions,
 interleaved block by block in a shuffled order (load from other processes hits both alike).

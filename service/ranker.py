@@ -18,6 +18,7 @@ import numpy as np
 from adrank.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
+from service.kernels import config
 from service.kernels.registry import make_scorer
 from service.link import order_scores, sigmoid
 
@@ -47,6 +48,9 @@ class Ranker:
         from service.artifact import load_preprocessor, read_artifact
 
         art = read_artifact(path)
+        # the arrays are views of the file's map (4 KiB page-cache pages): the kernels' random-access
+        # tables go to private huge pages unless ADRANK_HUGE_PAGES=0 (service/kernels/config.py)
+        scorer_options.setdefault("huge_pages", config.HUGE_PAGES)
         return cls(art.manifest, art.arrays, version=art.version, name=name or Path(path).stem,
                    preprocessor=load_preprocessor(art), nbytes=art.nbytes, **scorer_options)
 

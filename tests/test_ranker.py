@@ -8,6 +8,7 @@ import pytest
 from adrank.preprocess import Preprocessor, Vocab, hash_tokens
 from adrank.schema import Field, Schema
 from service.encode import RequestError
+from service.kernels import config
 from service.ranker import Ranker, sigmoid
 from tests import naive
 from tests.test_kernels import fold, manifest_for, random_params
@@ -160,6 +161,11 @@ def test_load_reads_a_real_artifact(tmp_path):
     params = make_artifact(path, "dplr", seed=3)
     ranker = Ranker.load(path)
     assert ranker.name == "m" and len(ranker.version) == 12 and ranker.nbytes == path.stat().st_size
+    # arrays mapped from the file: the random-access tables go to huge pages unless ADRANK_HUGE_PAGES=0;
+    # a ranker built from arrays in memory keeps them as given
+    assert ranker.scorer.huge_pages == config.HUGE_PAGES
+    assert Ranker.load(path, huge_pages=False).scorer.huge_pages is False
+    assert build("dplr", seed=3)[0].scorer.huge_pages is False
     req = random_request(np.random.default_rng(1), 40, positional=True)
     got = dict(ranker.rank(req["context"], req["ads"]))
     ref = reference_scores("dplr", params, req)

@@ -52,11 +52,12 @@ class Scorer:
 
     def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool | int = True,
                  prefetch_mode: int | None = None, parallel_min: int | None = None,
-                 huge_pages: bool | None = None):
+                 huge_pages: bool = False):
         self.schema = Schema.from_dict(manifest["schema"])
         self.m = self.schema.m
-        # the tables gathered at random: private huge-page copies, or views of the arrays given
-        self.huge_pages = config.HUGE_PAGES if huge_pages is None else bool(huge_pages)
+        # the tables gathered at random: private huge-page copies (for arrays mapped from a file,
+        # Ranker.load), or the arrays given, 64-byte aligned
+        self.huge_pages = bool(huge_pages)
         self._table = config.resident if self.huge_pages else config.aligned
         self._set_source(manifest, arrays)
         self.linear = self._table(np.asarray(arrays["linear"]).reshape(-1))

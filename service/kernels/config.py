@@ -124,9 +124,10 @@ if os.environ.get("ADRANK_PREFETCH_LINEAR", "1") == "0":  # kill switch for the 
 PARALLEL_MIN_CANDIDATES = int(os.environ.get("ADRANK_PARALLEL_MIN_CANDIDATES", "4096"))
 THREADS = int(os.environ.get("ADRANK_KERNEL_THREADS", str(min(2, os.cpu_count() or 1))))
 ALIGNMENT = 64  # bytes
-# Tables the kernels gather from at random (embedding rows, linear weights) are copied out of the
-# artifact's shared read-only map into private memory advised for 2 MiB transparent huge pages
-# (:func:`resident`).  Measured on the Criteo-shaped artifacts (docs/results/table-pages.md): a
+# Tables the kernels gather from at random (embedding rows, linear weights) of a model loaded from
+# its artifact file (service.ranker.Ranker.load) are copied out of the file's shared read-only map
+# into private memory advised for 2 MiB transparent huge pages (:func:`resident`).  Arrays built in
+# memory (benchmarks, tests, exporter checks) are private already and stay as given.  Measured on the Criteo-shaped artifacts (docs/results/table-pages.md): a
 # view into the map (4 KiB page-cache pages: nearly every random row is also a TLB miss) took
 # 1.28-1.39x the time per candidate of the copy.  "0" keeps the views: one copy of the tables shared by every worker
 # process, at that cost.
@@ -246,11 +247,7 @@ def resident(a: np.ndarray, dtype=np.float32) -> np.ndarray:
         mm.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):  # no madvise/THP here
         pass
-    buf = np.frombuffer(mm, dtype=np.uint8)
-    start = (-buf.ctypes.data) % HUGE_PAGE
-    out = buf[start : start + nbytes].view(dtype).reshape(a.shape)
-    out[...] = a
-    return out
+    return _copy_into(np.frombuffer(mm, dtype=np.uint8), a, dtype, HUGE_PAGE)
 
 
 def anon_huge_kib(addr: int) -> int | None:
@@ -281,8 +278,13 @@ def aligned(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % ALIGNMENT == 0:
         return a
-    buf = np.empty(a.nbytes + ALIGNMENT, dtype=np.uint8)
-    start = (-buf.ctypes.data) % ALIGNMENT
+    return _copy_into(np.empty(a.size * np.dtype(dtype).itemsize + ALIGNMENT, dtype=np.uint8), a, dtype, ALIGNMENT)
+
+
+def _copy_into(buf: np.ndarray, a: np.ndarray, dtype, alignment: int) -> np.ndarray:
+    """``a`` copied as ``dtype`` into byte buffer ``buf`` (at least ``alignment`` bytes longer than
+    the copy), starting at its first ``alignment``-byte boundary."""
+    start = (-buf.ctypes.data) % alignment
     out = buf[start : start + a.size * np.dtype(dtype).itemsize].view(dtype).reshape(a.shape)
     out[...] = a
     return out
