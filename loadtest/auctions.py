@@ -154,10 +154,10 @@ class AuctionGenerator:
 
 
 @contextmanager
-def replacing(path, mode: str = "wb"):
+def open_replacing(path, mode: str = "wb"):
     """An open temporary file beside ``path`` that replaces it once the block completes (removed on
-    an error: no half-written pool).  adrank.files has the same for the rest of the project; this
-    module and the locustfile also run in the Locust image, which has no adrank package."""
+    an error: no half-written pool).  adrank.files.replacing does this for the rest of the project;
+    this module and the locustfile also run in the Locust image, which has no adrank package."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -173,7 +173,7 @@ def write_catalog(gen: AuctionGenerator, path, count: int, progress: bool = Fals
     from tqdm import tqdm
 
     enc = msgspec.json.Encoder()
-    with replacing(path) as fh:
+    with open_replacing(path) as fh:
         for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=not progress):
             fh.write(enc.encode(ad) + b"\n")
 
@@ -186,7 +186,7 @@ def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
 
     enc = msgspec.json.Encoder()
     sizes = []
-    with replacing(path) as fh:
+    with open_replacing(path) as fh:
         for _ in tqdm(range(count), desc="request pool", disable=not progress):
             req = gen.request(catalog_size)
             sizes.append(len(req["ads"]))

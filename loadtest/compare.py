@@ -34,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.arrivals import KINDS
+from loadtest.report import AGAIN, write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 REQUEST = "adrank_request_duration_seconds"
 INFERENCE = "adrank_model_inference_duration_seconds"
-AGAIN = "-again"  # suffix of the --control copy
 
 
 class LoadTestError(RuntimeError):
@@ -310,7 +312,6 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
     from tqdm import tqdm
 
     from loadtest.auctions import AuctionGenerator, load_values, write_catalog, write_pool
-    from loadtest.report import write_report
 
     names = [s.split("=", 1)[0] if "=" in s else Path(s).stem for s in specs]
     if control is not None:  # the noise floor: the same artifact again, under another name
@@ -320,8 +321,8 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         names.append(control + AGAIN)
     if len(set(names)) != len(names):
         raise LoadTestError(f"model names must differ, got {names}")
-    if arrivals not in ("poisson", "uniform"):
-        raise LoadTestError(f"arrivals must be poisson or uniform, got {arrivals!r}")
+    if arrivals not in KINDS:
+        raise LoadTestError(f"arrivals must be one of {KINDS}, got {arrivals!r}")
     if traffic not in ("inline", "catalog"):
         raise LoadTestError(f"traffic must be inline or catalog, got {traffic!r}")
     if traffic == "catalog" and catalog_ads < 1:
@@ -361,7 +362,7 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
                     runs.append(summarize_run(model, rep, read_timings(timings), before, after, duration, wall))
         finally:
             server.stop()
-        result = {"command": command, "models": dict(zip(names, [s.split("=", 1)[-1] for s in specs], strict=True)),
+        result = {"command": command, "models": dict(zip(names, paths, strict=True)),
                   "settings": {"rps": rps, "duration_s": duration, "warmup_s": warmup, "repeats": repeats,
                                "workers": workers, "pool": pool_stats, "seed": seed, "median_candidates": median,
                                "sigma": sigma, "max_candidates": max_candidates, "traffic": traffic,

@@ -28,7 +28,7 @@ from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtest.arrivals import KINDS, Schedule  # noqa: E402
-from loadtest.auctions import replacing, with_model  # noqa: E402
+from loadtest.auctions import open_replacing, with_model  # noqa: E402
 
 POOL = os.environ.get("ADRANK_LT_POOL", "")
 MODEL = os.environ.get("ADRANK_LT_MODEL", "")
@@ -75,7 +75,7 @@ def _on_request(request_type, name, response_time, response_length, response=Non
 def _on_stop(environment, **_kw) -> None:
     if not TIMINGS:
         return
-    with replacing(TIMINGS, "w") as fh:
+    with open_replacing(TIMINGS, "w") as fh:
         fh.write("start_unix,seconds,status,candidates\n")
         fh.writelines(f"{s:.6f},{t:.9f},{c},{n}\n" for s, t, c, n in _timings)
 

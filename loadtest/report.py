@@ -9,6 +9,8 @@ import numpy as np
 
 from adrank.files import replacing
 
+AGAIN = "-again"  # name suffix of the --control copy (loadtest.compare)
+
 
 def _fmt(x, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
@@ -122,7 +124,7 @@ def _pairs(result: dict, cpu_key: str) -> list[str]:
              for m in result["summary"] if m["model"].startswith("dplr")]
     pairs = [(d, p) for d, p in pairs if p is not None]
     control = result["settings"].get("control")
-    again = next((x for x in result["summary"] if control and x["model"] == control + "-again"), None)
+    again = next((x for x in result["summary"] if control and x["model"] == control + AGAIN), None)
     if again is not None:  # A/A: the same artifact twice, the noise floor of every ratio
         pairs.append((again, next(x for x in result["summary"] if x["model"] == control)))
     if pairs:

@@ -313,12 +313,12 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"the Locust image has no {name}")
 sys.meta_path.insert(0, Block())
 import loadtest.locustfile
-from loadtest.auctions import replacing
+from loadtest.auctions import open_replacing
 out = sys.argv[1]
-with replacing(out, "w") as fh:
+with open_replacing(out, "w") as fh:
     fh.write("start_unix,seconds,status,candidates\n")
 try:
-    with replacing(out, "w") as fh:
+    with open_replacing(out, "w") as fh:
         fh.write("half")
         raise RuntimeError("stop")
 except RuntimeError:
