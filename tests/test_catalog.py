@@ -9,6 +9,7 @@ from service.catalog import kernels
 from service.catalog.precompute import PlanError, ad_parts, context_part, make_plan
 from service.catalog.synthetic import make_schema, random_features, synthetic_model
 from tests import naive
+from tests.floats import assert_ulps_close
 
 KINDS = ("fm", "dplr", "pruned", "fwfm")
 VALUES = 20
@@ -103,7 +104,7 @@ def test_top_k_equals_full_sort(k, threads, monkeypatch):
     order = np.lexsort((np.arange(len(full)), -full))[:k]
     rows, s = kernels.top_k(z, const, W, c, k, threads=threads)
     assert rows.tolist() == order.tolist()
-    np.testing.assert_array_equal(s, full[order])
+    assert_ulps_close(s, full[order])
 
 
 def test_top_k_of_empty_catalog():
@@ -131,8 +132,8 @@ def test_rows_kernel_with_and_without_prefetch_agree_and_rows_are_aligned():
     a, b = np.empty(100), np.empty(100)
     kernels.rows_kernel(W.shape[1], True)(z, const, W, c, rows, a)
     kernels.rows_kernel(W.shape[1], False)(z, const, W, c, rows, b)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, kernels.score_all(z, const, W, c)[rows])
+    assert_ulps_close(a, b)
+    assert_ulps_close(a, kernels.score_all(z, const, W, c)[rows])
 
 
 def test_threaded_precompute_equals_single_threaded(monkeypatch):
@@ -141,5 +142,5 @@ def test_threaded_precompute_equals_single_threaded(monkeypatch):
     sm, cx, items, (z, const, W, c) = setup("pruned", SCHEMAS["multi"], n=40, rho=2)
     monkeypatch.setattr(precompute, "PARALLEL_MIN_ADS", 0)
     W2, c2 = ad_parts(make_plan("pruned", sm.schema, sm.arrays), items, sm.arrays["emb"], sm.arrays["linear"])
-    np.testing.assert_array_equal(W2, W)
-    np.testing.assert_array_equal(c2, c)
+    assert_ulps_close(W2, W)
+    assert_ulps_close(c2, c)
