@@ -28,15 +28,14 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from adrank.core.files import replacing, write_json, write_text
+from exporter.synthetic import make_schema, synthetic_model
+from service.catalog import kernels
+from service.catalog.precompute import ad_parts, context_part, make_plan
+from service.catalog.ranking import rank
+from service.catalog.store import Model, Part, Snapshot
 
-from adrank.files import replacing, write_json, write_text  # noqa: E402
-from service.catalog import kernels  # noqa: E402
-from service.catalog.precompute import ad_parts, context_part, make_plan  # noqa: E402
-from service.catalog.ranking import rank  # noqa: E402
-from service.catalog.store import Model, Part, Snapshot  # noqa: E402
-from service.catalog.synthetic import make_schema, synthetic_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 N_CONTEXT, N_ITEM, K, VALUES = 10, 20, 16, 33_000  # ~1M features: a 64 MiB embedding table
 KINDS = (("fm", None), ("dplr", 1), ("dplr", 2), ("dplr", 4), ("pruned", 2), ("fwfm", None))
@@ -266,7 +265,7 @@ def http_bench(n_ads: int, n_requests: int, rng) -> dict:
     import tempfile
 
     from exporter.export import export_params
-    from service.catalog.synthetic import random_features
+    from exporter.synthetic import random_features
 
     schema = make_schema(N_CONTEXT, N_ITEM, multi_item=1, multi_context=1, max_values=4)
     sm = synthetic_model("dplr", schema, values_per_field=2_000, k=K, rho=2, seed=5)
@@ -315,7 +314,7 @@ def _drive(proc, port, n_ads, n_requests, schema, rng, enc):
             pass
         conn.close()
         time.sleep(0.5)
-    from service.catalog.synthetic import random_features
+    from exporter.synthetic import random_features
 
     ctx = random_features(schema, range(N_CONTEXT), 2_000, rng, 1)[0]
     bodies = [enc.encode({"context": ctx, "ads": [{"id": f"ad-{i}"} for i in rng.integers(0, n_ads, 1000)]})

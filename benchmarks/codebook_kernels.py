@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adrank.files import write_json, write_text
-from adrank.schema import Field, Schema
+from adrank.core.files import write_json, write_text
+from adrank.core.schema import Field, Schema
 from exporter.codebook import codebook_arrays
 from service.kernels.registry import make_scorer
 from service.kernels.rows import codebook_source, decode_table

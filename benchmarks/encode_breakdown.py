@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
-from adrank.files import write_report
-from adrank.preprocess import Preprocessor, Vocab, hash_tokens
-from adrank.schema import Field, Schema
+from adrank.core.files import write_report
+from adrank.core.hashing import hash_tokens
+from adrank.core.preprocess import Preprocessor, Vocab
+from adrank.core.schema import Field, Schema
 from service.encode import RequestEncoder, _hash_joined_str, _join_nonempty_str
 from service.kernels.registry import make_scorer
 

@@ -45,15 +45,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from adrank.core.files import replacing
+from adrank.core.schema import Field, Schema
+from exporter.fold import fold
+from service.kernels.config import aligned
+from service.kernels.registry import make_scorer
 
-from adrank.files import replacing  # noqa: E402
-from adrank.schema import Field, Schema  # noqa: E402
-from exporter.fold import fold  # noqa: E402
-from service.kernels.config import aligned  # noqa: E402
-from service.kernels.registry import make_scorer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FULL = dict(fields=40, contexts=(10, 15, 20, 25, 30), ranks=(1, 2, 3), dims=(8, 16),
             candidates=(10, 100, 1000, 3000, 10000), popularity=("uniform", "zipf"),
@@ -451,7 +449,7 @@ def plot(result: dict, path) -> None:
 
 
 def write_outputs(result: dict, json_path=None, plot_path=None, md_path=None) -> None:
-    """Write each requested file atomically (adrank.files): never a half-written report."""
+    """Write each requested file atomically (adrank.core.files): never a half-written report."""
     for path, render in ((json_path, lambda p: p.write_text(json.dumps(result, indent=1) + "\n")),
                          (md_path, lambda p: p.write_text(markdown(result))),
                          (plot_path, lambda p: plot(result, p))):

@@ -43,14 +43,12 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.kernels
-
-from adrank.files import write_report  # noqa: E402
-from adrank.schema import Field, Schema  # noqa: E402
-from benchmarks.kernels import kernels_version  # noqa: E402
-from service.kernels import config  # noqa: E402
-from service.kernels.registry import make_scorer  # noqa: E402
-from service.kernels.vec import vadd, vdot, vload, vzero  # noqa: E402
+from adrank.core.files import write_report
+from adrank.core.schema import Field, Schema
+from benchmarks.kernels import kernels_version
+from service.kernels import config
+from service.kernels.registry import make_scorer
+from service.kernels.vec import vadd, vdot, vload, vzero
 
 
 def schema_of(mc: int, mi: int) -> Schema:

@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from adrank.core.files import write_report
+from adrank.core.hashing import hash_tokens
+from adrank.core.preprocess import Preprocessor, Vocab
+from adrank.core.schema import Field, Schema
 
-from adrank.files import write_report  # noqa: E402
-from adrank.preprocess import Preprocessor, Vocab, hash_tokens  # noqa: E402
-from adrank.schema import Field, Schema  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 M_CTX, M_ITEM, PER_FIELD, K, RHO = 20, 20, 25_000, 16, 2
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adrank.files import write_report
+from adrank.core.files import write_report
 from service.kernels import config
 from service.ranker import Ranker
 

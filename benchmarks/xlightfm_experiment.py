@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from adrank.files import replacing, write_json, write_text
+from adrank.core.files import replacing, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADRANK_SHARED_DATA", "/work/shared/data"))

@@ -3,7 +3,7 @@
 xLightFM paper Sec. 3: feature i of a quantized field f is served as the concatenation
 ``q_i = [C_f^1[b_i^1], ..., C_f^D[b_i^D]]`` of D codewords of k/D floats.  The artifact keeps
 the codebooks (float32) and the codes bit-packed at ``ceil(log2 K_f)`` bits
-(``adrank.bitpack.pack_fields``), never the decoded [n, k] table.  Folding the FM/DPLR diagonal
+(``adrank.core.bitpack.pack_fields``), never the decoded [n, k] table.  Folding the FM/DPLR diagonal
 into ``linear`` needs ``||q_i||^2`` per feature: computed here in float64 and chunked, as
 ``sum_d ||C_f^d[b_i^d]||^2`` (the squared norm of a concatenation is the sum of its parts'), so
 1M+ features never materialise a dense table.  The input names are those of
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adrank.bitpack import BitpackError, bits_for, pack
+from adrank.core.bitpack import BitpackError, bits_for, pack
 from exporter.fold import ExportError
 
 INPUTS = ("codebooks", "codes", "codebook_base", "codebook_sizes", "dense_rows", "dense_base")
@@ -46,7 +46,7 @@ def _check(p: dict, off: np.ndarray, k: int) -> tuple[int, int]:
 def pack_interleaved(codes: np.ndarray, off: np.ndarray, bits: np.ndarray):
     """(stream uint32, word_base int64 [m]): field f's codes, feature-major (the D codes of a
     feature adjacent: code (i, d) is number ``(i - off[f]) D + d``), packed at ``bits[f]`` by
-    ``adrank.bitpack.pack`` from word ``word_base[f]`` (-1 for a dense-kept field).  One feature's
+    ``adrank.core.bitpack.pack`` from word ``word_base[f]`` (-1 for a dense-kept field).  One feature's
     D codes share one cache line, so decoding a row costs one gather, like a dense row."""
     parts, word_base, n_words = [], np.full(off.size - 1, -1, np.int64), 0
     for f in range(off.size - 1):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.artifact import Artifact
+from adrank.core.artifact import Artifact
 
 
 def _size(n: int) -> str:

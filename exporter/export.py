@@ -1,4 +1,4 @@
-"""Checkpoint (run directory) -> one torch-free artifact, written through service/artifact.py.
+"""Checkpoint (run directory) -> one torch-free artifact, written through adrank/core/artifact.py.
 
 ``export_run`` reads the run with ``training.checkpoint.load(run_dir) -> (model, config,
 preprocessor)`` and ``model.export_arrays()``; ``export_params`` does the rest from plain numpy
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adrank.preprocess import Preprocessor
+from adrank.core.artifact import FORMAT_NAME, WriteInfo, write_artifact
+from adrank.core.preprocess import Preprocessor
 from exporter.fold import ExportError, fold
-from service.artifact import FORMAT_NAME, WriteInfo, write_artifact
 
 
 def _plain(x):

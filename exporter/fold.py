@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adrank.schema import Schema
+from adrank.core.schema import Schema
 
 KINDS = ("fm", "fwfm", "pruned", "dplr")
 PARAMS = {"fm": (), "fwfm": ("R",), "pruned": ("R", "mask"), "dplr": ("U", "e")}

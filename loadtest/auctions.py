@@ -156,7 +156,7 @@ class AuctionGenerator:
 @contextmanager
 def open_replacing(path, mode: str = "wb"):
     """An open temporary file beside ``path`` that replaces it once the block completes (removed on
-    an error: no half-written pool).  adrank.files.replacing does this for the rest of the project;
+    an error: no half-written pool).  adrank.core.files.replacing does this for the rest of the project;
     this module and the locustfile also run in the Locust image, which has no adrank package."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -184,7 +184,8 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, timings: Path, log: Path,
                cpus: frozenset[int] | None = None, arrivals: str = "poisson") -> None:
     users = max(2, int(np.ceil(rps / 5)))  # each user offers <= 5 req/s: a slow reply does not lower the rate
-    env = {**os.environ, "ADRANK_LT_POOL": str(pool), "ADRANK_LT_MODEL": model, "ADRANK_LT_RPS": str(rps),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "ADRANK_LT_POOL": str(pool), "ADRANK_LT_MODEL": model, "ADRANK_LT_RPS": str(rps),
            "ADRANK_LT_USERS": str(users), "ADRANK_LT_TIMINGS": str(timings),
            "ADRANK_LT_ARRIVALS": arrivals}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 
 from locust import FastHttpUser, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtest.arrivals import KINDS, Schedule  # noqa: E402
-from loadtest.auctions import open_replacing, with_model  # noqa: E402
+# `loadtest` is importable as a package: installed with adrank, or PYTHONPATH names the folder above
+# it (the compose file does; so does `adrank loadtest compare` for a source checkout)
+from loadtest.arrivals import KINDS, Schedule
+from loadtest.auctions import open_replacing, with_model
 
 POOL = os.environ.get("ADRANK_LT_POOL", "")
 MODEL = os.environ.get("ADRANK_LT_MODEL", "")

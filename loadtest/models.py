@@ -11,7 +11,7 @@
   the rho(m + 1) largest |R_ij| of one random R (the same count).  Written through
   ``exporter.export.export_params`` — the exporter's folding and the artifact writer.
 
-The vocabulary is built from the same raw values through ``adrank.preprocess`` tokens, so every
+The vocabulary is built from the same raw values through ``adrank.core.preprocess`` tokens, so every
 value in ``values.json`` encodes to a kept id and anything else to the rare id.  Scores are
 meaningless (random weights); latency is what these models are for.
 """
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adrank.files import write_json
-from adrank.preprocess import Preprocessor, Vocab, field_tokens, hash_tokens
+from adrank.core.files import write_json
+from adrank.core.hashing import hash_tokens
+from adrank.core.preprocess import Preprocessor, Vocab, field_tokens
 
 
 def raw_values(rng, field, n: int) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adrank.files import replacing
+from adrank.core.files import replacing
 
 AGAIN = "-again"  # name suffix of the --control copy (loadtest.compare)
 

@@ -1,6 +1,6 @@
 """Raw request values -> feature ids, with the artifact's own preprocessing.
 
-The ids are exactly those of :class:`adrank.preprocess.Preprocessor` (tests/test_encode.py pins
+The ids are exactly those of :class:`adrank.core.preprocess.Preprocessor` (tests/test_encode.py pins
 them together); this module only organises the work so that it does not dominate a request:
 
 * ads are turned into **one column per item field** (a list comprehension, or one ``zip`` for
@@ -30,7 +30,8 @@ from operator import itemgetter
 import numba
 import numpy as np
 
-from adrank.preprocess import N_SPECIAL, RARE, EncodeError, Preprocessor, Vocab, _hash_joined, hash_tokens
+from adrank.core.hashing import hash_joined, hash_tokens
+from adrank.core.preprocess import N_SPECIAL, RARE, EncodeError, Preprocessor, Vocab
 from service.kernels.config import prefetch_row
 
 _SAFE_TYPES = frozenset({str, int, float, bool, type(None)})
@@ -126,7 +127,7 @@ def _hash_joined_str(s: str, n: int) -> np.ndarray | None:
     NUL-joined tokens; None if the count disagrees (a token contained a NUL byte)."""
     buf = np.frombuffer(s.encode("utf-8", "surrogatepass"), dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
-    return out if _hash_joined(buf, n, out) == n else None
+    return out if hash_joined(buf, n, out) == n else None
 
 
 class RequestEncoder:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adrank.files import write_text
+from adrank.core.files import write_text
 from service.settings import ModelSpec
 
 log = logging.getLogger("adrank.models")

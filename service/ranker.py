@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adrank.preprocess import Preprocessor
+from adrank.core.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
 from service.kernels import config
@@ -45,7 +45,7 @@ class Ranker:
     @classmethod
     def load(cls, path, name: str | None = None, **scorer_options) -> Ranker:
         """Read (verify + mmap) an artifact file; ``name`` defaults to the file's stem."""
-        from service.artifact import load_preprocessor, read_artifact
+        from adrank.core.artifact import load_preprocessor, read_artifact
 
         art = read_artifact(path)
         # the arrays are views of the file's map (4 KiB page-cache pages): the kernels' random-access

@@ -21,7 +21,7 @@ from time import perf_counter
 from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
-from adrank.preprocess import EncodeError
+from adrank.core.preprocess import EncodeError
 from service import fastpath, metrics, schemas
 from service.catalog import metrics as catalog_metrics
 from service.catalog.routes import resolve, uses_catalog

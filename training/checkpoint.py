@@ -3,7 +3,7 @@
     RUN/config.json      model kind, rank, embed_dim, embedding, n_features, schema, target,
                          and the training config (dataset, seed, lr, ...)
     RUN/model.pt         torch.save({"config": ..., "state_dict": ...})
-    RUN/preprocess.json  RUN/vocab.npz      the preprocessing (adrank.preprocess.Preprocessor)
+    RUN/preprocess.json  RUN/vocab.npz      the preprocessing (adrank.core.preprocess.Preprocessor)
     RUN/metrics.json     {"model", "valid": {...}, "test": {...}, ...}
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a file.
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adrank.files import replacing
-from adrank.preprocess import Preprocessor
-from adrank.schema import Schema
+from adrank.core.files import replacing
+from adrank.core.preprocess import Preprocessor
+from adrank.core.schema import Schema
 from training.models import build
 
 FILES = ("config.json", "model.pt", "preprocess.json", "vocab.npz", "metrics.json")

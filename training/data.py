@@ -3,7 +3,7 @@
 Protocol of the DPLR-FwFM paper, Sec. 5.1: a random 80/10/10 train/valid/test split;
 values seen fewer than ``min_count`` (10) times in the *training* split, and values never
 seen there, map to their field's rare id; missing values have their own id; numbers are
-binned by floor(ln(x)^2).  The value -> id definition is :class:`adrank.preprocess.Preprocessor`.
+binned by floor(ln(x)^2).  The value -> id definition is :class:`adrank.core.preprocess.Preprocessor`.
 
 ``prepare`` streams the raw file twice in chunks, so a data set larger than RAM works:
 pass 1 splits rows and counts tokens per field on train rows; pass 2 encodes each chunk and
@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adrank.preprocess import EncodeError, Preprocessor, Vocab, field_tokens, hash_tokens
-from adrank.schema import Schema
+from adrank.core.hashing import hash_tokens
+from adrank.core.preprocess import EncodeError, Preprocessor, Vocab, field_tokens
+from adrank.core.schema import Schema
 from training.datasets.io import DataError
 from training.datasets.movielens import movielens_files, read_movielens
 from training.datasets.readers import read_avazu, read_criteo, read_synthetic_tsv

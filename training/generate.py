@@ -31,7 +31,7 @@ Files written to ``out_dir``:
 * ``data.tsv.gz`` (or ``data.tsv``): a header (``label`` then the field names), one row per
   line, tokens like ``f3_17`` (field 3's 17th most popular value, 0-based), multi values
   joined by ``|``.  Read it with ``training.data.read_raw("synthetic", out_dir)``.
-* ``schema.json``: the :class:`adrank.schema.Schema`.
+* ``schema.json``: the :class:`adrank.core.schema.Schema`.
 * ``planted.npz``: ``bias`` [1], ``linear`` [V], ``emb`` [V, k], ``U`` [rho, m], ``e`` [rho],
   ``R`` [m, m] (dense, zero diagonal), ``field_offsets`` [m+1]: token ``f{j}_{p}`` is planted
   row ``field_offsets[j] + p``; with clusters also ``cluster`` [V] (-1 = head) and
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adrank.schema import Field, Schema
+from adrank.core.schema import Field, Schema
 from training.data import SPLITS, paused_gc, split_of_rows
 from training.metrics import auc, logloss
 

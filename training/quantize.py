@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adrank.bitpack import bits_for
+from adrank.core.bitpack import bits_for
 
 MB = 1024 * 1024
 _CHUNK = 16384  # features quantized per step when decoding the whole table
@@ -260,7 +260,7 @@ class CodebookEmbedding(nn.Module):
         codebooks float32 [W, k/D]: field f's d-th codebook is rows
             ``codebook_base[f, d] : codebook_base[f, d] + codebook_sizes[f]`` (-1 / 0 when dense);
         codes uint8/uint16 [n, D]: the codeword of feature i in its field's d-th codebook
-            (``code_bits[f] = ceil(log2 K_f)`` bits are enough: see adrank/bitpack.py);
+            (``code_bits[f] = ceil(log2 K_f)`` bits are enough: see adrank/core/bitpack.py);
         dense_rows float32 [n_dense, k]: the rows of dense-kept fields, field f's feature i at
             ``dense_base[f] + i - id_offsets[f]`` (-1 for quantized fields).
         """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from adrank.preprocess import hash_tokens
+from adrank.core.hashing import hash_tokens
 
 EMPTY = np.uint64(0)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from adrank.schema import Schema
+from adrank.core.schema import Schema
 from service.catalog.kernels import _chunks, _pool
 from service.kernels.rows import codebook_source, decode_table
 

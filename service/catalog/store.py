@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from adrank.preprocess import Preprocessor
+from adrank.core.preprocess import Preprocessor
 from service.catalog import idtable, kernels
 from service.catalog.idtable import IdCollision, IdTable
 from service.catalog.precompute import Plan, ad_parts, aligned_empty, make_plan

@@ -7,7 +7,7 @@ pass over the body (scanner.py, lexer.py) produces the context slots ``int32[S_C
 matrix ``int32[N, S_I]`` and the ads' id byte spans: every token of the common request shape *is*
 a byte span of the body (an unescaped JSON string's UTF-8 bytes, an integer's digits,
 ``true``/``false``), hashed in place with adrank's FNV-1a + splitmix
-(``adrank.preprocess._hash_joined``) and looked up in the encoder's :class:`BucketIndex`.  The
+(``adrank.core.hashing.hash_joined``) and looked up in the encoder's :class:`BucketIndex`.  The
 response is assembled from the ids' own bytes (response.py).  Ads given by id alone (catalog ads,
 service/catalog) are looked up by their id's hash in the snapshot's id table.
 
@@ -23,7 +23,7 @@ package):
 * values: strings without escapes (valid UTF-8, no control characters), integers of <= 18 digits
   (not ``-0``), ``true``/``false``, ``null``; lists of those for multi-valued fields.  Floats fall
   back.  Numeric fields take integers (<= 15 digits, exact as float64) and form
-  ``adrank.preprocess.numeric_token``'s token: ``x > 2 -> "b<floor(ln(x)^2)>"``, else
+  ``adrank.core.preprocess.numeric_token``'s token: ``x > 2 -> "b<floor(ln(x)^2)>"``, else
   ``"v<x>"``.  The bin is read from a table of integer bin edges computed once with Python's own
   ``math.log`` (bins are monotone in x and never skip for integers, d/dx ln(x)^2 <= 2/e < 1), so it
   matches Python exactly, with no libm difference possible;
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adrank.preprocess import MISSING, PAD
+from adrank.core.preprocess import MISSING, PAD
 from service.catalog import kernels
 from service.catalog.idtable import _lookup
 from service.catalog.precompute import context_part
@@ -83,7 +83,7 @@ class Scan:
     ctx: np.ndarray  # int32[S_C]
     X: np.ndarray  # int32[N, S_I] (the template row for an ad by id)
     spans: np.ndarray  # int64[N, 3]: (start, end, 0 string id | 1 integer id | 2 by id alone) in the body
-    id_hash: np.ndarray  # uint64[N]: hash of a string id (adrank.preprocess.hash_tokens)
+    id_hash: np.ndarray  # uint64[N]: hash of a string id (adrank.core.hashing.hash_tokens)
     n_by_id: int  # ads given by id alone
     body: bytes
 

@@ -3,7 +3,7 @@
 Every function takes the body as ``uint8[n]`` and an index, and returns the index after what it
 read (-1 = not in the supported subset: the caller falls back to the generic path).  Strings are
 JSON strings *without escapes*: their bytes in the body are exactly their UTF-8 encoding, so a
-string token is hashed in place with adrank's FNV-1a + splitmix (``adrank.preprocess``), in the
+string token is hashed in place with adrank's FNV-1a + splitmix (``adrank.core.preprocess``), in the
 same loop that validates it.  Compiled without the Numba runtime (``_nrt=False``, see scanner.py):
 no function here may allocate.
 """
@@ -15,7 +15,7 @@ import math
 import numba
 import numpy as np
 
-from adrank.preprocess import _mix64
+from adrank.core.hashing import mix64
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -110,7 +110,7 @@ def string_hash(b, i):
     while i < n:
         c = b[i]
         if c == 34:
-            return i, _mix64(h)
+            return i, mix64(h)
         if c == 92 or c < 32:
             return -1, h
         if c < 128:
@@ -132,7 +132,7 @@ def hash_span(b, s, e):
     h = FNV_OFFSET
     for i in range(s, e):
         h = (h ^ np.uint64(b[i])) * FNV_PRIME
-    return _mix64(h)
+    return mix64(h)
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
@@ -208,7 +208,7 @@ def hash_numeric(v, edges, bins):
     while p > 0:  # decimal digits, most significant first
         h = (h ^ np.uint64(48 + (x // p) % 10)) * FNV_PRIME
         p //= 10
-    return _mix64(h)
+    return mix64(h)
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)

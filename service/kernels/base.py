@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from adrank.preprocess import PAD
-from adrank.schema import Schema
+from adrank.core.preprocess import PAD
+from adrank.core.schema import Schema
 from service.kernels import config
 from service.kernels.fields import id_bound
 from service.kernels.rows import codebook_source

@@ -11,7 +11,7 @@ of ``src`` (numba ``overload``), so the dense path compiles to the code it had b
   keeps the arrays alive; the scorer holding ``src`` holds it.  xLightFM (xlightfm.md Sec. 3):
   feature i of a quantized field f is ``q_i = [C_f^1[b_i^1], ..., C_f^D[b_i^D]]``; ``fetch``
   unpacks the D codes ``b_i^d`` (``code_bits[f]`` bits each, adjacent in the field's
-  adrank/bitpack.py stream, so one cache line holds them) and copies the D codewords of k/D
+  adrank/core/bitpack.py stream, so one cache line holds them) and copies the D codewords of k/D
   floats into the lanes of one ``<K x float>`` register vector.  A field kept dense
   (``code_bits[f] == 0``) reads ``dense_rows[dense_base[f] + i - id_offsets[f]]``.
 
@@ -24,7 +24,7 @@ of ``src`` (numba ``overload``), so the dense path compiles to the code it had b
 
 The codebooks of the item fields (D K_f k/D floats each) stay in cache where a 1M-row table
 cannot; the per-feature memory touched is the packed codes (D b_f bits) + the linear weight.
-Indices are not bounds-checked here: ``service.artifact`` validates every base, width and code.
+Indices are not bounds-checked here: ``adrank.core.artifact`` validates every base, width and code.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from adrank.cli import UserError
+from adrank.core.errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adrank.schema import Schema
+from adrank.core.schema import Schema
 from training.datasets.io import DataError, bad_line, iter_lines, parse_int, parse_label
 from training.datasets.schemas import AVAZU, AVAZU_COLUMNS, CRITEO_CAT, CRITEO_INT
 

@@ -1,6 +1,6 @@
 """The declared schema of every public data set: fields, types, and the context/item split.
 
-Context fields come first (``C``), item fields last (``I``), as ``adrank.schema`` requires.
+Context fields come first (``C``), item fields last (``I``), as ``adrank.core.schema`` requires.
 The split decides what the service computes once per request (context) and what it
 computes per candidate ad (item), so it is chosen from what each column describes.
 
@@ -12,7 +12,7 @@ Criteo (label, I1-I13 integer counts, C1-C26 hashed categoricals)
     (counts are the typical user/page statistics of display-ad logs) and half of the
     categoricals on each side, so per-candidate work covers a third of the fields.  The
     choice is a convention for benchmarks, not a claim about Criteo's semantics.
-    The integers are binned by ``adrank.preprocess.numeric_token`` (floor(ln(x)^2) for x > 2).
+    The integers are binned by ``adrank.core.preprocess.numeric_token`` (floor(ln(x)^2) for x > 2).
 
 Avazu (id dropped; ``hour`` YYMMDDHH expanded to hour of day and day of week)
     Context: the time, ``C1``, the site (id, domain, category), the app (id, domain,
@@ -29,7 +29,7 @@ MovieLens-1M (ratings joined with users and movies; target = the rating, regress
 
 from __future__ import annotations
 
-from adrank.schema import Field, Schema
+from adrank.core.schema import Field, Schema
 
 CRITEO_INT = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CAT = tuple(f"C{i}" for i in range(1, 27))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from adrank.schema import Schema
+from adrank.core.schema import Schema
 from training.models.dplr import DPLRFwFM
 from training.models.fm import FM
 from training.models.fwfm import FwFM

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrank.schema import Schema
+from adrank.core.schema import Schema
 
 
 class DenseEmbedding(nn.Module):

@@ -1,0 +1,31 @@
+"""`adrank export RUN_DIR --out PATH`: checkpoint -> torch-free serving artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Export a training run directory to one torch-free, memory-mappable artifact."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory written by `adrank train` (config.json, model.pt, ...)")
+    p.add_argument("--out", required=True, help="artifact path to write (replaced atomically)")
+    p.add_argument("--dense-embeddings", action="store_true",
+                   help="export a codebook (LightFM/xLightFM) model's decoded table as a dense embedding")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from adrank.core.artifact import ArtifactError, read_artifact
+    from adrank.core.errors import UserError
+    from exporter.describe import describe
+    from exporter.export import ExportError, export_run
+
+    try:
+        info = export_run(args.run_dir, args.out, progress=not args.quiet,
+                          dense_embeddings=args.dense_embeddings)
+        art = read_artifact(info.path)  # read back through the server's own validation
+    except (ExportError, ArtifactError, FileNotFoundError, OSError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(describe(art))
+    return 0

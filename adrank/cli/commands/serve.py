@@ -1,0 +1,161 @@
+"""`adrank serve`: the FastAPI ranking service on uvicorn (one or several workers).
+
+    adrank serve [NAME=]ARTIFACT [...] [--host H] [--port P] [--workers N]
+
+Artifacts come from the arguments, else ``ADRANK_MODELS``, else the embedded default (small
+DPLR + pruned models, built once in a child process so torch never enters the server).  The
+command owns a run directory (``--run-dir``, default a fresh temp dir) holding the reload state
+file shared by the workers and ``PROMETHEUS_MULTIPROC_DIR``; every setting reaches the workers
+as ``ADRANK_*`` environment variables (service/settings.py).  With several workers SIGHUP to
+this process reloads every model in every worker (the supervisor records it in the state file).
+Kernels compile once into Numba's on-disk cache (``NUMBA_CACHE_DIR`` moves it, e.g. for a
+read-only install); every worker loads and warms them before it accepts a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HELP = "serve ranking models over HTTP (POST /v1/rank); no artifact = the embedded default models"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("artifacts", nargs="*", metavar="[NAME=]ARTIFACT",
+                   help="artifact files; NAME defaults to the file stem; the first is the default model")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--max-candidates", type=int, help="ads per request (default 10000; ADRANK_MAX_CANDIDATES)")
+    p.add_argument("--max-body-bytes", type=int, help="largest body (default 16 MiB; ADRANK_MAX_BODY_BYTES)")
+    p.add_argument("--max-inflight", type=int, help="requests in flight per worker before 503 (default 64)")
+    p.add_argument("--no-admin", action="store_true", help="remove the reload endpoint (token: ADRANK_ADMIN_TOKEN)")
+    p.add_argument("--catalog", metavar="ADS.jsonl",
+                   help="ads to load at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
+    p.add_argument("--run-dir", help="directory for the reload state and metrics files (default: a temp dir)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def _default_models() -> tuple[list[str], dict]:
+    """Build or find the embedded default in a child process; returns NAME=PATH specs + info."""
+    from adrank.cli.default_model import cached
+
+    info = cached()
+    if info is None:
+        print("adrank serve: no artifact given; building the default DPLR and pruned models "
+              "(once, cached under $ADRANK_HOME)...", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, "-m", "adrank.cli.default_model"], stdout=subprocess.PIPE,
+                              text=True, check=False)  # progress bars go to our stderr
+        if proc.returncode != 0:
+            from adrank.core.errors import UserError
+
+            raise UserError(f"building the default models failed (exit code {proc.returncode})")
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [f"{name}={path}" for name, path in info["models"].items()], info
+
+
+def _check_artifacts(specs) -> None:
+    """Fail before starting the server on a missing or malformed artifact (header checks only;
+    each worker verifies the checksum when it loads)."""
+    from adrank.core.artifact import ArtifactError, read_artifact
+    from adrank.core.errors import UserError
+
+    for s in specs:
+        if not s.path.is_file():
+            raise UserError(f"model {s.name!r}: artifact {s.path} does not exist")
+        try:
+            read_artifact(s.path, verify=False)
+        except ArtifactError as exc:
+            raise UserError(f"model {s.name!r}: {exc} [{exc.code}]") from None
+
+
+def _example_curl(host: str, port: int, body: dict | None) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    body = body or {"context": {}, "ads": [{"id": "ad-1", "features": {}}]}
+    return (f"curl -s http://{host}:{port}/v1/rank -H 'content-type: application/json' "
+            f"-d {shlex.quote(json.dumps(body))}")
+
+
+def _prepare_run_dir(path: str | None) -> tuple[Path, bool]:
+    run_dir = Path(path) if path else Path(tempfile.mkdtemp(prefix="adrank-run-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "models.json").unlink(missing_ok=True)  # state of an earlier run must not leak in
+    (run_dir / "catalog-journal.jsonl").unlink(missing_ok=True)  # nor catalog writes
+    prom = run_dir / "prometheus"
+    shutil.rmtree(prom, ignore_errors=True)
+    prom.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
+    return run_dir, path is None
+
+
+def run(args) -> int:
+    from adrank.core.errors import UserError
+    from service.settings import Settings, SettingsError, parse_model_specs
+
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    try:
+        items, info = list(args.artifacts), None
+        if not items and os.environ.get("ADRANK_MODELS"):
+            items = os.environ["ADRANK_MODELS"].replace(",", " ").split()
+        if not items:
+            items, info = _default_models()
+        specs = parse_model_specs(items)
+        _check_artifacts(specs)
+        overrides = {"ADRANK_MODELS": " ".join(f"{s.name}={s.path.resolve()}" for s in specs)}
+        for flag, key in (("max_candidates", "ADRANK_MAX_CANDIDATES"), ("max_body_bytes", "ADRANK_MAX_BODY_BYTES"),
+                          ("max_inflight", "ADRANK_MAX_INFLIGHT")):
+            if getattr(args, flag) is not None:
+                overrides[key] = str(getattr(args, flag))
+        if args.no_admin:
+            overrides["ADRANK_ADMIN"] = "0"
+        if args.catalog:
+            if not Path(args.catalog).is_file():
+                raise UserError(f"--catalog: {args.catalog} does not exist")
+            overrides["ADRANK_CATALOG"] = str(Path(args.catalog).resolve())
+        run_dir, is_temp = _prepare_run_dir(args.run_dir)
+        overrides["ADRANK_RUN_DIR"] = str(run_dir)
+        settings = Settings.from_env({**os.environ, **overrides})
+    except SettingsError as exc:
+        raise UserError(str(exc)) from None
+    os.environ.update(settings.to_env())
+    print(f"adrank serve: models {', '.join(f'{s.name}={s.path}' for s in settings.models)} "
+          f"(default {settings.models[0].name}); {args.workers} worker(s); run dir {run_dir}", file=sys.stderr)
+    print(f"try:\n  {_example_curl(args.host, args.port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit instead
+    # lets the run directory below be removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        return _run_uvicorn(args)
+    finally:
+        if is_temp:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_uvicorn(args) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:  # reload models in every worker instead of restarting them
+            from service.models import bump_all
+
+            bump_all(Path(os.environ["ADRANK_RUN_DIR"]))
+
+    config = uvicorn.Config("service.app:create_app", factory=True, host=args.host, port=args.port,
+                            workers=args.workers, log_level=args.log_level,
+                            access_log=not args.no_access_log, timeout_graceful_shutdown=10)
+    if args.workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else 3
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+    return 0

@@ -1,0 +1,259 @@
+"""The trainer and checkpoints on a tiny planted data set (memmapped .npy splits); the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adrank.core.preprocess import PAD, Preprocessor, Vocab
+from adrank.core.schema import Field, Schema
+from training import checkpoint
+from training.metrics import auc, logloss, mse, report
+from training.train import TrainConfig, fit, predict, train_model
+
+PER_FIELD_VALUES = 12
+
+
+class PlantedData:
+    """An EncodedData look-alike: splits on disk, opened with np.load(mmap_mode="r")."""
+
+    def __init__(self, path: Path, preprocessor: Preprocessor, target: str):
+        self.path, self.preprocessor, self.target = path, preprocessor, target
+
+    def split(self, name):
+        return (np.load(self.path / f"{name}_X.npy", mmap_mode="r"),
+                np.load(self.path / f"{name}_y.npy", mmap_mode="r"))
+
+
+def make_planted(path: Path, n_rows: int = 5000, target: str = "binary", seed: int = 0) -> PlantedData:
+    """Rows from a random FwFM teacher (a multi-valued field included); labels sampled from it."""
+    rng = np.random.default_rng(seed)
+    fields = (Field("user", role="context"), Field("site", role="context"),
+              Field("tags", "multi", role="context", max_values=3),
+              Field("ad", role="item"), Field("brand", role="item"), Field("size", role="item"))
+    schema = Schema("planted", fields, target=target)
+    kept = [rng.integers(0, 2**63, PER_FIELD_VALUES, dtype=np.uint64) for _ in fields]
+    pre = Preprocessor(schema, Vocab.from_kept(kept))
+    n, m, k = pre.vocab.n_features, schema.m, 4
+    ids = pre.vocab.id_offsets
+    X = np.full((n_rows, schema.n_slots), PAD, dtype=np.int32)
+    offs = schema.slot_offsets
+    for f, fld in enumerate(fields):
+        for r in range(n_rows):
+            used = rng.integers(1, fld.width + 1)
+            X[r, offs[f]:offs[f] + used] = rng.integers(ids[f], ids[f + 1], size=used)
+    emb, lin = rng.normal(0, 0.7, (n, k)), rng.normal(0, 0.5, n)
+    R = rng.normal(0, 1.0, (m, m))
+    R = np.triu(R, 1) + np.triu(R, 1).T
+    V = np.zeros((n_rows, m, k))
+    first = np.zeros(n_rows)
+    for f in range(m):
+        sl = X[:, offs[f]:offs[f + 1]]
+        present = sl >= 0
+        cnt = present.sum(1, keepdims=True)
+        V[:, f] = (emb[np.maximum(sl, 0)] * present[..., None]).sum(1) / cnt
+        first += (lin[np.maximum(sl, 0)] * present).sum(1) / cnt[:, 0]
+    score = first + 0.5 * np.einsum("bik,bjk,ij->b", V, V, R) - 0.5
+    if target == "binary":
+        y = (rng.random(n_rows) < 1 / (1 + np.exp(-score))).astype(np.float32)
+    else:
+        y = (score + rng.normal(0, 0.3, n_rows)).astype(np.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    which = rng.choice(3, size=n_rows, p=[0.8, 0.1, 0.1])
+    for i, name in enumerate(("train", "valid", "test")):
+        np.save(path / f"{name}_X.npy", X[which == i])
+        np.save(path / f"{name}_y.npy", y[which == i])
+    return PlantedData(path, pre, target)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return make_planted(tmp_path_factory.mktemp("planted"))
+
+
+def quick(**kw) -> TrainConfig:
+    base = dict(dataset="planted", epochs=4, batch_size=256, lr=1e-2, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_learns_planted_signal_and_writes_run(planted, tmp_path):
+    metrics = fit(quick(model="fwfm"), planted, tmp_path / "run")
+    Xv, yv = planted.split("valid")
+    base = logloss(yv, np.full(len(yv), float(np.mean(planted.split("train")[1]))))
+    assert metrics["valid"]["auc"] > 0.7
+    assert metrics["valid"]["logloss"] < base - 0.03
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["model"] == "fwfm" and set(on_disk["test"]) == {"auc", "logloss"}
+    for name in checkpoint.FILES:
+        assert (tmp_path / "run" / name).exists(), name
+    # the metrics are the checkpoint's: reload and recompute
+    model, cfg, pre = checkpoint.load(tmp_path / "run")
+    Xt, yt = planted.split("test")
+    p = predict(model, Xt, "binary")
+    assert auc(yt, p) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
+    assert cfg["kind"] == "fwfm" and cfg["lr"] == 1e-2 and cfg["target"] == "binary"
+    assert pre.schema == planted.preprocessor.schema
+    assert np.array_equal(pre.vocab.keys, planted.preprocessor.vocab.keys)
+
+
+def test_same_seed_same_result(planted, tmp_path):
+    a = fit(quick(model="fm", epochs=2), planted, tmp_path / "a")
+    b = fit(quick(model="fm", epochs=2), planted, tmp_path / "b")
+    assert a["valid"] == b["valid"] and a["test"] == b["test"]
+
+
+@pytest.mark.parametrize("kind,rank", [("fm", None), ("dplr", 2)])
+def test_checkpoint_round_trip_is_exact(planted, tmp_path, kind, rank):
+    fit(quick(model=kind, rank=rank, epochs=1), planted, tmp_path / "run")
+    model, _, _ = checkpoint.load(tmp_path / "run")
+    again, _, _ = checkpoint.load(tmp_path / "run")
+    X, _ = planted.split("valid")
+    assert model.kind == kind and model.rank == rank
+    arrays, arrays2 = model.export_arrays(), again.export_arrays()
+    assert all(np.array_equal(arrays[k], arrays2[k]) for k in arrays)
+    np.testing.assert_array_equal(predict(model, X, "binary"), predict(again, X, "binary"))
+
+
+def test_pruned_trains_fwfm_then_fine_tunes_with_mask(planted, tmp_path):
+    m = planted.preprocessor.schema.m
+    metrics = fit(quick(model="pruned", rank=1, epochs=2), planted, tmp_path / "pr")
+    assert "base_fwfm" in metrics and metrics["model"] == "pruned"
+    model, cfg, _ = checkpoint.load(tmp_path / "pr")
+    assert int(model.mask.sum()) == 2 * min(m + 1, m * (m - 1) // 2)
+    R = model.export_arrays()["R"]
+    assert not R[~model.mask.numpy()].any()  # fine-tuning never revived a pruned pair
+    # --prune-from: prune a finished FwFM run instead of training one
+    fit(quick(model="fwfm", epochs=2), planted, tmp_path / "fw")
+    m2 = fit(quick(model="pruned", rank=1, epochs=1, prune_from=str(tmp_path / "fw")), planted, tmp_path / "pr2")
+    assert "base_fwfm" not in m2 and m2["valid"]["auc"] > 0.6
+    # without fine-tuning: exactly the FwFM with R masked
+    fit(quick(model="pruned", rank=1, finetune=False, prune_from=str(tmp_path / "fw")), planted, tmp_path / "pr3")
+    fw, _, _ = checkpoint.load(tmp_path / "fw")
+    pr3, _, _ = checkpoint.load(tmp_path / "pr3")
+    a, b = fw.export_arrays(), pr3.export_arrays()
+    assert np.array_equal(a["emb"], b["emb"]) and np.array_equal(np.where(b["mask"], a["R"], 0), b["R"])
+
+
+def test_early_stopping_keeps_the_best_epoch(planted):
+    torch.manual_seed(0)
+    from training.models import build
+
+    pre = planted.preprocessor
+    model = build("fwfm", pre.schema, pre.vocab.n_features, 8)
+    model, hist = train_model(model, quick(model="fwfm", epochs=30, lr=0.05, patience=1), planted)
+    losses = [h["logloss"] for h in hist["history"]]
+    assert hist["epochs_run"] < 30  # overfits quickly at this lr, then stops
+    assert hist["best_epoch"] == 1 + int(np.argmin(losses))
+    X, y = planted.split("valid")
+    assert logloss(y, predict(model, X, "binary")) == pytest.approx(min(losses), abs=1e-9)
+
+
+def test_regression_target_reports_mse(tmp_path):
+    data = make_planted(tmp_path / "reg", n_rows=3000, target="regression", seed=1)
+    metrics = fit(quick(model="dplr", rank=1, epochs=3), data, tmp_path / "run")
+    y = data.split("valid")[1]
+    assert set(metrics["valid"]) == {"mse"}
+    assert metrics["valid"]["mse"] < float(np.var(y))  # beats predicting the mean
+
+
+def test_lr_search_picks_a_trial_lr(planted, tmp_path):
+    metrics = fit(quick(model="fm", epochs=1, lr_search=2, lr_search_epochs=1), planted, tmp_path / "run")
+    assert 1e-4 <= metrics["lr"] <= 3e-2 and metrics["lr"] != 1e-2
+
+
+def test_bad_config_and_missing_checkpoint_are_named(planted, tmp_path):
+    with pytest.raises(ValueError, match="rank"):
+        fit(quick(model="dplr"), planted, tmp_path / "x")
+    with pytest.raises(ValueError, match="diverged"):
+        fit(quick(model="fwfm", lr=1e30, epochs=3), planted, tmp_path / "x")  # float32 overflows
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    with pytest.raises(ValueError, match="prune-from"):
+        fit(quick(model="fm", prune_from="somewhere"), planted, tmp_path / "x")
+    with pytest.raises(checkpoint.CheckpointError, match="not a run directory"):
+        checkpoint.load(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="missing model.pt"):
+        (tmp_path / "half" / "config.json").write_text("{}")
+        checkpoint.load(tmp_path / "half")
+
+
+def test_codebook_embedding_plugs_into_the_same_trainer(planted, tmp_path):
+    """The embedding seam: a LightFM codebook table (training/quantize.py) trains and reloads."""
+    pytest.importorskip("training.quantize")
+    cfg = quick(model="dplr", rank=1, epochs=1, embedding="lightfm",
+                embedding_opts={"codebooks": 2, "codewords": 4}, reg_lambda=0.1)
+    metrics = fit(cfg, planted, tmp_path / "cb")
+    model, saved, _ = checkpoint.load(tmp_path / "cb")
+    assert saved["embedding"] == "lightfm" and type(model.embedding).__name__ != "DenseEmbedding"
+    X, y = planted.split("test")
+    assert auc(y, predict(model, X, "binary")) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
+    arrays = model.export_arrays()
+    assert {"bias", "linear", "emb", "U", "e", "codebooks", "codes"} <= set(arrays)
+
+
+def test_init_bias_starts_at_the_base_rate(planted, tmp_path):
+    from training.models import build
+    from training.train import init_bias
+
+    pre = planted.preprocessor
+    model = build("fm", pre.schema, pre.vocab.n_features, 4)
+    init_bias(model, planted)
+    rate = float(np.mean(planted.split("train")[1]))
+    assert float(torch.sigmoid(model.bias.detach())) == pytest.approx(rate, rel=1e-5)
+    reg = make_planted(tmp_path / "reg", n_rows=500, target="regression", seed=3)
+    model = build("fm", reg.preprocessor.schema, reg.preprocessor.vocab.n_features, 4)
+    init_bias(model, reg)
+    assert float(model.bias.detach()) == pytest.approx(float(np.mean(reg.split("train")[1])), rel=1e-5)
+
+
+# --- training/metrics.py against brute-force definitions ------------------------------------
+# (here, not in tests/test_metrics.py: that name holds the service's Prometheus metrics tests)
+def brute_auc(y, p) -> float:
+    """Over every (positive, negative) pair: 1 if ordered right, 1/2 if tied."""
+    pos = [a for a, t in zip(p, y, strict=True) if t == 1]
+    neg = [a for a, t in zip(p, y, strict=True) if t == 0]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_equals_pairwise_count_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=200)
+    y[:2] = [0, 1]
+    p = np.round(rng.random(200) + 0.3 * y, 1)  # rounding forces many ties
+    assert auc(y, p) == pytest.approx(brute_auc(y, p), abs=1e-12)
+
+
+def test_auc_extremes_and_constant_predictions():
+    y = np.array([0, 0, 1, 1])
+    assert auc(y, [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auc(y, [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert auc(y, [0.5] * 4) == 0.5
+    with pytest.raises(ValueError, match="both positive and negative"):
+        auc([1, 1], [0.2, 0.3])
+
+
+def test_logloss_and_mse_by_definition():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50).astype(float)
+    p = rng.uniform(0.01, 0.99, 50)
+    want = -sum(t * np.log(q) + (1 - t) * np.log(1 - q) for t, q in zip(y, p, strict=True)) / 50
+    assert logloss(y, p) == pytest.approx(want, rel=1e-12)
+    assert np.isfinite(logloss([1, 0], [0.0, 1.0]))  # clipped, not infinite
+    r = rng.normal(size=30)
+    assert mse(r, r + 0.5) == pytest.approx(0.25)
+    assert set(report("binary", y, p)) == {"auc", "logloss"} and set(report("regression", y, p)) == {"mse"}
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="differ in length"):
+        logloss([0, 1], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        mse([0.0], [np.nan])
+    with pytest.raises(ValueError, match="zero rows"):
+        mse([], [])
