@@ -48,7 +48,7 @@ import numpy as np
 from adrank.core.files import replacing
 from adrank.core.schema import Field, Schema
 from exporter.fold import fold
-from service.kernels.config import aligned
+from service.kernels.memory import aligned
 from service.kernels.registry import make_scorer
 
 ROOT = Path(__file__).resolve().parents[1]

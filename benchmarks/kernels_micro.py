@@ -9,7 +9,7 @@ an embedding table of 2^20 rows x 64 B = 64 MiB (twice the 32 MiB L3).  Two regi
          L2/L3).
 
 Each kind is run under every prefetch schedule of ``--schedules`` (default: the schedule
-service/kernels/config.py picks for it, and no prefetch), so a schedule change is an A/B inside
+service/kernels/schedule.py picks for it, and no prefetch), so a schedule change is an A/B inside
 one run.  The floor is a kernel that only gathers and sums the candidates' 20 rows (no linear
 terms, no model), with and without prefetch.
 Times are medians over requests of the whole ``Scorer.score`` call (bounds check + context part
@@ -19,7 +19,7 @@ load from other processes on the shared 2 cores hits every case alike and the ra
 kernels stay meaningful.
 
 ``--baseline REV`` adds the FM, DPLR and pruned/FwFM kernels of git revision REV (their files
-fm.py, dplr.py, pruned.py as of REV, on today's shared helpers vec/fields/rows/config), timed in
+fm.py, dplr.py, pruned.py as of REV, on today's shared helpers vec/fields/rows/codegen/schedule), timed in
 the same interleaved sequence: an A/B of a kernel change inside one run.
 
     python benchmarks/kernels_micro.py --out docs/results/kernels-micro
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,8 @@ from tqdm import tqdm
 from adrank.core.files import write_report
 from adrank.core.schema import Field, Schema
 from benchmarks.kernels import kernels_version
-from service.kernels import config
+from service.kernels import codegen, memory, pool
+from service.kernels import schedule as sched
 from service.kernels.registry import make_scorer
 from service.kernels.vec import vadd, vdot, vload, vzero
 
@@ -57,7 +59,7 @@ def schema_of(mc: int, mi: int) -> Schema:
 
 def arrays_for(kind: str, m: int, mc: int, n: int, k: int, rho: int, rng) -> dict:
     a = {"bias": np.zeros(1, np.float32), "linear": rng.normal(0, 0.1, n).astype(np.float32),
-         "emb": config.aligned(rng.normal(0, 0.1, (n, k)).astype(np.float32))}
+         "emb": memory.aligned(rng.normal(0, 0.1, (n, k)).astype(np.float32))}
     if kind in ("fm", "dplr"):
         a["d"] = np.zeros(m, np.float32)
     if kind == "dplr":
@@ -75,12 +77,12 @@ def arrays_for(kind: str, m: int, mc: int, n: int, k: int, rho: int, rng) -> dic
 
 
 def make_floor(K: int, prefetch: bool):
-    @njit(**config.NJIT)
+    @njit(**codegen.KERNEL)
     def floor(X, emb, out):
         for n in range(X.shape[0]):
-            if prefetch and n + config.PREFETCH_DISTANCE < X.shape[0]:
+            if prefetch and n + sched.PREFETCH_DISTANCE < X.shape[0]:
                 for s in range(X.shape[1]):
-                    config.prefetch_row_l2(emb, X[n + config.PREFETCH_DISTANCE, s])
+                    codegen.prefetch_row_l2(emb, X[n + sched.PREFETCH_DISTANCE, s])
             a = vzero(K)
             for s in range(X.shape[1]):
                 a = vadd(a, vload(emb, X[n, s], K))
@@ -95,10 +97,16 @@ BASELINE_CLASSES = {"fm": ("fm", "FMScorer"), "dplr": ("dplr", "DPLRScorer"), "p
 
 def baseline_classes(rev: str) -> dict:
     """kind -> Scorer class of the kernel files of git revision ``rev`` (fm, dplr, pruned, fwfm),
-    imported as private modules that use today's helpers (vec, fields, rows, config, base)."""
+    imported as private modules that use today's helpers (vec, fields, rows, base; an old revision's
+    ``service.kernels.config`` imports are served from today's codegen/schedule/memory/pool)."""
     root = Path(__file__).resolve().parents[1]
     tmp = Path(tempfile.mkdtemp(prefix="kernels-baseline-"))
     mods = {}
+    shim = types.ModuleType("_baseline_config")  # what service/kernels/config.py held before the split
+    for mod in (codegen, memory, pool, sched):
+        shim.__dict__.update({k: v for k, v in vars(mod).items() if not k.startswith("_")})
+    shim.NJIT = codegen.KERNEL
+    sys.modules["_baseline_config"] = shim
     for stem in ("pruned", "fm", "dplr", "fwfm"):  # pruned first: fwfm imports it
         try:
             text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:service/kernels/{stem}.py"], check=True,
@@ -107,6 +115,7 @@ def baseline_classes(rev: str) -> dict:
             raise SystemExit(f"--baseline {rev}: cannot read service/kernels/{stem}.py at that revision ({exc})") from exc
         name = f"_baseline_{stem}"
         text = text.replace("from service.kernels.pruned import", "from _baseline_pruned import")
+        text = text.replace("from service.kernels.config import", "from _baseline_config import")
         path = tmp / f"{name}.py"
         path.write_text(text)
         spec = importlib.util.spec_from_file_location(name, path)
@@ -117,26 +126,25 @@ def baseline_classes(rev: str) -> dict:
 
 
 def schedule(name: str, kind: str) -> tuple:
-    """(prefetch, prefetch_mode) scorer options of a schedule name: ``default`` (config.py's choice
-    for the kind), ``off``, or ``D:burst|inter[-nolin][-l2]`` = D candidates ahead, all rows at the
+    """(prefetch, prefetch_mode) scorer options of a schedule name: ``default`` (schedule.py's choice), ``off``, or ``D:burst|inter[-nolin][-l2]`` = D candidates ahead, all rows at the
     top of the iteration (burst) or field by field inside the field loop (inter), linear weights
     too unless ``-nolin``, into L1 (prefetcht0) or with ``-l2`` into L2 (prefetcht1)."""
     if name in ("default", "off"):
         return name == "default", None
     dist, _, how = name.partition(":")
     base, *extra = how.split("-")
-    bits = {"burst": 0, "inter": config.PF_INTERLEAVE}
+    bits = {"burst": 0, "inter": sched.PF_INTERLEAVE}
     if not dist.isdigit() or base not in bits or not set(extra) <= {"nolin", "l2"}:
         raise SystemExit(f"bad schedule {name!r}: expected default, off or D:burst|inter[-nolin][-l2]")
-    return int(dist), bits[base] | (0 if "nolin" in extra else config.PF_LINEAR) | (config.PF_L2 if "l2" in extra else 0)
+    return int(dist), bits[base] | (0 if "nolin" in extra else sched.PF_LINEAR) | (sched.PF_L2 if "l2" in extra else 0)
 
 
 def describe(dist: int, mode: int) -> str:
     if dist == 0:
         return "off"
-    how = "inter" if mode & config.PF_INTERLEAVE else "burst"
-    return (f"{dist}:{how}" + ("" if mode & config.PF_LINEAR else "-nolin")
-            + ("-l2" if mode & config.PF_L2 else ""))
+    how = "inter" if mode & sched.PF_INTERLEAVE else "burst"
+    return (f"{dist}:{how}" + ("" if mode & sched.PF_LINEAR else "-nolin")
+            + ("-l2" if mode & sched.PF_L2 else ""))
 
 
 def run(args) -> dict:
@@ -197,8 +205,8 @@ def run(args) -> dict:
         results.append(row)
     return {"command": " ".join(["python", *sys.argv]), "setup": vars(args),
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                        "numba": __import__("numba").__version__, "prefetch_distance": config.PREFETCH_DISTANCE,
-                        "prefetch_distances": config.PREFETCH_DISTANCES, "prefetch_modes": config.PREFETCH_MODES, "load_average": list(os.getloadavg()),
+                        "numba": __import__("numba").__version__, "prefetch_distance": sched.PREFETCH_DISTANCE,
+                        "prefetch_mode": sched.PREFETCH_MODE, "load_average": list(os.getloadavg()),
                         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
                         "kernels_version": kernels_version()},
             "results": results, "threads": threads}
@@ -210,9 +218,9 @@ def threads_check(args, manifest, shared, ctx, m, rng) -> dict:
               "emb": shared["emb"], "linear": shared["linear"]}
     one = make_scorer({**manifest, "kind": "dplr", "rank": 2}, arrays, parallel_min=10**9)
     split = make_scorer({**manifest, "kind": "dplr", "rank": 2}, arrays, parallel_min=1)
-    wall = {"1 thread": [], f"{config.THREADS} threads": []}
+    wall = {"1 thread": [], f"{split.threads} threads": []}
     for _ in range(max(5, args.requests // 4)):
-        for name, s in (("1 thread", one), (f"{config.THREADS} threads", split)):
+        for name, s in (("1 thread", one), (f"{split.threads} threads", split)):
             X = rng.integers(0, args.rows, (args.large, args.items)).astype(np.int32)
             t0 = time.perf_counter_ns()
             s.score(ctx, X)
@@ -235,8 +243,8 @@ def markdown(rep: dict) -> str:
              "Schedules: `D:burst` = the rows and linear weights of the candidate D ahead prefetched at the top "
              "of each iteration, `D:inter` = the same prefetches issued field by field inside the field loop, "
              "`-nolin` = rows only, `-l2` = into L2 (prefetcht1) instead of L1 (prefetcht0); `default` = what "
-             "service/kernels/config.py uses for the kind (the floor's default: L2, "
-             f"{config.PREFETCH_DISTANCE} ahead).  Kernels measured: service/kernels at "
+             "service/kernels/schedule.py uses (the floor's default: L2, "
+             f"{sched.PREFETCH_DISTANCE} ahead).  Kernels measured: service/kernels at "
              f"{rep['machine'].get('kernels_version', 'unknown')}"
              + (f"; rows `KIND @{s['baseline']}` are the fm/dplr/pruned/fwfm kernel files of revision "
                 f"{s['baseline']} on the same helpers, same models, same request sequence (an A/B inside one run)."

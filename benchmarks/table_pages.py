@@ -3,15 +3,15 @@
 A loaded artifact is one read-only memory map; its arrays are views of it, in 4 KiB page-cache
 pages.  The kernels gather embedding rows and linear weights at random, so on a table of tens
 of MiB nearly every row is a TLB miss as well as a cache miss.  ``Ranker.load`` (through
-``Scorer(huge_pages=True)``, the default ``ADRANK_HUGE_PAGES=1``) copies those two tables into private memory advised for 2 MiB
-transparent huge pages (service/kernels/config.py, ``resident``).  This script loads each
+``Scorer(huge_pages=True)``, the serving default ``ADRANK_HUGE_PAGES=1``) copies those two tables into private
+memory advised for 2 MiB transparent huge pages (service/kernels/memory.py, ``resident``).  This script loads each
 artifact both ways in one process and times ``Scorer.score`` on the same random auctions,
 interleaved block by block in a shuffled order (load from other processes hits both alike).
 
 Auctions: ``--candidates`` candidates per auction, every slot's id drawn uniformly from its own
 field's ids (the cold case: rows mostly from DRAM when the table is larger than the L3).
 
-    python benchmarks/table_pages.py --models /tmp/h9/criteo/{dplr-2,pruned-2,fm}.adrk \
+    python -m benchmarks.table_pages --models /tmp/h9/criteo/{dplr-2,pruned-2,fm}.adrk \
         --out docs/results/table-pages
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adrank.core.files import write_report
-from service.kernels import config
+from service.kernels import memory
 from service.ranker import Ranker
 
 
@@ -55,7 +55,7 @@ def run(args) -> dict:
             loads[key] = {"load_s": round(time.perf_counter() - t0, 3), "model": Path(path).stem,
                           "huge_pages": huge, "table_mib": round(r.scorer.src.nbytes / 2**20, 1),
                           "anon_huge_mib": (None if not huge else
-                                            round((config.anon_huge_kib(r.scorer.src.ctypes.data) or 0) / 1024, 1))}
+                                            round((memory.anon_huge_kib(r.scorer.src.ctypes.data) or 0) / 1024, 1))}
     names = list(cases)
     for r in cases.values():  # one untimed block each: the first random pass over a fresh copy is slower
         c = r.scorer.n_context_slots
@@ -86,11 +86,11 @@ def run(args) -> dict:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return {"command": "python benchmarks/table_pages.py " + " ".join(sys.argv[1:]),
+    return {"command": "python -m benchmarks.table_pages " + " ".join(sys.argv[1:]),
             "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": platform.processor()
                      or platform.machine(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
                      "thp": thp.read_text().strip() if thp.exists() else None, "commit": rev,
-                     "kernel_threads": config.THREADS},
+                     "kernel_threads": next(iter(cases.values())).scorer.threads},
             "setup": {"candidates": args.candidates, "auctions_per_block": args.auctions, "repeats": args.repeats,
                       "seed": args.seed},
             "rows": rows}

@@ -5,12 +5,13 @@ Random feature ids over m fields; each lookup adds the feature's k-vector into a
 
 * dense    float32 [n, k] table (n * k * 4 bytes: far larger than the caches),
 * codes    uint16 [n, D] codes + float32 codebooks [m * D * K, k/D] (the codebooks fit in L2),
-* packed   the same codes bit-packed at ceil(log2 K) bits (adrank.core.bitpack.pack_fields/code_of).
+* packed   the same codes bit-packed at ceil(log2 K) bits (adrank.core.bitpack.pack, one stream per
+           field and codebook: this benchmark's own layout variant, ``pack_fields``/``code_of`` below).
 
 Writes <out>.json and <out>.md (ns per lookup, median of --repeats runs; the machine is shared,
 so compare the rows with each other, not with other runs).
 
-    python benchmarks/xlightfm_bitpack.py
+    python -m benchmarks.xlightfm_bitpack
 """
 
 from __future__ import annotations
@@ -25,7 +26,41 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from adrank.core.bitpack import bits_for, code_of, pack_fields
+from adrank.core.bitpack import bits_for, pack
+
+
+def pack_fields(codes, id_offsets, bits):
+    """Pack an [n, D] code table field by field: field f's d-th codes at width ``bits[f]``.
+
+    Returns (``stream`` uint32, ``word_base`` int64 [m, D]): the codes of field f, codebook d
+    form the sub-stream starting at word ``word_base[f, d]``.  (The artifact instead packs a
+    feature's D codes adjacent, one stream per field: exporter/codebook.py.)"""
+    off = np.asarray(id_offsets, dtype=np.int64)
+    word_base = np.zeros((off.size - 1, codes.shape[1]), dtype=np.int64)
+    parts, n_words = [], 0
+    for f in range(off.size - 1):
+        for d in range(codes.shape[1]):
+            word_base[f, d] = n_words
+            parts.append(pack(codes[off[f]:off[f + 1], d], int(bits[f])))
+            n_words += parts[-1].size
+    return np.concatenate(parts), word_base
+
+
+@numba.njit(cache=True, inline="always")
+def unpack_one(buf, b, index):
+    """Code ``index`` of a stream of b-bit codes in ``buf`` (uint32 words) -> int64: reads words
+    w and w+1 (pack's padding word makes w+1 valid at the end), no bounds branch."""
+    bit = np.uint64(index) * np.uint64(b)
+    w = bit >> np.uint64(5)
+    s = bit & np.uint64(31)
+    lo = np.uint64(buf[w]) | (np.uint64(buf[w + np.uint64(1)]) << np.uint64(32))
+    return np.int64((lo >> s) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1)))
+
+
+@numba.njit(cache=True, inline="always")
+def code_of(stream, word_base, bits, id_offsets, f, d, i):
+    """Code of feature i (of field f) in codebook d, from ``pack_fields`` output."""
+    return unpack_one(stream[word_base[f, d]:], bits[f], i - id_offsets[f])
 
 
 @numba.njit(cache=True)

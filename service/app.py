@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -24,7 +25,7 @@ from fastapi import FastAPI
 from service import metrics
 from service.catalog import wiring as catalog_wiring
 from service.catalog.store import Catalog
-from service.models import ModelRegistry
+from service.models import ModelRegistry, load_ranker
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
 from service.settings import Settings
 
@@ -108,12 +109,14 @@ class _App(FastAPI):
 
 
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
-    """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests."""
+    """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests (by default every
+    model is loaded with the settings' kernel options)."""
     _log_to_stderr()
     settings = settings or Settings.from_env()
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
     catalog = Catalog()  # ads by id + per-ad precomputed parts, recomputed on every model swap
+    loader = loader or functools.partial(load_ranker, **settings.scorer_options())
     registry = ModelRegistry(settings.models, loader=loader, run_dir=settings.run_dir,
                              on_swap=catalog_wiring.chain(metrics.model_swapped, catalog_wiring.on_swap(catalog)))
     app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)

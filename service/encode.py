@@ -32,7 +32,7 @@ import numpy as np
 
 from adrank.core.hashing import hash_joined, hash_tokens
 from adrank.core.preprocess import N_SPECIAL, RARE, EncodeError, Preprocessor, Vocab
-from service.kernels.config import prefetch_row
+from service.kernels.codegen import PLAIN, prefetch_row
 
 _SAFE_TYPES = frozenset({str, int, float, bool, type(None)})
 
@@ -80,16 +80,16 @@ class BucketIndex:
         return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**PLAIN)
 def _bucket_lookup(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out):
-    """``_bucket_lookup_into`` with fresh scratch arrays."""
+    """``bucket_lookup_into`` with fresh scratch arrays."""
     T = hashes.shape[0]
-    _bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out,
+    bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out,
                         np.empty(T, np.int64), np.empty(T, np.int64))
 
 
-@numba.njit(cache=True, nogil=True)
-def _bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out, lo, hi):
+@numba.njit(**PLAIN)
+def bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift, id_off, out, lo, hi):
     """Two passes so that the random reads overlap: first every bucket's [lo, hi) (independent
     loads, no data-dependent branch; the first key of each bucket is prefetched), then the
     short scans.  ``lo``, ``hi``: scratch of at least len(hashes) (the fast path reuses its own)."""
@@ -110,7 +110,7 @@ def _bucket_lookup_into(fields, hashes, keys, key_off, starts, start_off, shift,
         out[t] = fid
 
 
-def _join_nonempty_str(col) -> str | None:
+def join_nonempty_str(col) -> str | None:
     """``"\\0".join(col)`` when every value is a non-empty string (the join itself is the C-speed
     type check), else None.  An empty string would show as two adjacent NULs or a NUL at an end."""
     try:
@@ -122,7 +122,7 @@ def _join_nonempty_str(col) -> str | None:
     return s
 
 
-def _hash_joined_str(s: str, n: int) -> np.ndarray | None:
+def hash_joined_str(s: str, n: int) -> np.ndarray | None:
     """adrank's token hash (the same compiled FNV-1a + splitmix as ``hash_tokens``) of ``n``
     NUL-joined tokens; None if the count disagrees (a token contained a NUL byte)."""
     buf = np.frombuffer(s.encode("utf-8", "surrogatepass"), dtype=np.uint8)
@@ -154,7 +154,7 @@ class RequestEncoder:
     def warm(self) -> None:
         """Compile (or load from the numba cache) the hashing and lookup functions."""
         self.index.lookup(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64))
-        _hash_joined_str("warm", 1)
+        hash_joined_str("warm", 1)
         self.encode_context({})
 
     # --- context -------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class RequestEncoder:
         for j, col in enumerate(columns):
             f = self.m_context + j
             if n and self._categorical[f]:
-                s = _join_nonempty_str(col)
+                s = join_nonempty_str(col)
                 if s is not None:  # tokens are the strings themselves: hashed + looked up below
                     fast.append(j)
                     joined.append(s)
@@ -216,7 +216,7 @@ class RequestEncoder:
             lo, hi = self._item_slots[j]
             X[:, lo:hi] = self._column(f, col, ids)
         if fast:
-            hashes = _hash_joined_str("\x00".join(joined), len(fast) * n)
+            hashes = hash_joined_str("\x00".join(joined), len(fast) * n)
             if hashes is None:  # a token held a NUL byte: hash them one by one
                 hashes = hash_tokens(list(chain.from_iterable(columns[j] for j in fast)))
             fields = np.repeat(np.array([self.m_context + j for j in fast], dtype=np.int64), n)

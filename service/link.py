@@ -15,6 +15,8 @@ import math
 import numba
 import numpy as np
 
+from service.kernels.codegen import PLAIN
+
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) without overflow for large |x| (compiled: NumPy's seven ufunc calls cost
@@ -23,7 +25,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return _sigmoid(np.ascontiguousarray(x).ravel()).reshape(x.shape)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**PLAIN)
 def _sigmoid(x):
     out = np.empty(x.shape[0])
     for i in range(x.shape[0]):
@@ -32,7 +34,7 @@ def _sigmoid(x):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**PLAIN)
 def order_scores(raw, top_k, binary):
     """(order int64[n'], scores float64[n']): the best ``top_k`` (< 0: all) of ``raw`` float64[n],
     best first, ties in input order, and their reply scores (``sigmoid`` when ``binary``) — what

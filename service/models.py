@@ -50,10 +50,12 @@ class ModelLoadError(Exception):
         self.name, self.path, self.code, self.detail = name, path, code, message
 
 
-def _default_loader(path: Path, name: str):
+def load_ranker(path: Path, name: str, **scorer_options):
+    """The registry's loader: the artifact at ``path`` as a Ranker named ``name``, its scorer built
+    with ``scorer_options`` (``Settings.scorer_options()``: service/app.py binds them)."""
     from service.ranker import Ranker  # imported here so tests can run with a fake loader
 
-    return Ranker.load(path, name=name)
+    return Ranker.load(path, name=name, **scorer_options)
 
 
 def load_and_warm(loader: Callable, name: str, path: Path):
@@ -86,7 +88,7 @@ class ModelRegistry:
             raise ValueError("no models to serve")
         self.specs = list(specs)
         self.default = self.specs[0].name
-        self.loader = loader or _default_loader
+        self.loader = loader or load_ranker
         self.run_dir = Path(run_dir) if run_dir else None
         self.on_swap = on_swap
         self.ready = False

@@ -18,7 +18,6 @@ import numpy as np
 from adrank.core.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
-from service.kernels import config
 from service.kernels.registry import make_scorer
 from service.link import order_scores, sigmoid
 
@@ -43,21 +42,18 @@ class Ranker:
 
     # --- construction --------------------------------------------------------------------
     @classmethod
-    def load(cls, path, name: str | None = None, **scorer_options) -> Ranker:
-        """Read (verify + mmap) an artifact file; ``name`` defaults to the file's stem."""
+    def load(cls, path, name: str | None = None, *, huge_pages: bool = True, **scorer_options) -> Ranker:
+        """Read (verify + mmap) an artifact file; ``name`` defaults to the file's stem.
+        ``scorer_options`` go to the scorer (service/kernels/base.py; a served model gets them
+        from the serving settings).  The arrays are views of the file's map (4 KiB page-cache
+        pages), so the kernels' random-access tables go to private huge pages unless
+        ``huge_pages`` is False (service/kernels/memory.py)."""
         from adrank.core.artifact import load_preprocessor, read_artifact
 
         art = read_artifact(path)
-        # the arrays are views of the file's map (4 KiB page-cache pages): the kernels' random-access
-        # tables go to private huge pages unless ADRANK_HUGE_PAGES=0 (service/kernels/config.py)
-        scorer_options.setdefault("huge_pages", config.HUGE_PAGES)
         return cls(art.manifest, art.arrays, version=art.version, name=name or Path(path).stem,
-                   preprocessor=load_preprocessor(art), nbytes=art.nbytes, **scorer_options)
-
-    @classmethod
-    def from_parts(cls, manifest: dict, arrays: dict, version: str = "test", name: str | None = None,
-                   **scorer_options) -> Ranker:
-        return cls(manifest, arrays, version=version, name=name, **scorer_options)
+                   preprocessor=load_preprocessor(art), nbytes=art.nbytes, huge_pages=huge_pages,
+                   **scorer_options)
 
     # --- serving -------------------------------------------------------------------------
     def warm(self) -> None:

@@ -87,7 +87,7 @@ async def _rank(svc: ServiceState, catalog, read, labels: list[str]) -> bytes:
     s = svc.settings
     await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
     body = await read(s.max_body_bytes)
-    if fastpath.ENABLED:  # the common shapes: body bytes -> ids -> response, compiled
+    if s.fastpath:  # the common shapes: body bytes -> ids -> response, compiled
         t0 = perf_counter()  # (parse and encode are one pass there: the inference time includes it)
         fast = fastpath.rank_body(svc.registry, body, s.max_candidates, catalog)
         if fast is not None:  # None: anything else, errors included, takes the generic path below

@@ -1,22 +1,12 @@
-"""Service settings: one frozen dataclass, read from ``ADRANK_*`` environment variables.
+"""Serving settings: one frozen dataclass, read from ``ADRANK_*`` environment variables.
 
-Settings travel through the environment because ``adrank serve --workers N`` starts each
-uvicorn worker as a fresh process that builds its app with ``service.app:create_app``; the
-CLI writes the variables, every worker reads the same ones.
-
-    ADRANK_MODELS          "NAME=PATH NAME2=PATH2" (spaces or commas); the first is the default
-    ADRANK_MAX_CANDIDATES  most ads one /v1/rank request may carry (422 above), default 10000
-    ADRANK_MAX_BODY_BYTES  largest request body (413 above), default 16 MiB
-    ADRANK_MAX_INFLIGHT    requests admitted at once per worker; more get 503 + Retry-After
-    ADRANK_RETRY_AFTER     seconds announced in Retry-After, default 1
-    ADRANK_ADMIN           "0" removes the admin endpoints (reload); default on
-    ADRANK_ADMIN_TOKEN     when set, admin endpoints require "Authorization: Bearer <token>"
-    ADRANK_RUN_DIR         directory shared by the workers (reload state file); optional
-    ADRANK_RELOAD_POLL     seconds between checks of the reload state file, default 0.5
-    ADRANK_GC_FREEZE       "0" disables gc.freeze() after start-up (DESIGN §7); default on
-    ADRANK_CATALOG         JSONL file of {"id", "features"} ads loaded at start (service/catalog)
-    ADRANK_HUGE_PAGES      "0" serves embedding rows and linear weights from the artifact's shared
-                           map instead of private huge-page copies (read by service/kernels/config.py)
+Every knob of the server is read here and nowhere else, once, when the app is built
+(``Settings.from_env``), and passed down explicitly: the kernel knobs reach every served
+model's scorer through ``Settings.scorer_options`` (service/app.py -> service/models.py ->
+``Ranker.load``).  Settings travel through the environment because ``adrank serve --workers N``
+starts each uvicorn worker as a fresh process that builds its app with
+``service.app:create_app``; the CLI writes the variables (``to_env``), every worker reads the
+same ones.  The README's settings table describes each variable.
 """
 
 from __future__ import annotations
@@ -26,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.kernels.pool import PARALLEL_MIN_CANDIDATES
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -64,7 +56,7 @@ def format_model_specs(specs: Iterable[ModelSpec]) -> str:
     return " ".join(f"{s.name}={s.path}" for s in specs)
 
 
-def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], key: str, default, minimum: int):
     raw = env.get(key)
     if raw is None or raw == "":
         return default
@@ -114,6 +106,18 @@ class Settings:
     reload_poll: float = 0.5
     gc_freeze: bool = True
     catalog: Path | None = None  # JSONL of ads loaded at start (service/catalog)
+    fastpath: bool = True  # the compiled /v1/rank fast path (service/fastpath); off = the generic path only
+    # kernels (service/kernels): huge-page table copies (memory.py), the linear-weight prefetch
+    # (schedule.py), when and into how many slices an auction is split (pool.py; None = its default)
+    huge_pages: bool = True
+    prefetch_linear: bool = True
+    parallel_min_candidates: int = PARALLEL_MIN_CANDIDATES
+    kernel_threads: int | None = None
+
+    def scorer_options(self) -> dict:
+        """The options every served model's scorer is built with (``Ranker.load``)."""
+        return {"huge_pages": self.huge_pages, "prefetch_linear": self.prefetch_linear,
+                "parallel_min": self.parallel_min_candidates, "threads": self.kernel_threads}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -132,6 +136,11 @@ class Settings:
             reload_poll=_float(env, "ADRANK_RELOAD_POLL", cls.reload_poll),
             gc_freeze=_flag(env, "ADRANK_GC_FREEZE", True),
             catalog=Path(env["ADRANK_CATALOG"]) if env.get("ADRANK_CATALOG") else None,
+            fastpath=_flag(env, "ADRANK_FASTPATH", cls.fastpath),
+            huge_pages=_flag(env, "ADRANK_HUGE_PAGES", cls.huge_pages),
+            prefetch_linear=_flag(env, "ADRANK_PREFETCH_LINEAR", cls.prefetch_linear),
+            parallel_min_candidates=_int(env, "ADRANK_PARALLEL_MIN_CANDIDATES", cls.parallel_min_candidates, 1),
+            kernel_threads=_int(env, "ADRANK_KERNEL_THREADS", None, 1),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -145,7 +154,13 @@ class Settings:
             "ADRANK_ADMIN": "1" if self.admin_enabled else "0",
             "ADRANK_RELOAD_POLL": str(self.reload_poll),
             "ADRANK_GC_FREEZE": "1" if self.gc_freeze else "0",
+            "ADRANK_FASTPATH": "1" if self.fastpath else "0",
+            "ADRANK_HUGE_PAGES": "1" if self.huge_pages else "0",
+            "ADRANK_PREFETCH_LINEAR": "1" if self.prefetch_linear else "0",
+            "ADRANK_PARALLEL_MIN_CANDIDATES": str(self.parallel_min_candidates),
         }
+        if self.kernel_threads is not None:
+            env["ADRANK_KERNEL_THREADS"] = str(self.kernel_threads)
         if self.admin_token:
             env["ADRANK_ADMIN_TOKEN"] = self.admin_token
         if self.run_dir:

@@ -238,10 +238,3 @@ class Preprocessor:
     @classmethod
     def from_state(cls, desc: dict, arrays: dict) -> Preprocessor:
         return cls(Schema.from_dict(desc["schema"]), Vocab.from_arrays(arrays))
-
-
-def slot_layout(schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    """(slot_field int32[S], field_slot_offsets int32[m+1]) for kernels and models."""
-    offs = np.asarray(schema.slot_offsets, dtype=np.int32)
-    slot_field = np.repeat(np.arange(schema.m, dtype=np.int32), np.diff(offs))
-    return slot_field, offs

@@ -16,11 +16,12 @@ import numba
 import numpy as np
 
 from adrank.core.hashing import hash_tokens
+from service.kernels.codegen import PLAIN
 
 EMPTY = np.uint64(0)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**PLAIN)
 def _insert(hashes, first_row, keys, rows):
     """Insert hashes[i] -> first_row + i; returns the first i whose hash is already there, or -1."""
     mask = keys.shape[0] - 1
@@ -36,8 +37,8 @@ def _insert(hashes, first_row, keys, rows):
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
-def _lookup(keys, rows, q, out):
+@numba.njit(**PLAIN)
+def lookup(keys, rows, q, out):
     """out[n] = row of hash q[n], or -1; returns how many were missing."""
     mask = keys.shape[0] - 1
     missing = 0
@@ -99,5 +100,5 @@ class IdTable:
     def rows(self, ids: list[str]) -> tuple[np.ndarray, int]:
         """(rows int64, number missing) of string ids."""
         out = np.empty(len(ids), np.int64)
-        missing = _lookup(self.keys, self.rows_, hash_tokens(ids), out) if ids else 0
+        missing = lookup(self.keys, self.rows_, hash_tokens(ids), out) if ids else 0
         return out, int(missing)

@@ -7,53 +7,23 @@ Three entry points, all on one catalog snapshot (W float32[N, D], c float64[N]):
   * ``score_ids``   — a subset given by row indices (a request naming ads by id): a gather.
   * ``score_all``   — every ad, sequential read.
   * ``top_k``       — the best k of every ad without a full sort: each chunk of the catalog keeps
-                      a size-k min-heap (nogil kernel, one Python thread per chunk for large
-                      catalogs), then the chunk winners are merged.  Ties break by row index.
-Python threads + ``nogil`` kernels rather than numba's ``parallel=True``: the service calls these
-from several request threads at once, which numba's default (workqueue) threading layer forbids.
+                      a size-k min-heap (nogil kernel; a large catalog is split over the kernel
+                      pool, service/kernels/pool.py), then the chunk winners are merged.  Ties
+                      break by row index.
+Compiled with the scoring kernels' options and prefetch hints (service/kernels/codegen.py).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
-from service.kernels.config import closure_njit
+from service.kernels import pool
+from service.kernels.codegen import KERNEL, closure_njit, prefetch_row
+from service.kernels.schedule import CATALOG_PREFETCH
 from service.kernels.vec import vdot, vload
-
-JIT = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
-PREFETCH = 4  # candidates ahead whose W row and c are prefetched (random gathers)
-PARALLEL_MIN = 200_000  # below this many ads a whole-catalog scan stays on the calling thread
-_POOL: ThreadPoolExecutor | None = None
-
-
-@intrinsic
-def prefetch_line(typingctx, arr, i):
-    """``llvm.prefetch(&arr[i], read, keep in all caches, data)`` for a 1-D array of any dtype.
-
-    (The pointer is cast to i8* so float32 and float64 arrays can share one declaration.)"""
-    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = builder.bitcast(cgutils.get_item_pointer(context, builder, sig.args[0], ary, [idx]),
-                              ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, i), codegen
 
 
 @cache
@@ -61,22 +31,22 @@ def rows_kernel(D: int, prefetch: bool = True):
     """The per-candidate catalog kernel for D = rho*k (a compile-time trip count LLVM unrolls).
 
     out[n] = const + c[a] + <z, W[a]> with a = rows[n]; the W row (D*4 bytes, 64-byte aligned
-    when the store allocated it) and c[a] of the candidate PREFETCH ahead are prefetched.
+    when the store allocated it) and c[a] of the candidate CATALOG_PREFETCH ahead are prefetched.
     """
     lines = max(1, (4 * D + 63) // 64)
 
     vec_dot = _vec_dot(D)
 
-    @closure_njit(**JIT)
+    @closure_njit
     def score_rows(z, const, W, c, rows, out):
         flat = W.reshape(-1)
         n_rows = rows.shape[0]
         for n in range(n_rows):
-            if prefetch and n + PREFETCH < n_rows and D > 0:
-                b = rows[n + PREFETCH]
+            if prefetch and n + CATALOG_PREFETCH < n_rows and D > 0:
+                b = rows[n + CATALOG_PREFETCH]
                 for line in range(lines):
-                    prefetch_line(flat, b * D + 16 * line)
-                prefetch_line(c, b)
+                    prefetch_row(flat, b * D + 16 * line)
+                prefetch_row(c, b)
             a = rows[n]
             out[n] = const + c[a] + vec_dot(z, W, a)
 
@@ -88,19 +58,19 @@ def _vec_dot(D: int):
     """<z, W[a]> in float32 with both rows as ``<D x float>`` register vectors (service/kernels/vec.py:
     numba's scalar loop compiled to a serial chain of scalar FMAs here)."""
     if D == 0:
-        @closure_njit(inline="always", **JIT)
+        @closure_njit(inline="always")
         def dot0(z, W, a):
             return np.float32(0.0)
         return dot0
 
-    @closure_njit(inline="always", **JIT)
+    @closure_njit(inline="always")
     def dot(z, W, a):
         return vdot(vload(z, 0, D), vload(W, a, D))
 
     return dot
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **KERNEL)
 def _sift_down(hs, hi, size, pos):
     """Restore the min-heap (score, then *larger* row = worse) below ``pos``."""
     while True:
@@ -125,17 +95,17 @@ def scan_kernels(D: int):
 
     vec_dot = _vec_dot(D)
 
-    @closure_njit(inline="always", **JIT)
+    @closure_njit(inline="always")
     def score(z, const, W, c, a):
         return const + c[a] + vec_dot(z, W, a)
 
-    @closure_njit(**JIT)
+    @closure_njit
     def score_range(z, const, W, c, lo, hi, out):
         """out[a - lo] = score of ad a for a in [lo, hi)."""
         for a in range(lo, hi):
             out[a - lo] = score(z, const, W, c, a)
 
-    @closure_njit(**JIT)
+    @closure_njit
     def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
         """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
         size = 0
@@ -157,36 +127,23 @@ def scan_kernels(D: int):
     return score_range, topk_range
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="catalog-topk")
-    return _POOL
-
-
-def _chunks(n: int, threads: int, minimum: int | None = None) -> list[tuple[int, int]]:
-    """``threads`` equal [lo, hi) ranges of n rows, or one when n < ``minimum`` (PARALLEL_MIN)."""
-    parts = max(1, threads if n >= (PARALLEL_MIN if minimum is None else minimum) else 1)
-    edges = np.linspace(0, n, parts + 1).astype(np.int64)
-    return [(int(edges[i]), int(edges[i + 1])) for i in range(parts)]
-
-
 def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows int64[<=k], scores float64[<=k]) of the best k ads, best first, ties by row."""
     n = W.shape[0]
     k = int(min(max(k, 0), n))
     if k == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    chunks = _chunks(n, threads or os.cpu_count() or 1)
-    hs = np.empty((len(chunks), k))
-    hi = np.empty((len(chunks), k), np.int64)
+    ranges = pool.split(n, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)
+    hs = np.empty((len(ranges), k))
+    hi = np.empty((len(ranges), k), np.int64)
+    heap_of = {lo: t for t, (lo, _) in enumerate(ranges)}
     topk_range = scan_kernels(W.shape[1])[1]
 
-    def run(t: int) -> int:
-        lo, hi_ = chunks[t]
+    def run(lo: int, hi_: int) -> int:
+        t = heap_of[lo]
         return topk_range(z, const, W, c, lo, hi_, k, hs[t], hi[t])
 
-    sizes = [run(0)] if len(chunks) == 1 else list(_pool().map(run, range(len(chunks))))
+    sizes = pool.run(run, ranges)
     s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
     r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
     order = np.lexsort((r, -s))[:k]

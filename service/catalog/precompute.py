@@ -34,18 +34,18 @@ how many item fields an ad has.  The kernel below evaluates one side for many ro
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from adrank.core.schema import Schema
-from service.catalog.kernels import _chunks, _pool
+from service.kernels import pool
+from service.kernels.codegen import PRECOMPUTE
+from service.kernels.memory import aligned_empty
 from service.kernels.rows import codebook_source, decode_table
 
 KINDS = ("fm", "dplr", "pruned", "fwfm")
-PARALLEL_MIN_ADS = 20_000  # precomputing more ads at once is split over threads
 
 
 class PlanError(ValueError):
@@ -153,7 +153,7 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     return Plan(kind, k, B, ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]), source)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+@numba.njit(**PRECOMPUTE)
 def side_parts(rows, offsets, emb, linear, M, g, d, h, pp, pq, pr, W, c):
     """For each encoded row (int32[N, S_side]): W[n] (float32[B*k]) and c[n] (float64).
 
@@ -206,16 +206,6 @@ def side_parts(rows, offsets, emb, linear, M, g, d, h, pp, pq, pr, W, c):
         c[n] = acc
 
 
-def aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary, so a
-    per-ad row of 16*j float32 is exactly j cache lines (one prefetch each)."""
-    shape = tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    buf = np.empty(nbytes + align, np.uint8)
-    start = (-buf.ctypes.data) % align
-    return buf[start : start + nbytes].view(dtype).reshape(shape)
-
-
 def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarray, B: int):
     """(W float32[N, B*k], c float64[N]) of one side for encoded rows int32[N, S_side]."""
     rows = np.ascontiguousarray(rows, dtype=np.int32)
@@ -225,16 +215,11 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
     W = aligned_empty((n, B * k))
     c = np.empty(n, dtype=np.float64)
 
-    def run(lo_hi):
-        lo, hi = lo_hi
+    def run(lo, hi):
         side_parts(rows[lo:hi], side.offsets, emb, linear, side.M, side.g, side.d, side.h,
                    side.pair_p, side.pair_q, side.pair_r, W[lo:hi], c[lo:hi])
 
-    chunks = _chunks(n, os.cpu_count() or 1, PARALLEL_MIN_ADS)  # nogil kernel: big batches use every core
-    if len(chunks) == 1:
-        run(chunks[0])
-    else:
-        list(_pool().map(run, chunks))
+    pool.run(run, pool.split(n, pool.cpus(), pool.PARALLEL_MIN_PRECOMPUTE))  # nogil: big batches use every core
     return W, c
 
 

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from adrank.core.preprocess import Preprocessor
 from service.catalog import idtable, kernels
 from service.catalog.idtable import IdCollision, IdTable
-from service.catalog.precompute import Plan, ad_parts, aligned_empty, make_plan
+from service.catalog.precompute import Plan, ad_parts, make_plan
 from service.encode import RequestEncoder, RequestError
+from service.kernels.memory import aligned_empty
 
 BATCH = 20_000  # ads encoded + precomputed per step (bounded temporary memory, progress bar)
 

@@ -33,7 +33,6 @@ package):
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import numpy as np
 
 from adrank.core.preprocess import MISSING, PAD
 from service.catalog import kernels
-from service.catalog.idtable import _lookup
+from service.catalog.idtable import lookup
 from service.catalog.precompute import context_part
 from service.encode import RequestEncoder
 from service.fastpath import response as _response
@@ -50,10 +49,8 @@ from service.fastpath.lexer import bin_edges, python_bin
 from service.fastpath.scanner import TYPES, capacities, scan
 from service.link import order_scores
 
-ENABLED = os.environ.get("ADRANK_FASTPATH", "1") != "0"  # routes.py reads it per request
 BY_ID = 2  # spans[r, 2] of an ad given by id alone
-_bin_edges = bin_edges  # the names tests/test_fastpath.py imports
-__all__ = ["ENABLED", "FastPath", "Scan", "rank_body", "python_bin"]
+__all__ = ["FastPath", "Scan", "rank_body", "python_bin"]
 
 _EDGES: tuple[np.ndarray, np.ndarray] | None = None
 WORKSPACE_MAX_BYTES = 1 << 20  # bodies up to this size reuse a per-thread workspace; larger ones allocate
@@ -211,7 +208,7 @@ def _rank_catalog(ranker, scan: Scan, catalog) -> bytes | None:
     if part is None or part.model.preprocessor is not ranker.preprocessor:  # mid-reload: generic path
         return None
     rows = np.empty(len(scan.id_hash), np.int64)
-    if _lookup(snap.table.keys, snap.table.rows_, scan.id_hash, rows):
+    if lookup(snap.table.keys, snap.table.rows_, scan.id_hash, rows):
         return None  # an unknown id: the generic path names it (422)
     m = part.model
     z, const = context_part(m.plan, scan.ctx, m.arrays["emb"], m.arrays["linear"])

@@ -4,7 +4,7 @@ Every function takes the body as ``uint8[n]`` and an index, and returns the inde
 read (-1 = not in the supported subset: the caller falls back to the generic path).  Strings are
 JSON strings *without escapes*: their bytes in the body are exactly their UTF-8 encoding, so a
 string token is hashed in place with adrank's FNV-1a + splitmix (``adrank.core.preprocess``), in the
-same loop that validates it.  Compiled without the Numba runtime (``_nrt=False``, see scanner.py):
+same loop that validates it.  Compiled without the Numba runtime (``codegen.NO_RUNTIME``, see scanner.py):
 no function here may allocate.
 """
 
@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from adrank.core.hashing import mix64
+from service.kernels.codegen import NO_RUNTIME
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -54,7 +55,7 @@ def bin_edges() -> tuple[np.ndarray, np.ndarray]:
     return np.array(edges, dtype=np.int64), np.array(bins, dtype=np.int64)
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def ws(b, i):
     """The index of the first non-whitespace byte at or after ``i`` (JSON's four)."""
     while i < b.shape[0] and (b[i] == 32 or b[i] == 10 or b[i] == 13 or b[i] == 9):
@@ -62,7 +63,7 @@ def ws(b, i):
     return i
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False, inline="always")
+@numba.njit(**NO_RUNTIME, inline="always")
 def _utf8_end(b, i):
     """End of the multi-byte UTF-8 sequence starting at ``i`` (lead byte >= 0x80), or -1 when it
     is invalid (overlong, surrogate, > U+10FFFF, truncated)."""
@@ -82,7 +83,7 @@ def _utf8_end(b, i):
     return i + need + 1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def string_end(b, i):
     """Index of the closing quote of the string whose body starts at ``i``; -1 if it has an escape,
     a control character or invalid UTF-8, or never ends."""
@@ -102,7 +103,7 @@ def string_end(b, i):
     return -1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def string_hash(b, i):
     """(closing quote index, token hash) of the string whose body starts at ``i``: ``string_end``
     and ``hash_span`` in one pass (the hash's multiply chain hides the checks)."""
@@ -126,7 +127,7 @@ def string_hash(b, i):
     return -1, h
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def hash_span(b, s, e):
     """adrank's token hash of the bytes ``b[s:e]``."""
     h = FNV_OFFSET
@@ -135,7 +136,7 @@ def hash_span(b, s, e):
     return mix64(h)
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def integer(b, i):
     """(end, value) of a JSON integer at ``i`` of <= 18 digits, not ``-0``; end = -1 otherwise
     (a fraction or exponent included: floats are left to the generic path)."""
@@ -154,7 +155,7 @@ def integer(b, i):
     return i, -v if neg else v
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def _literal(b, i, word):
     """``b[i:]`` starts with the bytes ``word`` (a module-level uint8 array: a compile-time constant)."""
     if i + word.shape[0] > b.shape[0]:
@@ -165,7 +166,7 @@ def _literal(b, i, word):
     return True
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False, inline="always")
+@numba.njit(**NO_RUNTIME, inline="always")
 def scalar(b, i):
     """One scalar at ``i``: (end, kind, start, stop, value, hash).  Kinds: MISSING_VALUE (null or
     ""), STRING (hash = its token hash), INTEGER (value), BOOLEAN (the literal's bytes are the
@@ -191,7 +192,7 @@ def scalar(b, i):
     return -1, BAD, 0, 0, zero, h0
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def hash_numeric(v, edges, bins):
     """Hash of ``numeric_token(v)`` for an integer v: "b<bin>" if v > 2 else "v<v>"."""
     if v > 2:
@@ -211,7 +212,7 @@ def hash_numeric(v, edges, bins):
     return mix64(h)
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def same(b, s1, e1, c, s2):
     """``b[s1:e1] == c[s2:s2 + e1 - s1]``."""
     for k in range(e1 - s1):
@@ -220,7 +221,7 @@ def same(b, s1, e1, c, s2):
     return True
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def key(b, i):
     """The key at ``i``: (end after its quote, code), code = 1 + its index in ``KEYS`` (model,
     top_k, context, ads, id, features, values) or 0 for any other key; (-1, 0) if malformed."""
@@ -236,14 +237,14 @@ def key(b, i):
     return e + 1, 0
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def colon(b, i):
     """The index after ``: `` at ``i`` (whitespace allowed around it), or -1."""
     i = ws(b, i)
     return ws(b, i + 1) if 0 <= i < b.shape[0] and b[i] == 58 else -1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def separator(b, i, close):
     """After a value: (index of the next item, False) past a ``,``; (index after ``close``, True)
     at the closing bracket; (-1, True) for anything else."""

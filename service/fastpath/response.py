@@ -15,13 +15,15 @@ import msgspec
 import numba
 import numpy as np
 
+from service.kernels.codegen import PLAIN
+
 _JSON = msgspec.json.Encoder()
 _ADS = np.frombuffer(b',"ads":[', dtype=np.uint8)
 _ID = np.frombuffer(b'{"id":', dtype=np.uint8)
 _SCORE = np.frombuffer(b',"score":', dtype=np.uint8)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(**PLAIN, inline="always")
 def _put(out, p, src, s, e):
     for k in range(s, e):
         out[p] = src[k]
@@ -29,7 +31,7 @@ def _put(out, p, src, s, e):
     return p
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**PLAIN)
 def _assemble(head, body, spans, rows, floats):
     """head (``{"model":..,"version":..`` without the closing brace) + the ads array: ad j is
     ``{"id":<body span of rows[j]>,"score":<j-th number of floats>}``; floats is ``[a,b,...]``."""

@@ -2,17 +2,16 @@
 
 One pass over the bytes (lexer.py) records every token's (field, hash, destination slot) and
 prefetches its bucket's entry in the vocabulary's bucket table (``service.encode.BucketIndex``),
-so that the random reads overlap with parsing; the encoder's own ``_bucket_lookup_into`` then
+so that the random reads overlap with parsing; the encoder's own ``bucket_lookup_into`` then
 finds every token's id in one batch, into the caller's scratch.
 Each ad's row starts as the schema's template (missing ids, PAD in unused multi slots) and its
 tokens overwrite slots.  An ad given by id alone (a catalog ad) gets its id's hash recorded
 instead; the caller decides what a request mixing both kinds means.
 
-Every function here and in lexer.py is compiled with ``_nrt=False`` (no Numba runtime): nothing
-allocates, and without the runtime no array carries a reference count.  With it, each array passed
-to a helper or packed into a tuple was an atomic ``lock inc``/``lock dec`` pair; ``perf`` put about
-half of a 1,000-ad scan on those two instructions, and switching the runtime off took the scan from
-2.0 to 0.93 ms (20,000 values; 0.215 -> 0.077 ms at 100 ads, median thread time, same bodies).
+Every function here and in lexer.py is compiled without the Numba runtime
+(``service.kernels.codegen.NO_RUNTIME``): nothing allocates, and no array carries a reference
+count.  With the runtime, each array passed to a helper or packed into a tuple was an atomic
+increment/decrement pair, about half of a large scan's time (docs/results/kernel-codegen.md).
 Hence the explicit copy loops: a slice assignment may allocate a temporary.
 """
 
@@ -21,7 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from service.encode import _bucket_lookup_into
+from service.encode import bucket_lookup_into
 from service.fastpath.lexer import (
     BAD,
     INTEGER,
@@ -45,14 +44,14 @@ from service.fastpath.lexer import (
     string_end,
     ws,
 )
-from service.kernels.config import prefetch_row
+from service.kernels.codegen import NO_RUNTIME, prefetch_row
 
 CAT, NUM, MULTI = 0, 1, 2
 TYPES = {"categorical": CAT, "numeric": NUM, "multi": MULTI}
 INLINE_FEATURES, INLINE_VALUES = 1 << K_ID | 1 << K_FEATURES, 1 << K_ID | 1 << K_VALUES
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def _field_of(b, s, e, names, name_off, lo_f, hi_f, guess):
     """The field in [lo_f, hi_f) whose UTF-8 name is b[s:e] (``guess`` tried first), or -1."""
     f = guess if lo_f <= guess < hi_f else lo_f
@@ -63,7 +62,7 @@ def _field_of(b, s, e, names, name_off, lo_f, hi_f, guess):
     return -1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False, inline="always")
+@numba.njit(**NO_RUNTIME, inline="always")
 def _token(tok, ix, t, f, h, dest):
     """Record token t (field f, hash h, destination slot) and prefetch its bucket's entry in the
     vocabulary's bucket table (BucketIndex): the random reads of the lookup then overlap with
@@ -74,7 +73,7 @@ def _token(tok, ix, t, f, h, dest):
     prefetch_row(starts, start_off[f] + np.int64(h >> shift[f]))
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False, inline="always")
+@numba.njit(**NO_RUNTIME, inline="always")
 def _value(b, i, f, ftype, width, dest, edges, bins, tok, ix, nt, kept):
     """Parse field ``f``'s value at ``i``; its tokens are appended at ``nt`` (none = the template's
     missing id stays): ``_token``.  Returns (end, nt); end = -1: fall back."""
@@ -116,7 +115,7 @@ def _value(b, i, f, ftype, width, dest, edges, bins, tok, ix, nt, kept):
             return i, nt
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def _object(b, i, r, lo_f, hi_f, dest0, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt, kept,
             stamp):
     """A ``{field: value, ...}`` object at ``i`` over fields [lo_f, hi_f), row stamp ``r``
@@ -150,7 +149,7 @@ def _object(b, i, r, lo_f, hi_f, dest0, names, name_off, ftype, lo, width, edges
             return i, nt
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def _positional(b, i, lo_f, hi_f, dest0, ftype, lo, width, edges, bins, tok, ix, nt, kept):
     """A ``[v_1, ..., v_j]`` values array (item-field order, j <= |I|).  Returns (end, nt)."""
     n = b.shape[0]
@@ -172,7 +171,7 @@ def _positional(b, i, lo_f, hi_f, dest0, ftype, lo, width, edges, bins, tok, ix,
             return i, nt
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt, kept, stamp,
          out, item_template, spans, id_hash):
     """The ``ads`` array at ``i``: an inline ad's row is the template, then its tokens; an ad by id
@@ -236,7 +235,7 @@ def capacities(n: int) -> tuple[int, int]:
     return n // 10 + 1, n // 2 + 1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(**NO_RUNTIME)
 def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, edges, bins,
          keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, tf, th, td, ids, lo_t, hi_t,
          kept, stamp, meta):
@@ -294,7 +293,7 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
             ok = i >= 0 and ws(b, i) == n and (seen >> K_ADS) & 1 == 1 and n_ads > 0
             break
     if ok and nt:  # every token's id (its field's rare id if absent), then into its slot
-        _bucket_lookup_into(tf[:nt], th[:nt], keys, key_off, starts, start_off, shift, id_off, ids, lo_t, hi_t)
+        bucket_lookup_into(tf[:nt], th[:nt], keys, key_off, starts, start_off, shift, id_off, ids, lo_t, hi_t)
         for t in range(nt):
             out[td[t]] = ids[t]
     return (0 if ok else 1), n_ads, n_by_id

@@ -14,59 +14,48 @@ coefficients split by role, item slots split by :func:`fields.split_fields`),
 ``_context(ctx, offs, *ctx_params) -> state`` and ``_items(state, X, *item_params, out, start, stop)``
 (candidates ``start:stop``).
 
-Large auctions (``N >= parallel_min``) are split into one contiguous slice per thread of a
-small shared pool; the kernels are ``nogil``, so the slices run concurrently.  Python threads
-rather than numba's ``parallel=True``: no second compiled variant per kernel (the prange
-variants, closures over other kernels, could not be loaded from numba's cache), no threading
-layer to configure, and safe when several request threads score at once.
+Large auctions (``N >= parallel_min``) are split into ``threads`` contiguous slices scored
+concurrently on the service's one kernel pool (pool.py).  The options that tune a scorer
+(prefetch schedule, huge pages, threads) are given to it explicitly; for a served model they
+come from the serving settings (service/settings.py), passed down by ``Ranker.load``.
 """
 
 from __future__ import annotations
-
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from adrank.core.preprocess import PAD
 from adrank.core.schema import Schema
-from service.kernels import config
+from service.kernels import memory, pool, schedule
 from service.kernels.fields import id_bound
 from service.kernels.rows import codebook_source
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The process-wide kernel thread pool (created on first use, THREADS - 1 workers)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=max(1, config.THREADS - 1), thread_name_prefix="adrank-kernel")
-        return _POOL
 
 
 class Scorer:
     kind = ""
 
     def __init__(self, manifest: dict, arrays: dict, *, prefetch: bool | int = True,
-                 prefetch_mode: int | None = None, parallel_min: int | None = None,
-                 huge_pages: bool = False):
+                 prefetch_mode: int | None = None, prefetch_linear: bool = True,
+                 parallel_min: int | None = None, threads: int | None = None, huge_pages: bool = False):
+        """``prefetch``/``prefetch_mode``: the schedule (schedule.py; defaults: the measured one,
+        ``prefetch_linear=False`` drops the linear weights from it); ``parallel_min``/``threads``:
+        auctions of at least that many candidates are split into that many slices (pool.py
+        defaults); ``huge_pages``: the random-access tables go to private huge pages (memory.py)."""
         self.schema = Schema.from_dict(manifest["schema"])
         self.m = self.schema.m
         # the tables gathered at random: private huge-page copies (for arrays mapped from a file,
         # Ranker.load), or the arrays given, 64-byte aligned
         self.huge_pages = bool(huge_pages)
-        self._table = config.resident if self.huge_pages else config.aligned
+        self._table = memory.resident if self.huge_pages else memory.aligned
         self._set_source(manifest, arrays)
         self.linear = self._table(np.asarray(arrays["linear"]).reshape(-1))
         if self.linear.shape != (self.n_features,):
             raise ValueError(f"{self.kind} artifact: 'linear' must have {self.n_features} entries")
         self.bias = float(np.asarray(arrays["bias"]).reshape(-1)[0])
-        self.prefetch = config.prefetch_distance(self.kind, prefetch)  # candidates ahead, 0 = off
-        self.prefetch_mode = config.prefetch_mode(self.kind, prefetch_mode)  # config.PF_* bits
-        self.parallel_min = config.PARALLEL_MIN_CANDIDATES if parallel_min is None else parallel_min
+        self.prefetch = schedule.prefetch_distance(prefetch)  # candidates ahead, 0 = off
+        self.prefetch_mode = schedule.prefetch_mode(prefetch_mode, prefetch_linear)  # schedule.PF_* bits
+        self.parallel_min = pool.PARALLEL_MIN_CANDIDATES if parallel_min is None else parallel_min
+        self.threads = pool.default_threads() if threads is None else threads
         self._setup(arrays)
 
         offs = np.asarray(self.schema.slot_offsets, dtype=np.int64)
@@ -155,17 +144,8 @@ class Scorer:
 
     # --- helpers -------------------------------------------------------------------------
     def _run(self, state, X, params, out) -> None:
-        n = X.shape[0]
-        threads = config.THREADS
-        if n < self.parallel_min or threads < 2:
-            self._items(state, X, *params, out, 0, n)
-            return
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        futures = [_pool().submit(self._items, state, X, *params, out, lo, hi)
-                   for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
-        self._items(state, X, *params, out, 0, int(bounds[1]))  # this thread takes the first slice
-        for f in futures:
-            f.result()
+        pool.run(lambda lo, hi: self._items(state, X, *params, out, lo, hi),
+                 pool.split(X.shape[0], self.threads, self.parallel_min))
 
     def _ids(self, a, shape, what) -> np.ndarray:
         a = np.ascontiguousarray(a, dtype=np.int32)

@@ -34,9 +34,10 @@ from functools import cache
 import numpy as np
 
 from service.kernels.base import Scorer
-from service.kernels.config import PF_LINEAR, SOURCE_STAMP, closure_njit, prefetch_schedule
+from service.kernels.codegen import SOURCE_STAMP, closure_njit
 from service.kernels.fields import candidate_walk, field_vector, norm2, prefetch_context, split_fields
 from service.kernels.rows import fetch
+from service.kernels.schedule import PF_LINEAR, prefetch_schedule
 from service.kernels.vec import vaxpy, vdot, vfma, vload, vmul, vpair, vstore, vsum, vswap
 
 MAX_REGISTER_RANK = 4  # rho up to this keeps every P_r in registers (one pass over the fields)
@@ -57,7 +58,7 @@ def build(K: int, R: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     single-slot (field i is slot i, no per-field slot lookup, no multi-valued path compiled),
     ``items[False]`` for the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    ctx_prefetch = prefetch_schedule(dist, mode)[2]  # config.prefetch_schedule
+    ctx_prefetch = prefetch_schedule(dist, mode)[2]
     SOLO = 0 if R == 1 else 2 if R == 3 else -1  # the rank held on its own (not lane-paired), if any
 
     @closure_njit

@@ -15,19 +15,12 @@ from functools import cache
 import numpy as np
 from numba import njit
 
-from service.kernels.config import (
-    NJIT,
-    PF_L2,
-    PF_LINEAR,
-    closure_njit,
-    prefetch_row,
-    prefetch_row_l2,
-    prefetch_schedule,
-)
+from service.kernels.codegen import KERNEL, closure_njit, prefetch_row, prefetch_row_l2
 from service.kernels.rows import add_row, prefetch_codes, prefetch_emb, prefetch_emb_k, prefetch_feature
+from service.kernels.schedule import PF_L2, PF_LINEAR, prefetch_schedule
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def field_vector(X, r, lo, hi, src, f, linear, V, j):
     """Write v_f of row ``X[r]``'s slots ``lo:hi`` (mean of the non-PAD slots' rows; global
     field ``f``, rows from the embedding source ``src``, see rows.py) into ``V[j]``; return the
@@ -52,7 +45,7 @@ def field_vector(X, r, lo, hi, src, f, linear, V, j):
     return lin
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def norm2(V, j):
     """||V[j]||^2 in float64."""
     s = 0.0
@@ -61,7 +54,7 @@ def norm2(V, j):
     return s
 
 
-@njit(**NJIT, inline="always")
+@njit(**KERNEL, inline="always")
 def hint(table, idx, mode):
     """Prefetch ``table[idx]`` into L2 (``mode & PF_L2``) or into L1."""
     if mode & PF_L2:
@@ -70,10 +63,10 @@ def hint(table, idx, mode):
         prefetch_row(table, idx)
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode, K=0):
     """Prefetch the embedding rows of candidate ``p`` (the kernels pass ``n`` + their family's
-    distance, config.py) if ``p < stop``, and with ``mode & PF_LINEAR`` (mode: a compile-time
+    distance, schedule.py) if ``p < stop``, and with ``mode & PF_LINEAR`` (mode: a compile-time
     constant of the calling kernel) their linear weights.  No test for PAD (-1): a prefetch
     never faults.  ``K`` (the kernel's compile-time row width; 0 = unknown) makes a row's address a
     shift instead of a multiply by the runtime row stride.
@@ -87,7 +80,7 @@ def prefetch_candidate(items, p, stop, src, linear, single, single_f, g0, mode, 
         prefetch_codes(src, items, p, single, single_f, g0)
 
 
-@njit(**NJIT, inline="always")
+@njit(**KERNEL, inline="always")
 def prefetch_field(X, p, slot, src, f, linear, mode):
     """Prefetch feature ``X[p, slot]`` of global field ``f``: its row (dense) or packed codes
     (codebook) and, with ``mode & PF_LINEAR``, its linear weight (the interleaved schedule)."""
@@ -97,7 +90,7 @@ def prefetch_field(X, p, slot, src, f, linear, mode):
         hint(linear, idx, mode)
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def prefetch_context(ctx, offs, src, linear, mode):
     """Prefetch every context slot's row (codes, for a codebook source) and linear weight before
     the context pass: the fields' rows are independent, so their cache misses overlap instead of
@@ -108,7 +101,7 @@ def prefetch_context(ctx, offs, src, linear, mode):
             hint(linear, ctx[s], mode)
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def prefetch_multi(X, p, stop, src, linear, multi, mode):
     """Prefetch the slots of the multi-valued fields of candidate ``p`` (interleaved schedule:
     the single-slot fields are prefetched inside the field loop)."""
@@ -123,7 +116,7 @@ def prefetch_multi(X, p, stop, src, linear, multi, mode):
 @cache
 def candidate_walk(dist: int, mode: int, K: int, ident: bool):
     """``(ahead, slot)``: the per-candidate prefetch and slot addressing every item loop shares,
-    compiled for one kernel's schedule (``dist`` candidates ahead, ``mode`` bits: config.py), row
+    compiled for one kernel's schedule (``dist`` candidates ahead, ``mode`` bits: schedule.py), row
     width ``K`` and plan shape (``ident``: every item field single-slot, field i is slot i).
     Both are inlined into the calling loop, where the closed-over constants fold away::
 
@@ -175,7 +168,7 @@ def split_fields(offs: np.ndarray):
     return offs[one].astype(np.uint64), one.astype(np.int64), multi  # unsigned: no wraparound code
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def id_bound(X):
     """max over X of uint32(x + 1): ids are valid (PAD = -1 or in [0, n)) iff this is <= n.
     One branch-free unsigned max, which LLVM vectorises (the scorer's check before any gather)."""

@@ -17,9 +17,10 @@ from functools import cache
 import numpy as np
 
 from service.kernels.base import Scorer
-from service.kernels.config import PF_LINEAR, SOURCE_STAMP, closure_njit, prefetch_schedule
+from service.kernels.codegen import SOURCE_STAMP, closure_njit
 from service.kernels.fields import candidate_walk, field_vector, norm2, prefetch_context, split_fields
 from service.kernels.rows import fetch
+from service.kernels.schedule import PF_LINEAR, prefetch_schedule
 from service.kernels.vec import vadd, vdot, vload, vstore, vzero
 
 
@@ -30,7 +31,7 @@ def build(K: int, dist: int, D: int = 1, mode: int = PF_LINEAR):
     (0: none).  ``items[True]`` serves plans whose item fields are all single-slot (field i is
     slot i: no per-field slot lookup, no multi-valued path compiled), ``items[False]`` the rest."""
     stamp = SOURCE_STAMP  # closed over: helper edits invalidate the numba cache
-    ctx_prefetch = prefetch_schedule(dist, mode)[2]  # config.prefetch_schedule
+    ctx_prefetch = prefetch_schedule(dist, mode)[2]
 
     @closure_njit
     def context(ctx, offs, src, linear, d):

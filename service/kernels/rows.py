@@ -32,17 +32,17 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from service.kernels.config import (
-    NJIT,
-    aligned,
+from service.kernels.codegen import (
+    KERNEL,
+    prefetch_addr,
     prefetch_row,
     prefetch_row_k,
     prefetch_row_l2,
     prefetch_row_l2_k,
 )
+from service.kernels.memory import aligned
 from service.kernels.vec import F32Vec, vload, vzero
 
 MAX_D = 8  # codebooks per field the register decoder unrolls
@@ -120,7 +120,7 @@ def vput(typingctx, x, addr, row, d, D):
     return x(x, addr, row, d, D), codegen
 
 
-@njit(**NJIT, inline="always")
+@njit(**KERNEL, inline="always")
 def code(stream, bit, b):
     """The b-bit code at bit ``bit`` of the uint32 stream at address ``stream`` (bitpack layout:
     little-endian within words, spilling into the next word; a padding word follows the last)."""
@@ -130,7 +130,7 @@ def code(stream, bit, b):
     return np.int64((pair >> (bit & np.uint64(31))) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1)))
 
 
-@njit(**NJIT, inline="always")
+@njit(**KERNEL, inline="always")
 def locate(src, f, idx, D):
     """(b, local, first code bit, codebook_base row offset) of feature idx of field f: code
     (i, d) is number ``i D + d`` of the field's b-bit sub-stream starting at word wb[f]."""
@@ -139,23 +139,6 @@ def locate(src, f, idx, D):
     bit = (np.uint64(load(src[WBASE], f, types.int64)) * np.uint64(32)
            + np.uint64(local) * np.uint64(D) * np.uint64(b))
     return b, local, bit, f * D
-
-
-@intrinsic
-def prefetch_addr(typingctx, addr):
-    """``llvm.prefetch(addr, read, locality=3, data)``: a hint, never a fault."""
-    if not isinstance(addr, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)  # float*: the pointer type prefetch_row declares llvm.prefetch.p0 with
-        ptr = builder.inttoptr(args[0], ir.FloatType().as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(addr), codegen
 
 
 def prefetch_codes(src, X, p, single, single_f, g0):  # pragma: no cover
@@ -351,7 +334,7 @@ def decode_table(source: CodebookSource, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(**NJIT)
+@njit(**KERNEL)
 def _decode_into(src, fields, ids, out):
     for r in range(ids.shape[0]):
         add_row(src, fields[r], ids[r], out, r)

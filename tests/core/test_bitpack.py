@@ -1,21 +1,13 @@
-"""adrank/core/bitpack.py: b-bit code streams round-trip at every width and match a bit-string reference."""
+"""adrank/core/bitpack.py: b-bit code streams match a bit-string reference at every width and
+round-trip through a reference reader (the serving kernels' own reader is tested against the
+decoded tables in tests/service/test_codebook_serving.py)."""
 
 import math
 
-import numba
 import numpy as np
 import pytest
 
-from adrank.core.bitpack import (
-    BitpackError,
-    bits_for,
-    code_of,
-    pack,
-    pack_fields,
-    packed_words,
-    unpack,
-    unpack_one,
-)
+from adrank.core.bitpack import BitpackError, bits_for, pack, packed_words
 
 
 def _reference_pack(codes, b):
@@ -25,13 +17,10 @@ def _reference_pack(codes, b):
     return np.array([int(bits[i:i + 32][::-1], 2) for i in range(0, len(bits), 32)], dtype=np.uint32)
 
 
-@numba.njit(cache=True)
-def _sum_via_kernel(buf, b, n):
-    """unpack_one used the way a serving kernel uses it: inside a jitted loop."""
-    s = 0
-    for i in range(n):
-        s += unpack_one(buf, b, i)
-    return s
+def _reference_unpack(buf, b, n):
+    """Independent reader: code i = bits [i*b, (i+1)*b) of the little-endian word stream."""
+    stream = int.from_bytes(np.asarray(buf, dtype="<u4").tobytes(), "little")
+    return [(stream >> (i * b)) & ((1 << b) - 1) for i in range(n)]
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 64, 100, 128, 255, 256, 257, 1000, 1024, 2048, 4097, 65536])
@@ -50,9 +39,7 @@ def test_round_trip_every_width(b, n):
     buf = pack(codes, b)
     assert buf.dtype == np.uint32 and buf.size == packed_words(n, b)
     np.testing.assert_array_equal(buf, _reference_pack(codes, b))
-    np.testing.assert_array_equal(unpack(buf, b, n), codes)
-    assert [unpack_one(buf, b, i) for i in range(n)] == codes.tolist()
-    assert _sum_via_kernel(buf, b, n) == int(codes.sum())
+    assert _reference_unpack(buf, b, n) == codes.tolist()
 
 
 def test_packing_saves_memory():
@@ -74,40 +61,6 @@ def test_bad_input_is_named(codes, b, match):
         pack(np.asarray(codes), b)
 
 
-def test_unpack_checks_stream():
-    buf = pack(np.arange(10), 4)
-    with pytest.raises(BitpackError, match="too short"):
-        unpack(buf[:1], 4, 10)
-    with pytest.raises(BitpackError, match="uint32"):
-        unpack(buf.astype(np.int64), 4, 10)
+def test_codebook_needs_a_codeword():
     with pytest.raises(BitpackError, match="at least 1 codeword"):
         bits_for(0)
-
-
-@numba.njit(cache=True)
-def _all_codes(stream, word_base, bits, off, D):
-    out = np.zeros((off[-1], D), np.int64)
-    for f in range(off.size - 1):
-        if bits[f] > 0:
-            for i in range(off[f], off[f + 1]):
-                for d in range(D):
-                    out[i, d] = code_of(stream, word_base, bits, off, f, d, i)
-    return out
-
-
-def test_pack_fields_round_trips_per_field_widths():
-    rng = np.random.default_rng(5)
-    off = np.array([0, 7, 300, 340, 1340])
-    sizes = [0, 1000, 2, 2048]  # field 0 kept dense
-    bits = np.array([bits_for(K) if K else 0 for K in sizes])
-    codes = np.zeros((1340, 3), np.int64)
-    for f, K in enumerate(sizes):
-        if K:
-            codes[off[f]:off[f + 1]] = rng.integers(0, K, (off[f + 1] - off[f], 3))
-    stream, word_base = pack_fields(codes, off, bits)
-    assert (word_base[0] == -1).all() and (word_base[1:] >= 0).all()
-    got = _all_codes(stream, word_base, bits, off, 3)
-    np.testing.assert_array_equal(got[7:], codes[7:])
-    assert stream.nbytes == sum(packed_words(off[f + 1] - off[f], bits[f]) * 4 * 3 for f in (1, 2, 3))
-    with pytest.raises(BitpackError, match="one width per field"):
-        pack_fields(codes, off, bits[:2])

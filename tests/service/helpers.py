@@ -8,6 +8,7 @@ binary targets), independently of the Ranker and its kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -163,3 +164,9 @@ def ranker_loader():
     from service.ranker import Ranker
 
     return lambda path, name: Ranker.load(path, name=name)
+
+
+def use_fastpath(client, monkeypatch, on: bool) -> None:
+    """The served app's ``fastpath`` setting (ADRANK_FASTPATH), switched between two requests."""
+    svc = client.app.state.svc
+    monkeypatch.setattr(svc, "settings", dataclasses.replace(svc.settings, fastpath=on))

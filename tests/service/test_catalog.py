@@ -8,6 +8,7 @@ import pytest
 from exporter.synthetic import make_schema, random_features, synthetic_model
 from service.catalog import kernels
 from service.catalog.precompute import PlanError, ad_parts, context_part, make_plan
+from service.kernels import pool
 from tests import naive
 from tests.floats import assert_ulps_close
 
@@ -97,7 +98,7 @@ def test_pruned_without_context_item_pairs_is_constant_per_ad():
 @pytest.mark.parametrize("k", [1, 7, 40, 100])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_top_k_equals_full_sort(k, threads, monkeypatch):
-    monkeypatch.setattr(kernels, "PARALLEL_MIN", 0)  # exercise the chunked (threaded) path too
+    monkeypatch.setattr(pool, "PARALLEL_MIN_SCAN", 0)  # exercise the chunked (threaded) path too
     _, _, _, (z, const, W, c) = setup("dplr", SCHEMAS["multi"], n=40, rho=2)
     W, c = np.concatenate([W, W[:10]]), np.concatenate([c, c[:10]])  # exact ties: rows 0-9 and 40-49
     full = kernels.score_all(z, const, W, c)
@@ -137,10 +138,8 @@ def test_rows_kernel_with_and_without_prefetch_agree_and_rows_are_aligned():
 
 
 def test_threaded_precompute_equals_single_threaded(monkeypatch):
-    from service.catalog import precompute
-
     sm, cx, items, (z, const, W, c) = setup("pruned", SCHEMAS["multi"], n=40, rho=2)
-    monkeypatch.setattr(precompute, "PARALLEL_MIN_ADS", 0)
+    monkeypatch.setattr(pool, "PARALLEL_MIN_PRECOMPUTE", 0)
     W2, c2 = ad_parts(make_plan("pruned", sm.schema, sm.arrays), items, sm.arrays["emb"], sm.arrays["linear"])
     assert_ulps_close(W2, W)
     assert_ulps_close(c2, c)

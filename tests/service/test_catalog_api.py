@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from exporter.synthetic import make_schema, random_features, synthetic_model
 from service.catalog import routes
 from service.catalog.store import Catalog, Model
+from tests.service.helpers import use_fastpath
 
 VALUES = 20
 SCHEMA = make_schema(3, 4, multi_item=1, multi_context=1)
@@ -179,9 +180,9 @@ def test_app_fast_path_by_id_answers_byte_for_byte_as_the_generic_path(served, k
               {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, req["ads"][1]]}]
     for body in bodies:
         raw = json.dumps(body, ensure_ascii=False).encode()
-        monkeypatch.setattr(fastpath, "ENABLED", True)
+        use_fastpath(c, monkeypatch, True)
         fast = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
-        monkeypatch.setattr(fastpath, "ENABLED", False)
+        use_fastpath(c, monkeypatch, False)
         slow = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
         assert (fast.status_code, fast.content) == (slow.status_code, slow.content), raw[:200]
     assert [u is not None and u[3] == "catalog" for u in used] == [True] * 3 + [False] * 4

@@ -89,7 +89,7 @@ def test_catalog_equals_the_services_inline_ranker_equals_naive(kind):
     from service.ranker import Ranker
 
     sm = synthetic_model(kind, SCHEMA, values_per_field=VALUES, seed=4, rho=2, target="regression")
-    ranker = Ranker.from_parts(*sm.artifact_parts(), name="m")
+    ranker = Ranker(*sm.artifact_parts(), name="m")
     cat = Catalog([Model.from_ranker(ranker)])
     batch = ads(25, seed=4)
     cat.upsert(batch)

@@ -15,7 +15,9 @@ from adrank.core.preprocess import EncodeError, Preprocessor, Vocab, field_token
 from adrank.core.schema import Field, Schema
 from service import schemas
 from service.encode import RequestEncoder
-from service.fastpath import FastPath, _bin_edges, python_bin
+from service.fastpath import FastPath, python_bin
+from service.fastpath.lexer import bin_edges
+from tests.service.helpers import use_fastpath
 
 NAMES = ["C1", "C14", "user", "é-ctx", "日本", "price", "age", "tags", "genres", "ad", "flag", "x y", "k\"q", "n"]
 STRINGS = ["x", "ab", "é", "日本", "emoji-🙂", "", "1", "2.5", "true", "a\"q", "back\\slash", "tab\there", "nul\x00",
@@ -205,7 +207,7 @@ def test_multi_values_and_tokens_that_coincide():
 
 def test_numeric_bins_match_python_at_every_edge():
     """The integer bin table equals numeric_token's math.log bin on both sides of every edge."""
-    edges, bins = _bin_edges()
+    edges, bins = bin_edges()
     assert np.all(np.diff(bins) == 1) and bins[0] == python_bin(3)
     for e, b in zip(edges.tolist(), bins.tolist(), strict=True):
         assert python_bin(e) == b
@@ -290,9 +292,9 @@ def test_http_responses_equal_with_and_without_the_fast_path(app_client, monkeyp
     real = fastpath.rank_body
     monkeypatch.setattr(fastpath, "rank_body", lambda *a: used.append(real(*a)) or used[-1])
     for body in http_bodies(np.random.default_rng(11)):
-        monkeypatch.setattr(fastpath, "ENABLED", True)
+        use_fastpath(app_client, monkeypatch, True)
         fast = app_client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
-        monkeypatch.setattr(fastpath, "ENABLED", False)
+        use_fastpath(app_client, monkeypatch, False)
         slow = app_client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
         assert (fast.status_code, fast.content) == (slow.status_code, slow.content), body[:200]
     assert sum(u is not None for u in used) >= 12  # every typical request took the fast path

@@ -15,7 +15,7 @@ import pytest
 
 from adrank.core.preprocess import PAD
 from adrank.core.schema import Field, Schema
-from service.kernels import config
+from service.kernels import memory, schedule
 from service.kernels.registry import SCORERS, make_scorer
 from tests import naive
 from tests.floats import assert_ulps_close
@@ -180,12 +180,12 @@ def test_pruned_with_no_pairs_is_linear_only():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_threaded_path_equals_single_thread(kind, monkeypatch):
-    monkeypatch.setattr(config, "THREADS", 3)  # three slices, whatever this machine's core count
+def test_threaded_path_equals_single_thread(kind):
     schema, params, arrays, X, manifest = case(kind, 40, 16, 10, 4, B=1300)
     ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
     serial = make_scorer(manifest, arrays, parallel_min=10**9)
-    threaded = make_scorer(manifest, arrays, parallel_min=1)
+    # three slices, whatever this machine's core count
+    threaded = make_scorer(manifest, arrays, parallel_min=1, threads=3)
     assert_ulps_close(threaded.score(ctx, items), serial.score(ctx, items))
     assert_ulps_close(threaded.score_rows(X), serial.score_rows(X))
 
@@ -203,11 +203,17 @@ def test_prefetch_schedules_do_not_change_scores(kind, rho):
     full = np.concatenate([np.broadcast_to(ctx, (len(items), len(ctx))), items], axis=1)
     np.testing.assert_allclose(want, oracle(kind, full, schema, params), rtol=RTOL, atol=ATOL)
     for dist in (True, 1, 3):
-        for mode in (None, 0, config.PF_LINEAR, config.PF_INTERLEAVE, config.PF_LINEAR | config.PF_INTERLEAVE,
-                     config.PF_L2 | config.PF_LINEAR, config.PF_L2 | config.PF_INTERLEAVE):
+        for mode in (None, 0, schedule.PF_LINEAR, schedule.PF_INTERLEAVE, schedule.PF_LINEAR | schedule.PF_INTERLEAVE,
+                     schedule.PF_L2 | schedule.PF_LINEAR, schedule.PF_L2 | schedule.PF_INTERLEAVE):
             s = make_scorer(manifest, arrays, prefetch=dist, prefetch_mode=mode)
             assert_ulps_close(s.score_rows(X), want_rows)
             assert_ulps_close(s.score(ctx, items), want)
+    # ADRANK_PREFETCH_LINEAR=0: the default schedule without the linear weights
+    s = make_scorer(manifest, arrays, prefetch_linear=False)
+    assert s.prefetch_mode == schedule.PREFETCH_MODE & ~schedule.PF_LINEAR
+    assert make_scorer(manifest, arrays).prefetch_mode == schedule.PREFETCH_MODE
+    assert_ulps_close(s.score_rows(X), want_rows)
+    assert_ulps_close(s.score(ctx, items), want)
 
 
 def test_prefetch_options_are_checked():
@@ -215,7 +221,7 @@ def test_prefetch_options_are_checked():
     with pytest.raises(ValueError, match="prefetch must be"):
         make_scorer(manifest, arrays, prefetch=-1)
     with pytest.raises(ValueError, match="prefetch_mode must be"):
-        make_scorer(manifest, arrays, prefetch_mode=8 | config.PF_L2 | 3)
+        make_scorer(manifest, arrays, prefetch_mode=8 | schedule.PF_L2 | 3)
 
 
 def test_no_item_fields_and_no_candidates():
@@ -284,16 +290,16 @@ def test_pad_in_single_slot_fields_is_a_zero_field(kind, p_multi):
 @pytest.mark.parametrize("kind", KINDS)
 def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
     """``huge_pages=True`` copies a table of >= 2 MiB into private memory on a 2 MiB boundary
-    (config.resident); ``False`` serves the given (read-only, shared) arrays themselves.  Scores
+    (memory.resident); ``False`` serves the given (read-only, shared) arrays themselves.  Scores
     agree within a few ulps either way (the read-only map views and the
     writable copy are separate compiled specialisations)."""
     schema, params, arrays, X, manifest = case(kind, 81, 16, m=6, m_context=2, p_multi=0.0)
     n = 40_000  # 40,000 x 16 x 4 B = 2.4 MiB: above the 2 MiB threshold
     rng = np.random.default_rng(5)
-    emb = config.aligned(np.zeros((n, 16), np.float32))  # 64-byte aligned, as in an artifact
+    emb = memory.aligned(np.zeros((n, 16), np.float32))  # 64-byte aligned, as in an artifact
     emb[: arrays["emb"].shape[0]] = arrays["emb"]
     emb[arrays["emb"].shape[0]:] = rng.normal(0, 0.4, (n - arrays["emb"].shape[0], 16))
-    linear = config.aligned(np.zeros(n, np.float32))
+    linear = memory.aligned(np.zeros(n, np.float32))
     linear[: arrays["linear"].shape[0]] = arrays["linear"]
     emb.flags.writeable = linear.flags.writeable = False  # as mapped from an artifact
     big = {**arrays, "emb": emb, "linear": linear}
@@ -301,7 +307,7 @@ def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
     huge = make_scorer(manifest, big, huge_pages=True)
     shared = make_scorer(manifest, big, huge_pages=False)
     assert huge.huge_pages and not shared.huge_pages
-    assert not np.shares_memory(huge.emb, emb) and huge.emb.ctypes.data % config.HUGE_PAGE == 0
+    assert not np.shares_memory(huge.emb, emb) and huge.emb.ctypes.data % memory.HUGE_PAGE == 0
     assert np.array_equal(huge.emb, emb) and np.array_equal(huge.linear, linear)
     assert np.shares_memory(shared.emb, emb) and np.shares_memory(shared.linear, linear)
     ids = rng.integers(0, n, (300, X.shape[1])).astype(np.int32)
@@ -312,12 +318,12 @@ def test_huge_page_tables_are_private_copies_with_the_same_scores(kind):
     thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if \
         os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled") else ""
     if "[never]" not in thp and thp:  # THP available: the copy is backed by huge pages
-        kib = config.anon_huge_kib(huge.emb.ctypes.data)
+        kib = memory.anon_huge_kib(huge.emb.ctypes.data)
         assert kib is None or kib >= 2048, f"the table copy has {kib} KiB of huge pages"
 
 
 def test_small_tables_are_not_copied():
     schema, params, arrays, X, manifest = case("fm", 82, 16)
-    emb = config.aligned(arrays["emb"])
+    emb = memory.aligned(arrays["emb"])
     scorer = make_scorer(manifest, {**arrays, "emb": emb}, huge_pages=True)
     assert np.shares_memory(scorer.emb, emb)  # under 2 MiB: the 64-byte-aligned view is enough

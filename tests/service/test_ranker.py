@@ -9,7 +9,6 @@ from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import Preprocessor, Vocab
 from adrank.core.schema import Field, Schema
 from service.encode import RequestError
-from service.kernels import config
 from service.ranker import Ranker, sigmoid
 from tests import naive
 from tests.service.test_kernels import fold, manifest_for, random_params
@@ -40,7 +39,7 @@ def build(kind: str, seed: int = 0, target: str = "binary", k: int = 8, rho: int
     arrays = {**fold(kind, params, schema, pre.vocab.id_offsets), **pre.vocab.arrays()}
     desc, _ = pre.to_state()
     manifest = {**manifest_for(kind, schema, n, k, rho if kind in ("dplr", "pruned") else None), "preprocess": desc}
-    return Ranker.from_parts(manifest, arrays, version="v1", name=f"{kind}-model"), pre, params
+    return Ranker(manifest, arrays, version="v1", name=f"{kind}-model"), pre, params
 
 
 def request(rng, n_ads: int):
@@ -143,7 +142,7 @@ def test_codebook_manifest_without_its_arrays_is_refused():
     """A manifest that claims codebook embeddings but carries only a dense table: named error."""
     ranker, *_ = build("fm", seed=12)
     with pytest.raises(ValueError, match="embedding type 'codebook'"):
-        Ranker.from_parts({**ranker.manifest, "embedding": {"type": "codebook"}}, ranker.arrays)
+        Ranker({**ranker.manifest, "embedding": {"type": "codebook"}}, ranker.arrays)
 
 
 def test_sigmoid_is_stable():
@@ -162,9 +161,9 @@ def test_load_reads_a_real_artifact(tmp_path):
     params = make_artifact(path, "dplr", seed=3)
     ranker = Ranker.load(path)
     assert ranker.name == "m" and len(ranker.version) == 12 and ranker.nbytes == path.stat().st_size
-    # arrays mapped from the file: the random-access tables go to huge pages unless ADRANK_HUGE_PAGES=0;
-    # a ranker built from arrays in memory keeps them as given
-    assert ranker.scorer.huge_pages == config.HUGE_PAGES
+    # arrays mapped from the file: the random-access tables go to huge pages unless told otherwise
+    # (the serving setting ADRANK_HUGE_PAGES=0); a ranker built from arrays in memory keeps them as given
+    assert ranker.scorer.huge_pages is True
     assert Ranker.load(path, huge_pages=False).scorer.huge_pages is False
     assert build("dplr", seed=3)[0].scorer.huge_pages is False
     req = random_request(np.random.default_rng(1), 40, positional=True)
