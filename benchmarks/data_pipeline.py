@@ -18,11 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SAMPLES = {
-    "criteo": "criteo/criteo_dac_train_head.txt.gz",
-    "avazu": "avazu/avazu_train_head.csv.gz",
-    "movielens": "movielens/ml-1m",
-}
+from benchmarks import SAMPLES, SHARED_DATA
 
 
 def _timed(fn):
@@ -80,7 +76,7 @@ def run(out: Path, shared_data: Path, big_rows: int, big_vocab: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/results/data_pipeline", help="output path without suffix")
-    ap.add_argument("--shared-data", default=os.environ.get("ADRANK_SHARED_DATA", "../shared/data"))
+    ap.add_argument("--shared-data", default=str(SHARED_DATA), help="the real samples (default: %(default)s)")
     ap.add_argument("--big-rows", type=int, default=1_000_000)
     ap.add_argument("--big-vocab", type=int, default=1_000_000)
     a = ap.parse_args(argv)

@@ -20,7 +20,7 @@ from adrank.core.files import write_report
 from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import Preprocessor, Vocab
 from adrank.core.schema import Field, Schema
-from service.encode import RequestEncoder, _hash_joined_str, _join_nonempty_str
+from service.encode import RequestEncoder, hash_joined_str, join_nonempty_str
 from service.kernels.registry import make_scorer
 
 
@@ -83,15 +83,15 @@ def run(args) -> dict:
     feats = [a["features"] for a in named]
     rows_ = [*map(enc._getter, feats)]
     cols = list(zip(*rows_, strict=True))
-    joined = "\x00".join(_join_nonempty_str(c) for c in cols[:-1])
-    hashes = _hash_joined_str(joined, len(cols[:-1]) * args.ads)
+    joined = "\x00".join(join_nonempty_str(c) for c in cols[:-1])
+    hashes = hash_joined_str(joined, len(cols[:-1]) * args.ads)
     fields = np.repeat(np.arange(args.context, m - 1), args.ads)
     rows["parts (features form)"] = {
         "gather rows (itemgetter per ad)": median_us(lambda: [*map(enc._getter, feats)], args.repeats),
         "transpose to columns (zip)": median_us(lambda: list(zip(*rows_, strict=True)), args.repeats),
         "join 19 str columns (+ type/empty check)": median_us(
-            lambda: "\x00".join(_join_nonempty_str(c) for c in cols[:-1]), args.repeats),
-        "hash 19k tokens (compiled FNV-1a)": median_us(lambda: _hash_joined_str(joined, len(hashes)), args.repeats),
+            lambda: "\x00".join(join_nonempty_str(c) for c in cols[:-1]), args.repeats),
+        "hash 19k tokens (compiled FNV-1a)": median_us(lambda: hash_joined_str(joined, len(hashes)), args.repeats),
         "bucket lookup 19k hashes (compiled)": median_us(lambda: enc.index.lookup(fields, hashes), args.repeats),
         "numeric column (dedup + Preprocessor)": median_us(
             lambda: enc._column(m - 1, cols[-1], [None] * args.ads), args.repeats),

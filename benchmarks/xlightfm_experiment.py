@@ -8,7 +8,7 @@ xLightFM Sec. 4.3) and the artifact's real size on disk.
 Data sets:
   gen        ``adrank generate`` (clustered tails, Zipf popularity; settings below), >= 1M
              features after ``--min-count``; the planted model's AUC from truth.json is shown
-  criteo, avazu, movielens   the real samples in $ADRANK_SHARED_DATA (skipped when absent)
+  criteo, avazu, movielens   the real samples under --shared-data (skipped when absent)
 
 Protocol, identical for every embedding (the knobs the paper tunes):
   * Adam, batch ``--batch-size``, up to ``--epochs`` epochs with early stopping on validation
@@ -40,12 +40,9 @@ import time
 from pathlib import Path
 
 from adrank.core.files import replacing, write_json, write_text
+from benchmarks import SAMPLES, SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ADRANK_SHARED_DATA", "/work/shared/data"))
-REAL = {"criteo": SHARED / "criteo" / "criteo_dac_train_head.txt.gz",
-        "avazu": SHARED / "avazu" / "avazu_train_head.csv.gz",
-        "movielens": SHARED / "movielens" / "ml-1m"}
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -277,6 +274,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="dplr,fm")
     p.add_argument("--rho", type=int, default=2, help="DPLR rank")
     p.add_argument("--embed-dim", type=int, default=32, help="k (the paper's 32)")
+    p.add_argument("--shared-data", default=str(SHARED_DATA), help="the real samples (default: %(default)s)")
     g = p.add_argument_group("generated data (adrank generate)")
     g.add_argument("--gen-dir", default=None, help="where the data set is (generated there if absent)")
     g.add_argument("--gen-rows", type=int, default=1_250_000)
@@ -322,11 +320,12 @@ def main(argv=None) -> int:
             if not (gen / "truth.json").exists():
                 sh([sys.executable, "-m", "adrank.cli", *gen_cmd[1:], "--quiet"], work / "generate.log")
             sets[ds] = ("synthetic", str(gen))
-        elif ds in REAL:
-            if REAL[ds].exists():
-                sets[ds] = (ds, str(REAL[ds]))
+        elif ds in SAMPLES:
+            real = Path(a.shared_data) / SAMPLES[ds]
+            if real.exists():
+                sets[ds] = (ds, str(real))
             else:
-                print(f"skipping {ds}: {REAL[ds]} not found", flush=True)
+                print(f"skipping {ds}: {real} not found", flush=True)
         else:
             p.error(f"unknown data set {ds!r}")
     results = [experiment(R, ds, data, model) for ds, data in sets.items() for model in a.models.split(",")]

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from adrank.core import kinds
 from adrank.core.schema import Schema
-
-KINDS = ("fm", "fwfm", "pruned", "dplr")
-PARAMS = {"fm": (), "fwfm": ("R",), "pruned": ("R", "mask"), "dplr": ("U", "e")}
 
 
 class ExportError(ValueError):
@@ -36,9 +34,10 @@ class ExportError(ValueError):
 def check_params(kind: str, p: dict, n: int, m: int, embed_dim: int | None = None) -> int:
     """Validate the shapes of ``export_arrays()``; returns the embedding dimension k.
     With ``embed_dim`` (codebook models, exporter/codebook.py) no ``emb`` table is needed."""
-    if kind not in KINDS:
-        raise ExportError(f"unknown model kind {kind!r} (known: {KINDS})")
-    names = ("bias", "linear", *PARAMS[kind]) if embed_dim is not None else ("bias", "linear", "emb", *PARAMS[kind])
+    if kind not in kinds.KINDS:
+        raise ExportError(f"unknown model kind {kind!r} (known: {kinds.NAMES})")
+    params = kinds.KINDS[kind].params
+    names = ("bias", "linear", *params) if embed_dim is not None else ("bias", "linear", "emb", *params)
     for name in names:
         if name not in p:
             raise ExportError(f"model kind {kind!r} exported no array {name!r}")
@@ -113,7 +112,7 @@ def fold(kind: str, params: dict, schema: Schema, id_offsets: np.ndarray, sq_nor
     if embed_dim is None:
         arrays["emb"] = np.ascontiguousarray(p["emb"], dtype=np.float32)
     extra: dict = {"embed_dim": k, "rank": None}
-    if kind in ("fm", "dplr"):
+    if kinds.KINDS[kind].low_rank:
         arrays["linear"], arrays["d"] = fold_diagonal(kind, p, schema, id_offsets, sq_norms)
     if kind == "dplr":
         arrays["U"] = np.asarray(p["U"], dtype=np.float32)

@@ -1,9 +1,11 @@
 """Random models in the artifact's array layout, for tests and benchmarks (never for serving).
 
 ``synthetic_model`` draws parameters in the paper's form (``bias, linear, emb`` + ``R`` | ``U, e``
-| pruned ``R, mask``: the names tests/naive.py takes) and converts them to the artifact layout of
-docs/internals.md: the diagonal terms d_f ||v_f||^2 of single-valued fields folded into
-``linear``, ``d`` kept only for multi-valued fields, pruned pairs as ``pair_i < pair_j``.
+| pruned ``R, mask``: the names a trained model exports and tests/naive.py takes; a pruned model
+keeps the pairs the trainer's own pruning rule keeps, ``training.models.pruned.prune_mask``) and
+converts them with the exporter's own folding (:func:`exporter.fold.fold`), so they are laid out
+exactly as an exported artifact: diagonal terms of single-valued fields folded into ``linear``,
+pruned pairs block-ordered.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adrank.core import kinds
 from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import N_SPECIAL, Preprocessor, Vocab
 from adrank.core.schema import Field, Schema
+from exporter.fold import fold
 
 
 @dataclass
@@ -26,13 +30,15 @@ class SyntheticModel:
     naive: dict  # tests/naive.py layout
     rho: int | None = None
     target: str = "binary"
+    extra: dict | None = None  # manifest fields the folding adds (n_pairs, pair_blocks)
 
     def artifact_parts(self) -> tuple[dict, dict]:
-        """(manifest, arrays incl. the vocabulary) as ``Ranker.from_parts`` / the artifact take them."""
+        """(manifest, arrays incl. the vocabulary) as ``Ranker`` / the artifact take them."""
         desc, vocab = self.preprocessor.to_state()
         manifest = {"kind": self.kind, "rank": self.rho, "embed_dim": int(self.arrays["emb"].shape[1]),
                     "target": self.target, "schema": self.schema.to_dict(), "preprocess": desc,
-                    "n_features": self.preprocessor.vocab.n_features, "embedding": {"type": "dense"}}
+                    "n_features": self.preprocessor.vocab.n_features, "embedding": {"type": "dense"},
+                    **{k: v for k, v in (self.extra or {}).items() if k in ("n_pairs", "pair_blocks")}}
         return manifest, {**self.arrays, **vocab}
 
 
@@ -69,44 +75,18 @@ def synthetic_model(kind: str, schema: Schema, values_per_field: int = 20, k: in
     naive = {"bias": rng.normal(size=1).astype(np.float32),
              "linear": rng.normal(scale=0.1, size=n).astype(np.float32),
              "emb": rng.normal(scale=0.3, size=(n, k)).astype(np.float32)}
-    arrays = {key: v.copy() for key, v in naive.items()}
-    diag = np.zeros(m)  # R_ff of the identity sum_ij R_ij <v_i, v_j> that the kind's form implies
-    if kind == "fm":
-        diag[:] = -1.0
-    elif kind == "dplr":
-        U = rng.normal(size=(rho, m)).astype(np.float32)
-        e = rng.normal(size=rho).astype(np.float32)
-        naive.update(U=U, e=e)
-        arrays.update(U=U, e=e)
-        diag = -np.einsum("r,rf,rf->f", e.astype(np.float64), U, U)
-    else:
+    params = kinds.get(kind).params
+    if "U" in params:
+        naive.update(U=rng.normal(size=(rho, m)).astype(np.float32), e=rng.normal(size=rho).astype(np.float32))
+    if "R" in params:
         R = rng.normal(size=(m, m)).astype(np.float32)
-        R = np.triu(R, 1) + np.triu(R, 1).T
-        naive["R"] = R
-        if kind == "fwfm":
-            arrays["R"] = R
-        else:
-            keep = min(rho * (m + 1), m * (m - 1) // 2)
-            iu, ju = np.triu_indices(m, 1)
-            order = np.argsort(-np.abs(R[iu, ju]), kind="stable")[:keep]
-            mask = np.zeros((m, m), bool)
-            mask[iu[order], ju[order]] = mask[ju[order], iu[order]] = True
-            naive["mask"] = mask
-            pi, pj = iu[np.sort(order)], ju[np.sort(order)]
-            arrays.update(pair_i=pi.astype(np.int32), pair_j=pj.astype(np.int32),
-                          pair_r=R[pi, pj].astype(np.float32))
-    if kind in ("fm", "dplr"):
-        d = np.zeros(m, np.float32)
-        lin = arrays["linear"].astype(np.float64)
-        for f, fld in enumerate(schema.fields):
-            lo, hi = int(pre.vocab.id_offsets[f]), int(pre.vocab.id_offsets[f + 1])
-            if fld.type == "multi":
-                d[f] = diag[f]
-            else:  # ||v_f||^2 is a per-feature scalar: fold 1/2 d_f ||emb_t||^2 into linear_t
-                lin[lo:hi] += 0.5 * diag[f] * np.sum(naive["emb"][lo:hi].astype(np.float64) ** 2, axis=1)
-        arrays["linear"] = lin.astype(np.float32)
-        arrays["d"] = d
-    return SyntheticModel(kind, schema, pre, arrays, naive, rho if kind in ("dplr", "pruned") else None, target)
+        naive["R"] = np.triu(R, 1) + np.triu(R, 1).T
+    if "mask" in params:
+        from training.models.pruned import prune_mask  # the trainer's rule: the rho (m + 1) largest |R_ij|
+
+        naive["mask"] = prune_mask(naive["R"], rho)
+    arrays, extra = fold(kind, naive, schema, np.asarray(pre.vocab.id_offsets))
+    return SyntheticModel(kind, schema, pre, arrays, naive, rho if kinds.get(kind).ranked else None, target, extra)
 
 
 def random_features(schema: Schema, fields, values_per_field: int, rng, n: int) -> list[dict]:

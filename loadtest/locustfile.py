@@ -18,9 +18,11 @@ float time of every request and writes ``start_unix,seconds,status,candidates`` 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from locust import FastHttpUser, events, task
@@ -30,15 +32,36 @@ from locust import FastHttpUser, events, task
 from loadtest.arrivals import KINDS, Schedule
 from loadtest.auctions import open_replacing, with_model
 
-POOL = os.environ.get("ADRANK_LT_POOL", "")
-MODEL = os.environ.get("ADRANK_LT_MODEL", "")
-RPS = float(os.environ.get("ADRANK_LT_RPS", "10"))
-USERS = int(os.environ.get("ADRANK_LT_USERS", "1"))
-ARRIVALS = os.environ.get("ADRANK_LT_ARRIVALS", "poisson")
-if ARRIVALS not in KINDS:
-    raise SystemExit(f"locustfile: ADRANK_LT_ARRIVALS={ARRIVALS!r} is not one of {KINDS}")
 SPAWN_SLACK = 1.0  # s from the first user's start to the common epoch: every user is spawned by then
-TIMINGS = os.environ.get("ADRANK_LT_TIMINGS", "")
+
+
+@dataclass(frozen=True)
+class Options:
+    """This load test's settings: ``ADRANK_LT_*`` variables (written by ``adrank loadtest compare``,
+    loadtest/compare.py, or by the compose file), read once when Locust starts, never at import."""
+
+    pool: str
+    model: str
+    rps: float
+    users: int
+    arrivals: str
+    timings: str
+
+    @classmethod
+    def from_env(cls) -> Options:
+        env = os.environ
+        opts = cls(pool=env.get("ADRANK_LT_POOL", ""), model=env.get("ADRANK_LT_MODEL", ""),
+                   rps=float(env.get("ADRANK_LT_RPS", "10")), users=int(env.get("ADRANK_LT_USERS", "1")),
+                   arrivals=env.get("ADRANK_LT_ARRIVALS", "poisson"), timings=env.get("ADRANK_LT_TIMINGS", ""))
+        if opts.arrivals not in KINDS:
+            raise SystemExit(f"locustfile: ADRANK_LT_ARRIVALS={opts.arrivals!r} is not one of {KINDS}")
+        return opts
+
+
+@functools.cache
+def options() -> Options:
+    return Options.from_env()
+
 
 _bodies: list[tuple[bytes, int]] = []
 _timings: list[tuple[float, float, int, int]] = []
@@ -49,12 +72,18 @@ _epoch: list[float] = []
 def _load_pool() -> None:
     if _bodies:
         return
-    if not POOL or not Path(POOL).is_file():
-        raise SystemExit(f"locustfile: ADRANK_LT_POOL={POOL!r} is not a request pool file")
-    for line in Path(POOL).read_bytes().splitlines():
+    pool, model = options().pool, options().model
+    if not pool or not Path(pool).is_file():
+        raise SystemExit(f"locustfile: ADRANK_LT_POOL={pool!r} is not a request pool file")
+    for line in Path(pool).read_bytes().splitlines():
         if line.strip():
-            body = with_model(line, MODEL) if MODEL else line
+            body = with_model(line, model) if model else line
             _bodies.append((body, line.count(b'"id":')))
+
+
+@events.init.add_listener
+def _on_init(**_kw) -> None:
+    options()  # a bad setting stops Locust before any user starts
 
 
 @events.test_start.add_listener
@@ -73,9 +102,9 @@ def _on_request(request_type, name, response_time, response_length, response=Non
 
 @events.test_stop.add_listener
 def _on_stop(environment, **_kw) -> None:
-    if not TIMINGS:
+    if not options().timings:
         return
-    with open_replacing(TIMINGS, "w") as fh:
+    with open_replacing(options().timings, "w") as fh:
         fh.write("start_unix,seconds,status,candidates\n")
         fh.writelines(f"{s:.6f},{t:.9f},{c},{n}\n" for s, t, c, n in _timings)
 
@@ -89,7 +118,8 @@ class RankUser(FastHttpUser):
             next(self._order)
         if not _epoch:
             _epoch.append(time.monotonic() + SPAWN_SLACK)
-        self._schedule = Schedule(ARRIVALS, RPS, max(USERS, index + 1), index)
+        opts = options()
+        self._schedule = Schedule(opts.arrivals, opts.rps, max(opts.users, index + 1), index)
         self._schedule.skip_to(time.monotonic() - _epoch[0])
         time.sleep(max(0.0, _epoch[0] + self._schedule.t - time.monotonic()))  # gevent: yields
 

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ADRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+import benchmarks
 
-SAMPLES = {
-    "criteo": SHARED_DATA / "criteo" / "criteo_dac_train_head.txt.gz",
-    "avazu": SHARED_DATA / "avazu" / "avazu_train_head.csv.gz",
-    "movielens": SHARED_DATA / "movielens" / "ml-1m",
-}
+# ADRANK_SHARED_DATA moves them (read here only; the benchmarks take --shared-data)
+SHARED_DATA = Path(os.environ.get("ADRANK_SHARED_DATA") or benchmarks.SHARED_DATA)
+
+SAMPLES = {name: SHARED_DATA / rel for name, rel in benchmarks.SAMPLES.items()}
 
 
 def sample_path(name: str) -> Path:

@@ -8,7 +8,7 @@ binned by floor(ln(x)^2).  The value -> id definition is :class:`adrank.core.pre
 ``prepare`` streams the raw file twice in chunks, so a data set larger than RAM works:
 pass 1 splits rows and counts tokens per field on train rows; pass 2 encodes each chunk and
 writes it into preallocated ``np.lib.format.open_memmap`` files.  The result is cached under
-``$ADRANK_CACHE`` (default ``.adrank/cache``) keyed by (dataset, absolute path, size, mtime,
+``cache_dir`` (default ``.adrank/cache``; the CLI passes ``$ADRANK_CACHE``) keyed by (dataset, absolute path, size, mtime,
 seed, min_count, max_rows), written to a temporary directory and renamed into place, so a
 crash never leaves a half-written cache.  Layout (docs/internals.md)::
 
@@ -40,12 +40,12 @@ from tqdm import tqdm
 from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import EncodeError, Preprocessor, Vocab, field_tokens
 from adrank.core.schema import Schema
+from training.datasets import DATASETS
 from training.datasets.io import DataError
 from training.datasets.movielens import movielens_files, read_movielens
 from training.datasets.readers import read_avazu, read_criteo, read_synthetic_tsv
 from training.datasets.schemas import AVAZU, CRITEO, MOVIELENS
 
-DATASETS = ("criteo", "avazu", "movielens", "synthetic")
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1
 
@@ -271,7 +271,7 @@ def _cache_key(dataset, path, seed, min_count, max_rows) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ADRANK_CACHE", Path.cwd() / ".adrank" / "cache"))
+    return Path.cwd() / ".adrank" / "cache"
 
 
 def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: int | None = None,

@@ -89,7 +89,7 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
@@ -372,5 +372,5 @@ def fit(cfg: TrainConfig, data, out_dir) -> dict:
     }
     if rank == 0:
         checkpoint.save(out_dir, model, cfg, data.preprocessor, metrics)
-    _barrier()
+    barrier()
     return metrics

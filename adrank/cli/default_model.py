@@ -5,7 +5,8 @@ planted-FwFM data set (training.generate), encode it (training.data.prepare), tr
 (rho=2) and pruned FwFM (rho=2) (training.train.fit), export both (exporter.export.export_run).
 An ``flock`` on ``ADRANK_HOME/.lock`` makes a second `adrank serve` wait for the first build
 instead of racing it; ``default.json`` is written last (atomically) and marks a finished build.
-``ADRANK_DEFAULT_ROWS`` / ``ADRANK_DEFAULT_EPOCHS`` shrink the build (tests).
+``ADRANK_DEFAULT_ROWS`` / ``ADRANK_DEFAULT_EPOCHS`` shrink the build (tests); all three are read by
+adrank/cli/settings.py.
 
 This module imports training (torch) *inside* ``build()`` only, and `adrank serve` runs it
 in a child process (``python -m adrank.cli.default_model``), so neither the CLI process that
@@ -18,11 +19,11 @@ import argparse
 import fcntl
 import gzip
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from adrank.cli.settings import CliSettings
 from adrank.core.files import write_text
 
 MODELS = (("dplr", "dplr", 2), ("pruned", "pruned", 2))  # (served name, kind, rho)
@@ -32,7 +33,7 @@ MARKER = "default.json"
 
 
 def home_dir(home=None) -> Path:
-    return Path(home or os.environ.get("ADRANK_HOME") or "~/.cache/adrank/default").expanduser()
+    return Path(home).expanduser() if home else CliSettings.from_env().home
 
 
 def cached(home=None) -> dict | None:
@@ -61,8 +62,8 @@ def build(home=None, progress: bool = True) -> dict:
         from training.train import TrainConfig, fit
 
         t0 = time.perf_counter()
-        p = {**DEFAULTS, "rows": int(os.environ.get("ADRANK_DEFAULT_ROWS", DEFAULTS["rows"])),
-             "epochs": int(os.environ.get("ADRANK_DEFAULT_EPOCHS", DEFAULTS["epochs"]))}
+        env = CliSettings.from_env()
+        p = {**DEFAULTS, "rows": env.default_rows or DEFAULTS["rows"], "epochs": env.default_epochs or DEFAULTS["epochs"]}
         generate(home / "data", rows=p["rows"], seed=p["seed"], fields=p["fields"],
                  context_fields=p["context_fields"], vocab=p["vocab"], embed_dim=p["embed_dim"],
                  progress=progress)

@@ -9,12 +9,13 @@ The reader owns the format (spec: docs/artifact-format.md); the exporter writes 
                        "manifest": {...}}, space-padded so the data region starts 64-aligned
     [64 + H, +D)       data region: arrays in name order, each at a 64-aligned offset, zero padding
 
-What each model kind must carry is the declarative table :data:`KIND_ARRAYS` (plus
-:data:`COMMON_ARRAYS` and, selected by the manifest's ``"embedding": {"type": ...}``,
-:data:`EMBEDDING_ARRAYS`).  Shapes name manifest dimensions (``m`` = number of fields, ``k`` =
-``embed_dim``, ``rank`` = rho, ...), so a new kind or embedding type is one table entry.
+What each model kind must carry is declared in the kinds table (``adrank.core.kinds``: a kind's
+``arrays``), beside :data:`COMMON_ARRAYS` and, selected by the manifest's
+``"embedding": {"type": ...}``, :data:`EMBEDDING_ARRAYS`.  Shapes name manifest dimensions
+(``m`` = number of fields, ``k`` = ``embed_dim``, ``rank`` = rho, ...), so a new kind or embedding
+type is one table entry.
 
-Only numpy and the stdlib (plus ``adrank.core.schema``/``adrank.core.preprocess``) are imported here.
+Only numpy and the stdlib (plus the core's ``kinds``, ``schema`` and ``preprocess``) are imported here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from adrank.core import kinds
 
 MAGIC = b"ADRKART\x00"
 FORMAT_VERSION = 1
@@ -48,13 +51,6 @@ COMMON_ARRAYS = {
     "vocab_keys": ("uint64", ("*",)),
     "vocab_key_offsets": ("int64", ("m+1",)),
     "vocab_id_offsets": ("int64", ("m+1",)),
-}
-KIND_ARRAYS = {
-    "fm": {"d": ("float32", ("m",))},
-    "fwfm": {"R": ("float32", ("m", "m"))},
-    "pruned": {"pair_i": ("int32", ("n_pairs",)), "pair_j": ("int32", ("n_pairs",)),
-               "pair_r": ("float32", ("n_pairs",))},
-    "dplr": {"U": ("float32", ("rank", "m")), "e": ("float32", ("rank",)), "d": ("float32", ("m",))},
 }
 EMBEDDING_ARRAYS = {
     "dense": {"emb": ("float32", ("n_features", "embed_dim"))},
@@ -181,7 +177,7 @@ def dimensions(manifest: dict) -> dict[str, int]:
 def required_arrays(manifest: dict) -> dict[str, tuple[str, tuple]]:
     """The (dtype, shape rule) of every array the manifest's kind and embedding require."""
     emb_type = manifest["embedding"]["type"]
-    return {**COMMON_ARRAYS, **KIND_ARRAYS[manifest["kind"]], **EMBEDDING_ARRAYS[emb_type]}
+    return {**COMMON_ARRAYS, **kinds.KINDS[manifest["kind"]].arrays, **EMBEDDING_ARRAYS[emb_type]}
 
 
 def validate(manifest, table, arrays: dict[str, np.ndarray] | None = None, path=None) -> None:
@@ -197,8 +193,8 @@ def validate(manifest, table, arrays: dict[str, np.ndarray] | None = None, path=
             raise BadManifest(f"manifest field {key!r} missing or not a {typ.__name__}", path)
     if manifest["format"] != FORMAT_NAME:
         raise BadManifest(f"manifest format is {manifest['format']!r}, expected {FORMAT_NAME!r}", path)
-    if manifest["kind"] not in KIND_ARRAYS:
-        raise UnknownKind(f"unknown model kind {manifest['kind']!r} (known: {sorted(KIND_ARRAYS)})", path)
+    if manifest["kind"] not in kinds.KINDS:
+        raise UnknownKind(f"unknown model kind {manifest['kind']!r} (known: {sorted(kinds.NAMES)})", path)
     if manifest["embedding"].get("type") not in EMBEDDING_ARRAYS:
         raise UnknownEmbedding(f"unknown embedding type {manifest['embedding'].get('type')!r} "
                                f"(known: {sorted(EMBEDDING_ARRAYS)})", path)

@@ -39,13 +39,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from adrank.core import kinds
 from adrank.core.schema import Schema
 from service.kernels import pool
 from service.kernels.codegen import PRECOMPUTE
 from service.kernels.memory import aligned_empty
 from service.kernels.rows import codebook_source, decode_table
-
-KINDS = ("fm", "dplr", "pruned", "fwfm")
 
 
 class PlanError(ValueError):
@@ -108,8 +107,8 @@ def _side(offsets, M, g, d, h, pp, pq, pr) -> Side:
 
 def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     """Split a model (artifact arrays, see docs/internals.md) into context and item sides."""
-    if kind not in KINDS:
-        raise PlanError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    if kind not in kinds.KINDS:
+        raise PlanError(f"unknown model kind {kind!r}; expected one of {kinds.NAMES}")
     m, mc = schema.m, schema.m_context
     source = None
     if "emb" not in arrays and "codebooks" in arrays:  # codebook embedding: decode rows per ad batch
@@ -129,7 +128,7 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     if d.shape != (m,):
         raise PlanError(f"d has shape {d.shape}, expected ({m},)")
     none = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    if kind in ("fm", "dplr"):
+    if kinds.KINDS[kind].low_rank:
         if kind == "fm":
             U, e = np.ones((1, m)), np.ones(1)
         else:

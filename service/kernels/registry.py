@@ -1,4 +1,5 @@
-"""Model kind -> scorer class, and the one way to build a scorer from an artifact."""
+"""Model kind -> scorer class, and the one way to build a scorer from an artifact.  Every kind of
+the kinds table (adrank/core/kinds.py) has one (a test checks it)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SCORERS: dict[str, type[Scorer]] = {
 
 
 def make_scorer(manifest: dict, arrays: dict, **options) -> Scorer:
-    """The scorer for ``manifest["kind"]``; ``options`` (prefetch, prefetch_mode, parallel_min) go to it."""
+    """The scorer for ``manifest["kind"]``; ``options`` (prefetch, prefetch_mode, prefetch_linear,
+    parallel_min, threads, huge_pages: service/kernels/base.py) go to it."""
     kind = manifest.get("kind")
     if kind not in SCORERS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(SCORERS)}")

@@ -226,8 +226,7 @@ def test_image_builds_and_ranks(tmp_path):
 
     from tests.docker.test_prometheus import free_port, make_artifacts, random_request, stop
 
-    image = os.environ.get("ADRANK_IMAGE", "localhost/adrank:smoke")
-    locust_image = os.environ.get("ADRANK_LOCUST_IMAGE", "localhost/adrank-locust:smoke")
+    image, locust_image = "localhost/adrank:smoke", "localhost/adrank-locust:smoke"  # tags of this test's own
     r = subprocess.run([str(REPO / "scripts" / "build-image")],
                        env={**os.environ, "ADRANK_IMAGE": image, "ADRANK_LOCUST_IMAGE": locust_image},
                        capture_output=True, text=True, timeout=1800)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adrank.core import kinds
 from exporter.synthetic import make_schema, random_features, synthetic_model
 from service.catalog import kernels
 from service.catalog.precompute import PlanError, ad_parts, context_part, make_plan
@@ -12,7 +13,7 @@ from service.kernels import pool
 from tests import naive
 from tests.floats import assert_ulps_close
 
-KINDS = ("fm", "dplr", "pruned", "fwfm")
+KINDS = kinds.NAMES  # every kind of the table
 VALUES = 20
 
 

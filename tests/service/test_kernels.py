@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from adrank.core import kinds
 from adrank.core.preprocess import PAD
 from adrank.core.schema import Field, Schema
 from service.kernels import memory, schedule
@@ -20,7 +21,7 @@ from service.kernels.registry import SCORERS, make_scorer
 from tests import naive
 from tests.floats import assert_ulps_close
 
-KINDS = ("fm", "fwfm", "pruned", "dplr")
+KINDS = kinds.NAMES  # every kind of the table
 RTOL, ATOL = 1e-4, 1e-4  # float32 parameters and accumulation vs the float64 oracle
 
 

@@ -175,9 +175,9 @@ def test_split_is_80_10_10_stable_and_chunk_independent(criteo_path, tmp_path):
 
 
 def test_cache_round_trip_reuse_and_key(avazu_path, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADRANK_CACHE", str(tmp_path / "env-cache"))
+    monkeypatch.chdir(tmp_path)  # the default cache is .adrank/cache under the working directory
     a = D.prepare("avazu", avazu_path, progress=False)
-    assert a.path.parent == tmp_path / "env-cache" and a.target == "binary"
+    assert a.path.parent == tmp_path / ".adrank" / "cache" and a.target == "binary"
     X, y = a.split("train")
     assert isinstance(X, np.memmap) and X.dtype == np.int32 and y.dtype == np.float32
     assert X.shape[1] == a.schema.n_slots and not X.flags.writeable
@@ -192,7 +192,7 @@ def test_cache_round_trip_reuse_and_key(avazu_path, tmp_path, monkeypatch):
     assert D.prepare("avazu", avazu_path, progress=False).path == a.path  # reused, not re-read
     with pytest.raises(AssertionError, match="read again"):
         D.prepare("avazu", avazu_path, min_count=3, progress=False)  # another key
-    assert [p.name for p in (tmp_path / "env-cache").iterdir()] == [a.path.name]  # no temp dirs left
+    assert [p.name for p in (tmp_path / ".adrank" / "cache").iterdir()] == [a.path.name]  # no temp dirs left
 
 
 def test_encode_file_with_given_preprocessor_matches_prepare(avazu_path, tmp_path):

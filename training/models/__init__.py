@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from adrank.core import kinds
 from adrank.core.schema import Schema
 from training.models.dplr import DPLRFwFM
 from training.models.fm import FM
@@ -11,7 +12,7 @@ from training.models.fwfm import FwFM
 from training.models.layers import FieldModel, make_embedding
 from training.models.pruned import PrunedFwFM, prune_mask
 
-KINDS = ("fm", "fwfm", "pruned", "dplr")
+KINDS = kinds.NAMES
 
 
 def build(kind: str, schema: Schema, n_features: int, embed_dim: int, rank: int | None = None,
@@ -21,10 +22,8 @@ def build(kind: str, schema: Schema, n_features: int, embed_dim: int, rank: int 
     A fresh "pruned" model keeps every pair until ``PrunedFwFM.from_fwfm`` (or loading a
     checkpoint) sets its mask.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
     args = (schema, n_features, embed_dim, embedding, embedding_opts)
-    if kind in ("dplr", "pruned"):
+    if kinds.get(kind).ranked:
         if rank is None or int(rank) < 1:
             raise ValueError(f"model {kind!r} needs rank >= 1, got {rank!r}")
         return (DPLRFwFM if kind == "dplr" else PrunedFwFM)(*args, rho=int(rank))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.layers import FieldModel, _np
+from training.models.layers import FieldModel, to_numpy
 
 
 class DPLRFwFM(FieldModel):
@@ -53,5 +53,5 @@ class DPLRFwFM(FieldModel):
 
     def export_arrays(self) -> dict[str, np.ndarray]:
         out = super().export_arrays()
-        out["U"], out["e"] = _np(self.U), _np(self.e)
+        out["U"], out["e"] = to_numpy(self.U), to_numpy(self.e)
         return out

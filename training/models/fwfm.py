@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.layers import FieldModel, _np, pairwise, symmetric_from_upper
+from training.models.layers import FieldModel, pairwise, symmetric_from_upper, to_numpy
 
 
 class FwFM(FieldModel):
@@ -36,5 +36,5 @@ class FwFM(FieldModel):
     def export_arrays(self) -> dict[str, np.ndarray]:
         out = super().export_arrays()
         with torch.no_grad():
-            out["R"] = _np(self.R)
+            out["R"] = to_numpy(self.R)
         return out

@@ -101,9 +101,9 @@ class FieldModel(nn.Module):
         plus a codebook embedding's own ``export_arrays()`` (codebooks, codes, ...)."""
         with torch.no_grad():
             out = {
-                "bias": _np(self.bias),
-                "linear": _np(self.linear.table()[:, 0]),
-                "emb": _np(self.embedding.table()),
+                "bias": to_numpy(self.bias),
+                "linear": to_numpy(self.linear.table()[:, 0]),
+                "emb": to_numpy(self.embedding.table()),
             }
         if hasattr(self.embedding, "export_arrays"):
             out.update({k: v for k, v in self.embedding.export_arrays().items() if k not in out})
@@ -130,5 +130,5 @@ def pairwise(V: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return 0.5 * (G * R).sum(dim=(1, 2))
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(np.float32))

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from adrank.core.files import write_text
+from training.datasets import DATASETS
 
 HELP = "Score every row of a raw file with a trained run or an exported artifact (AUC/LogLoss or MSE)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run directory (adrank train) or artifact file (adrank export)")
-    p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "synthetic"])
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data", required=True, help="raw data file (or directory for movielens/synthetic)")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N raw rows")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the metrics to this JSON file")

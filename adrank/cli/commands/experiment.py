@@ -6,12 +6,14 @@ import argparse
 import shlex
 import sys
 
+from training.datasets import DATASETS
+
 HELP = "Run a paper experiment (paper-table: FM, FwFM, DPLR rho=1..5 vs matched pruned FwFM)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["paper-table"], help="which experiment")
-    p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "synthetic"])
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data", required=True, help="raw data file (or directory for movielens/synthetic)")
     p.add_argument("--out", required=True, help="directory for paper-table-<dataset>.{md,csv}")
     p.add_argument("--runs-dir", default=None, help="where the run directories go (default OUT/runs/DATASET)")
@@ -24,13 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--min-count", type=int, default=10)
     p.add_argument("--max-rows", type=int, default=None)
-    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE)")
+    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE, else .adrank/cache)")
     p.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from adrank.cli.settings import CliSettings
     from adrank.core.errors import UserError
     from training.checkpoint import CheckpointError
     from training.experiment import Plan, paper_table
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         shlex.join(["adrank", "experiment", "paper-table", "--dataset", args.dataset, "--data", args.data,
                     "--out", args.out])
     try:
-        summary = paper_table(plan, args.out, args.runs_dir, args.cache_dir, command, progress=not args.quiet)
+        cache_dir = args.cache_dir or CliSettings.from_env().cache
+        summary = paper_table(plan, args.out, args.runs_dir, cache_dir, command, progress=not args.quiet)
     except (ValueError, CheckpointError, OSError) as exc:
         raise UserError(str(exc)) from exc
     print(f"wrote {args.out}/paper-table-{args.dataset}.md and .csv ({summary['seconds']:.0f} s)")

@@ -103,12 +103,11 @@ def run(args) -> int:
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
     try:
-        items, info = list(args.artifacts), None
-        if not items and os.environ.get("ADRANK_MODELS"):
-            items = os.environ["ADRANK_MODELS"].replace(",", " ").split()
-        if not items:
+        info = None
+        specs = parse_model_specs(args.artifacts) if args.artifacts else list(Settings.from_env().models)
+        if not specs:
             items, info = _default_models()
-        specs = parse_model_specs(items)
+            specs = parse_model_specs(items)
         _check_artifacts(specs)
         overrides = {"ADRANK_MODELS": " ".join(f"{s.name}={s.path.resolve()}" for s in specs)}
         for flag, key in (("max_candidates", "ADRANK_MAX_CANDIDATES"), ("max_body_bytes", "ADRANK_MAX_BODY_BYTES"),
@@ -134,13 +133,13 @@ def run(args) -> int:
     # lets the run directory below be removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return _run_uvicorn(args)
+        return _run_uvicorn(args, run_dir)
     finally:
         if is_temp:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_uvicorn(args) -> int:
+def _run_uvicorn(args, run_dir: Path) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -148,7 +147,7 @@ def _run_uvicorn(args) -> int:
         def handle_hup(self) -> None:  # reload models in every worker instead of restarting them
             from service.models import bump_all
 
-            bump_all(Path(os.environ["ADRANK_RUN_DIR"]))
+            bump_all(run_dir)
 
     config = uvicorn.Config("service.app:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_level=args.log_level,

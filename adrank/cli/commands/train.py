@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-search", type=int, default=0, metavar="N", help="Optuna trials tuning lr on valid")
     p.add_argument("--prune-from", default=None, metavar="RUN_DIR", help="prune this trained FwFM run")
     p.add_argument("--no-finetune", action="store_true", help="pruned: keep the pruned FwFM as is")
-    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE)")
+    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE, else .adrank/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("codebook embeddings (LightFM / xLightFM)")
@@ -72,10 +72,11 @@ def embedding_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adrank.cli.settings import CliSettings
     from adrank.core.errors import UserError
     from training.checkpoint import CheckpointError
     from training.data import prepare
-    from training.train import TrainConfig, _barrier, fit, init_distributed
+    from training.train import TrainConfig, barrier, fit, init_distributed
 
     cfg = TrainConfig(dataset=args.dataset, model=args.model, rank=args.rank, embed_dim=args.embed_dim,
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -87,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.validate()
         rank, _ = init_distributed()
         if rank != 0:
-            _barrier()  # rank 0 encodes (or finds the cache) first; the others then read it
+            barrier()  # rank 0 encodes (or finds the cache) first; the others then read it
         data = prepare(args.dataset, args.data, seed=args.seed, min_count=args.min_count,
-                       max_rows=args.max_rows, cache_dir=args.cache_dir, progress=cfg.progress and rank == 0)
+                       max_rows=args.max_rows, cache_dir=args.cache_dir or CliSettings.from_env().cache,
+                       progress=cfg.progress and rank == 0)
         if rank == 0:
-            _barrier()
+            barrier()
         metrics = fit(cfg, data, args.out)
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
