@@ -1,7 +1,7 @@
 """Kernel benchmark: the DPLR-FwFM paper's Figure 1 protocol (Sec. 5.2) on the serving scorers.
 
     adrank bench kernels [--quick] [--json OUT] [--plot PNG] [--markdown MD]
-    python benchmarks/kernels.py --quick      # same thing without the CLI
+    python -m benchmarks.kernels --quick     # same thing without the CLI
 
 Protocol (paper Sec. 5.2, adapted):
 
@@ -33,6 +33,7 @@ numba loop of independent loads); a candidate with |I| item fields must touch |I
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
@@ -45,8 +46,10 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from adrank.core.errors import UserError
 from adrank.core.files import replacing
 from adrank.core.schema import Field, Schema
+from benchmarks.kernels_cli import DESCRIPTION, add_arguments, command_line
 from exporter.fold import fold
 from service.kernels.memory import aligned
 from service.kernels.registry import make_scorer
@@ -458,7 +461,58 @@ def write_outputs(result: dict, json_path=None, plot_path=None, md_path=None) ->
                 render(tmp)
 
 
-if __name__ == "__main__":
-    from adrank.cli import main
+# --- the command line ---------------------------------------------------------------------------
+def run_command(args) -> int:
+    """Validate the options (benchmarks/kernels_cli.py), run, write and print; UserError names what is wrong."""
+    grid = dict(QUICK if args.quick else FULL)
+    for key in ("contexts", "ranks", "dims", "candidates", "popularity", "repeats", "table_mib", "target"):
+        value = getattr(args, key)
+        if value is not None:
+            grid[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    problems = [f"--{key.replace('_', '-')} needs at least one value" for key in
+                ("contexts", "ranks", "dims", "candidates") if not grid[key]]
+    problems += [f"--{key.replace('_', '-')} values must be positive" for key in ("ranks", "dims", "candidates")
+                 if any(v < 1 for v in grid[key])]
+    problems += [f"--{key.replace('_', '-')} must be >= {lo}" for key, lo in
+                 (("repeats", 2), ("table_mib", 1), ("target", 1)) if grid[key] < lo]
+    problems += [f"--contexts: {c} is not in [1, {grid['fields'] - 1}]" for c in grid["contexts"]
+                 if not 0 < c < grid["fields"]]
+    for path in (args.json, args.plot, args.markdown):
+        if path and not Path(path).resolve().parent.is_dir():
+            problems.append(f"output directory of {path} does not exist")
+    target_runs = []
+    for path in args.target_runs or ():
+        try:
+            target_runs.append(target_run(path))
+        except (OSError, ValueError) as exc:
+            problems.append(f"--target-runs {path}: {exc}")
+    if problems:
+        raise UserError("; ".join(problems))
+    result = run(grid, seed=args.seed, progress=not args.quiet, command=command_line(args))
+    if target_runs:
+        result["target_runs"] = target_runs
+    write_outputs(result, args.json, args.plot, args.markdown)
+    checks = target_checks(result["rows"])
+    for f_k, f in result["floors"].items():
+        print(f"random-gather floor k={f_k}: {f['ns_per_row']:.2f} ns per row ({f['table_mib']} MiB table)")
+    for c in checks:
+        print(f"target [{c['popularity']}] {c['check']}: {c['measured']:.2f} (target {c['target']}) "
+              f"{'met' if c['met'] else 'NOT met'}")
+    if not (args.json or args.markdown):
+        print(markdown(result))
+    return 0
 
-    sys.exit(main(["bench", "kernels", *sys.argv[1:]]))
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.kernels``: the same as ``adrank bench kernels``."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=DESCRIPTION)
+    add_arguments(p)
+    try:
+        return run_command(p.parse_args(argv))
+    except UserError as exc:
+        print(f"benchmarks.kernels: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

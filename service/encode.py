@@ -196,7 +196,8 @@ class RequestEncoder:
             rows = vals
         elif feats is not None:
             try:  # every ad names every item field: one C-level itemgetter call per ad
-                rows = [*map(self._getter, feats)] if n_items > 1 else None
+                getter = self._getter  # set whenever there are item fields
+                rows = [*map(getter, feats)] if getter is not None and n_items > 1 else None
             except KeyError:
                 rows = None
             if rows is None:
@@ -266,7 +267,7 @@ class RequestEncoder:
         return (ad.get("features") or {}).get(name)
 
     # --- one column ----------------------------------------------------------------------
-    def _column(self, f: int, col: list, ids: Sequence) -> np.ndarray:
+    def _column(self, f: int, col: Sequence, ids: Sequence) -> np.ndarray:
         """int32[N, width] ids of field ``f`` for raw values ``col``; errors name the ad."""
         kinds = set(map(type, col))
         try:

@@ -222,6 +222,7 @@ class ModelRegistry:
         return read_state(self.run_dir) if self.run_dir else {}
 
     def _locked_state(self):
+        assert self.run_dir is not None  # callers check it
         return locked_state(self.run_dir)
 
 

@@ -45,14 +45,14 @@ TARGETS = ("binary", "regression")
 
 # --- what each kind needs: name -> (dtype, shape); a shape entry is an int, a dimension name
 # resolved by `dimensions(manifest)`, or "*" (any length).
-COMMON_ARRAYS = {
+COMMON_ARRAYS: dict[str, tuple[str, kinds.Shape]] = {
     "bias": ("float32", (1,)),
     "linear": ("float32", ("n_features",)),  # w_j + folded 0.5 * c_f * ||emb_j||^2
     "vocab_keys": ("uint64", ("*",)),
     "vocab_key_offsets": ("int64", ("m+1",)),
     "vocab_id_offsets": ("int64", ("m+1",)),
 }
-EMBEDDING_ARRAYS = {
+EMBEDDING_ARRAYS: dict[str, dict[str, tuple[str, kinds.Shape]]] = {
     "dense": {"emb": ("float32", ("n_features", "embed_dim"))},
     # xLightFM / LightFM (xlightfm.md Sec. 3): feature i of a quantized field f is the
     # concatenation of D codewords, codeword d = codebooks[codebook_base[f, d] + code]; code
@@ -409,7 +409,7 @@ def read_artifact(path, verify: bool = True) -> Artifact:
         raise Truncated(f"file has {size} bytes, the prelude promises {end}", path)
     if size > end:
         raise TrailingBytes(f"file has {size - end} bytes after the data region", path)
-    if verify and hashlib.sha256(buf[PRELUDE.size :]).digest() != digest:
+    if verify and hashlib.sha256(buf[PRELUDE.size :].data).digest() != digest:
         raise ChecksumMismatch("SHA-256 of header + data does not match the prelude", path)
     manifest, table = _parse_header(bytes(buf[PRELUDE.size : PRELUDE.size + hlen]), dlen, path)
     base = PRELUDE.size + hlen

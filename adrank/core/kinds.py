@@ -22,8 +22,9 @@ and its scorer (service/kernels); tests check that every layer covers every kind
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
-Shape = tuple  # of ints, manifest dimension names ("m", "rank", "n_pairs", ...) or "*"
+Shape: TypeAlias = tuple[int | str, ...]  # ints, manifest dimension names ("m", "rank", "n_pairs", ...) or "*"
 
 
 @dataclass(frozen=True)

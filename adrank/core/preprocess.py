@@ -22,7 +22,7 @@ Feature ids
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,7 +202,7 @@ class Preprocessor:
             out[mask, 0] = ids
         return out
 
-    def encode_columns(self, columns: dict[str, Sequence], n_rows: int | None = None,
+    def encode_columns(self, columns: Mapping[str, Sequence], n_rows: int | None = None,
                        fields: Sequence[int] | None = None) -> np.ndarray:
         """Encode raw columns (name -> values); absent columns are missing.
 

@@ -81,7 +81,7 @@ class IdTable:
         if bad >= 0:
             raise IdCollision(int(bad))
 
-    def with_rows(self, hashes: np.ndarray, first_row: int) -> IdTable:
+    def with_rows(self, hashes: np.ndarray, first_row: int) -> IdTable | None:
         """A copy with ``hashes[i] -> first_row + i`` added (ids new to this table); the copy is a
         memcpy + len(hashes) inserts, unless the load factor would pass 1/2 (then a rebuild)."""
         if 2 * (first_row + len(hashes)) > len(self.keys):

@@ -88,7 +88,8 @@ class Journal:
 
 def _runs(entries: list[dict]):
     """Consecutive entries of one op merged (upsert keeps the last duplicate; order preserved)."""
-    op, items = None, []
+    op: str | None = None
+    items: list[dict] = []
     for e in entries:
         if e["op"] != op and items:
             yield op, items

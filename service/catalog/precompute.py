@@ -44,7 +44,7 @@ from adrank.core.schema import Schema
 from service.kernels import pool
 from service.kernels.codegen import PRECOMPUTE
 from service.kernels.memory import aligned_empty
-from service.kernels.rows import codebook_source, decode_table
+from service.kernels.rows import CodebookSource, codebook_source, decode_table
 
 
 class PlanError(ValueError):
@@ -75,7 +75,7 @@ class Plan:
     context: Side
     item: Side
     bias: float
-    source: object = None  # rows.CodebookSource of a codebook model (service/kernels/rows.py), else None
+    source: CodebookSource | None = None  # of a codebook model (service/kernels/rows.py), else None
 
     @property
     def D(self) -> int:
@@ -222,7 +222,7 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
     return W, c
 
 
-def _rows_of(plan: Plan, rows: np.ndarray, emb, linear):
+def _rows_of(plan: Plan, rows: np.ndarray, emb, linear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, emb, linear) to compute with: for a codebook model, the rows' distinct features
     decoded once into a small table (xLightFM Eq. 3) and the ids renumbered into it."""
     if plan.source is None:

@@ -125,11 +125,11 @@ def rank(snap: Snapshot, model: str, context, ads=None, all_ads: bool = False, t
         raw = kernels.score_ids(z, const, part.W, part.c, rows)
         order, s = order_scores(raw, -1 if top_k is None else top_k, m.target == "binary")
         return Ranked([ids[i] for i in order.tolist()], s, "catalog", len(ads), time.perf_counter() - t0)
-    pos, rows = _lookup(snap.index, ads)
+    pos, by_id = _lookup(snap.index, ads)
     ids, X = m.encoder.encode_ads(ads)  # validates every inline ad; id-only rows are discarded
     raw = np.empty(len(ads))
-    raw[pos] = kernels.score_ids(z, const, part.W, part.c, np.asarray(rows, np.int64))
-    for i, a in zip(pos, rows, strict=True):
+    raw[pos] = kernels.score_ids(z, const, part.W, part.c, np.asarray(by_id, np.int64))
+    for i, a in zip(pos, by_id, strict=True):
         ids[i] = snap.ids[a]
     inline = np.setdiff1d(np.arange(len(ads)), pos)
     if len(inline):

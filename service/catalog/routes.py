@@ -83,7 +83,7 @@ async def get_ad(ad_id: str, request: Request) -> Response:
         await asyncio.to_thread(catalog.journal.maybe_sync)
     snap = catalog.snapshot if catalog is not None else None
     feats = snap.get(ad_id) if snap is not None else None
-    if feats is None:
+    if feats is None or snap is None:
         return _error(404, "unknown_ad", f"ad {ad_id!r} is not in the catalog")
     return _reply({"id": ad_id, "features": feats, "version": snap.version})
 

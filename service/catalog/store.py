@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -162,7 +163,7 @@ class Catalog:
 
     def __init__(self, models: Iterable[Model] = ()):
         self._lock = threading.Lock()
-        self.journal = None  # set by wiring.install when several workers share writes (journal.py)
+        self.journal: Any = None  # a journal.Journal, set by wiring.install when several workers share writes
         self.snapshot = Snapshot.of(0, [], [], {m.name: _empty_part(m) for m in models})
 
     # --- reads -------------------------------------------------------------------------------
@@ -243,7 +244,8 @@ class Catalog:
             for j, a in enumerate(rows.tolist()):
                 all_feats[a] = msgspec.json.encode(feats[j])
             n = len(all_ids)
-            hashes, table = old.hashes, old.table  # unchanged unless ids were added
+            hashes = old.hashes  # unchanged unless ids were added
+            table: IdTable | None = old.table  # None: the snapshot rebuilds it
             if added:
                 new_hashes = IdTable.hash(added)
                 hashes = np.concatenate([old.hashes, new_hashes])

@@ -121,7 +121,8 @@ class Scorer:
             self.k = int(manifest["embed_dim"])
             self.n_features = int(np.asarray(arrays["vocab_id_offsets"])[-1])
             self._source = codebook_source(arrays, self.k)  # holds the arrays src points into
-            self.src, self.D = self._source.ptrs, self._source.D
+            self.src: np.ndarray | tuple[int, ...] = self._source.ptrs  # what the kernels read rows from
+            self.D = self._source.D
         elif self.embedding == "dense":
             emb = np.asarray(arrays["emb"])
             if emb.ndim != 2:
