@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from adrank.core.datasets import DATASETS
 from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import EncodeError, Preprocessor, Vocab, field_tokens
 from adrank.core.schema import Schema
-from training.datasets import DATASETS
 from training.datasets.io import DataError
 from training.datasets.movielens import movielens_files, read_movielens
 from training.datasets.readers import read_avazu, read_criteo, read_synthetic_tsv

@@ -3,7 +3,7 @@
 Kernels are closures built per (k, rank, schedule) by factories, and some close over other
 compiled helpers.  numba keys a cached closure on the pickle of its cells, in which a compiled
 helper carries a uuid drawn per process: every server start then recompiled those kernels and
-appended another entry to the cache index (service/kernels/config.py, ``closure_njit``).  Two
+appended another entry to the cache index (service/kernels/codegen.py, ``closure_njit``).  Two
 fresh processes share one cache directory here (the scoring kernels of every family and the
 catalog's); the second must compile no kernel.
 """

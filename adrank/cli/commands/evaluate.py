@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from adrank.core.datasets import DATASETS
 from adrank.core.files import write_text
-from training.datasets import DATASETS
 
 HELP = "Score every row of a raw file with a trained run or an exported artifact (AUC/LogLoss or MSE)."
 

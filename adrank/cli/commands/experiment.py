@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from training.datasets import DATASETS
+from adrank.core.datasets import DATASETS
 
 HELP = "Run a paper experiment (paper-table: FM, FwFM, DPLR rho=1..5 vs matched pruned FwFM)."
 
