@@ -136,14 +136,12 @@ def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np
     ranges = pool.split(n, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)
     hs = np.empty((len(ranges), k))
     hi = np.empty((len(ranges), k), np.int64)
-    heap_of = {lo: t for t, (lo, _) in enumerate(ranges)}
     topk_range = scan_kernels(W.shape[1])[1]
 
-    def run(lo: int, hi_: int) -> int:
-        t = heap_of[lo]
+    def run(t: int, lo: int, hi_: int) -> int:  # chunk t keeps its heap in hs[t], hi[t]
         return topk_range(z, const, W, c, lo, hi_, k, hs[t], hi[t])
 
-    sizes = pool.run(run, ranges)
+    sizes = pool.run(run, [(t, lo, hi_) for t, (lo, hi_) in enumerate(ranges)])
     s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
     r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
     order = np.lexsort((r, -s))[:k]

@@ -50,17 +50,17 @@ def executor() -> ThreadPoolExecutor:
 
 
 def split(n: int, parts: int, minimum: int = 0) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges of nearly equal size covering range(n): ``parts`` of them when
-    ``n >= minimum``, else one."""
-    edges = np.linspace(0, n, (max(1, parts) if n >= minimum else 1) + 1).astype(np.int64)
+    """Contiguous [lo, hi) ranges of nearly equal size covering range(n): ``parts`` of them (at
+    most n) when ``n >= minimum``, else one."""
+    edges = np.linspace(0, n, (max(1, min(parts, n)) if n >= minimum else 1) + 1).astype(np.int64)
     return [(int(edges[i]), int(edges[i + 1])) for i in range(len(edges) - 1)]
 
 
-def run(fn: Callable[[int, int], object], ranges: list[tuple[int, int]]) -> list:
-    """``fn(lo, hi)`` for every range, the first on the calling thread and the others on the
-    pool, concurrently; the results in range order."""
-    if len(ranges) == 1:
-        return [fn(*ranges[0])]
-    futures = [executor().submit(fn, lo, hi) for lo, hi in ranges[1:]]
-    first = fn(*ranges[0])
+def run(fn: Callable[..., object], tasks: list[tuple]) -> list:
+    """``fn(*task)`` for every task (e.g. the ranges of :func:`split`), the first on the calling
+    thread and the others on the pool, concurrently; the results in task order."""
+    if len(tasks) == 1:
+        return [fn(*tasks[0])]
+    futures = [executor().submit(fn, *task) for task in tasks[1:]]
+    first = fn(*tasks[0])
     return [first] + [f.result() for f in futures]
