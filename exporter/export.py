@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +82,9 @@ def _codebook(params: dict, config: dict, pre: Preprocessor, embedding: dict):
 
 def build_manifest(kind: str, pre: Preprocessor, extra: dict, embedding: dict, config: dict,
                    source: dict) -> dict:
+    """The artifact's manifest.  Nothing in it depends on when or where the export ran (no clock),
+    so two exports of one run are the same bytes and the version (the checksum prefix) names
+    the model's content: replicas serving one model report one version."""
     desc, _ = pre.to_state()
     rank = extra.pop("rank")
     if rank is None and kind == "pruned":
@@ -97,7 +99,6 @@ def build_manifest(kind: str, pre: Preprocessor, extra: dict, embedding: dict, c
         "preprocess": _plain(desc),
         "n_features": pre.vocab.n_features,
         "embedding": embedding,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": _plain(source),
         **extra,
     }
@@ -132,8 +133,10 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
         return write_artifact(out, manifest, arrays, progress=bar.update)
 
 
-def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = False) -> WriteInfo:
-    """``adrank export``: load a run directory's checkpoint and write its artifact."""
+def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = False,
+               source: dict | None = None) -> WriteInfo:
+    """``adrank export``: load a run directory's checkpoint and write its artifact.  ``source``
+    replaces the manifest's default record of the run (its path, config and metrics)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist")
@@ -142,6 +145,7 @@ def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = Fal
     model, config, pre = load(run_dir)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    source = {"run_dir": str(run_dir.resolve()), "config": config, "metrics": metrics}
+    if source is None:
+        source = {"run_dir": str(run_dir.resolve()), "config": config, "metrics": metrics}
     return export_params(model.export_arrays(), config, pre, out, source, progress=progress,
                          dense_embeddings=dense_embeddings)

@@ -52,7 +52,7 @@ def tiny(kind: str = "fm") -> tuple[dict, dict]:
     desc, vocab = pre.to_state()
     manifest = {"format": "adrank-artifact", "kind": kind, "rank": None, "embed_dim": 2,
                 "target": "binary", "schema": schema.to_dict(), "preprocess": desc, "n_features": 3,
-                "embedding": {"type": "dense"}, "created_at": "2026-01-01T00:00:00+00:00",
+                "embedding": {"type": "dense"},
                 "source": {"note": "tiny"}}
     arrays = {"bias": np.array([0.5], np.float32), "linear": np.array([1, 2, 3], np.float32),
               "emb": np.arange(6, dtype=np.float32).reshape(3, 2), "d": np.zeros(1, np.float32),
@@ -68,7 +68,7 @@ def two_field(kind: str) -> tuple[dict, dict]:
     n, rng = 7, np.random.default_rng(1)
     manifest = {"format": "adrank-artifact", "kind": kind, "rank": 2 if kind == "dplr" else None,
                 "embed_dim": 3, "target": "regression", "schema": schema.to_dict(), "preprocess": desc,
-                "n_features": n, "embedding": {"type": "dense"}, "created_at": "now", "source": {}}
+                "n_features": n, "embedding": {"type": "dense"}, "source": {}}
     arrays = {"bias": np.zeros(1, np.float32), "linear": rng.normal(size=n).astype(np.float32),
               "emb": rng.normal(size=(n, 3)).astype(np.float32), **vocab}
     if kind in ("fm", "dplr"):
@@ -118,6 +118,9 @@ def test_golden_bytes(tmp_path):
     table = json.loads(got[64 : 64 + hlen])["arrays"]
     assert [t["offset"] for _, t in sorted(table.items())] == [0, 64, 128, 192, 256, 320, 384]
     assert dlen == 448 and len(got) == 64 + hlen + dlen
+    # the worked example of docs/artifact-format.md section 7: its bytes, hence its version, are
+    # fixed by its content alone (any clock or path in the header would change them)
+    assert info.version == hashlib.sha256(got[64:]).hexdigest()[:12] == "205f5ab639e9"
 
 
 def test_arrays_are_readonly_views_of_one_map(tmp_path):
@@ -354,7 +357,7 @@ def test_load_preprocessor_encodes_real_criteo_like_the_original(tmp_path, crite
     desc, vocab = pre.to_state()
     manifest = {"format": "adrank-artifact", "kind": "fm", "rank": None, "embed_dim": 1,
                 "target": "binary", "schema": schema.to_dict(), "preprocess": desc, "n_features": n,
-                "embedding": {"type": "dense"}, "created_at": "now", "source": {}}
+                "embedding": {"type": "dense"}, "source": {}}
     arrays = {"bias": np.zeros(1, np.float32), "linear": np.zeros(n, np.float32),
               "emb": np.zeros((n, 1), np.float32), "d": np.zeros(schema.m, np.float32), **vocab}
     art = A.read_artifact(A.write_artifact(tmp_path / "c.adrk", manifest, arrays).path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 
 import numpy as np
@@ -213,6 +214,28 @@ def test_cli_export_prints_contents_and_records_the_run(tmp_path, monkeypatch, c
     assert src["config"] == config and src["metrics"]["valid"]["auc"] == 0.71
     assert src["run_dir"] == str(run.resolve())
     assert art.manifest["schema"] == SCHEMA.to_dict() and art.manifest["target"] == "binary"
+
+
+def test_two_exports_of_one_run_are_the_same_bytes_and_version(tmp_path, monkeypatch, capsys):
+    """The version names the model's content: exports a wall-clock second apart are identical,
+    and a change of one weight changes the version."""
+    pre = toy_preprocessor()
+    params = toy_params("pruned", pre.vocab.n_features, SCHEMA.m)
+    config = {"model": "pruned", "rank": 2, "embed_dim": 4}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"model": "pruned", "test": {"auc": 0.7}}))
+    _fake_checkpoint(monkeypatch, params, config, pre)
+    first, second = tmp_path / "a.adrk", tmp_path / "b.adrk"
+    assert main(["export", str(run), "--out", str(first), "--quiet"]) == 0
+    time.sleep(1.02 - time.time() % 1)  # into the next second of the clock
+    assert main(["export", str(run), "--out", str(second), "--quiet"]) == 0
+    capsys.readouterr()
+    assert first.read_bytes() == second.read_bytes()
+    assert read_artifact(first).version == read_artifact(second).version
+    params["linear"][0] += 1.0
+    changed = export_params(params, config, pre, tmp_path / "c.adrk").version
+    assert changed != read_artifact(first).version
 
 
 def test_cli_export_errors_are_user_errors(tmp_path, capsys):
