@@ -1,87 +1,105 @@
 """The embedded default: `adrank serve` with no artifact serves small DPLR and pruned models.
 
-Built once and cached under ``ADRANK_HOME`` (default ``~/.cache/adrank/default``): generate a
-planted-FwFM data set (training.generate), encode it (training.data.prepare), train DPLR-FwFM
-(rho=2) and pruned FwFM (rho=2) (training.train.fit), export both (exporter.export.export_run).
-An ``flock`` on ``ADRANK_HOME/.lock`` makes a second `adrank serve` wait for the first build
-instead of racing it; ``default.json`` is written last (atomically) and marks a finished build.
-``ADRANK_DEFAULT_ROWS`` / ``ADRANK_DEFAULT_EPOCHS`` shrink the build (tests); all three are read by
-adrank/cli/settings.py.
+They ship with the package (``adrank/cli/defaults/``: ``dplr.adrk``, ``pruned.adrk`` and
+``default.json``, about 0.2 MB each), so the main job needs no torch and no build: the serving
+install (extra ``serve``) reads them as they are.
 
-This module imports training (torch) *inside* ``build()`` only, and `adrank serve` runs it
-in a child process (``python -m adrank.cli.default_model``), so neither the CLI process that
-becomes the server nor the app ever imports torch.
+One command rebuilds them with the project's own generator, trainer and exporter::
+
+    adrank default-models --out adrank/cli/defaults
+
+It generates a planted-FwFM data set (training.generate), encodes it (training.data.prepare),
+trains DPLR-FwFM (rho=2) and pruned FwFM (rho=2) (training.train.fit) and exports both
+(exporter.export). Every input is fixed (:data:`PARAMS`, seeds, torch threads) and the artifacts
+record nothing of the time or place of the build, so two builds with the same torch build on
+the same CPU capability are the same bytes; ``default.json`` records that environment
+(``built_with``) and tests/cli/test_default_models.py compares the shipped files with a rebuild.
+
+This module imports training (torch) inside :func:`build` only: serving never imports it.
 """
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import gzip
 import json
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-from adrank.cli.settings import CliSettings
 from adrank.core.files import write_text
 
-MODELS = (("dplr", "dplr", 2), ("pruned", "pruned", 2))  # (served name, kind, rho)
-DEFAULTS = dict(rows=40_000, seed=0, fields=16, context_fields=8, vocab=5_000, embed_dim=8, epochs=3,
-                batch_size=1024)
-MARKER = "default.json"
+SHIPPED = Path(__file__).resolve().parent / "defaults"
+COMMAND = "adrank default-models --out adrank/cli/defaults"
+INFO = "default.json"
+MODELS = (("dplr", "dplr", 2), ("pruned", "pruned", 2))  # (served name, kind, rho); the first is the default
+PARAMS = {"rows": 40_000, "seed": 0, "fields": 16, "context_fields": 8, "vocab": 5_000, "embed_dim": 8,
+          "epochs": 3, "batch_size": 1024, "threads": 2}
 
 
-def home_dir(home=None) -> Path:
-    return Path(home).expanduser() if home else CliSettings.from_env().home
+class MissingDefaults(FileNotFoundError):
+    """The shipped default models are not where the package keeps them."""
 
 
-def cached(home=None) -> dict | None:
-    """The finished build's description (models, example request) or None."""
+def shipped(directory: Path = SHIPPED) -> dict:
+    """``default.json`` of the shipped models with ``models`` as name -> absolute artifact path."""
     try:
-        info = json.loads((home_dir(home) / MARKER).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if all(Path(p).is_file() for p in info.get("models", {}).values()):
-        return info
-    return None
+        info = json.loads((directory / INFO).read_text())
+        paths = {name: directory / m["file"] for name, m in info["models"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MissingDefaults(f"the embedded default models are missing or unreadable in {directory} "
+                              f"({exc}); rebuild them with `{COMMAND}` (needs the train extra) or "
+                              "pass artifacts to `adrank serve`") from None
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise MissingDefaults(f"the embedded default models are missing: {', '.join(missing)}; rebuild them "
+                              f"with `{COMMAND}` (needs the train extra) or pass artifacts to `adrank serve`")
+    return {**info, "models": {name: str(p) for name, p in paths.items()}}
 
 
-def build(home=None, progress: bool = True) -> dict:
-    """Generate -> prepare -> fit -> export (skipped when already cached); returns default.json."""
-    home = home_dir(home)
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent start waits here, then finds the cache
-        info = cached(home)
-        if info is not None:
-            return info
-        from exporter.export import export_run
-        from training.data import prepare
-        from training.generate import generate
-        from training.train import TrainConfig, fit
+def build_environment() -> dict:
+    """What decides the trained weights' last bits besides the inputs: torch's build and the CPU
+    kernels it dispatches to (AVX2, AVX-512, ...)."""
+    import numpy as np
+    import torch
 
-        t0 = time.perf_counter()
-        env = CliSettings.from_env()
-        p = {**DEFAULTS, "rows": env.default_rows or DEFAULTS["rows"], "epochs": env.default_epochs or DEFAULTS["epochs"]}
-        generate(home / "data", rows=p["rows"], seed=p["seed"], fields=p["fields"],
-                 context_fields=p["context_fields"], vocab=p["vocab"], embed_dim=p["embed_dim"],
-                 progress=progress)
-        data = prepare("synthetic", home / "data", seed=p["seed"], cache_dir=home / "cache", progress=progress)
-        models, metrics = {}, {}
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numpy": np.__version__, "threads": PARAMS["threads"]}
+
+
+def build(out, work=None, progress: bool = True, say=None) -> dict:
+    """Generate -> prepare -> fit -> export into ``out``; returns what ``out/default.json`` holds.
+    ``work`` keeps the data set and the training runs there (default: a temporary directory)."""
+    from exporter.export import export_run
+    from training.data import prepare
+    from training.generate import generate
+    from training.train import TrainConfig, fit
+
+    say = say or (lambda msg: print(f"adrank default-models: {msg}", file=sys.stderr, flush=True))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = PARAMS
+    with tempfile.TemporaryDirectory(prefix="adrank-defaults-") as tmp:
+        work = Path(work) if work else Path(tmp)
+        say(f"generating {p['rows']:,} rows of planted-FwFM data ({p['fields']} fields) in {work / 'data'}")
+        generate(work / "data", rows=p["rows"], seed=p["seed"], fields=p["fields"], context_fields=p["context_fields"],
+                 vocab=p["vocab"], embed_dim=p["embed_dim"], progress=progress)
+        say("encoding it (vocabularies, 80/10/10 split)")
+        data = prepare("synthetic", work / "data", seed=p["seed"], cache_dir=work / "cache", progress=progress)
+        models = {}
         for name, kind, rho in MODELS:
-            cfg = TrainConfig(dataset="synthetic", model=kind, rank=rho, embed_dim=p["embed_dim"],
-                              epochs=p["epochs"], batch_size=p["batch_size"], seed=p["seed"], progress=progress,
-                              threads=2)
-            metrics[name] = fit(cfg, data, home / "runs" / name)["test"]
-            out = home / f"{name}.adrk"
-            export_run(home / "runs" / name, out, progress=False)
-            models[name] = str(out)
-        info = {"models": models, "test_metrics": metrics, "params": p,
-                "build_seconds": round(time.perf_counter() - t0, 1),
-                "example": example_request(home / "data")}
-        write_text(home / MARKER, json.dumps(info, indent=1))
-        return info
+            say(f"training {name} ({kind}, rho={rho}, k={p['embed_dim']}, {p['epochs']} epochs)")
+            cfg = TrainConfig(dataset="synthetic", model=kind, rank=rho, embed_dim=p["embed_dim"], epochs=p["epochs"],
+                              batch_size=p["batch_size"], seed=p["seed"], progress=progress, threads=p["threads"])
+            metrics = fit(cfg, data, work / "runs" / name)
+            test = {k: round(v, 6) for k, v in metrics["test"].items()}  # 6 digits: what the reader needs
+            source = {"built_by": COMMAND, "params": p, "model": name, "test": test}
+            info = export_run(work / "runs" / name, out / f"{name}.adrk", progress=False, source=source)
+            say(f"wrote {info.path} ({info.nbytes / 1e3:.0f} kB, version {info.version}; test AUC {test['auc']:.4f})")
+            models[name] = {"file": f"{name}.adrk", "kind": kind, "rank": rho, "version": info.version, "test": test}
+        info = {"command": COMMAND, "params": p, "models": models, "example": example_request(work / "data"),
+                "built_with": build_environment()}
+    write_text(out / INFO, json.dumps(info, indent=1) + "\n")
+    return info
 
 
 def example_request(data_dir: Path, n_ads: int = 3) -> dict:
@@ -101,18 +119,4 @@ def example_request(data_dir: Path, n_ads: int = 3) -> dict:
     ads = [{"id": f"ad-{i + 1}", "features": {k: value(k, v) for k, v in r.items()
                                               if k in roles and roles[k]["role"] == "item"}}
            for i, r in enumerate(rows[1:])]
-    return {"model": "dplr", "context": ctx, "ads": ads, "top_k": 10}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build (or find) the embedded default models; prints default.json.")
-    ap.add_argument("--home", help="default: $ADRANK_HOME or ~/.cache/adrank/default")
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    info = build(args.home, progress=not args.quiet)
-    print(json.dumps(info))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"model": MODELS[0][0], "context": ctx, "ads": ads, "top_k": 10}

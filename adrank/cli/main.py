@@ -16,10 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adrank {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        module = f"adrank.cli.commands.{name.replace('-', '_')}"
         try:
-            mod = importlib.import_module(f"adrank.cli.commands.{name}")
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == f"adrank.cli.commands.{name}":
+            if exc.name == module:
                 continue  # command not built yet
             raise
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)

@@ -121,7 +121,7 @@ def test_reload_under_concurrent_traffic_and_sighup(tmp_path):
     pa, pb = tmp_path / "a.adrk", tmp_path / "b.adrk"
     versions = {}
     params_a, params_b = make_artifact(pa, "dplr", seed=1), make_artifact(pb, "dplr", seed=2)
-    env = {**os.environ, "ADRANK_RUN_DIR": "", "ADRANK_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "ADRANK_RUN_DIR": ""}
     with Server([f"dplr={pa}"], env) as srv:
         rng = np.random.default_rng(1)
         req = random_request(rng, 50)

@@ -1,16 +1,14 @@
 """`adrank serve` as a real uvicorn server on loopback: scores over HTTP equal the in-process
 Ranker and tests/naive.py for every kind; bad input and overload over real sockets; start-up
-errors; the embedded default models (slow)."""
+errors (the embedded default models: tests/cli/test_default_models.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -106,26 +104,6 @@ def test_start_errors_are_clear(tmp_path):
     bad.write_bytes(b"not an artifact at all" * 10)
     r = serve(str(bad), "--port", "0")
     assert r.returncode == 2 and "[bad_magic]" in r.stderr
-
-
-@pytest.mark.slow
-def test_default_models_built_once_and_served(tmp_path):
-    env = {**os.environ, "ADRANK_HOME": str(tmp_path / "home"), "ADRANK_DEFAULT_ROWS": "4000",
-           "ADRANK_DEFAULT_EPOCHS": "1", "ADRANK_CACHE": str(tmp_path / "cache")}
-    builders = [subprocess.Popen([sys.executable, "-m", "adrank.cli.default_model", "--quiet"], env=env,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [json.loads(b.communicate(timeout=300)[0].strip().splitlines()[-1]) for b in builders]
-    assert outs[0] == outs[1]  # the second start waited on the lock and reused the first build
-    with Server([], env, timeout=120) as srv:
-        models = httpx.get(srv.url + "/v1/models").json()
-        assert models["default"] == "dplr"
-        assert {m["name"]: m["kind"] for m in models["models"]} == {"dplr": "dplr", "pruned": "pruned"}
-        example = outs[0]["example"]
-        for name in ("dplr", "pruned"):
-            body = httpx.post(srv.url + "/v1/rank", json={**example, "model": name}).json()
-            assert len(body["ads"]) == len(example["ads"]) and all(0 < a["score"] < 1 for a in body["ads"])
-        log = srv.stop()
-    assert "curl -s http://127.0.0.1:" in log and "/v1/rank" in log
 
 
 def test_client_gone_mid_body_is_499_not_500(served):

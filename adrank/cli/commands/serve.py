@@ -3,7 +3,7 @@
     adrank serve [NAME=]ARTIFACT [...] [--host H] [--port P] [--workers N]
 
 Artifacts come from the arguments, else ``ADRANK_MODELS``, else the embedded default (small
-DPLR + pruned models, built once in a child process so torch never enters the server).  The
+DPLR + pruned models shipped in adrank/cli/defaults, adrank/cli/default_model.py).  The
 command owns a run directory (``--run-dir``, default a fresh temp dir) holding the reload state
 file shared by the workers and ``PROMETHEUS_MULTIPROC_DIR``; every setting reaches the workers
 as ``ADRANK_*`` environment variables (service/settings.py).  With several workers SIGHUP to
@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -45,20 +44,16 @@ def add_arguments(p) -> None:
 
 
 def _default_models() -> tuple[list[str], dict]:
-    """Build or find the embedded default in a child process; returns NAME=PATH specs + info."""
-    from adrank.cli.default_model import cached
+    """The embedded default models shipped with the package: NAME=PATH specs + default.json."""
+    from adrank.cli.default_model import MissingDefaults, shipped
+    from adrank.core.errors import UserError
 
-    info = cached()
-    if info is None:
-        print("adrank serve: no artifact given; building the default DPLR and pruned models "
-              "(once, cached under $ADRANK_HOME)...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, "-m", "adrank.cli.default_model"], stdout=subprocess.PIPE,
-                              text=True, check=False)  # progress bars go to our stderr
-        if proc.returncode != 0:
-            from adrank.core.errors import UserError
-
-            raise UserError(f"building the default models failed (exit code {proc.returncode})")
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        info = shipped()
+    except MissingDefaults as exc:
+        raise UserError(str(exc)) from None
+    print("adrank serve: no artifact given; serving the embedded default models "
+          f"({', '.join(info['models'])}, built by `{info['command']}`)", file=sys.stderr, flush=True)
     return [f"{name}={path}" for name, path in info["models"].items()], info
 
 
