@@ -177,7 +177,7 @@ def _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins, 
     """The ``ads`` array at ``i``: an inline ad's row is the template, then its tokens; an ad by id
     alone (a string id) records the id's hash and spans[r, 2] = 2.  Returns (end, nt, n_ads,
     n_by_id); end = -1: fall back."""
-    n, r, n_by_id = b.shape[0], 0, 0
+    n, r, n_by_id = b.shape[0], np.int64(0), 0  # int64, not the literal 0 (one _object compilation)
     if i >= n or b[i] != 91:
         return -1, nt, 0, 0
     i = ws(b, i + 1)
@@ -253,7 +253,8 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
         out[k] = ctx_template[k]
     meta[:] = -1
     stamp[:] = -2
-    nt, n_ads, n_by_id, seen = 0, 0, 0, 0
+    # int64 from the start, not the literal 0: numba would compile _object/_ads once more per literal
+    nt, n_ads, n_by_id, seen = np.int64(0), 0, 0, 0
     i = ws(b, 0)
     ok = i < n and b[i] == 123
     i = ws(b, i + 1)
@@ -280,7 +281,7 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
                 meta[2] = v
             i = e
         elif code == K_CONTEXT:
-            i, nt = _object(b, i, -1, 0, mc, 0, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt,
+            i, nt = _object(b, i, np.int64(-1), np.int64(0), mc, np.int64(0), names, name_off, ftype, lo, width, edges, bins, tok, ix, nt,
                             kept, stamp)
         else:
             i, nt, n_ads, n_by_id = _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins,
