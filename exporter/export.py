@@ -129,7 +129,7 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
     from tqdm import tqdm
 
     total = sum(a.nbytes for a in arrays.values())
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {out.name}") as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {out.name}", disable=None) as bar:
         return write_artifact(out, manifest, arrays, progress=bar.update)
 
 

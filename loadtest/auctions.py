@@ -174,7 +174,7 @@ def write_catalog(gen: AuctionGenerator, path, count: int, progress: bool = Fals
 
     enc = msgspec.json.Encoder()
     with open_replacing(path) as fh:
-        for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=not progress):
+        for ad in tqdm(gen.catalog_ads(count), total=count, desc="ad catalog", disable=None if progress else True):
             fh.write(enc.encode(ad) + b"\n")
 
 
@@ -187,7 +187,7 @@ def write_pool(gen: AuctionGenerator, path, count: int, progress: bool = False,
     enc = msgspec.json.Encoder()
     sizes = []
     with open_replacing(path) as fh:
-        for _ in tqdm(range(count), desc="request pool", disable=not progress):
+        for _ in tqdm(range(count), desc="request pool", disable=None if progress else True):
             req = gen.request(catalog_size)
             sizes.append(len(req["ads"]))
             fh.write(enc.encode(req) + b"\n")

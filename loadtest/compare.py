@@ -351,7 +351,7 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         try:
             steps = [("warmup", 0, n) for n in names] + [("run", r, n) for r in range(repeats)
                                                           for n in round_order(names, r)]
-            for kind, rep, model in tqdm(steps, desc="loadtest", disable=not progress):
+            for kind, rep, model in tqdm(steps, desc="loadtest", disable=None if progress else True):
                 timings = work / f"{kind}-{rep}-{model}.csv"
                 before = server.metrics()
                 t0 = time.time()

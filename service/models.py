@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adrank.core.files import write_text
+from service import warmup
 from service.settings import ModelSpec
 
 log = logging.getLogger("adrank.models")
@@ -61,8 +62,11 @@ def load_ranker(path: Path, name: str, **scorer_options):
 def load_and_warm(loader: Callable, name: str, path: Path):
     """Load (verifies the artifact), then compile/warm its kernels; errors -> ModelLoadError."""
     try:
+        started = warmup.loading(name, path)
         ranker = loader(path, name)
-        ranker.warm()
+        warmup.loaded(name, ranker, started)
+        with warmup.warming(name):
+            ranker.warm()
         return ranker
     except FileNotFoundError:
         raise ModelLoadError(name, path, "not_found", f"no such file: {path}") from None

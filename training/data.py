@@ -213,7 +213,7 @@ def _count_pass(dataset, path, schema, seed, max_rows, chunk_rows, progress):
     counters = [_Counter() for _ in schema.fields]
     n_split = np.zeros(3, dtype=np.int64)
     start = 0
-    bar = tqdm(desc=f"{dataset}: pass 1/2 (counting)", unit=" rows", disable=not progress)
+    bar = tqdm(desc=f"{dataset}: pass 1/2 (counting)", unit=" rows", disable=None if progress else True)
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
         n = len(y)
         split = split_of_rows(np.arange(start, start + n), seed)
@@ -319,7 +319,7 @@ def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_ro
     pos = np.zeros(3, dtype=np.int64)
     start = 0
     bar = tqdm(total=int(n_split.sum()), desc=f"{dataset}: pass 2/2 (encoding)", unit=" rows",
-               disable=not progress)
+               disable=None if progress else True)
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
         n = len(y)
         split = split_of_rows(np.arange(start, start + n), seed)

@@ -60,7 +60,7 @@ def run_all(plan: Plan, runs_dir: Path, cache_dir=None, progress: bool = True) -
             jobs += [(k, seed, "fm", None), (k, seed, "fwfm", None), (k, seed, "fwfm_ft", None)]
             jobs += [(k, seed, kind, rho) for rho in plan.ranks for kind in ("dplr", "pruned")]
     records, fwfm_runs, m = [], {}, data.schema.m
-    bar = tqdm(jobs, desc=f"paper-table {plan.dataset}", unit="run", disable=not progress)
+    bar = tqdm(jobs, desc=f"paper-table {plan.dataset}", unit="run", disable=None if progress else True)
     for k, seed, kind, rho in bar:
         name = f"k{k}-s{seed}-{kind}" + (f"{rho}" if rho else "")
         bar.set_postfix_str(name)

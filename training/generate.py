@@ -231,7 +231,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         opener = (lambda p: gzip.open(p, "wt", compresslevel=1)) if compress else (lambda p: open(p, "w"))
         scores, labels = np.empty(rows), np.empty(rows, dtype=np.float32)
         with paused_gc(), opener(tmp / name) as fh, \
-                tqdm(total=rows, desc="generate", unit=" rows", disable=not progress) as bar:
+                tqdm(total=rows, desc="generate", unit=" rows", disable=None if progress else True) as bar:
             fh.write("\t".join([schema.label] + [f.name for f in schema.fields]) + "\n")
             for c, start in enumerate(range(0, rows, chunk_rows)):
                 rng = np.random.default_rng([seed, 2, c])

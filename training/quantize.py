@@ -36,7 +36,7 @@ _CHUNK = 16384  # features quantized per step when decoding the whole table
 def feature_counts(X, n_features: int, chunk: int = 1 << 20) -> np.ndarray:
     """Frequencies f_i of every feature id in encoded rows X [N, S] (PAD < 0 ignored), for Eq. 5."""
     counts = np.zeros(n_features, np.int64)
-    for a in tqdm(range(0, len(X), chunk), desc="feature counts", disable=len(X) <= chunk):
+    for a in tqdm(range(0, len(X), chunk), desc="feature counts", disable=True if len(X) <= chunk else None):
         ids = np.asarray(X[a:a + chunk]).ravel()
         counts += np.bincount(ids[ids >= 0], minlength=n_features)[:n_features]
     return counts
@@ -352,7 +352,7 @@ def pq_init(dense, id_offsets, D: int, K, iters: int = 20, seed: int = 0, progre
     if off[-1] != n:
         raise ValueError(f"id_offsets end at {off[-1]} but the dense table has {n} rows")
     kd, out = k // D, []
-    bar = tqdm(total=sum(D for s in sizes if s), desc="PQ init (k-means)", disable=not progress)
+    bar = tqdm(total=sum(D for s in sizes if s), desc="PQ init (k-means)", disable=None if progress else True)
     for f, Kf in enumerate(sizes):
         if not Kf or off[f + 1] - off[f] <= Kf:
             out.append(None)

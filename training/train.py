@@ -138,7 +138,7 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(y))
         mine = perm[: len(perm) - len(perm) % world][rank::world]  # this process's shard
         bar = tqdm(range(0, len(mine), bs), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress or rank != 0, unit="batch")
+                   disable=None if cfg.progress and rank == 0 else True, unit="batch")
         total, seen = 0.0, 0
         for s in bar:
             idx = np.sort(mine[s:s + bs])  # sorted: sequential reads from the memmap

@@ -186,7 +186,7 @@ def search_xlightfm(model_factory, data: dict, budget_mb: float, *, id_offsets, 
     w_opt = torch.optim.Adam([p for p in model.parameters() if p is not emb.alpha], lr=lr)
     model.train()
     history, peak, constrained = [], 0.0, 0
-    for step in tqdm(range(steps), desc="xLightFM search", disable=not progress):
+    for step in tqdm(range(steps), desc="xLightFM search", disable=None if progress else True):
         emb.tau = max(tau_min, tau0 - tau_decay * step)
         prev_alpha, prev_sel = emb.alpha.detach().clone(), emb.selection()
         xv, yb = _batch(Xv, yv, rng.integers(0, len(yv), batch_size))  # architecture step, validation

@@ -200,7 +200,8 @@ class Catalog:
     def _encode(self, model: Model, feats: Sequence[dict], where, progress: bool):
         items, Ws, cs = [], [], []
         steps = range(0, len(feats), BATCH)
-        for lo in tqdm(steps, desc=f"catalog {model.name}", unit="batch", disable=not progress or len(steps) < 2):
+        quiet = not progress or len(steps) < 2  # else a bar on a terminal only (disable=None)
+        for lo in tqdm(steps, desc=f"catalog {model.name}", unit="batch", disable=True if quiet else None):
             chunk = feats[lo : lo + BATCH]
             try:
                 x = model.encode_items(chunk)

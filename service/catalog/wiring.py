@@ -63,6 +63,7 @@ def load(app, rankers: Iterable, path: str | Path | None) -> Follower | None:
         if r.name not in catalog.snapshot.parts:
             catalog.set_model(Model.from_ranker(r))
     if path:
+        log.info("catalog: loading ads from %s and computing their per-model parts", path)
         snap = catalog.load_jsonl(path, progress=True)
         log.info("catalog: %d ads loaded from %s", len(snap), path)
     if journal is None:

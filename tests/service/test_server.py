@@ -91,8 +91,8 @@ def test_overload_sheds_with_503_retry_after(served):
 
 
 def test_start_errors_are_clear(tmp_path):
-    def serve(*args):
-        return subprocess.run([*ADRANK, "serve", *args], capture_output=True,
+    def serve(*args):  # --port 0: a free port (the port is taken before the artifacts are checked)
+        return subprocess.run([*ADRANK, "serve", *args, "--port", "0"], capture_output=True,
                               text=True, timeout=60)
 
     r = serve(str(tmp_path / "missing.adrk"))
@@ -102,7 +102,7 @@ def test_start_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "'a' given twice" in r.stderr
     bad = tmp_path / "bad.adrk"
     bad.write_bytes(b"not an artifact at all" * 10)
-    r = serve(str(bad), "--port", "0")
+    r = serve(str(bad))
     assert r.returncode == 2 and "[bad_magic]" in r.stderr
 
 

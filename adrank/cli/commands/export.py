@@ -16,11 +16,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adrank.cli.preflight import check_run_dir
     from adrank.core.artifact import ArtifactError, read_artifact
     from adrank.core.errors import UserError
     from exporter.describe import describe
     from exporter.export import ExportError, export_run
 
+    check_run_dir(Path(args.run_dir))  # an artifact or another file given by mistake: say what it is
     try:
         info = export_run(args.run_dir, args.out, progress=not args.quiet,
                           dense_embeddings=args.dense_embeddings)

@@ -58,18 +58,12 @@ def _default_models() -> tuple[list[str], dict]:
 
 
 def _check_artifacts(specs) -> None:
-    """Fail before starting the server on a missing or malformed artifact (header checks only;
-    each worker verifies the checksum when it loads)."""
-    from adrank.core.artifact import ArtifactError, read_artifact
-    from adrank.core.errors import UserError
+    """Fail before starting the server on anything but a sound artifact: missing, a directory (a
+    training run: the export command is shown), damaged (the named error, checksum included)."""
+    from adrank.cli.preflight import check_artifact
 
     for s in specs:
-        if not s.path.is_file():
-            raise UserError(f"model {s.name!r}: artifact {s.path} does not exist")
-        try:
-            read_artifact(s.path, verify=False)
-        except ArtifactError as exc:
-            raise UserError(f"model {s.name!r}: {exc} [{exc.code}]") from None
+        check_artifact(s.name, s.path)
 
 
 def _example_curl(host: str, port: int, body: dict | None) -> str:
@@ -92,11 +86,14 @@ def _prepare_run_dir(path: str | None) -> tuple[Path, bool]:
 
 
 def run(args) -> int:
+    from adrank.cli.preflight import listen
     from adrank.core.errors import UserError
     from service.settings import Settings, SettingsError, parse_model_specs
 
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
+    sock = listen(args.host, args.port)  # a busy port is one line now, not after minutes of warm-up
+    port = sock.getsockname()[1]  # --port 0: the port the system chose
     try:
         info = None
         specs = parse_model_specs(args.artifacts) if args.artifacts else list(Settings.from_env().models)
@@ -123,18 +120,20 @@ def run(args) -> int:
     os.environ.update(settings.to_env())
     print(f"adrank serve: models {', '.join(f'{s.name}={s.path}' for s in settings.models)} "
           f"(default {settings.models[0].name}); {args.workers} worker(s); run dir {run_dir}", file=sys.stderr)
-    print(f"try:\n  {_example_curl(args.host, args.port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
+    print(f"adrank serve: listening on {args.host}:{port}; requests are answered once every model is loaded, "
+          "verified and its kernels warm (GET /readyz)", file=sys.stderr)
+    print(f"try:\n  {_example_curl(args.host, port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit instead
     # lets the run directory below be removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return _run_uvicorn(args, run_dir)
+        return _run_uvicorn(args, run_dir, sock)
     finally:
         if is_temp:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_uvicorn(args, run_dir: Path) -> int:
+def _run_uvicorn(args, run_dir: Path, sock) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -149,7 +148,7 @@ def _run_uvicorn(args, run_dir: Path) -> int:
                             access_log=not args.no_access_log, timeout_graceful_shutdown=10)
     if args.workers == 1:
         server = uvicorn.Server(config)
-        server.run()
+        server.run(sockets=[sock])
         return 0 if server.started else 3
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    Supervisor(config, sockets=[sock]).run()
     return 0
