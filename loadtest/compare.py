@@ -21,6 +21,7 @@ Procedure (all on loopback, every step bounded in time):
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ import numpy as np
 
 from loadtest.arrivals import KINDS
 from loadtest.report import AGAIN, write_report
+from loadtest.traffic import TrafficError, build_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -139,6 +141,29 @@ class Server:
         self.log.close()
 
 
+class Running:
+    """A server someone else started on 127.0.0.1:``port`` (e.g. scripts/run): measured, never stopped."""
+
+    def __init__(self, port: int, names: list[str]):
+        self.port, self.base = port, f"http://127.0.0.1:{port}"
+        status, body = get(f"{self.base}/readyz")
+        if status != 200:
+            raise LoadTestError(f"no ready adrank server on 127.0.0.1:{port} (GET /readyz: "
+                                f"{status or 'no answer'}); start one (scripts/run, adrank serve) or drop --port")
+        served = json.loads(get(f"{self.base}/v1/models")[1] or b"{}").get("models", [])
+        self.models = {m["name"]: m for m in served}
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise LoadTestError(f"the server on 127.0.0.1:{port} serves {', '.join(self.models) or 'no model'}, "
+                                f"not {', '.join(unknown)}")
+
+    def metrics(self) -> str:
+        return Server.metrics(self)
+
+    def stop(self) -> None:
+        pass
+
+
 # --- Prometheus histograms -------------------------------------------------------------------
 def histograms(text: str, metric: str, model: str) -> dict[float, float]:
     """{le: cumulative count} of ``metric`` for ``model`` (/v1/rank only for request durations)."""
@@ -197,7 +222,9 @@ def run_locust(base: str, pool: Path, model: str, rps: float, duration: float, t
         except subprocess.TimeoutExpired:
             raise LoadTestError(f"locust did not finish within {duration + 60:.0f} s (model {model}); see {log}") from None
     if not timings.is_file():
-        raise LoadTestError(f"locust (exit code {proc.returncode}) wrote no timings for model {model}; see {log}")
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise LoadTestError(f"locust (exit code {proc.returncode}) wrote no timings for model {model}"
+                            + (f": {' / '.join(tail)}" if tail else "") + f"; the whole log: {log}")
 
 
 def read_timings(path: Path) -> np.ndarray:
@@ -308,45 +335,60 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
             warmup: float = 5, repeats: int = 3, workers: int = 1, pool_size: int = 300, median: float = 200,
             sigma: float = 1.0, max_candidates: int = 5000, seed: int = 0, command: str = "",
             progress: bool = True, ready_timeout: float = 300, pin: str = "auto", traffic: str = "inline",
-            catalog_ads: int = 100_000, control: str | None = None, arrivals: str = "poisson") -> dict:
-    """Run the comparison (module docstring); returns the result written to ``out_dir``."""
+            catalog_ads: int = 100_000, control: str | None = None, arrivals: str = "poisson",
+            port: int | None = None, requests=None, rows=None, dataset: str | None = None,
+            defaults: dict | None = None) -> dict:
+    """Run the comparison (module docstring); returns the result written to ``out_dir``.
+
+    ``port``: measure the server already running on 127.0.0.1:``port`` (``specs`` are names it
+    serves, ``NAME=ARTIFACT`` where the in-process breakdown should run too) instead of starting
+    one.  Traffic: ``requests`` (JSONL of /v1/rank bodies), ``rows`` + ``dataset`` (raw data rows),
+    else ``values_path`` (loadtest/auctions.py), else, when every model is one of the embedded
+    defaults (``defaults``: their versions and build parameters), their rebuilt data set
+    (loadtest/traffic.py)."""
     from tqdm import tqdm
 
-    from loadtest.auctions import AuctionGenerator, load_values, write_catalog, write_pool
-
-    names = [s.split("=", 1)[0] if "=" in s else Path(s).stem for s in specs]
+    names = [s.split("=", 1)[0] if "=" in s or port is not None else Path(s).stem for s in specs]
+    paths = [s.split("=", 1)[1] if "=" in s else (None if port is not None else s) for s in specs]
     if control is not None:  # the noise floor: the same artifact again, under another name
         if control not in names:
             raise LoadTestError(f"--control {control!r} is not one of the models {names}")
-        specs = [*specs, f"{control}{AGAIN}={specs[names.index(control)].split('=', 1)[-1]}"]
+        if port is not None:
+            raise LoadTestError("--control serves a model twice under two names: it needs the server this "
+                                "command starts (drop --port)")
         names.append(control + AGAIN)
+        paths.append(paths[names.index(control)])
     if len(set(names)) != len(names):
         raise LoadTestError(f"model names must differ, got {names}")
     if arrivals not in KINDS:
         raise LoadTestError(f"arrivals must be one of {KINDS}, got {arrivals!r}")
     if traffic not in ("inline", "catalog"):
         raise LoadTestError(f"traffic must be inline or catalog, got {traffic!r}")
-    if traffic == "catalog" and catalog_ads < 1:
-        raise LoadTestError(f"--catalog-ads must be >= 1, got {catalog_ads}")
-    placement = split_cpus(pin)
+    if traffic == "catalog" and (catalog_ads < 1 or port is not None or requests or rows):
+        raise LoadTestError("--traffic catalog needs --catalog-ads >= 1, generated traffic (not --requests or "
+                            "--rows) and the server this command starts (not --port)")
+    placement = split_cpus("none" if port is not None and pin == "auto" else pin)
     server_cpus, client_cpus = placement or (None, None)
     out_dir = Path(out_dir)
-    work = Path(tempfile.mkdtemp(prefix="adrank-loadtest-"))
+    work, kept = Path(tempfile.mkdtemp(prefix="adrank-loadtest-")), False
     try:
-        gen = AuctionGenerator(load_values(values_path), seed=seed, median=median, sigma=sigma,
-                               max_candidates=max_candidates)
-        pool, ads, extra = work / "pool.jsonl", work / "ads.jsonl", ()
-        paths = [s.split("=", 1)[-1] for s in specs]
-        if traffic == "catalog":  # the catalog first: the pool's id draws then follow it in the generator
-            write_catalog(gen, ads, catalog_ads, progress=progress)
-            extra = ("--catalog", str(ads))
-            pool_stats = write_pool(gen, pool, pool_size, progress=progress, catalog_size=catalog_ads)
+        running = Running(port, names) if port is not None else None
+        pool, ads = work / "pool.jsonl", work / "ads.jsonl"
+        served = running.models if running is not None else {}
+        try:
+            pool_stats, source = build_pool(
+                work, pool, ads, [(n, p, served.get(n)) for n, p in zip(names, paths, strict=True)], values_path,
+                requests, rows, dataset, traffic, pool_size, catalog_ads, seed, median, sigma, max_candidates,
+                defaults, progress)
+        except TrafficError as exc:
+            raise LoadTestError(str(exc)) from None
+        if traffic == "catalog":
             cpu = cpu_breakdown_catalog(dict(zip(names, paths, strict=True)), pool, ads)
         else:
-            pool_stats = write_pool(gen, pool, pool_size, progress=progress)
-            cpu = {n: cpu_breakdown(p, pool) for n, p in zip(names, paths, strict=True)}
-        server = Server([f"{n}={p}" for n, p in zip(names, paths, strict=True)], workers,
-                        work / "run", work / "server.log", ready_timeout, server_cpus, extra)
+            cpu = {n: cpu_breakdown(p, pool) if p else {} for n, p in zip(names, paths, strict=True)}
+        server = running or Server([f"{n}={p}" for n, p in zip(names, paths, strict=True)], workers, work / "run",
+                                   work / "server.log", ready_timeout, server_cpus,
+                                   ("--catalog", str(ads)) if traffic == "catalog" else ())
         runs = []
         try:
             steps = [("warmup", 0, n) for n in names] + [("run", r, n) for r in range(repeats)
@@ -365,11 +407,13 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
             server.stop()
         result = {"command": command, "models": dict(zip(names, paths, strict=True)),
                   "settings": {"rps": rps, "duration_s": duration, "warmup_s": warmup, "repeats": repeats,
-                               "workers": workers, "pool": pool_stats, "seed": seed, "median_candidates": median,
-                               "sigma": sigma, "max_candidates": max_candidates, "traffic": traffic,
+                               "workers": workers if running is None else None, "pool": pool_stats, "seed": seed,
+                               "median_candidates": median, "sigma": sigma, "max_candidates": max_candidates,
+                               "traffic": traffic, "source": source,
                                "catalog_ads": catalog_ads if traffic == "catalog" else None, "control": control,
-                               "arrivals": arrivals,
-                               "pin": {"server_cpus": sorted(server_cpus), "client_cpus": sorted(client_cpus)}
+                               "arrivals": arrivals, "server": "started" if running is None else
+                               f"running on 127.0.0.1:{port}",
+                               "pin": {"server_cpus": sorted(server_cpus or ()), "client_cpus": sorted(client_cpus)}
                                if placement else None},
                   "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -379,8 +423,12 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         out_dir.mkdir(parents=True, exist_ok=True)
         write_report(result, runs, out_dir, name)
         return result
+    except LoadTestError:
+        kept = True  # the message may name a log in here: it stays for the reader
+        raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def summarize_run(model, rep, t: np.ndarray, before: str, after: str, duration: float, wall: float) -> dict:

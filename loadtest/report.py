@@ -28,10 +28,15 @@ def markdown(result: dict) -> str:
                "Zipf-popular, 2% unseen, 1% missing; per-ad parts precomputed); context raw values Zipf-popular "
                "from the model's values file")
     else:
-        ads = "raw values Zipf-popular from the model's values file, 2% unseen, 1% missing"
+        ads = s.get("source") or "raw values Zipf-popular from the model's values file, 2% unseen, 1% missing"
+    recorded = str(s.get("source", "")).startswith("the request bodies")
+    counts = ("as recorded" if recorded else f"log-normal (median {s['median_candidates']:g}, sigma {s['sigma']:g}, "
+              f"at most {s['max_candidates']})")
+    server = (f"{s['workers']} server worker(s) on 127.0.0.1" if s.get("workers") is not None
+              else f"the server {s['server']} (its own workers and settings)")
     lines = [f"# Load test: {', '.join(result['models'])}", "",
              f"Command: `{result['command']}`  ",
-             f"{result['time']}; {s['workers']} server worker(s) on 127.0.0.1, every model in the same server, "
+             f"{result['time']}; {server}, every model in the same server, "
              f"one model at a time; {s['rps']:g} req/s offered ({_arrivals(s)}) for "
              f"{s['duration_s']:g} s per run after a {s['warmup_s']:g} s warm-up per model; {s['repeats']} rounds "
              f"interleaved ({' '.join(result['models'])}"
@@ -39,8 +44,7 @@ def markdown(result: dict) -> str:
              f"with other work (load average at the end "
              f"{tuple(round(x, 2) for x in result['machine']['load_average_end'])}).", "",
              f"Traffic: a pool of {s['pool']['requests']} requests replayed identically for every model; candidates "
-             f"per request log-normal (median {s['median_candidates']:g}, sigma {s['sigma']:g}, at most "
-             f"{s['max_candidates']}): mean {s['pool']['candidates_mean']:.0f}, P50 {s['pool']['candidates_p50']:.0f}, "
+             f"per request {counts}: mean {s['pool']['candidates_mean']:.0f}, P50 {s['pool']['candidates_p50']:.0f}, "
              f"P99 {s['pool']['candidates_p99']:.0f}; {ads}.", "",
              "Client-side percentiles come from raw per-request timings (a Locust request hook, not Locust's "
              "whole-millisecond statistics); server-side ones from the difference of the Prometheus histograms "

@@ -41,7 +41,8 @@ class MissingDefaults(FileNotFoundError):
 
 
 def shipped(directory: Path = SHIPPED) -> dict:
-    """``default.json`` of the shipped models with ``models`` as name -> absolute artifact path."""
+    """``default.json`` of the shipped models with ``models`` as name -> absolute artifact path and
+    ``versions`` as name -> version."""
     try:
         info = json.loads((directory / INFO).read_text())
         paths = {name: directory / m["file"] for name, m in info["models"].items()}
@@ -53,7 +54,8 @@ def shipped(directory: Path = SHIPPED) -> dict:
     if missing:
         raise MissingDefaults(f"the embedded default models are missing: {', '.join(missing)}; rebuild them "
                               f"with `{COMMAND}` (needs the train extra) or pass artifacts to `adrank serve`")
-    return {**info, "models": {name: str(p) for name, p in paths.items()}}
+    return {**info, "models": {name: str(p) for name, p in paths.items()},
+            "versions": {name: m["version"] for name, m in info["models"].items()}}
 
 
 def build_environment() -> dict:

@@ -1,10 +1,12 @@
 """`adrank loadtest`: HTTP load tests on loopback (Locust), comparing models under the same traffic.
 
     adrank loadtest models --out DIR [--ranks 1 2 3]     Criteo-shaped random models + values.json
-    adrank loadtest compare --models A B [...] --values VALUES [--rps R] [--duration S] [--out DIR]
+    adrank loadtest compare --models A B [...] [--values V | --requests BODIES.jsonl | --rows DATA --dataset NAME]
+                            [--port P] [--rps R] [--duration S] [--out DIR]
 
-The work lives in ``loadtest/`` (auctions.py: request generator; locustfile.py; compare.py:
-orchestration; models.py; report.py); this module is the CLI over it.
+The work lives in ``loadtest/`` (auctions.py: request generator; traffic.py: the user's own
+requests or data rows; locustfile.py; compare.py: orchestration; models.py; report.py); this
+module is the CLI over it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,21 @@ def add_arguments(p) -> None:
                        description="Start one `adrank serve` on 127.0.0.1 with every model, warm up, then run "
                                    "headless Locust at a fixed rate against one model at a time, interleaved; "
                                    "writes loadtest-NAME.{md,json,png} to --out.")
-    c.add_argument("--models", nargs="+", required=True, metavar="[NAME=]ARTIFACT", help="two or more artifacts")
-    c.add_argument("--values", help="values file (JSON) or an `adrank generate` data directory; default: "
-                                    "values.json next to the first artifact")
+    c.add_argument("--models", nargs="+", required=True, metavar="[NAME=]ARTIFACT",
+                   help="two or more artifacts; with --port, names the server serves (NAME=ARTIFACT also times "
+                        "the model in process)")
+    c.add_argument("--port", type=int, help="measure the adrank server already running on 127.0.0.1:PORT (e.g. "
+                                            "scripts/run's, 8000) instead of starting one")
+    c.add_argument("--requests", metavar="BODIES.jsonl",
+                   help="your own traffic: /v1/rank request bodies, one JSON object per line (a \"model\" key is "
+                        "replaced); the first --pool lines are replayed")
+    c.add_argument("--rows", metavar="DATA", help="raw rows of a data set (with --dataset): each request takes its "
+                                                  "context from one row and its ads from other rows")
+    c.add_argument("--dataset", choices=("criteo", "avazu", "movielens", "synthetic"),
+                   help="the format of --rows (as `adrank train --dataset`)")
+    c.add_argument("--values", help="generated traffic from a values file (JSON) or an `adrank generate` data "
+                                    "directory; default: values.json next to the first artifact, or for the "
+                                    "embedded default models their data set")
     c.add_argument("--rps", type=float, default=20, help="offered requests per second (default 20)")
     c.add_argument("--duration", type=float, default=20, help="seconds per measured run (default 20)")
     c.add_argument("--warmup", type=float, default=5, help="seconds of warm-up per model (default 5)")
@@ -85,16 +99,33 @@ def _models(args, UserError) -> int:
 
 def _compare(args, UserError) -> int:
     from loadtest.compare import LoadTestError, compare
+    from loadtest.traffic import locust_missing
 
+    missing = locust_missing()
+    if missing:  # said first: nothing else can be measured without it
+        raise UserError(missing)
     problems = []
     if len(args.models) < 2:
-        problems.append("--models needs at least two artifacts")
+        problems.append("--models needs at least two " + ("models" if args.port else "artifacts"))
+    sources = [flag for flag, v in (("--requests", args.requests), ("--rows", args.rows), ("--values", args.values))
+               if v]
+    if len(sources) > 1:
+        problems.append(f"give one traffic source, not {' and '.join(sources)}")
+    if args.rows and not args.dataset:
+        problems.append("--rows needs --dataset (the format of the rows)")
+    for flag, path in (("--requests", args.requests), ("--rows", args.rows), ("--values", args.values)):
+        if path and not Path(path).exists():
+            problems.append(f"{flag} {path} does not exist")
+    if args.port is not None and not 0 < args.port < 65536:
+        problems.append("--port must be 1-65535")
     try:
         from loadtest.compare import split_cpus
         split_cpus(args.pin)
     except LoadTestError as exc:
         problems.append(str(exc))
     for spec in args.models:
+        if args.port is not None and "=" not in spec:
+            continue  # a name the running server serves
         path = Path(spec.split("=", 1)[-1])
         if not path.is_file():
             problems.append(f"artifact {path} does not exist")
@@ -108,13 +139,23 @@ def _compare(args, UserError) -> int:
         problems.append("the whole comparison must stay under 4 hours (and one run under 1 hour)")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
         problems.append("--name may hold only letters, digits, '_' and '-'")
-    values = args.values or str(Path(args.models[0].split("=", 1)[-1]).with_name("values.json"))
-    if not Path(values).exists():
-        problems.append(f"values file {values} does not exist (pass --values)")
+    values = args.values
+    if not sources and (args.port is None or "=" in args.models[0]):  # generated models keep theirs beside them
+        beside = Path(args.models[0].split("=", 1)[-1]).with_name("values.json")
+        values = str(beside) if beside.is_file() else None
     if problems:
         raise UserError("; ".join(problems))
+    from adrank.cli.default_model import PARAMS, MissingDefaults, shipped
+
+    try:
+        defaults = {"versions": set(shipped()["versions"].values()), "params": PARAMS}
+    except MissingDefaults:
+        defaults = None
+    traffic = (["--requests", args.requests] if args.requests else ["--rows", args.rows, "--dataset", args.dataset]
+               if args.rows else ["--values", values] if values else [])
     command = "adrank loadtest compare " + " ".join(
-        ["--models", *args.models, "--values", values, "--rps", f"{args.rps:g}", "--duration", f"{args.duration:g}",
+        ["--models", *args.models, *traffic, *(["--port", str(args.port)] if args.port is not None else []),
+         "--rps", f"{args.rps:g}", "--duration", f"{args.duration:g}",
          "--warmup", f"{args.warmup:g}", "--repeats", str(args.repeats), "--workers", str(args.workers),
          "--candidates", f"{args.candidates:g}", "--sigma", f"{args.sigma:g}", "--max-candidates",
          str(args.max_candidates), "--pool", str(args.pool), "--out", args.out, "--name", args.name,
@@ -126,7 +167,9 @@ def _compare(args, UserError) -> int:
                          warmup=args.warmup, repeats=args.repeats, workers=args.workers, pool_size=args.pool,
                          median=args.candidates, sigma=args.sigma, max_candidates=args.max_candidates,
                          seed=args.seed, command=command, progress=not args.quiet, pin=args.pin,
-                         traffic=args.traffic, catalog_ads=args.catalog_ads, control=args.control, arrivals=args.arrivals)
+                         traffic=args.traffic, catalog_ads=args.catalog_ads, control=args.control, arrivals=args.arrivals,
+                         port=args.port, requests=args.requests, rows=args.rows, dataset=args.dataset,
+                         defaults=defaults)
     except (LoadTestError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for m in result["summary"]:
