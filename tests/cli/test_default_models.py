@@ -15,7 +15,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
+import sys
+import tomllib
 
 import httpx
 import numpy as np
@@ -27,6 +30,7 @@ from adrank.core.preprocess import PAD
 from service.link import sigmoid
 from service.ranker import Ranker
 from tests import naive
+from tests.conftest import REPO
 from tests.exporter.test_export import artifact_score
 from tests.service.helpers import ADRANK, Server
 
@@ -88,10 +92,38 @@ def test_shipped_models_score_like_the_artifact_semantics(name):
         assert got[ad["id"]] == pytest.approx(float(sigmoid(np.array([artifact_score(art, x)]))[0]), abs=1e-6)
 
 
-def test_serve_without_an_artifact_serves_the_shipped_models(tmp_path):
+def test_scripts_run_installs_the_serving_extra_only():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def closure(extra: str) -> set[str]:
+        out = set()
+        for req in extras[extra]:
+            name = re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
+            out |= closure(req[req.index("[") + 1 : req.index("]")]) if name == "adrank" else {name}
+        return out
+
+    assert "torch" not in closure("serve") and "torch" in closure("train")
+    installs = [line for line in (REPO / "scripts/run").read_text().splitlines() if "pip install" in line]
+    assert installs and all('-e ".[serve]"' in line and "-c constraints.txt" in line for line in installs)
+
+
+# `adrank` with torch, training and the exporter unimportable, as in the serving install
+WITHOUT_TORCH = [sys.executable, "-c", """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "training", "exporter"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, Block())
+from adrank.cli import main
+sys.exit(main())
+"""]
+
+
+def test_serve_without_an_artifact_serves_the_shipped_models_without_torch(tmp_path):
     env = {**os.environ}
     env.pop("ADRANK_MODELS", None)
-    with Server([], env) as srv:
+    with Server([], env, command=WITHOUT_TORCH) as srv:
         models = httpx.get(srv.url + "/v1/models").json()
         assert models["default"] == "dplr"
         assert {m["name"]: m["version"] for m in models["models"]} == {

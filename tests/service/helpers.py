@@ -122,11 +122,11 @@ def free_port() -> int:
 class Server:
     """`adrank serve ...` on loopback; waits for /readyz; always killed on exit."""
 
-    def __init__(self, args: list[str], env: dict, timeout: float = 90):
+    def __init__(self, args: list[str], env: dict, timeout: float = 90, command: list[str] = ADRANK):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [*ADRANK, "serve", *args, "--port", str(self.port), "--no-access-log",
+            [*command, "serve", *args, "--port", str(self.port), "--no-access-log",
              "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
