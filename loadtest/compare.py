@@ -423,8 +423,8 @@ def compare(specs: list[str], values_path, out_dir, name: str = "compare", rps: 
         out_dir.mkdir(parents=True, exist_ok=True)
         write_report(result, runs, out_dir, name)
         return result
-    except LoadTestError:
-        kept = True  # the message may name a log in here: it stays for the reader
+    except LoadTestError as exc:
+        kept = str(work) in str(exc)  # a message naming a log in here: the log stays for the reader
         raise
     finally:
         if not kept:
