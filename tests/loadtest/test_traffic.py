@@ -83,13 +83,21 @@ def test_raw_rows_become_requests_the_model_ranks(tmp_path):
 
 
 def test_no_traffic_is_named_unless_the_models_are_the_defaults(tmp_path):
-    models = [("dplr", None, {"version": "not-a-default", "fields": []})]
     args = (None, None, None, None, "inline", 5, 10, 0, 10, 1.0, 50)
+    alien = [("dplr", None, {"version": "not-a-default", "fields": []})]
     with pytest.raises(TrafficError, match="no traffic given: pass --requests"):
-        build_pool(tmp_path, tmp_path / "pool", tmp_path / "ads", models, *args, None, False)
-    defaults = {"versions": set(shipped()["versions"].values()), "params": PARAMS}
+        build_pool(tmp_path, tmp_path / "pool", tmp_path / "ads", alien, *args, None, False)
+    versions = shipped()["versions"]
+    defaults = {"versions": set(versions.values()), "params": {**PARAMS, "rows": 2000}}  # a smaller rebuild
     with pytest.raises(TrafficError, match="no traffic given"):
-        build_pool(tmp_path, tmp_path / "pool", tmp_path / "ads", models, *args, defaults, False)
+        build_pool(tmp_path, tmp_path / "pool", tmp_path / "ads", alien, *args, defaults, False)
+    served = [(name, None, {"version": v, "fields": []}) for name, v in versions.items()]
+    stats, source = build_pool(tmp_path, tmp_path / "pool", tmp_path / "ads", served, *args, defaults, False)
+    assert stats["requests"] == 5 and "the embedded default models' data set" in source
+    ranker = Ranker.load(SHIPPED / "dplr.adrk")
+    for line in (tmp_path / "pool").read_text().splitlines():
+        body = json.loads(line)
+        assert set(body["context"]) <= set(FIELDS) and len(ranker.rank(body["context"], body["ads"])) == len(body["ads"])
 
 
 def test_a_failed_locust_run_keeps_the_log_it_names(tmp_path, monkeypatch):
@@ -108,26 +116,21 @@ def test_a_failed_locust_run_keeps_the_log_it_names(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_against_a_running_server_with_default_and_own_traffic(tmp_path):
-    """What a newcomer types after scripts/run: the running server, its default models, then their
-    own request bodies."""
+def test_compare_against_a_running_server_with_own_traffic(tmp_path):
+    """What a newcomer types after scripts/run, with their own request bodies."""
     env = {k: v for k, v in os.environ.items() if k != "ADRANK_MODELS"}
     with Server([], env) as srv:
-        runs = {}
-        for name, traffic in (("defaults", []), ("own", ["--requests", str(bodies_file(tmp_path / "b.jsonl"))])):
-            r = subprocess.run([*ADRANK, "loadtest", "compare", "--port", str(srv.port), "--models", "dplr", "pruned",
-                                *traffic, "--rps", "10", "--duration", "3", "--warmup", "1", "--repeats", "1",
-                                "--pool", "30", "--candidates", "20", "--out", str(tmp_path), "--name", name,
-                                "--quiet"], capture_output=True, text=True, timeout=300)
-            assert r.returncode == 0, r.stderr
-            runs[name] = json.loads((tmp_path / f"loadtest-{name}.json").read_text())
+        r = subprocess.run([*ADRANK, "loadtest", "compare", "--port", str(srv.port), "--models", "dplr", "pruned",
+                            "--requests", str(bodies_file(tmp_path / "b.jsonl")), "--rps", "10", "--duration", "3",
+                            "--warmup", "1", "--repeats", "1", "--out", str(tmp_path), "--name", "own", "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
         assert srv.proc.poll() is None  # measured, not stopped
-    for result in runs.values():
-        assert result["settings"]["server"] == f"running on 127.0.0.1:{srv.port}"
-        assert [r["model"] for r in result["runs"]] == ["dplr", "pruned"]
-        for m in result["summary"]:
-            assert m["requests"] > 5 and m["error_rate"] == 0 and m["server_requests"] >= m["requests"]
-    assert "embedded default models' data set" in runs["defaults"]["settings"]["source"]
-    assert runs["own"]["settings"]["pool"]["requests"] == 6
+    result = json.loads((tmp_path / "loadtest-own.json").read_text())
+    assert result["settings"]["server"] == f"running on 127.0.0.1:{srv.port}"
+    assert result["settings"]["pool"]["requests"] == 6 and "--requests" in result["command"]
+    assert [r["model"] for r in result["runs"]] == ["dplr", "pruned"]
+    for m in result["summary"]:
+        assert m["requests"] > 5 and m["error_rate"] == 0 and m["server_requests"] >= m["requests"]
     text = (tmp_path / "loadtest-own.md").read_text()
     assert "the request bodies of" in text and "as recorded" in text and "(its own workers and settings)" in text
