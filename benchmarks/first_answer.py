@@ -77,17 +77,17 @@ def start(clone: Path, env: dict, log: Path, timeout: float) -> tuple[float, dic
                 proc.wait(10)
 
 
-def one(timeout: float) -> dict:
+def one(source: str, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="adrank-first-answer-") as tmp:
         tmp = Path(tmp)
         clone = tmp / "adrank"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "clone", "-q", source, str(clone)], check=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
         venv_s = time.perf_counter() - t0
         env = {**os.environ, "PATH": f"{tmp / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "VIRTUAL_ENV": str(tmp / "venv"), "PIP_CACHE_DIR": str(tmp / "pip-cache"),
-               "NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
+               "NUMBA_CACHE_DIR": str(tmp / "numba-cache"), "ADRANK_HOME": str(tmp / "adrank-home")}  # (older builds)
         env.pop("ADRANK_MODELS", None)
         out = {"venv_s": round(venv_s, 1)}
         for phase in ("cold", "warm"):
@@ -107,11 +107,12 @@ def one(timeout: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this checkout)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default="docs/results/first-answer")
     args = ap.parse_args(argv)
-    runs = [one(args.timeout) for _ in range(args.repeats)]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    runs = [one(args.source, args.timeout) for _ in range(args.repeats)]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.source, capture_output=True,
                           text=True).stdout.strip()
     data = {"command": "python -m benchmarks.first_answer " + shlex.join(argv or sys.argv[1:]), "commit": head,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

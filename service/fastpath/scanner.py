@@ -281,8 +281,8 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
                 meta[2] = v
             i = e
         elif code == K_CONTEXT:
-            i, nt = _object(b, i, np.int64(-1), np.int64(0), mc, np.int64(0), names, name_off, ftype, lo, width, edges, bins, tok, ix, nt,
-                            kept, stamp)
+            i, nt = _object(b, i, np.int64(-1), np.int64(0), mc, np.int64(0), names, name_off, ftype, lo, width,
+                            edges, bins, tok, ix, nt, kept, stamp)
         else:
             i, nt, n_ads, n_by_id = _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins,
                                          tok, ix, nt, kept, stamp, out, item_template, spans, id_hash)
