@@ -87,7 +87,7 @@ def one(source: str, timeout: float) -> dict:
         venv_s = time.perf_counter() - t0
         env = {**os.environ, "PATH": f"{tmp / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "VIRTUAL_ENV": str(tmp / "venv"), "PIP_CACHE_DIR": str(tmp / "pip-cache"),
-               "NUMBA_CACHE_DIR": str(tmp / "numba-cache"), "ADRANK_HOME": str(tmp / "adrank-home")}  # (older builds)
+               "NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
         env.pop("ADRANK_MODELS", None)
         out = {"venv_s": round(venv_s, 1)}
         for phase in ("cold", "warm"):

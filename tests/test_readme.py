@@ -10,13 +10,15 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from adrank.cli.main import build_parser
-from tests.conftest import REPO
 from tests.service.helpers import Server
+
+REPO = Path(__file__).resolve().parents[1]
 
 DOCS = ("README.md", "docker/README.md", "docker/models/README.md", "loadtest/README.md")
 

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,9 +31,10 @@ from adrank.core.preprocess import PAD
 from service.link import sigmoid
 from service.ranker import Ranker
 from tests import naive
-from tests.conftest import REPO
 from tests.exporter.test_export import artifact_score
 from tests.service.helpers import ADRANK, Server
+
+REPO = Path(__file__).resolve().parents[2]
 
 INFO = json.loads((SHIPPED / "default.json").read_text())
 
