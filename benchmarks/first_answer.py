@@ -1,10 +1,11 @@
 """Time from a fresh clone to the first ranked answer, cold and warm: the newcomer's first command.
 
-    python -m benchmarks.first_answer --repeats 2 --out docs/results/first-answer
+    python -m benchmarks.first_answer --repeats 2 --source ../main --source . --out docs/results/first-answer
 
-writes ``<out>.json`` and ``<out>.md``.  Each repeat: ``git clone`` of this checkout's HEAD into a
-temporary directory, a fresh virtualenv (timed apart: the README asks for an environment), an empty
-pip cache (``PIP_CACHE_DIR``; pip's configured wheel sources stay as they are) and an empty
+writes ``<out>.json`` and ``<out>.md``.  Each repeat, for each source (default: this checkout):
+``git clone`` of its HEAD into a temporary directory, a fresh virtualenv (timed apart: the README
+asks for an environment), a fresh ``HOME`` (nothing cached there by earlier runs), an empty pip
+cache (``PIP_CACHE_DIR``; pip's configured wheel sources stay as they are) and an empty
 ``NUMBA_CACHE_DIR``; then ``./scripts/run --port P`` is started and the README's rank request is
 sent until it answers (cold: install + first start, compiling the kernels), the server is stopped
 with SIGINT, and the same is done again (warm: the second start).  The load average is recorded
@@ -87,7 +88,8 @@ def one(source: str, timeout: float) -> dict:
         venv_s = time.perf_counter() - t0
         env = {**os.environ, "PATH": f"{tmp / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "VIRTUAL_ENV": str(tmp / "venv"), "PIP_CACHE_DIR": str(tmp / "pip-cache"),
-               "NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
+               "NUMBA_CACHE_DIR": str(tmp / "numba-cache"), "HOME": str(tmp / "home")}
+        (tmp / "home").mkdir()
         env.pop("ADRANK_MODELS", None)
         out = {"venv_s": round(venv_s, 1)}
         for phase in ("cold", "warm"):
@@ -107,28 +109,36 @@ def one(source: str, timeout: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this checkout)")
+    ap.add_argument("--source", action="append", help="repository to clone (default: this checkout); given "
+                    "several times, the sources take turns in every repeat (a side-by-side comparison)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default="docs/results/first-answer")
     args = ap.parse_args(argv)
-    runs = [one(args.source, args.timeout) for _ in range(args.repeats)]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.source, capture_output=True,
-                          text=True).stdout.strip()
-    data = {"command": "python -m benchmarks.first_answer " + shlex.join(argv or sys.argv[1:]), "commit": head,
+    sources = args.source or [str(ROOT)]
+    heads = {src: subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True,
+                                 text=True).stdout.strip() for src in sources}
+    runs = [{"source": src, "commit": heads[src], "repeat": rep, **one(src, args.timeout)}
+            for rep in range(args.repeats) for src in sources]
+    data = {"command": "python -m benchmarks.first_answer " + shlex.join(argv or sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_average_end": os.getloadavg()}, "runs": runs}
     md = ["# From a fresh clone to the first ranked answer", "",
-          f"Command: `{data['command']}` (commit {head}); {os.cpu_count()} CPUs shared with other work. Each run: "
+          f"Command: `{data['command']}`; {os.cpu_count()} CPUs shared with other work. Each run: "
           "`git clone`, a fresh virtualenv (timed apart), empty pip and Numba caches, then `./scripts/run` "
           "until the README's rank request answers (cold), stopped, started again (warm). The load average "
-          "before each start is shown: the machine is shared.", "",
-          "| run | venv (s) | cold: clone -> first answer (s) | load | warm: second start (s) | load "
-          "| torch installed |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for i, r in enumerate(runs, 1):
-        md.append(f"| {i} | {r['venv_s']} | {r['cold']['seconds']} | {r['cold']['load_before']} "
-                  f"| {r['warm']['seconds']} | {r['warm']['load_before']} | {'yes' if r['installed']['torch'] else 'no'} |")
-    md += ["", "Kernel warm-up of the cold start (from its log):", ""]
-    md += [f"- {line}" for line in runs[0]["cold"]["compiled_lines"]]
+          "before each start is shown: the machine is shared." + (" Sources take turns in every repeat." if
+                                                                   len(sources) > 1 else ""), "",
+          "| source (commit) | repeat | venv (s) | cold: clone -> first answer (s) | load | warm: second start (s) "
+          "| load | torch installed |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        md.append(f"| {r['source']} ({r['commit']}) | {r['repeat'] + 1} | {r['venv_s']} | {r['cold']['seconds']} "
+                  f"| {r['cold']['load_before']} | {r['warm']['seconds']} | {r['warm']['load_before']} "
+                  f"| {'yes' if r['installed']['torch'] else 'no'} |")
+    for src in sources:
+        first = next(r for r in runs if r["source"] == src)
+        if first["cold"]["compiled_lines"]:
+            md += ["", f"Kernel warm-up of {src}'s first cold start (from its log):", ""]
+            md += [f"- {line}" for line in first["cold"]["compiled_lines"]]
     write_report(args.out, data, "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
