@@ -1,6 +1,6 @@
 """Artifact + kernels -> ``rank(context, ads, top_k)``.  No HTTP here, and never torch.
 
-A Ranker owns one loaded model: its manifest, its (memory-mapped) arrays, the preprocessing
+A Ranker owns one loaded model: its manifest, its arrays (in private memory), the preprocessing
 that travelled with it (:class:`RequestEncoder`) and the scorer for its kind
 (``service.kernels.registry``).  ``rank`` encodes the request, scores every candidate with the
 context part computed once, and returns ``(ad id, score)`` sorted by score, best first, ties in
@@ -42,15 +42,18 @@ class Ranker:
 
     # --- construction --------------------------------------------------------------------
     @classmethod
-    def load(cls, path, name: str | None = None, *, huge_pages: bool = True, **scorer_options) -> Ranker:
-        """Read (verify + mmap) an artifact file; ``name`` defaults to the file's stem.
+    def load(cls, path, name: str | None = None, *, huge_pages: bool = True, timeout: float = 60.0,
+             **scorer_options) -> Ranker:
+        """Read an artifact file into private memory, verified; ``name`` defaults to the file's stem.
         ``scorer_options`` go to the scorer (service/kernels/base.py; a served model gets them
-        from the serving settings).  The arrays are views of the file's map (4 KiB page-cache
-        pages), so the kernels' random-access tables go to private huge pages unless
-        ``huge_pages`` is False (service/kernels/memory.py)."""
-        from adrank.core.artifact import load_preprocessor, read_artifact
+        from the serving settings).  Nothing stays mapped from the file (service/modelfile.py):
+        replacing, truncating or deleting it later does not touch this model.  The kernels'
+        random-access tables are read into huge-page memory unless ``huge_pages`` is False
+        (service/kernels/memory.py); reading gives up after ``timeout`` seconds."""
+        from adrank.core.artifact import load_preprocessor
+        from service.modelfile import read_owned
 
-        art = read_artifact(path)
+        art = read_owned(path, timeout=timeout, huge_pages=huge_pages)
         return cls(art.manifest, art.arrays, version=art.version, name=name or Path(path).stem,
                    preprocessor=load_preprocessor(art), nbytes=art.nbytes, huge_pages=huge_pages,
                    **scorer_options)

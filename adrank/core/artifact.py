@@ -411,7 +411,7 @@ def read_artifact(path, verify: bool = True) -> Artifact:
         raise TrailingBytes(f"file has {size - end} bytes after the data region", path)
     if verify and hashlib.sha256(buf[PRELUDE.size :].data).digest() != digest:
         raise ChecksumMismatch("SHA-256 of header + data does not match the prelude", path)
-    manifest, table = _parse_header(bytes(buf[PRELUDE.size : PRELUDE.size + hlen]), dlen, path)
+    manifest, table = parse_header(bytes(buf[PRELUDE.size : PRELUDE.size + hlen]), dlen, path)
     base = PRELUDE.size + hlen
     arrays = {}
     for name, t in table.items():
@@ -422,7 +422,7 @@ def read_artifact(path, verify: bool = True) -> Artifact:
     return Artifact(path, manifest, arrays, digest.hex()[:12], size, mm)
 
 
-def _parse_header(raw: bytes, data_len: int, path) -> tuple[dict, dict]:
+def parse_header(raw: bytes, data_len: int, path) -> tuple[dict, dict]:
     """Decode the JSON header and check the array table against the data region."""
     try:
         header = json.loads(raw.decode("utf-8"))

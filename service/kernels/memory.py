@@ -5,13 +5,12 @@
   :func:`aligned` guarantees it, copying only when needed (an aligned read-only map view stays
   shared between worker processes).
 * **Huge pages.**  A model loaded from its artifact file (``service.ranker.Ranker.load``) has its
-  embedding rows and linear weights copied out of the file's shared read-only map into private
-  memory advised for 2 MiB transparent huge pages (:func:`resident`): served from the map's 4 KiB
-  page-cache pages nearly every random row is also a TLB miss, which the copy avoids
-  (docs/results/table-pages.md).  The serving setting ``ADRANK_HUGE_PAGES=0``
-  (service/settings.py) keeps the map views instead: one copy shared by every worker, at that
-  cost.  Arrays built in memory (benchmarks, tests, exporter checks) are private already and
-  stay as given.
+  embedding rows and linear weights read into private memory advised for 2 MiB transparent huge
+  pages (:func:`resident_empty`, service/modelfile.py): from 4 KiB pages nearly every random row
+  is also a TLB miss (docs/results/table-pages.md).  The serving setting ``ADRANK_HUGE_PAGES=0``
+  (service/settings.py) keeps them in ordinary private memory.  Arrays built in memory
+  (benchmarks, tests, exporter checks) stay as given; :func:`resident` copies one into such
+  memory, or returns it when it is there already.
 """
 
 from __future__ import annotations
@@ -57,13 +56,38 @@ def resident(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     nbytes = a.size * np.dtype(dtype).itemsize
     if nbytes < HUGE_PAGE:
         return aligned(a, dtype)
+    if a.dtype == dtype and a.flags.c_contiguous and is_resident(a):
+        return a  # read straight into such memory (service/modelfile.py): no second copy
+    return _copy_into(_resident_buffer(nbytes), a, dtype, HUGE_PAGE)
+
+
+class _Resident(mmap.mmap):
+    """The anonymous private map behind :func:`resident` memory (its type marks such memory)."""
+
+
+def _resident_buffer(nbytes: int) -> np.ndarray:
     # private: a shared anonymous map would be shmem, whose huge pages are a separate, usually off, setting
-    mm = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # kept alive by the view
+    mm = _Resident(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # kept alive by the view
     try:
         mm.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):  # no madvise/THP here
         pass
-    return _copy_into(np.frombuffer(mm, dtype=np.uint8), a, dtype, HUGE_PAGE)
+    return np.frombuffer(mm, dtype=np.uint8)
+
+
+def resident_empty(nbytes: int) -> np.ndarray:
+    """Uninitialised ``uint8[nbytes]`` in :func:`resident` memory (starts on a 2 MiB boundary)."""
+    buf = _resident_buffer(nbytes)
+    start = (-buf.ctypes.data) % HUGE_PAGE
+    return buf[start : start + nbytes]
+
+
+def is_resident(a: np.ndarray) -> bool:
+    """``a`` lies in memory made by :func:`resident_empty` / :func:`resident`."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(getattr(base, "obj", base), _Resident)
 
 
 def anon_huge_kib(addr: int) -> int | None:
