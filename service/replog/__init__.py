@@ -29,6 +29,7 @@ from typing import Protocol
 import msgspec
 
 UPSERT, DELETE, LOAD = "ads.upsert", "ads.delete", "model.load"
+COMPACT_ADS = 2_000  # ads folded per compaction transaction: the engine's write lock (and the GIL) briefly
 KINDS = (UPSERT, DELETE, LOAD)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -144,7 +145,11 @@ class ReplicationLog(Protocol):
         """The position of the last entry committed (0 when none ever was)."""
 
     def snapshot(self) -> tuple[State, Iterator[tuple[str, bytes]] | None]:
-        """A consistent snapshot: its state without ads, and an iterator over its ads."""
+        """A consistent snapshot: its state without ads, and an iterator over its ads (read it to
+        the end: SQLite holds a read transaction until then)."""
+
+    def meta(self) -> State:
+        """The snapshot's state without its ads (cheap)."""
 
     def compact(self, max_entries: int = 1000) -> int:
         """Fold up to ``max_entries`` of the oldest entries into the snapshot; returns how many."""

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from service.replog import Entry, LogError, State, changes, decode, encode
+from service.replog import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
 
 log = logging.getLogger("adrank.replog")
 
@@ -119,6 +119,13 @@ class RedisLog:
         except self._errors as exc:
             raise LogError(f"redis log {self.url}: {exc}") from None
 
+    def meta(self) -> State:
+        """The snapshot's state without its ads."""
+        try:
+            return self._meta()
+        except self._errors as exc:
+            raise LogError(f"redis log {self.url}: {exc}") from None
+
     def _meta(self) -> State:
         pos, models, boot = self.r.hmget(self.keys["meta"], ["pos", "models", "boot"])
         return State(pos=int(pos or 0), models=_json(models) or {}, boot=_json(boot))
@@ -135,7 +142,9 @@ class RedisLog:
             raise LogError(f"redis log {self.url}: snapshot read failed: {exc}") from None
         raise LogError(f"redis log {self.url}: the snapshot kept moving while it was read")
 
-    def compact(self, max_entries: int = 1000) -> int:
+    def compact(self, max_entries: int = 1000, max_ads: int = COMPACT_ADS) -> int:
+        """Fold up to ``max_entries`` entries, about ``max_ads`` ads (at least one entry), into the
+        snapshot hash in one MULTI/EXEC: Redis runs a transaction alone, so each stays small."""
         k = self.keys
         try:
             with self.r.pipeline() as p:
@@ -146,7 +155,13 @@ class RedisLog:
                 if not rows:
                     p.unwatch()
                     return 0
-                entries = [self._entry(i, f) for i, f in rows]
+                entries, n_ads = [], 0
+                for i, f in rows:
+                    if entries and n_ads >= max_ads:
+                        break
+                    e = self._entry(i, f)
+                    entries.append(e)
+                    n_ads += len(e.data.get("ads") or e.data.get("ids") or []) if e.data else 0
                 ads = changes(entries, models)
                 new_pos = entries[-1].pos
                 p.multi()

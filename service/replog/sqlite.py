@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from service.replog import Entry, LogError, State, changes, decode, encode
+from service.replog import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
 
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA = (
@@ -54,23 +54,15 @@ class SqliteLog:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = _connect(self.path)
-            self._write("", lambda c: [c.execute(s) for s in SCHEMA])
+            self._write(lambda c: [c.execute(s) for s in SCHEMA])
         except sqlite3.Error as exc:
             raise LogError(f"sqlite log {self.path}: {exc}") from None
         self._lock = threading.Lock()  # one statement sequence at a time on this connection
+        self._compactor: sqlite3.Connection | None = None
 
     # --- writing ---------------------------------------------------------------------------
-    def _write(self, what: str, fn):
-        """Run ``fn(connection)`` in one IMMEDIATE transaction (the database's write lock)."""
-        con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(con)
-            con.execute("COMMIT")
-            return out
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    def _write(self, fn):
+        return _write(self._con, fn)
 
     def append(self, entries, boot=None):
         rows = [encode(kind, data) for kind, data in entries]
@@ -90,7 +82,7 @@ class SqliteLog:
 
         try:
             with self._lock:
-                return self._write("append", txn)
+                return self._write(txn)
         except sqlite3.Error as exc:
             raise LogError(f"sqlite log {self.path}: append failed: {exc}") from None
 
@@ -138,19 +130,33 @@ class SqliteLog:
 
         return state, ads()
 
+    def meta(self) -> State:
+        """The snapshot's state without its ads."""
+        with self._lock:
+            return self._meta(self._con)
+
     def _meta(self, con) -> State:
         pos = _get(con, "pos") or 0
         return State(pos=int(pos), models=_get(con, "models") or {}, boot=_get(con, "boot"))
 
     # --- compaction ------------------------------------------------------------------------
-    def compact(self, max_entries: int = 1000) -> int:
+    def compact(self, max_entries: int = 1000, max_ads: int = COMPACT_ADS) -> int:
+        """Fold entries into the snapshot tables, at most ``max_entries`` and about ``max_ads`` ads
+        (at least one entry) per transaction: the database's write lock is held briefly."""
+
         def txn(con):
             state = self._meta(con)
             rows = con.execute("SELECT pos, kind, body, crc FROM log WHERE pos > ? ORDER BY pos LIMIT ?",
                                (state.pos, max_entries)).fetchall()
-            if not rows:
+            entries, n_ads = [], 0
+            for r in rows:
+                if entries and n_ads >= max_ads:
+                    break
+                e = decode(*r)
+                entries.append(e)
+                n_ads += len(e.data.get("ads") or e.data.get("ids") or []) if e.data else 0
+            if not entries:
                 return 0
-            entries = [decode(*r) for r in rows]
             ads = changes(entries, state.models)
             state.pos = entries[-1].pos
             con.executemany("INSERT OR REPLACE INTO ads (id, features) VALUES (?, ?)",
@@ -162,14 +168,32 @@ class SqliteLog:
             return len(entries)
 
         try:
-            with self._lock:
-                return self._write("compact", txn)
+            with self._lock:  # this process' appends wait here, not in SQLite's busy loop (it sleeps)
+                if self.path == ":memory:":
+                    return _write(self._con, txn)
+                if self._compactor is None:
+                    self._compactor = _connect(self.path)
+                return _write(self._compactor, txn)
         except sqlite3.Error as exc:
             raise LogError(f"sqlite log {self.path}: compaction failed: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
             self._con.close()
+        if self._compactor is not None:
+            self._compactor.close()
+
+
+def _write(con, fn):
+    """Run ``fn(connection)`` in one IMMEDIATE transaction (the database's write lock)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(con)
+        con.execute("COMMIT")
+        return out
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _get(con, key: str):

@@ -39,8 +39,8 @@ def test_owned_arrays_equal_the_file_and_share_nothing_with_it(art):
 
 def test_resident_tables_are_read_once_into_huge_page_memory(tmp_path):
     """A table of >= 2 MiB is read straight into resident memory; the Scorer keeps it as is."""
-    from exporter.synthetic import make_schema, synthetic_model
     from adrank.core.artifact import write_artifact
+    from exporter.synthetic import make_schema, synthetic_model
 
     sm = synthetic_model("dplr", make_schema(2, 2), values_per_field=20_000, k=32)
     manifest, arrays = sm.artifact_parts()

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from service.replog import DELETE, LOAD, UPSERT, State, decode, encode, fold, open_log
-from tests.state_helpers import RedisServer
+from tests.service.state_helpers import RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,15 @@ class RedisServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def synthetic_artifact(path: Path, kind: str = "dplr", schema=None, values_per_field: int = 20, seed: int = 0,
+                       **kw):
+    """Write a real artifact of exporter.synthetic's random model; returns the SyntheticModel."""
+    from adrank.core.artifact import FORMAT_NAME, write_artifact
+    from exporter.synthetic import make_schema, synthetic_model
+
+    sm = synthetic_model(kind, schema or make_schema(), values_per_field=values_per_field, seed=seed, **kw)
+    manifest, arrays = sm.artifact_parts()
+    write_artifact(path, {**manifest, "format": FORMAT_NAME}, arrays)
+    return sm
