@@ -56,6 +56,46 @@ def lookup(keys, rows, q, out):
     return missing
 
 
+@numba.njit(inline="always", **PLAIN)
+def _probe(keys, rows, h):
+    mask = keys.shape[0] - 1
+    p = h & mask
+    while keys[p] != EMPTY:
+        if keys[p] == h:
+            return rows[p]
+        p = (p + 1) & mask
+    return -1
+
+
+@numba.njit(**PLAIN)
+def lookup_view(dkeys, drows, n_delta, bkeys, brows, dead, n_base, q, out):
+    """out[n] = the global row of hash q[n] in a catalog view (segments.py), or -1; returns how many
+    were missing.  The delta segment's table first (its rows below ``n_delta`` count, from
+    ``n_base`` on; later rows belong to later views), then the base table, whose row counts only if
+    it is not in ``dead`` (sorted: a binary search)."""
+    missing = 0
+    for n in range(q.shape[0]):
+        h = q[n] if q[n] != EMPTY else np.uint64(1)
+        r = _probe(dkeys, drows, h)
+        if 0 <= r < n_delta:
+            out[n] = n_base + r
+            continue
+        b = _probe(bkeys, brows, h)
+        if b >= 0 and dead.shape[0]:
+            lo, hi = 0, dead.shape[0]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if dead[mid] < b:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < dead.shape[0] and dead[lo] == b:
+                b = -1
+        out[n] = b
+        missing += b < 0
+    return missing
+
+
 class IdCollision(ValueError):
     """Two ids share a 64-bit hash (never expected; named so the store can refuse the write)."""
 
@@ -66,32 +106,39 @@ class IdCollision(ValueError):
 
 def warm() -> None:
     """Compile (or load from the cache) the table's kernels."""
-    IdTable(IdTable.hash(["a"])).rows(["a", "b"])
+    t = IdTable(IdTable.hash(["a"]))
+    t.rows(["a", "b"])
+    lookup_view(t.keys, t.rows_, 1, t.keys, t.rows_, np.zeros(1, np.int64), 1, IdTable.hash(["a"]), np.empty(1, np.int64))
 
 
 class IdTable:
-    """Immutable id-hash table of one snapshot: ``rows(ids) -> int64[len(ids)]`` (-1 = absent)."""
+    """Id-hash table: ``rows(ids) -> int64[len(ids)]`` (-1 = absent).  A base segment's never
+    changes; a delta segment's grows in place (``insert``), see segments.py."""
 
-    def __init__(self, hashes: np.ndarray):
-        n = len(hashes)
+    def __init__(self, hashes: np.ndarray, capacity: int = 0):
+        """A table of ``hashes[i] -> i`` with room for ``capacity`` ids (at least len(hashes)) at a
+        load factor of at most 1/2."""
+        n = max(len(hashes), capacity)
         cap = 1 << max(4, int(2 * n - 1).bit_length())
         self.keys = np.zeros(cap, np.uint64)
-        self.rows_ = np.empty(cap, np.int64)
+        self.rows_ = np.full(cap, -1, np.int64)  # -1 until written: see insert()
         bad = _insert(hashes, 0, self.keys, self.rows_)
         if bad >= 0:
             raise IdCollision(int(bad))
 
-    def with_rows(self, hashes: np.ndarray, first_row: int) -> IdTable | None:
-        """A copy with ``hashes[i] -> first_row + i`` added (ids new to this table); the copy is a
-        memcpy + len(hashes) inserts, unless the load factor would pass 1/2 (then a rebuild)."""
-        if 2 * (first_row + len(hashes)) > len(self.keys):
-            return None
-        out = object.__new__(IdTable)
-        out.keys, out.rows_ = self.keys.copy(), self.rows_.copy()
-        bad = _insert(hashes, first_row, out.keys, out.rows_)
+    def room(self, n: int) -> bool:
+        """``n`` ids in all fit at a load factor of at most 1/2."""
+        return 2 * n <= len(self.keys)
+
+    def insert(self, hashes: np.ndarray, first_row: int) -> None:
+        """Add ``hashes[i] -> first_row + i`` in place (ids new to the table; ``room`` checked).
+
+        Readers may probe meanwhile: a slot only ever goes from empty to (key, row), its row reads
+        -1 until written, and every reader ignores rows it does not know of (a catalog view knows
+        its own length), so a reader sees the table as it was or with ids it ignores."""
+        bad = _insert(hashes, first_row, self.keys, self.rows_)
         if bad >= 0:
             raise IdCollision(first_row + int(bad))
-        return out
 
     @staticmethod
     def hash(ids: list[str]) -> np.ndarray:
@@ -102,3 +149,11 @@ class IdTable:
         out = np.empty(len(ids), np.int64)
         missing = lookup(self.keys, self.rows_, hash_tokens(ids), out) if ids else 0
         return out, int(missing)
+
+    def rows_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """Rows int64 (-1 = absent) of ids given by their hashes (rows of every id in the table:
+        callers that share a growing table filter by their own length)."""
+        out = np.empty(len(hashes), np.int64)
+        if len(hashes):
+            lookup(self.keys, self.rows_, np.ascontiguousarray(hashes, np.uint64), out)
+        return out

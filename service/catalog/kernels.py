@@ -3,13 +3,14 @@
 For DPLR this is Algorithm 1 of the DPLR-FwFM paper with U_I V_I, its norm terms and the item
 linear part cached per ad: a rho*k dot product plus a constant per candidate.
 
-Three entry points, all on one catalog snapshot (W float32[N, D], c float64[N]):
-  * ``score_ids``   — a subset given by row indices (a request naming ads by id): a gather.
-  * ``score_all``   — every ad, sequential read.
-  * ``top_k``       — the best k of every ad without a full sort: each chunk of the catalog keeps
-                      a size-k min-heap (nogil kernel; a large catalog is split over the kernel
-                      pool, service/kernels/pool.py), then the chunk winners are merged.  Ties
-                      break by row index.
+Three entry points on a catalog view's parts (W float32[N, D], c float64[N] per segment: the base,
+and optionally the delta, whose rows count after the base's, see segments.py):
+  * ``score_ids``   — a subset given by global rows (a request naming ads by id): a gather.
+  * ``score_all``   — every ad of one segment, sequential read.
+  * ``top_k``       — the best k live ads without a full sort: each chunk of the base (minus its
+                      dead rows) and the delta keeps a size-k min-heap (nogil kernel; a large
+                      catalog is split over the kernel pool, service/kernels/pool.py), then the
+                      chunk winners are merged.  Ties break by global row.
 Compiled with the scoring kernels' options and prefetch hints (service/kernels/codegen.py).
 """
 
@@ -30,25 +31,35 @@ from service.kernels.vec import vdot, vload
 def rows_kernel(D: int, prefetch: bool = True):
     """The per-candidate catalog kernel for D = rho*k (a compile-time trip count LLVM unrolls).
 
-    out[n] = const + c[a] + <z, W[a]> with a = rows[n]; the W row (D*4 bytes, 64-byte aligned
-    when the store allocated it) and c[a] of the candidate CATALOG_PREFETCH ahead are prefetched.
+    out[n] = const + c[a] + <z, W[a]> for global row a = rows[n] of a view of two segments: rows
+    below ``n0`` index (W0, c0) (the base), the others (W1, c1) at a - n0 (the delta).  The W row
+    (D*4 bytes, 64-byte aligned when the store allocated it) and c[a] of the candidate
+    CATALOG_PREFETCH ahead are prefetched.
     """
     lines = max(1, (4 * D + 63) // 64)
 
     vec_dot = _vec_dot(D)
 
     @closure_njit
-    def score_rows(z, const, W, c, rows, out):
-        flat = W.reshape(-1)
+    def score_rows(z, const, W0, c0, n0, W1, c1, rows, out):
+        flat0, flat1 = W0.reshape(-1), W1.reshape(-1)
         n_rows = rows.shape[0]
         for n in range(n_rows):
             if prefetch and n + CATALOG_PREFETCH < n_rows and D > 0:
                 b = rows[n + CATALOG_PREFETCH]
-                for line in range(lines):
-                    prefetch_row(flat, b * D + 16 * line)
-                prefetch_row(c, b)
+                if b < n0:
+                    for line in range(lines):
+                        prefetch_row(flat0, b * D + 16 * line)
+                    prefetch_row(c0, b)
+                else:
+                    for line in range(lines):
+                        prefetch_row(flat1, (b - n0) * D + 16 * line)
+                    prefetch_row(c1, b - n0)
             a = rows[n]
-            out[n] = const + c[a] + vec_dot(z, W, a)
+            if a < n0:
+                out[n] = const + c0[a] + vec_dot(z, W0, a)
+            else:
+                out[n] = const + c1[a - n0] + vec_dot(z, W1, a - n0)
 
     return score_rows
 
@@ -106,42 +117,64 @@ def scan_kernels(D: int):
             out[a - lo] = score(z, const, W, c, a)
 
     @closure_njit
-    def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i):
-        """The best min(k, hi-lo) ads of [lo, hi) into an (unsorted) min-heap; returns its size."""
+    def topk_range(z, const, W, c, lo, hi, k, heap_s, heap_i, dead, row0):
+        """The best min(k, live rows of [lo, hi)) ads into an (unsorted) min-heap of global rows
+        (``row0 + a``); rows in ``dead`` (sorted) are skipped.  Returns the heap's size."""
         size = 0
+        p, q = 0, dead.shape[0]
+        while p < q:  # the first dead row >= lo
+            mid = (p + q) >> 1
+            if dead[mid] < lo:
+                p = mid + 1
+            else:
+                q = mid
+        n_dead = dead.shape[0]
         for a in range(lo, hi):
+            if p < n_dead and dead[p] == a:
+                p += 1
+                continue
             s = score(z, const, W, c, a)
             if size < k:  # fill, then heapify once full
                 heap_s[size] = s
-                heap_i[size] = a
+                heap_i[size] = row0 + a
                 size += 1
                 if size == k:
-                    for p in range(k // 2 - 1, -1, -1):
-                        _sift_down(heap_s, heap_i, k, p)
+                    for j in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_s, heap_i, k, j)
             elif s > heap_s[0]:  # rows ascend, so an equal score never beats the root
                 heap_s[0] = s
-                heap_i[0] = a
+                heap_i[0] = row0 + a
                 _sift_down(heap_s, heap_i, k, 0)
         return size
 
     return score_range, topk_range
 
 
-def top_k(z, const: float, W, c, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(rows int64[<=k], scores float64[<=k]) of the best k ads, best first, ties by row."""
-    n = W.shape[0]
-    k = int(min(max(k, 0), n))
+NO_ROWS = np.zeros(0, np.int64)
+
+
+def top_k(z, const: float, W, c, k: int, threads: int | None = None, dead=NO_ROWS, delta=None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows int64[<=k], raw scores float64[<=k]) of the best k live ads, best first, ties by
+    row: over (W, c) minus the sorted rows ``dead``, and over ``delta`` = (W1, c1) if given, whose
+    rows count from len(W).  A large base is split over the kernel pool (nogil kernels)."""
+    n0 = W.shape[0]
+    jobs = [(W, c, lo, hi, dead, 0) for lo, hi in pool.split(n0, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)]
+    if delta is not None and len(delta[1]):
+        jobs.append((delta[0], delta[1], 0, len(delta[1]), NO_ROWS, n0))
+    k = int(min(max(k, 0), n0 + (len(delta[1]) if delta is not None else 0)))
     if k == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    ranges = pool.split(n, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)
-    hs = np.empty((len(ranges), k))
-    hi = np.empty((len(ranges), k), np.int64)
+    hs = np.empty((len(jobs), k))
+    hi = np.empty((len(jobs), k), np.int64)
     topk_range = scan_kernels(W.shape[1])[1]
 
-    def run(t: int, lo: int, hi_: int) -> int:  # chunk t keeps its heap in hs[t], hi[t]
-        return topk_range(z, const, W, c, lo, hi_, k, hs[t], hi[t])
+    def run(t: int) -> int:  # job t keeps its heap in hs[t], hi[t]
+        Wt, ct, lo, hi_, dt, row0 = jobs[t]
+        return topk_range(z, const, Wt, ct, lo, hi_, k, hs[t], hi[t], dt, row0)
 
-    sizes = pool.run(run, [(t, lo, hi_) for t, (lo, hi_) in enumerate(ranges)])
+    sizes = [run(t) for t in range(len(jobs))] if n0 < pool.PARALLEL_MIN_SCAN else \
+        pool.run(run, [(t,) for t in range(len(jobs))])
     s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
     r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
     order = np.lexsort((r, -s))[:k]
@@ -155,17 +188,19 @@ def score_all(z, const: float, W, c) -> np.ndarray:
     return out
 
 
-def score_ids(z, const: float, W, c, rows: np.ndarray) -> np.ndarray:
-    """Scores of the ads at ``rows`` (int64), float64[len(rows)]."""
+def score_ids(z, const: float, W, c, rows: np.ndarray, delta=None) -> np.ndarray:
+    """Scores of the ads at global ``rows`` (int64), float64[len(rows)]; rows from len(W) on index
+    ``delta`` = (W1, c1)."""
+    W1, c1 = delta if delta is not None else (W[:0], c[:0])
     out = np.empty(len(rows))
-    rows_kernel(W.shape[1])(z, const, W, c, np.asarray(rows, np.int64), out)
+    rows_kernel(W.shape[1])(z, const, W, c, W.shape[0], W1, c1, np.asarray(rows, np.int64), out)
     return out
 
 
 def warm(D: int) -> None:
     """Compile (or load from the cache) every kernel for D, so no request pays for it."""
     z, W, c = np.zeros(D, np.float32), np.zeros((2, D), np.float32), np.zeros(2)
-    score_ids(z, 0.0, W, c, np.zeros(1, np.int64))
-    rows_kernel(D, False)(z, 0.0, W, c, np.zeros(1, np.int64), np.empty(1))
+    score_ids(z, 0.0, W, c, np.zeros(1, np.int64), delta=(W, c))
+    rows_kernel(D, False)(z, 0.0, W, c, 2, W, c, np.zeros(1, np.int64), np.empty(1))
     score_all(z, 0.0, W, c)
-    top_k(z, 0.0, W, c, 1)
+    top_k(z, 0.0, W, c, 1, dead=np.ones(1, np.int64), delta=(W, c))

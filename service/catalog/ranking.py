@@ -1,12 +1,14 @@
-"""Rank against the catalog: ads by id, inline ads, both mixed, or the whole catalog (no HTTP).
+"""Score one encoded request against a catalog view: ads by id, inline ads, both, or every ad.
 
-Everything in one request is scored with the model *the snapshot's parts were computed for*
-(``part.model``), so a hot reload in progress never mixes two models in one answer.  Values are
-encoded by the model's :class:`service.encode.RequestEncoder` (the inline path's encoder, same
-errors); inline ads are scored by the service's Scorer when the model came from a Ranker, else
-by the catalog reduction computed on the fly.  Catalog ads only cost the dot product.
-Errors are :class:`RankRequestError`, a ``RequestError`` (so an ``EncodeError``: HTTP 422 naming
-the field) like every other bad request.
+This is the one ranking implementation behind ``POST /v1/rank`` (service/pipeline.py calls
+:func:`rank_encoded` whichever parser read the body): inline ads are scored by the model's own
+Scorer (or, for a catalog model without one, its per-ad reduction computed on the fly), ads given
+by id alone by the catalog kernel on their precomputed parts, and a mixed request is both, written
+into one array of raw scores before the single ordering step (``service.link.order_scores``).
+Everything comes from one view and the one model version ``key`` its parts were computed for.
+
+:func:`rank` is the same for raw dicts (tests and tools): the model's encoder, then ``rank_encoded``.
+Errors are :class:`RankRequestError`, a ``RequestError`` (HTTP 422 naming the field).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.catalog import kernels
+from service.catalog.idtable import IdTable
 from service.catalog.precompute import context_part
-from service.catalog.store import Part, Snapshot
+from service.catalog.segments import View
 from service.encode import RequestError
 from service.link import order_scores, sigmoid
 
@@ -32,13 +35,18 @@ class RankRequestError(RequestError):
         super().__init__(field, message, code=code)
 
 
+def unknown_ad(position: int, ad_id) -> RankRequestError:
+    return RankRequestError("id", f"ads[{position}]: id {ad_id!r} is not in the catalog and has no features",
+                            code="unknown_ad")
+
+
 @dataclass
 class Ranked:
-    ids: list
+    order: np.ndarray  # int64: positions in the request's ads, or global catalog rows (mode "all")
     scores: np.ndarray  # float64, best first (probabilities for click models)
-    mode: str  # "all" (whole catalog), "catalog" (ads by id) or "mixed" (ids + inline ads)
+    mode: str  # "inline", "catalog" (ads by id), "mixed" (both) or "all" (whole catalog)
     n_candidates: int
-    seconds: float  # scoring time (encoding the context, kernels, sort)
+    seconds: float  # scoring time (context part, kernels, sort)
 
 
 def by_id(ad) -> bool:
@@ -46,102 +54,87 @@ def by_id(ad) -> bool:
     return isinstance(ad, dict) and "features" not in ad and "values" not in ad
 
 
-def uses_catalog(all_ads, ads) -> bool:
-    """True when a /v1/rank request needs the catalog: ``all_ads`` or an ad given by id alone.
-
-    Cheap on the inline path: only ads with exactly one key are looked at closely."""
-    if all_ads:
-        return True
-    if not isinstance(ads, list):
-        return False
-    try:
-        if 1 not in map(len, ads):  # an id-only ad has one key; C-speed scan of the lengths
-            return False
-    except TypeError:  # not all sized: look at each
-        pass
-    return any(by_id(a) for a in ads)
-
-
-def _rows_by_id(snap: Snapshot, ads: list) -> tuple[list, np.ndarray] | None:
-    """(ids, rows) when every ad is exactly {"id": <known string id>}, else None (general path).
-
-    The rows come from the snapshot's compiled id table (idtable.py), not the Python dict."""
-    try:
-        ids = [a["id"] for a in ads if len(a) == 1]
-        if len(ids) != len(ads):
-            return None
-        rows, missing = snap.table.rows(ids)
-    except (KeyError, TypeError, AttributeError):  # not dicts, no id, non-string ids
-        return None
-    return None if missing else (ids, rows)
-
-
-def _lookup(index: dict, ads: list) -> tuple[list[int], list[int]]:
-    """(positions, rows) of the id-only ads; an unknown id is a 422 naming it."""
-    pos, rows = [], []
-    for i, ad in enumerate(ads):
-        if by_id(ad):
-            ad_id = ad.get("id")
-            key = str(ad_id) if isinstance(ad_id, int) and not isinstance(ad_id, bool) else ad_id
-            a = index.get(key) if isinstance(key, str) else None
-            if a is None:
-                raise RankRequestError("id", f"ads[{i}]: id {ad_id!r} is not in the catalog and has no "
-                                       "features", code="unknown_ad")
-            pos.append(i)
-            rows.append(a)
-    return pos, rows
-
-
-def _finish(ids: list, raw: np.ndarray, top_k, target: str) -> tuple[list, np.ndarray]:
-    order, s = order_scores(raw, -1 if top_k is None else top_k, target == "binary")
-    return [ids[i] for i in order.tolist()], s
-
-
-def rank(snap: Snapshot, model: str, context, ads=None, all_ads: bool = False, top_k=None) -> Ranked:
-    """Rank ``ads`` (by id, inline or mixed) or, with ``all_ads``, the whole catalog (best
-    ``top_k``, default 100) for ``context``, from one snapshot."""
+def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = None,
+                 catalog_at: np.ndarray | None = None, hashes: np.ndarray | None = None, id_at=None,
+                 all_ads: bool = False, top_k: int | None = None) -> Ranked:
+    """Rank encoded ads: ``X`` int32[N, S_I] the item rows of every ad (rows of ads by id are
+    ignored), ``catalog_at`` the positions of the ads given by id alone and ``hashes`` their ids'
+    hashes (``id_at(j)`` names ad j in an error); or, with ``all_ads``, the whole catalog's best
+    ``top_k`` (default 100)."""
     t0 = time.perf_counter()
-    part: Part | None = snap.parts.get(model)
-    if part is None:
-        raise RankRequestError("model", f"model {model!r} has no catalog", code="no_catalog")
+    model = view.models[key]
+    binary = model.target == "binary"
+    if all_ads:
+        z, const = context_part(model.plan, ctx, model.arrays["emb"], model.arrays["linear"])
+        b, d = view.base.parts[key], view.delta.parts[key]
+        rows, raw = kernels.top_k(z, const, b.W, b.c, DEFAULT_TOP_K if top_k is None else top_k, dead=view.dead,
+                                  delta=(d.W, d.c))
+        return Ranked(rows, sigmoid(raw) if binary else raw, "all", view.size, time.perf_counter() - t0)
+    n = len(X)
+    n_ids = 0 if catalog_at is None else len(catalog_at)
+    raw = np.empty(n)
+    if n_ids:
+        rows, missing = view.rows(hashes)
+        if missing:
+            j = int(np.flatnonzero(rows < 0)[0])
+            raise unknown_ad(int(catalog_at[j]), id_at(int(catalog_at[j])))
+        z, const = context_part(model.plan, ctx, model.arrays["emb"], model.arrays["linear"])
+        b, d = view.base.parts[key], view.delta.parts[key]
+        scored = kernels.score_ids(z, const, b.W, b.c, rows, delta=(d.W, d.c))
+        if n_ids == n:
+            raw = scored
+        else:
+            raw[catalog_at] = scored
+    if n_ids < n:
+        inline = slice(None) if not n_ids else np.setdiff1d(np.arange(n), catalog_at)
+        raw[inline] = _score_inline(model, ctx, X[inline])
+    order, scores = order_scores(raw, -1 if top_k is None else top_k, binary)
+    mode = "catalog" if n_ids == n else "inline" if not n_ids else "mixed"
+    return Ranked(order, scores, mode, n, time.perf_counter() - t0)
+
+
+def _score_inline(model, ctx: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Raw scores of inline ads: the service Scorer when the model came from a Ranker, else the
+    catalog reduction computed on the fly (same model, same numbers up to float32 rounding)."""
+    if model.scorer is not None:
+        return model.scorer.score_valid(ctx, np.ascontiguousarray(X, np.int32))
+    z, const = context_part(model.plan, ctx, model.arrays["emb"], model.arrays["linear"])
+    W, c = model.parts(X)
+    return kernels.score_all(z, const, W, c)
+
+
+def rank(view: View, key: str, context, ads=None, all_ads: bool = False, top_k=None) -> tuple[list, Ranked]:
+    """(reply ids, Ranked) for raw request values: ``ads`` by id, inline or mixed, or ``all_ads``."""
+    model = view.models.get(key)
+    if model is None:
+        raise RankRequestError("model", f"model {key!r} has no catalog", code="no_catalog")
     if not isinstance(all_ads, bool):
         raise RankRequestError("all_ads", "expected true or false")
     if all_ads == (ads is not None):
         raise RankRequestError("ads", "give exactly one of 'ads' (a list) and 'all_ads': true")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise RankRequestError("top_k", f"expected a positive integer, got {top_k!r}")
-    m = part.model
-    cx = m.encoder.encode_context(context)
-    z, const = context_part(m.plan, cx, m.arrays["emb"], m.arrays["linear"])
+    ctx = model.encoder.encode_context(context)
     if all_ads:
-        rows, raw = kernels.top_k(z, const, part.W, part.c, DEFAULT_TOP_K if top_k is None else top_k)
-        s = sigmoid(raw) if m.target == "binary" else raw
-        return Ranked([snap.ids[a] for a in rows.tolist()], s, "all", len(snap), time.perf_counter() - t0)
+        r = rank_encoded(view, key, ctx, all_ads=True, top_k=top_k)
+        return view.ids_of(r.order.tolist()), r
     if not isinstance(ads, list):
         raise RankRequestError("ads", f"expected a list of ads, got {type(ads).__name__}", code="invalid_ad")
-    found = _rows_by_id(snap, ads)
-    if found is not None:  # the common case, every ad by id alone: no Python object per ad
-        ids, rows = found
-        raw = kernels.score_ids(z, const, part.W, part.c, rows)
-        order, s = order_scores(raw, -1 if top_k is None else top_k, m.target == "binary")
-        return Ranked([ids[i] for i in order.tolist()], s, "catalog", len(ads), time.perf_counter() - t0)
-    pos, by_id = _lookup(snap.index, ads)
-    ids, X = m.encoder.encode_ads(ads)  # validates every inline ad; id-only rows are discarded
-    raw = np.empty(len(ads))
-    raw[pos] = kernels.score_ids(z, const, part.W, part.c, np.asarray(by_id, np.int64))
-    for i, a in zip(pos, by_id, strict=True):
-        ids[i] = snap.ids[a]
-    inline = np.setdiff1d(np.arange(len(ads)), pos)
-    if len(inline):
-        raw[inline] = _score_inline(m, cx, z, const, X[inline])
-    out_ids, s = _finish(ids, raw, top_k, m.target)
-    return Ranked(out_ids, s, "mixed" if len(inline) else "catalog", len(ads), time.perf_counter() - t0)
+    at = [i for i, ad in enumerate(ads) if by_id(ad)]
+    keys = [catalog_key(ads[i].get("id")) for i in at]
+    for i, k in zip(at, keys, strict=True):
+        if k is None:
+            raise unknown_ad(i, ads[i].get("id"))
+    ids, X = model.encoder.encode_ads(ads)  # validates every inline ad; rows of ads by id are unused
+    for i, k in zip(at, keys, strict=True):
+        ids[i] = k
+    r = rank_encoded(view, key, ctx, X, np.asarray(at, np.int64), IdTable.hash(keys), lambda i: ads[i].get("id"),
+                     top_k=top_k)
+    return [ids[i] for i in r.order.tolist()], r
 
 
-def _score_inline(m, cx: np.ndarray, z, const: float, X: np.ndarray) -> np.ndarray:
-    """Raw scores of inline ads' encoded item rows: the service Scorer when the model came from
-    a Ranker, else the catalog reduction computed on the fly (same model, same numbers)."""
-    if m.scorer is not None:
-        return m.scorer.score(cx, X)
-    W, c = m.parts(X)
-    return kernels.score_all(z, const, W, c)
+def catalog_key(ad_id) -> str | None:
+    """The catalog id of an ad given by id alone: strings as they are, integers as decimal text."""
+    if isinstance(ad_id, int) and not isinstance(ad_id, bool):
+        return str(ad_id)
+    return ad_id if isinstance(ad_id, str) else None

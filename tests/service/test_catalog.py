@@ -109,6 +109,23 @@ def test_top_k_equals_full_sort(k, threads, monkeypatch):
     assert_ulps_close(s, full[order])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_top_k_over_base_minus_dead_rows_plus_delta_equals_full_sort(threads, monkeypatch):
+    """A catalog view: base rows (some dead) then delta rows, whose global rows follow the base's."""
+    monkeypatch.setattr(kernels, "PARALLEL_MIN", 0)
+    _, _, _, (z, const, W, c) = setup("dplr", SCHEMAS["multi"], n=40, rho=2)
+    W0, c0 = np.concatenate([W, W[:10]]), np.concatenate([c, c[:10]])  # exact ties across the base
+    W1, c1 = W[5:20].copy(), c[5:20].copy()  # and with the delta
+    dead = np.array([0, 3, 4, 17, 39, 45], np.int64)
+    full = np.concatenate([kernels.score_all(z, const, W0, c0), kernels.score_all(z, const, W1, c1)])
+    alive = np.setdiff1d(np.arange(len(full)), dead)
+    for k in (1, 9, 30, 200):
+        order = alive[np.lexsort((alive, -full[alive]))][:k]
+        rows, s = kernels.top_k(z, const, W0, c0, k, threads=threads, dead=dead, delta=(W1, c1))
+        assert rows.tolist() == order.tolist()
+        assert_ulps_close(s, full[order])
+
+
 def test_top_k_of_empty_catalog():
     rows, s = kernels.top_k(np.zeros(4, np.float32), 0.0, np.zeros((0, 4), np.float32), np.zeros(0), 10)
     assert len(rows) == len(s) == 0
@@ -132,10 +149,13 @@ def test_rows_kernel_with_and_without_prefetch_agree_and_rows_are_aligned():
     assert W.ctypes.data % 64 == 0
     rows = np.random.default_rng(0).integers(0, 40, 100)
     a, b = np.empty(100), np.empty(100)
-    kernels.rows_kernel(W.shape[1], True)(z, const, W, c, rows, a)
-    kernels.rows_kernel(W.shape[1], False)(z, const, W, c, rows, b)
+    n0 = 25  # rows from 25 on come from a second segment (a catalog view's delta)
+    W0, c0, W1, c1 = W[:n0], c[:n0], W[n0:].copy(), c[n0:].copy()
+    kernels.rows_kernel(W.shape[1], True)(z, const, W0, c0, n0, W1, c1, rows, a)
+    kernels.rows_kernel(W.shape[1], False)(z, const, W0, c0, n0, W1, c1, rows, b)
     assert_ulps_close(a, b)
     assert_ulps_close(a, kernels.score_all(z, const, W, c)[rows])
+    assert_ulps_close(a, kernels.score_ids(z, const, W0, c0, rows, delta=(W1, c1)))
 
 
 def test_threaded_precompute_equals_single_threaded(monkeypatch):

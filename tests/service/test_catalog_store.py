@@ -1,14 +1,17 @@
-"""Catalog store + ranking: snapshots, copy-on-write writes, reload, concurrency, id/inline/all_ads."""
+"""Catalog store + ranking: views (base + delta), writes that never touch a published view,
+merges that keep every write made meanwhile, reload, concurrency, id/inline/all_ads."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from adrank.core.preprocess import EncodeError
 from exporter.synthetic import make_schema, random_features, synthetic_model
+from service.catalog import store
 from service.catalog.ranking import rank as rank_
 from service.catalog.store import Catalog, CatalogError, Model
 from tests import naive
@@ -18,8 +21,16 @@ SCHEMA = make_schema(3, 4, multi_item=2, multi_context=1, max_values=3)
 ITEM, CTX = range(SCHEMA.m_context, SCHEMA.m), range(SCHEMA.m_context)
 
 
-def rank(snap, name, body):
-    return rank_(snap, name, **body)
+@dataclass
+class Result:
+    ids: list
+    scores: np.ndarray
+    mode: str
+
+
+def rank(view, name, body):
+    ids, r = rank_(view, name, **body)
+    return Result(ids, r.scores, r.mode)
 
 
 def model(kind="dplr", seed=0, name="m", target="regression"):
@@ -39,21 +50,27 @@ def oracle(sm, ctx: dict, feats: list[dict]) -> np.ndarray:
     return naive.scores(sm.kind, X, SCHEMA.slot_offsets, sm.naive, rho=sm.rho)
 
 
-def part_is_fresh(snap, name="m"):
-    """A snapshot is self-consistent: every row's parts are those of the features stored with it."""
-    p = snap.parts[name]
-    n = len(snap.ids)
-    assert p.W.shape[0] == p.c.shape[0] == p.items.shape[0] == len(snap.features) == len(snap.index) == n
-    assert all(snap.index[i] == a for a, i in enumerate(snap.ids))
-    rows, missing = snap.table.rows(list(snap.ids) + ["never-registered"])
-    assert rows.tolist() == list(range(n)) + [-1] and missing == 1
-    feats = [snap.get(i) for i in snap.ids]
-    if n:
-        x = p.model.encode_items(feats)
-        W, c = p.model.parts(x)
-        np.testing.assert_array_equal(p.items, x)
-        np.testing.assert_array_equal(p.W, W)
-        np.testing.assert_array_equal(p.c, c)
+def part_is_fresh(view, name="m"):
+    """A view is self-consistent: its id lookups find every live id at its global row, and every
+    row's parts are those of the features stored with it."""
+    ids = view.all_ids()
+    assert len(ids) == len(set(ids)) == view.size
+    rows, missing = view.rows(store.IdTable.hash(ids + ["never-registered"]))
+    assert missing == 1 and rows[-1] == -1
+    assert [view.id_of(int(g)) for g in rows[:-1]] == ids
+    m = view.models[name]
+    for seg in (view.base, view.delta):
+        p = seg.parts[name]
+        assert p.W.shape[0] == p.c.shape[0] == len(seg) == len(seg.ids) == len(seg.features)
+        if len(seg):
+            feats = store.decode_all(seg.features)
+            W, c = m.parts(m.encode_items(feats))
+            np.testing.assert_array_equal(p.W, W)
+            np.testing.assert_array_equal(p.c, c)
+
+
+def features_of(view) -> dict:
+    return {i: view.get(i) for i in view.all_ids()}
 
 
 CONTEXT = random_features(SCHEMA, CTX, VALUES, np.random.default_rng(9), 1)[0]
@@ -67,20 +84,20 @@ def test_ids_inline_and_mixed_equal_naive(kind):
     batch[4]["id"] = 8  # numeric ids are kept as strings (ads by id answer with the catalog id)
     cat.upsert(batch)
     ref = oracle(sm, CONTEXT, [a["features"] for a in batch])
-    by_id = rank(cat.snapshot, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
-    inline = rank(cat.snapshot, "m", {"context": CONTEXT, "ads": batch})
-    mixed = rank(cat.snapshot, "m", {"context": CONTEXT,
-                                     "ads": [a if i % 2 else {"id": a["id"]} for i, a in enumerate(batch)]})
+    by_id = rank(cat.view, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
+    inline = rank(cat.view, "m", {"context": CONTEXT, "ads": batch})
+    mixed = rank(cat.view, "m", {"context": CONTEXT,
+                                 "ads": [a if i % 2 else {"id": a["id"]} for i, a in enumerate(batch)]})
     order = np.argsort(-ref, kind="stable")
     for r in (by_id, mixed):
         assert r.ids == [str(batch[i]["id"]) for i in order]
     assert inline.ids == [batch[i]["id"] for i in order]
     for r in (by_id, inline, mixed):
         np.testing.assert_allclose(r.scores, ref[order], rtol=1e-5, atol=1e-5)
-    assert (by_id.mode, inline.mode, mixed.mode) == ("catalog", "mixed", "mixed")
+    assert (by_id.mode, inline.mode, mixed.mode) == ("catalog", "inline", "mixed")
     positional = [{"id": a["id"], "values": [a["features"].get(SCHEMA.fields[f].name) for f in ITEM]}
                   for a in batch]
-    np.testing.assert_allclose(rank(cat.snapshot, "m", {"context": CONTEXT, "ads": positional}).scores,
+    np.testing.assert_allclose(rank(cat.view, "m", {"context": CONTEXT, "ads": positional}).scores,
                                ref[order], rtol=1e-5, atol=1e-5)
 
 
@@ -96,8 +113,8 @@ def test_catalog_equals_the_services_inline_ranker_equals_naive(kind):
     ref = oracle(sm, CONTEXT, [a["features"] for a in batch])
     order = np.argsort(-ref, kind="stable")
     inline = ranker.rank(CONTEXT, batch)  # the service's inline path (its encoder + Scorer)
-    by_id = rank(cat.snapshot, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
-    mixed = rank(cat.snapshot, "m", {"context": CONTEXT,
+    by_id = rank(cat.view, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
+    mixed = rank(cat.view, "m", {"context": CONTEXT,
                                      "ads": [a if i % 3 else {"id": a["id"]} for i, a in enumerate(batch)]})
     assert [i for i, _ in inline] == by_id.ids == mixed.ids == [batch[i]["id"] for i in order]
     for s in ([s for _, s in inline], by_id.scores, mixed.scores):
@@ -110,18 +127,18 @@ def test_all_ads_top_k_is_the_best_k_of_a_full_sort_and_click_models_get_probabi
     batch = ads(60)
     cat.upsert(batch)
     ref = oracle(sm, CONTEXT, [a["features"] for a in batch])
-    r = rank(cat.snapshot, "m", {"context": CONTEXT, "all_ads": True, "top_k": 7})
+    r = rank(cat.view, "m", {"context": CONTEXT, "all_ads": True, "top_k": 7})
     order = np.argsort(-ref, kind="stable")[:7]
     assert r.ids == [batch[i]["id"] for i in order]
     np.testing.assert_allclose(r.scores, 1 / (1 + np.exp(-ref[order])), rtol=1e-5)
-    assert len(rank(cat.snapshot, "m", {"context": CONTEXT, "all_ads": True}).ids) == 60  # default 100
+    assert len(rank(cat.view, "m", {"context": CONTEXT, "all_ads": True}).ids) == 60  # default 100
 
 
 def test_rank_request_errors_name_the_problem():
     _, m = model()
     cat = Catalog([m])
     cat.upsert(ads(3))
-    snap = cat.snapshot
+    snap = cat.view
     cases = [
         ({"context": CONTEXT, "ads": [{"id": "ad0"}, {"id": "nope"}]}, r"ads\[1\]: id 'nope' is not in the catalog"),
         ({"context": CONTEXT, "ads": [{"id": "ad0"}], "all_ads": True}, "exactly one of"),
@@ -179,7 +196,7 @@ def test_a_bad_ad_rejects_the_whole_batch_and_names_it():
     _, m = model()
     cat = Catalog([m])
     cat.upsert(ads(3))
-    before = cat.snapshot
+    before = cat.view
     for bad, msg in [({"id": "", "features": {}}, r"ad #1: 'id'"),
                      ({"id": "z", "features": {"c0": "x"}}, r"ad #1 \(id 'z'\): \['c0'\] are not item fields"),
                      ({"id": "z", "features": {"i0": {"no": 1}}}, r"ad #1, model 'm': field 'i0'"),
@@ -188,7 +205,7 @@ def test_a_bad_ad_rejects_the_whole_batch_and_names_it():
                      ("ad", "expected an object")]:
         with pytest.raises(CatalogError, match=msg):
             cat.upsert([{"id": "ok", "features": {}}, bad])
-    assert cat.snapshot is before
+    assert cat.view is before
 
 
 def test_jsonl_loading_and_errors_name_the_line(tmp_path):
@@ -200,7 +217,7 @@ def test_jsonl_loading_and_errors_name_the_line(tmp_path):
     cat = Catalog([m])
     cat.load_jsonl(good, progress=False)
     assert len(cat) == 25
-    part_is_fresh(cat.snapshot)
+    part_is_fresh(cat.view)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "features": {}}\n\n{"id": "b", "features": \n')
     with pytest.raises(CatalogError, match=r"bad.jsonl line 3: invalid JSON"):
@@ -218,24 +235,24 @@ def test_reload_recomputes_every_ad_part():
     cat = Catalog([m0])
     batch = ads(20)
     cat.upsert(batch)
-    old = cat.snapshot
+    old = cat.view
     cat.set_model(m1)
     feats = [a["features"] for a in batch]
-    for snap, sm in ((old, sm0), (cat.snapshot, sm1)):  # the old snapshot keeps the old model
+    for snap, sm in ((old, sm0), (cat.view, sm1)):  # the old snapshot keeps the old model
         r = rank(snap, "m", {"context": CONTEXT, "ads": [{"id": a["id"]} for a in batch]})
         ref = oracle(sm, CONTEXT, feats)
         np.testing.assert_allclose(r.scores, np.sort(ref)[::-1], rtol=1e-5, atol=1e-5)
-    part_is_fresh(cat.snapshot)
+    part_is_fresh(cat.view)
     cat.set_model(Model("second", "fm", sm0.preprocessor, synthetic_model("fm", SCHEMA, VALUES).arrays, "binary"))
-    assert set(cat.snapshot.parts) == {"m", "second"}
-    part_is_fresh(cat.snapshot, "second")
+    assert set(cat.view.models) == {"m", "second"}
+    part_is_fresh(cat.view, "second")
 
 
 def test_concurrent_writes_while_ranking_lose_nothing_and_never_tear():
     sm, m = model("dplr")
     cat = Catalog([m])
     cat.upsert(ads(50, prefix="base"))
-    stop, errors, seen = threading.Event(), [], []
+    stop, errors, seen, merges = threading.Event(), [], [], []
 
     def writer(w: int):  # upserts its own ids in generations, deletes every third one
         try:
@@ -249,8 +266,8 @@ def test_concurrent_writes_while_ranking_lose_nothing_and_never_tear():
     def reader():
         try:
             while not stop.is_set():
-                snap = cat.snapshot
-                ids = list(snap.ids)
+                snap = cat.view
+                ids = snap.all_ids()
                 r = rank(snap, "m", {"context": CONTEXT, "ads": [{"id": i} for i in ids]})
                 ref = oracle(sm, CONTEXT, [snap.get(i) for i in r.ids])
                 np.testing.assert_allclose(r.scores, ref, rtol=1e-5, atol=1e-5)
@@ -258,7 +275,16 @@ def test_concurrent_writes_while_ranking_lose_nothing_and_never_tear():
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    readers = [threading.Thread(target=reader) for _ in range(2)]
+    def merger():  # folds the delta into the base while the writers write
+        try:
+            while not stop.is_set():
+                before = cat.view
+                if len(before.delta):
+                    merges.append(cat.merge() is not before)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)] + [threading.Thread(target=merger)]
     writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
     for t in readers + writers:
         t.start()
@@ -268,41 +294,86 @@ def test_concurrent_writes_while_ranking_lose_nothing_and_never_tear():
     for t in readers:
         t.join()
     assert not errors, errors
-    assert len(set(seen)) > 1  # readers really ran against changing catalogs
-    snap = cat.snapshot
+    assert len(set(seen)) > 1 and any(merges)  # readers and the merger really ran against changing catalogs
+    snap = cat.view
     assert snap.version == 1 + 3 * 8 + 3 * 4  # every write acknowledged is there
     for w in range(3):  # final state: the last generation, every third id deleted
         last = ads(15, seed=100 * w + 7, prefix=f"w{w}-")
         for i, a in enumerate(last):
             assert snap.get(a["id"]) == (None if i % 3 == 0 else a["features"])
-    assert sum(i.startswith("base") for i in snap.ids) == 50
+    assert sum(i.startswith("base") for i in snap.all_ids()) == 50
     part_is_fresh(snap)
 
 
-def test_journal_makes_every_worker_converge_and_replays_for_late_workers(tmp_path):
-    from service.catalog.journal import Journal
+def test_random_writes_and_merges_equal_a_plain_dict():
+    """Upserts (new and known ids, duplicates), deletes and merges — some with writes landing
+    between a merge's start and its publication — against a dict; every view self-consistent,
+    all_ads equal to the oracle's full sort, and no published view ever changes."""
+    sm, m = model("pruned")
+    rng = np.random.default_rng(5)
+    cat, want, kept = Catalog([m]), {}, []
+    pool = [f"id{i}" for i in range(60)]
+    for _ in range(40):
+        op = rng.random()
+        if op < 0.55:
+            n = int(rng.integers(1, 12))
+            feats = random_features(SCHEMA, ITEM, VALUES, rng, n)
+            batch = [{"id": str(rng.choice(pool)), "features": f} for f in feats]
+            cat.upsert(batch)
+            want.update({a["id"]: a["features"] for a in batch})
+        elif op < 0.8:
+            gone = [str(i) for i in rng.choice(pool, int(rng.integers(1, 6)))]
+            assert sorted(cat.delete(gone)[1]) == sorted({i for i in gone if i in want})
+            for i in gone:
+                want.pop(i, None)
+        else:  # a merge, with a write (and a delete) landing while it builds the new base
+            at = cat.view
+            merged = store.merge(at)
+            extra = [{"id": str(rng.choice(pool)), "features": f} for f in random_features(SCHEMA, ITEM, VALUES, rng, 3)]
+            cat.upsert(extra)
+            want.update({a["id"]: a["features"] for a in extra})
+            gone = str(rng.choice(pool))
+            cat.delete([gone])
+            want.pop(gone, None)
+            cat.view = store.rebase(merged, at, cat.view)
+        kept.append((cat.view, dict(want)))
+        assert features_of(cat.view) == want
+    for view, expected in kept[::7]:  # views published earlier still hold exactly their catalog
+        assert features_of(view) == expected
+        part_is_fresh(view)
+    view = cat.view
+    ids = view.all_ids()
+    ref = oracle(sm, CONTEXT, [want[i] for i in ids])
+    r = rank(view, "m", {"context": CONTEXT, "all_ads": True, "top_k": len(ids)})
+    assert sorted(r.ids) == sorted(ids)
+    np.testing.assert_allclose(r.scores, np.sort(ref)[::-1], rtol=1e-5, atol=1e-5)
+    for k in (1, 5):
+        assert rank(view, "m", {"context": CONTEXT, "all_ads": True, "top_k": k}).ids == r.ids[:k]
 
-    def worker():
-        return Journal(tmp_path, Catalog([model()[1]]))
 
-    a, b = worker(), worker()
-    a.write("upsert", ads(10, seed=1))
-    b.write("upsert", ads(5, seed=2))  # same ids ad0..ad4, newer features: the journal order wins
-    b.write("delete", ["ad7"])
-    with pytest.raises(CatalogError, match=r"ads\[0\]"):
-        a.write("upsert", [{"id": "bad", "features": {"c0": "x"}}])  # refused: never journaled
-    a.write("upsert", [{"id": "ad7", "features": {"i0": "f3v1"}}])
-    assert b.sync() == 1 and a.sync() == 0  # b catches up on a's last write; a is current
-    late = worker()
-    late.sync()
-    want = {a_["id"]: a_["features"] for a_ in ads(10, seed=1)}
-    want.update({a_["id"]: a_["features"] for a_ in ads(5, seed=2)})
-    want["ad7"] = {"i0": "f3v1"}
-    for j in (a, b, late):
-        snap = j.catalog.snapshot
-        assert {i: snap.get(i) for i in snap.ids} == want
-        part_is_fresh(snap)
-    assert len((tmp_path / "catalog-journal.jsonl").read_text().splitlines()) == 4
+def test_a_write_costs_what_it_changes():
+    """The base's arrays are shared by every view until a merge; an upsert of new ids (or of base
+    ads) appends to the delta's buffers in place, after the rows older views see, which stay as
+    they were."""
+    _, m = model("dplr")
+    cat = Catalog([m])
+    cat.upsert(ads(200))
+    base = cat.merge().base
+    v1 = cat.upsert(ads(3, seed=9, prefix="new"))
+    v2 = cat.upsert([{"id": "ad5", "features": {}}, {"id": "other", "features": {}}])
+    assert np.shares_memory(v1.delta.parts["m"].W, v2.delta.parts["m"].W)  # appended, not copied
+    v3, _ = cat.delete(["ad7"])
+    for v in (v1, v2, v3):
+        assert v.base is base and v.base.parts["m"].W is base.parts["m"].W
+    assert (len(v1.delta), v1.dead.tolist(), v1.size) == (3, [], 203)
+    assert (len(v3.delta), v3.dead.tolist(), v3.size) == (5, [5, 7], 203)
+    assert v3.get("ad5") == {} and v3.get("ad7") is None and v3.get("other") == {}
+    assert v1.get("ad5") == ads(200)[5]["features"] and v1.get("other") is None  # v1 sees its own catalog
+    v4 = cat.upsert([{"id": "new1", "features": {"i0": "f3v1"}}])  # an ad of the delta: copied, moved last
+    assert not np.shares_memory(v4.delta.parts["m"].W, v3.delta.parts["m"].W)
+    assert v4.delta.ids.str(len(v4.delta) - 1) == "new1" and v3.get("new1") != {"i0": "f3v1"}
+    for v in (v1, v2, v3, v4):
+        part_is_fresh(v)
 
 
 def _real_sample(dataset: str, path, n_rows: int):
@@ -338,17 +409,16 @@ def test_real_rows_catalog_equals_naive(dataset, request):
         full = np.concatenate([np.repeat(X[:1, : schema.n_context_slots], 60, 0),
                                X[:, schema.n_context_slots:]], axis=1)
         ref = naive.scores(kind, full, schema.slot_offsets, sm.naive, rho=sm.rho)
-        r = rank(cat.snapshot, "m", {"context": ctx, "all_ads": True, "top_k": 60})
+        r = rank(cat.view, "m", {"context": ctx, "all_ads": True, "top_k": 60})
         assert sorted(r.ids) == sorted(a["id"] for a in ads_)
         in_order = ref[[int(i.split("-")[1]) for i in r.ids]]  # real rows tie: order up to float32 noise
         np.testing.assert_allclose(in_order, np.sort(ref)[::-1], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(r.scores, in_order, rtol=1e-5, atol=1e-5)
 
 
-def test_uses_catalog_only_for_all_ads_or_id_only_ads():
-    from service.catalog.ranking import uses_catalog
+def test_an_ad_is_taken_from_the_catalog_only_when_given_by_id_alone():
+    from service.catalog.ranking import by_id, catalog_key
 
-    assert uses_catalog(True, None) and not uses_catalog(False, None) and not uses_catalog(False, [])
-    assert uses_catalog(False, [{"id": "a", "features": {}}, {"id": "b"}])
-    assert not uses_catalog(False, [{"id": "a", "features": {}}, {"id": "b", "values": []}])
-    assert not uses_catalog(False, [{"features": {}}]) and uses_catalog(False, [3, {"id": "x"}])
+    assert by_id({"id": "b"}) and by_id({"id": 7})
+    assert not by_id({"id": "a", "features": {}}) and not by_id({"id": "b", "values": []}) and not by_id(3)
+    assert (catalog_key("x"), catalog_key(7), catalog_key(True), catalog_key(1.5)) == ("x", "7", None, None)
