@@ -35,6 +35,7 @@ from adrank.core.preprocess import N_SPECIAL, RARE, EncodeError, Preprocessor, V
 from service.kernels.codegen import PLAIN, prefetch_row
 
 _SAFE_TYPES = frozenset({str, int, float, bool, type(None)})
+_STR_OR_NONE = frozenset({str, type(None)})
 
 
 class RequestError(EncodeError):
@@ -150,6 +151,9 @@ class RequestEncoder:
         self.index = BucketIndex(preprocessor.vocab)
         self._getter = itemgetter(*self.item_names) if self.item_names else None
         self._categorical = [f.type == "categorical" for f in schema.fields]
+        # the id of a missing value (None or "") of each categorical field, as the Preprocessor encodes it
+        self._missing_id = [int(preprocessor.encode_field(f, [None]).reshape(-1)[0]) if c else None
+                            for f, c in enumerate(self._categorical)]
 
     def warm(self) -> None:
         """Compile (or load from the numba cache) the hashing and lookup functions."""
@@ -213,6 +217,14 @@ class RequestEncoder:
                 if s is not None:  # tokens are the strings themselves: hashed + looked up below
                     fast.append(j)
                     joined.append(s)
+                    continue
+                if set(map(type, col)) <= _STR_OR_NONE:  # strings with some missing: hashed + looked up
+                    lo = self._item_slots[j][0]
+                    X[:, lo] = self._missing_id[f]
+                    present = [i for i, v in enumerate(col) if v]
+                    if present:
+                        X[present, lo] = self.index.lookup(np.full(len(present), f, dtype=np.int64),
+                                                           hash_tokens([col[i] for i in present]))
                     continue
             lo, hi = self._item_slots[j]
             X[:, lo:hi] = self._column(f, col, ids)
