@@ -32,8 +32,7 @@ from adrank.core.files import replacing, write_json, write_text
 from exporter.synthetic import make_schema, synthetic_model
 from service.catalog import kernels
 from service.catalog.precompute import ad_parts, context_part, make_plan
-from service.catalog.ranking import rank
-from service.catalog.store import Model, Part, Snapshot
+from service.catalog.store import Model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,43 +187,57 @@ def topk_bench(r: dict, n: int, seq_GBps: float, repeats: int) -> dict:
     return out
 
 
-def request_bench(sm, kind, r, items, rng, repeats: int) -> dict:
-    """A 1,000-id /v1/rank body in process, both ways the server answers it: the fast path
-    (service/fastpath: one compiled scan of the body, id hashes -> rows, kernel, reply assembled
-    from the body's bytes) and the generic path it falls back to (msgspec decode -> resolve ->
-    msgspec encode).  Both replies are checked equal."""
-    from service.catalog.store import Catalog
+def served(sm, kind, r, items):
+    """A serving snapshot (service/snapshot.py) whose catalog holds len(items) ads with the parts
+    computed already (r["W"], r["c"]), and a model whose encoder and fast-path scanner are real."""
+    from types import SimpleNamespace
+
+    from service.catalog.idtable import IdTable
+    from service.catalog.segments import Part, Segment, Strings, View
     from service.encode import RequestEncoder
-    from service.fastpath import FastPath, rank_body
+    from service.fastpath import FastPath
+    from service.snapshot import ModelVersion, Snapshot
 
     n = len(items)
-    ids = [f"ad-{i}" for i in range(n)]
+    ids = [f"ad-{i}".encode() for i in range(n)]
     model = Model("m", kind, sm.preprocessor, sm.arrays, "binary", scorer=inline_scorer(kind, sm))
-    snap = Snapshot.of(1, ids, [b"{}"] * n, {"m": Part(model, items, r["W"], r["c"])})
-    catalog = Catalog()
-    catalog.snapshot = snap
-    ranker = type("Served", (), {"name": "m", "version": "v1", "preprocessor": sm.preprocessor,
-                                 "fastpath": FastPath(RequestEncoder(sm.preprocessor))})()
-    registry = type("Registry", (), {"get": lambda self, name: ranker})()
+    enc = RequestEncoder(sm.preprocessor)
+    ranker = SimpleNamespace(name="m", version="v1", encoder=enc, fastpath=FastPath(enc), schema=sm.schema)
+    mv = ModelVersion("m", ranker, model)
+    hashes = IdTable.hash([i.decode() for i in ids])
+    base = Segment(Strings.of(ids), Strings.of([b"{}"] * n), hashes, IdTable(hashes), np.zeros(n, np.int64),
+                   {mv.key: Part(r["W"], r["c"])})
+    view = View(0, base, np.zeros(0, np.int64), Segment.empty({mv.key: model.empty_part()}), {mv.key: model})
+    return Snapshot({"m": mv}, "m", view)
+
+
+def request_bench(sm, kind, r, items, rng, repeats: int) -> dict:
+    """A 1,000-id /v1/rank body in process through the server's pipeline (service/pipeline.py), with
+    each of its two parsers: the compiled scanner (one pass over the body, id hashes -> rows,
+    kernel, reply assembled from the body's bytes) and msgspec + the encoder.  Both replies are
+    checked equal."""
+    from service import pipeline
+
+    snap = served(sm, kind, r, items)
+    n = len(items)
     ctx_names = [f.name for f in sm.schema.context_fields]
     ctx = {name: f"f{f}v{int(rng.integers(0, VALUES))}" for f, name in enumerate(ctx_names)}
     ctx[ctx_names[-1]] = [ctx[ctx_names[-1]]]  # the multi-valued context field
     enc = msgspec.json.Encoder()
 
     def generic(body):
-        req = msgspec.json.decode(body)
-        ranked = rank(snap, "m", req["context"], req["ads"], top_k=None)
-        return enc.encode({"model": "m", "version": "v1",
-                           "ads": [{"id": i, "score": s} for i, s in zip(ranked.ids, ranked.scores.tolist(), strict=True)]})
+        req = pipeline.parse_generic(snap, body, 10**6)
+        return req.reply(pipeline.score(snap, req))
 
     def fast(body):
-        return rank_body(registry, body, 10**6, catalog)[1]
+        req = pipeline.parse_fast(snap, body, 10**6)
+        return req.reply(pipeline.score(snap, req))
 
     gc.collect()
     gc.freeze()
-    bodies = [enc.encode({"context": ctx, "ads": [{"id": ids[i]} for i in rng.integers(0, n, 1000)]})
+    bodies = [enc.encode({"context": ctx, "ads": [{"id": f"ad-{i}"} for i in rng.integers(0, n, 1000)]})
               for _ in range(repeats)]
-    assert fast(bodies[0]) == generic(bodies[0]), "the fast path must answer as the generic path"
+    assert fast(bodies[0]) == generic(bodies[0]), "both parsers must lead to the same reply"
     t = np.array([[*timed(lambda b=b: fast(b)), *timed(lambda b=b: generic(b))] for b in bodies])
     gc.unfreeze()
     return {"catalog_ads": n, "ids_per_request": 1000,
@@ -234,22 +247,25 @@ def request_bench(sm, kind, r, items, rng, repeats: int) -> dict:
 
 
 def write_bench(sm, kind, r, items, rng) -> dict:
-    """Copy-on-write cost of one upsert / delete on a catalog of len(items) ads."""
-    from service.catalog.store import Catalog
+    """Cost of one upsert / delete on a catalog of len(items) ads (service/catalog/store.py: the
+    ads written, plus a copy of the delta segment, never of the base)."""
+    from service.catalog import store
 
-    n = len(items)
-    ids = [f"ad-{i}" for i in range(n)]
-    model = Model("m", kind, sm.preprocessor, sm.arrays, "binary")
-    cat = Catalog()
-    cat.snapshot = Snapshot.of(1, ids, [b"{}"] * n, {"m": Part(model, items, r["W"], r["c"])})
+    view = served(sm, kind, r, items).catalog
     item_names = [f.name for f in sm.schema.item_fields]
     new = [{"id": f"new-{j}", "features": {name: f"f{f}v1" for f, name in enumerate(item_names)}}
            for j in range(1000)]
-    out = {"catalog_ads": n}
-    ops = {"insert_1": lambda j: cat.upsert([{**new[0], "id": f"ins-{j}"}]),
-           "update_1": lambda j: cat.upsert([{**new[0], "id": f"ad-{j}"}]),
-           "upsert_1000": lambda j: cat.upsert([{**a, "id": f"{a['id']}-{j}"} for a in new]),
-           "delete_1": lambda j: cat.delete([f"ins-{j}"])}
+    out = {"catalog_ads": len(items)}
+    box = [view]
+
+    def write(fn):
+        box[0] = fn(box[0])
+
+    ops = {"insert_1": lambda j: write(lambda v: store.upsert(v, store.prepare(v, [{**new[0], "id": f"ins-{j}"}]))),
+           "update_1": lambda j: write(lambda v: store.upsert(v, store.prepare(v, [{**new[0], "id": f"ad-{j}"}]))),
+           "upsert_1000": lambda j: write(lambda v: store.upsert(v, store.prepare(
+               v, [{**a, "id": f"{a['id']}-{j}"} for a in new]))),
+           "delete_1": lambda j: write(lambda v: store.delete(v, [f"ins-{j}"])[0])}
     for name, op in ops.items():
         t = [timed(lambda j=j, op=op: op(j))[0] * 1e3 for j in range(5)]
         out[f"{name}_ms_first"], out[f"{name}_ms_median"] = t[0], float(np.median(t))
@@ -280,7 +296,7 @@ def http_bench(n_ads: int, n_requests: int, rng) -> dict:
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())", "serve",
            f"dplr={d / 'dplr.adrk'}", "--catalog", str(d / "ads.jsonl"), "--port", str(port),
-           "--no-access-log", "--log-level", "warning", "--run-dir", str(d / "run")]
+           "--no-access-log", "--log-level", "warning", "--run-dir", str(d / "run"), "--state-dir", str(d / "state")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t, server = _drive(proc, port, n_ads, n_requests, schema, rng, enc)

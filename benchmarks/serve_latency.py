@@ -221,7 +221,7 @@ def phases(path: Path, bodies: list[bytes], reps: int) -> dict:
     r = Ranker.load(path, name="dplr")
     r.warm()
     t = {"scan": [], "kernel": [], "sort_link": [], "response": [], "generic": []}
-    for i in range(reps):  # the calls fastpath.rank_body makes, one by one
+    for i in range(reps):  # the steps of the /v1/rank pipeline (service/pipeline.py), one by one
         body = bodies[i % len(bodies)]
         a = time.perf_counter_ns()
         sc = r.fastpath.scan_views(body)
@@ -297,10 +297,10 @@ def main() -> int:
     port.bind(("127.0.0.1", 0))
     port_no = port.getsockname()[1]
     port.close()
-    env = {**os.environ, "ADRANK_RUN_DIR": ""}
+    env = {**os.environ}
     server = subprocess.Popen([sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())",
                                "serve", f"dplr={work / 'dplr.adrk'}", "--port", str(port_no), "--no-access-log",
-                               "--log-level", "warning"], env=env)
+                               "--log-level", "warning", "--state-dir", str(work / "state")], env=env)
     rows = []
     try:
         deadline = time.monotonic() + 120

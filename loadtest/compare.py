@@ -108,6 +108,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())", "serve", *specs, "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--run-dir", str(run_dir),
+               "--state-dir", str(run_dir / "state"),
                "--max-candidates", "10000", *extra]
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -236,21 +237,11 @@ def read_timings(path: Path) -> np.ndarray:
 
 
 # --- in-process CPU cost per request (no HTTP, no queueing) -----------------------------------------
-class _Registry:
-    """The registry interface ``service.fastpath.rank_body`` uses: ``get(name)``; a body without
-    a ``model`` key (``name`` None) gets the only ranker."""
-
-    def __init__(self, rankers: dict):
-        self.rankers = rankers
-
-    def get(self, name=None):
-        return self.rankers[name] if name is not None else next(iter(self.rankers.values()))
-
-
 def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
     """Mean thread-CPU ms per pooled request of the model's encoder, scorer and whole ``rank``, and,
     when the ranker has the compiled fast path (service/fastpath), of its body scan (raw bytes ->
-    ids) and of ``rank_body`` whole (scan + score + sort + response bytes)."""
+    ids) and of the ``/v1/rank`` pipeline whole (service.pipeline.answer: scan + score + sort +
+    response bytes)."""
     import msgspec
 
     from service.ranker import Ranker
@@ -275,15 +266,17 @@ def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
            "cpu_rank_ms": round(rank / n * 1e3, 3)}
     fp = getattr(ranker, "fastpath", None)
     if fp is not None:
-        from service import fastpath
+        from service import pipeline
+        from service.snapshot import of_rankers
 
-        registry, scan_s, whole_s, fast = _Registry({ranker.name: ranker}), 0.0, 0.0, 0
+        snap, scan_s, whole_s, fast = of_rankers({ranker.name: ranker}), 0.0, 0.0, 0
         for body in bodies:
             t0 = time.thread_time()
             ok = fp.scan(body) is not None
             t1 = time.thread_time()
-            ok = ok and fastpath.rank_body(registry, body, 1 << 30) is not None
+            pipeline.answer(snap, body, 1 << 30)
             whole_s += time.thread_time() - t1
+            ok = ok and pipeline.parse_fast(snap, body, 1 << 30) is not None
             scan_s, fast = scan_s + t1 - t0, fast + ok
         if fast == len(bodies):  # every pooled request takes the fast path
             out.update(cpu_fast_scan_ms=round(scan_s / n * 1e3, 3), cpu_fast_ms=round(whole_s / n * 1e3, 3))
@@ -291,32 +284,32 @@ def cpu_breakdown(path, pool: Path, limit: int = 200) -> dict:
 
 
 def cpu_breakdown_catalog(paths: dict[str, str], pool: Path, ads: Path, limit: int = 200) -> dict[str, dict]:
-    """Catalog traffic: per model, mean thread-CPU ms per pooled request of ``fastpath.rank_body``
-    against an in-process catalog of the same ads (context part + id lookups + per-ad dot products +
-    sort + response bytes: what ``/v1/rank`` runs for these requests), and its median."""
+    """Catalog traffic: per model, mean thread-CPU ms per pooled request of the ``/v1/rank``
+    pipeline (service.pipeline.answer) against an in-process catalog of the same ads (context part
+    + id lookups + per-ad dot products + sort + response bytes: what ``/v1/rank`` runs for these
+    requests), and its median."""
     from loadtest.auctions import with_model
-    from service import fastpath
-    from service.catalog.store import Catalog, Model
+    from service import pipeline
+    from service.catalog.store import read_jsonl
     from service.ranker import Ranker
+    from service.snapshot import of_rankers
 
     rankers = {}
     for n, p in paths.items():
         rankers[n] = Ranker.load(p, name=n)
         rankers[n].warm()
-    catalog = Catalog([Model.from_ranker(r, n) for n, r in rankers.items()])
-    catalog.load_jsonl(ads, progress=False)
-    registry = _Registry(rankers)
+    snap = of_rankers(rankers, read_jsonl(ads)[0])
     lines = [line for line in pool.read_bytes().splitlines()[:limit] if line.strip()]
     out = {}
     for n in rankers:
         bodies = [with_model(line, n) for line in lines]
-        fastpath.rank_body(registry, bodies[0], 1 << 30, catalog)  # compile / first touch
+        pipeline.answer(snap, bodies[0], 1 << 30)  # compile / first touch
         times = []
         for body in bodies:
             t0 = time.thread_time()
-            got = fastpath.rank_body(registry, body, 1 << 30, catalog)
+            got = pipeline.answer(snap, body, 1 << 30)
             times.append(time.thread_time() - t0)
-            if got is None or got[3] != "catalog":
+            if got.mode != "catalog" or pipeline.parse_fast(snap, body, 1 << 30) is None:
                 raise LoadTestError(f"model {n}: a pooled catalog request did not take the catalog fast path")
         out[n] = {"cpu_catalog_ms": round(float(np.mean(times)) * 1e3, 4),
                   "cpu_catalog_p50_ms": round(float(np.median(times)) * 1e3, 4)}

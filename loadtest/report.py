@@ -79,8 +79,8 @@ def _arrivals(s: dict) -> str:
 
 
 def _catalog_cpu(result: dict) -> list[str]:
-    lines = ["", "In process, same pool and catalog, no HTTP (thread-CPU ms per request of `service.fastpath."
-             "rank_body`: context part, id lookups, per-ad dot products, sort, response bytes — what `/v1/rank` "
+    lines = ["", "In process, same pool and catalog, no HTTP (thread-CPU ms per request of `service.pipeline."
+             "answer`: context part, id lookups, per-ad dot products, sort, response bytes — what `/v1/rank` "
              "runs for these requests; back to back, so caches are warm):", "",
              "| model | mean | median |", "| --- | --- | --- |"]
     for m in result["summary"]:
@@ -93,7 +93,7 @@ def _inline_cpu(result: dict) -> list[str]:
     fast = any(m.get("cpu_fast_ms") for m in result["summary"])
     lines = ["", "In process, same pool, no HTTP (mean thread-CPU ms per request; encode = raw values -> ids, "
               "score = `Scorer.score`, rank = `Ranker.rank` whole"
-              + ("; fast path = `service.fastpath`: scan = raw body -> ids, whole = `rank_body` (scan + score + "
+              + ("; fast path = `service.fastpath`: scan = raw body -> ids, whole = `service.pipeline.answer` (scan + score + "
                  "sort + response bytes), what `/v1/rank` runs for these requests" if fast else "") + "):", "",
               "| model | encode | score | rank | score share of rank |"
               + (" fast path scan | fast path whole | score share of fast path |" if fast else ""),

@@ -1,10 +1,15 @@
 """The FastAPI application: composition and the start-up/shut-down lifespan, nothing else.
 
-Start-up (lifespan, before the server accepts a request and before /readyz says ready):
-load + verify every artifact, compile and warm its kernels (Numba's on-disk cache,
-``NUMBA_CACHE_DIR``), publish model info, then ``gc.freeze()`` so the collector stops walking
-the long-lived heap during requests (DESIGN §7).  While serving, a background task follows
-reloads made by sibling workers (service.models) and SIGHUP re-reads every model.
+Start-up (lifespan, before the server accepts a request and before /readyz says ready): open the
+replication log, rebuild the serving state from it and reconcile the start-up arguments
+(service/state.py: load + verify every artifact, compile and warm its kernels from Numba's
+on-disk cache, build the catalog), publish the first snapshot, then ``gc.freeze()`` so the
+collector stops walking the long-lived heap during requests (DESIGN §7).  While serving, the
+state follows the log in a background thread; SIGHUP re-reads every model.
+
+Shut-down: SIGTERM first turns /readyz to 503 (``draining``) and keeps serving for
+``ADRANK_DRAIN_SECONDS`` (so a load balancer stops sending new requests), then hands the signal to
+uvicorn, which stops accepting connections, lets the requests in flight finish and exits.
 
 ``create_app()`` with no arguments reads ``Settings.from_env()``: that is how uvicorn workers
 build it (``uvicorn service.app:create_app --factory``).  This module never imports torch.
@@ -14,44 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable
 
 from fastapi import FastAPI
 
 from service import metrics
-from service.catalog import wiring as catalog_wiring
-from service.catalog.store import Catalog
-from service.models import ModelRegistry, load_ranker
+from service.catalog.routes import router as catalog_router
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
 from service.settings import Settings
+from service.state import ServingState
 
 log = logging.getLogger("adrank.app")
 
 
-async def _follow_reloads(svc: ServiceState) -> None:
-    """Poll the shared reload state file; reload (off the loop) what sibling workers reloaded."""
-    while True:
-        await asyncio.sleep(svc.settings.reload_poll)
-        try:
-            if await asyncio.to_thread(svc.registry.sync_from_state) and svc.settings.gc_freeze:
-                gc.freeze()
-        except Exception:  # noqa: BLE001 - the watcher must survive anything
-            log.exception("following reloads failed")
-
-
 async def _reload_all(svc: ServiceState) -> None:
-    """SIGHUP: with a run dir, ask every worker (the watcher does it); else reload here."""
     log.info("SIGHUP: reloading every model")
     try:
-        await asyncio.to_thread(svc.registry.request_reload_all)
+        await asyncio.to_thread(svc.state.reload_all)
     except Exception:  # noqa: BLE001 - a failed reload never takes the server down
         log.exception("SIGHUP reload failed")
-    if svc.settings.gc_freeze:
-        gc.freeze()
 
 
 def _on_sighup(svc: ServiceState) -> None:
@@ -59,27 +49,51 @@ def _on_sighup(svc: ServiceState) -> None:
     task.add_done_callback(svc.background.discard)
 
 
+def _drain_on_sigterm(svc: ServiceState, loop: asyncio.AbstractEventLoop):
+    """Wrap the SIGTERM handler uvicorn installed: readiness off at once, uvicorn's shut-down
+    after ``drain_seconds``.  Returns a function restoring the previous handler."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):  # not under uvicorn's handler (tests, an embedding server)
+        return lambda: None
+
+    def handler(sig, frame):
+        if not svc.state.draining:
+            svc.state.draining = True
+            log.info("SIGTERM: draining (readyz 503) for %.1f s, then finishing the requests in flight",
+                     svc.settings.drain_seconds)
+        loop.call_soon_threadsafe(loop.call_later, svc.settings.drain_seconds, previous, sig, None)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore():
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
     svc: ServiceState = app.state.svc
-    await asyncio.to_thread(svc.registry.load_all)
-    follower = await asyncio.to_thread(catalog_wiring.load, app, svc.registry.all(), svc.settings.catalog)
+    # the event loop (ranking) and the threads that prepare writes and reloads share the GIL: a
+    # shorter switch interval bounds how long either waits for the other (Python's default is 5 ms)
+    sys.setswitchinterval(svc.settings.switch_interval)
+    await asyncio.to_thread(svc.state.start)
     if svc.settings.gc_freeze:
         gc.collect()
         gc.freeze()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, svc)
-    watcher = asyncio.create_task(_follow_reloads(svc)) if svc.settings.run_dir else None
-    log.info("ready: %s", ", ".join(f"{r.name}={r.version}" for r in svc.registry.all()))
+    restore = lambda: None  # noqa: E731
+    with contextlib.suppress(ValueError):  # signal handlers only in the main thread
+        restore = _drain_on_sigterm(svc, loop)
     try:
         yield
     finally:
-        svc.registry.ready = False
-        if watcher is not None:
-            watcher.cancel()
-        if follower is not None:
-            follower.stop()
+        svc.state.ready = False
+        restore()
+        await asyncio.to_thread(svc.state.stop)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
         metrics.worker_exited()
@@ -109,20 +123,15 @@ class _App(FastAPI):
 
 
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
-    """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests (by default every
-    model is loaded with the settings' kernel options)."""
+    """Build the app; ``loader(path, name) -> Ranker`` is swappable for tests."""
     _log_to_stderr()
     settings = settings or Settings.from_env()
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
-    catalog = Catalog()  # ads by id + per-ad precomputed parts, recomputed on every model swap
-    loader = loader or functools.partial(load_ranker, **settings.scorer_options())
-    registry = ModelRegistry(settings.models, loader=loader, run_dir=settings.run_dir,
-                             on_swap=catalog_wiring.chain(metrics.model_swapped, catalog_wiring.on_swap(catalog)))
     app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.svc = ServiceState(settings=settings, registry=registry)
+    app.state.svc = ServiceState(settings=settings, state=ServingState(settings, loader=loader))
     app.include_router(router)
-    catalog_wiring.install(app, catalog, settings.run_dir)
+    app.include_router(catalog_router)
     if settings.admin_enabled:
         app.include_router(admin_router)
     return app

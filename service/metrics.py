@@ -52,11 +52,33 @@ MODEL_INFO = Gauge(
     ["model", "version"], multiprocess_mode="liveall")
 
 
+LOAD_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+MODEL_LOADS = Counter(
+    "adrank_model_loads", "Model loads and reloads by result: ok, refused (the old version keeps serving), "
+    "skipped (a log entry this process could not apply).", ["model", "result"])
+MODEL_LOAD_DURATION = Histogram(
+    "adrank_model_load_duration_seconds", "Reading, verifying and warming one model version.", ["model"],
+    buckets=LOAD_BUCKETS)
+SNAPSHOT_TIME = Gauge(
+    "adrank_snapshot_published_timestamp_seconds", "Unix time the serving snapshot of this process was published "
+    "(its age: time() - this).", multiprocess_mode="liveall")
+LOG_POSITION = Gauge(
+    "adrank_log_position", "The last replication-log entry this process has applied.", multiprocess_mode="liveall")
+LOG_ENTRIES = Counter(
+    "adrank_log_entries", "Replication-log entries by kind and result: applied, or skipped (corrupt, or refused "
+    "here; reported in the log).", ["kind", "result"])
+
+
 def model_swapped(name: str, old, new) -> None:
-    """Registry hook: the info gauge follows every (re)load."""
+    """The info gauge follows every (re)load."""
     if old is not None and old.version != new.version:
         MODEL_INFO.labels(name, old.version).set(0)
     MODEL_INFO.labels(name, new.version).set(1)
+
+
+def snapshot_published(snap) -> None:
+    SNAPSHOT_TIME.set(snap.published)
+    LOG_POSITION.set(snap.position)
 
 
 def multiprocess_dir() -> str | None:

@@ -1,20 +1,20 @@
-"""HTTP routes: /v1/rank, /v1/models, reload, health and metrics.  Wiring only: the work is
-in the Ranker (scoring), schemas (parsing), models (registry) and metrics modules.
+"""HTTP routes: /v1/rank, /v1/models, reload, state, health and metrics.  Wiring only: the work is
+in the pipeline (service/pipeline.py), the serving state (service/state.py) and metrics.
 
-The rank handler reads the raw body, parses it with msgspec, ranks *inline* on the event loop
-(the request is CPU-bound; a thread hop would add latency and GIL hand-offs) and writes the
-response with msgspec.  Every expected failure is an ``ApiError`` -> JSON
-``{"error": code, "message": ...}``; bad input is 4xx and never a 500.
+The rank handler reads the raw body, takes the current serving snapshot *once*, and runs the
+pipeline on the event loop (the request is CPU-bound; a thread hop would add latency and GIL
+hand-offs).  Every expected failure is an ``ApiError`` -> JSON ``{"error": code, "message": ...}``;
+bad input is 4xx and never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import hmac
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -22,40 +22,56 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
 from adrank.core.preprocess import EncodeError
-from service import fastpath, metrics, schemas
+from service import metrics, pipeline, schemas
 from service.catalog import metrics as catalog_metrics
-from service.catalog.routes import resolve, uses_catalog
-from service.models import ModelLoadError, ModelRegistry, UnknownModel
+from service.catalog.store import CatalogError
+from service.errors import JSON, ApiError
+from service.models import ModelLoadError, SchemaChanged, UnknownModel
+from service.replog import LogError
 from service.settings import Settings
+from service.state import ReloadBusy, ServingState
 
 log = logging.getLogger("adrank.routes")
 router = APIRouter()
 admin_router = APIRouter()
-JSON = "application/json"
 RANK = "/v1/rank"
 RELOAD = "/v1/models/{name}/reload"
+__all__ = ["ApiError", "ServiceState", "router", "admin_router", "rank_asgi", "is_rank"]
 
 
 @dataclass
 class ServiceState:
     settings: Settings
-    registry: ModelRegistry
+    state: ServingState
     inflight: int = 0  # /v1/rank requests admitted and not yet answered (this worker)
     background: set = field(default_factory=set)  # tasks kept referenced until done
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None, **extra):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
-
-    def response(self) -> Response:
-        body = schemas.encode({"error": self.code, "message": self.message, **self.extra})
-        return Response(body, status_code=self.status, headers=self.headers, media_type=JSON)
-
-
 def _unavailable(svc: ServiceState, code: str, message: str) -> ApiError:
     return ApiError(503, code, message, headers={"Retry-After": str(svc.settings.retry_after)})
+
+
+async def in_daemon_thread(fn, *args):
+    """``await fn(*args)`` run in a daemon thread (a load stuck in the kernel never holds shut-down)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(value, error):
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(value)
+
+    def run():
+        try:
+            value, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+            value, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:  # the loop is gone (shut-down)
+            pass
+
+    threading.Thread(target=run, name="adrank-admin", daemon=True).start()
+    return await fut
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -82,37 +98,14 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
 
 
 # --- ranking -------------------------------------------------------------------------------
-async def _rank(svc: ServiceState, catalog, read, labels: list[str]) -> bytes:
-    """Read -> parse -> pick the model -> rank -> serialise; ``labels[0]`` learns the model."""
+async def _rank(svc: ServiceState, read, labels: list[str]) -> bytes:
+    """Read the body, take the snapshot once, run the pipeline; ``labels[0]`` learns the model."""
     s = svc.settings
     await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
     body = await read(s.max_body_bytes)
-    if s.fastpath:  # the common shapes: body bytes -> ids -> response, compiled
-        t0 = perf_counter()  # (parse and encode are one pass there: the inference time includes it)
-        fast = fastpath.rank_body(svc.registry, body, s.max_candidates, catalog)
-        if fast is not None:  # None: anything else, errors included, takes the generic path below
-            ranker, response, n_ads, mode = fast
-            labels[0] = ranker.name
-            _observe_rank(ranker.name, mode, perf_counter() - t0, n_ads)
-            return response
-    req = schemas.decode_rank(body)
-    ranker = svc.registry.get(req.model)
-    labels[0] = ranker.name
-    if req.ads is None and not req.all_ads:
-        raise ApiError(422, "invalid_request", "Object missing required field `ads` (or give \"all_ads\": true)")
-    n_ads = len(req.ads) if req.ads is not None else 0
-    if n_ads > s.max_candidates:
-        raise ApiError(422, "too_many_candidates",
-                       f"ads: {n_ads} candidates exceed the limit of {s.max_candidates}")
-    t0 = perf_counter()
-    if uses_catalog(req.all_ads, req.ads):  # ads by id alone / all_ads: service/catalog
-        ranked = resolve(catalog, ranker.name, req.context, req.ads, req.all_ads, req.top_k)
-        metrics.INFERENCE_DURATION.labels(ranker.name).observe(perf_counter() - t0)
-        metrics.REQUEST_CANDIDATES.labels(ranker.name).observe(n_ads or len(ranked))
-    else:
-        ranked = ranker.rank(req.context, req.ads, req.top_k)
-        _observe_rank(ranker.name, "inline", perf_counter() - t0, n_ads)
-    return schemas.encode_ranking(ranker.name, ranker.version, ranked)
+    out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath)
+    _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
+    return out.body
 
 
 @functools.cache
@@ -135,19 +128,19 @@ def _request_children(model: str, status: int) -> tuple:
     return metrics.REQUESTS.labels(RANK, model, str(status)), metrics.REQUEST_DURATION.labels(RANK, model)
 
 
-async def answer_rank(svc: ServiceState, catalog, read) -> Response:
+async def answer_rank(svc: ServiceState, read) -> Response:
     """One /v1/rank exchange; ``read(limit)`` awaits the raw body.  Every failure is a JSON error
     reply (never an exception), and the request is counted and timed."""
     t0 = perf_counter()
     labels, status = [""], 200
     try:
-        if not svc.registry.ready:
+        if not svc.state.ready:  # while draining (SIGTERM) requests are still answered: only readiness is off
             raise _unavailable(svc, "not_ready", "models are still loading")
         if svc.inflight >= svc.settings.max_inflight:
             raise _unavailable(svc, "overloaded", f"{svc.settings.max_inflight} requests already in flight")
         svc.inflight += 1
         try:
-            response = Response(await _rank(svc, catalog, read, labels), media_type=JSON)
+            response = Response(await _rank(svc, read, labels), media_type=JSON)
         finally:
             svc.inflight -= 1
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error reply
@@ -162,8 +155,7 @@ async def answer_rank(svc: ServiceState, catalog, read) -> Response:
 async def rank(request: Request) -> Response:
     """POST /v1/rank as a plain Starlette route (the app normally answers it earlier, in
     :func:`rank_asgi`; this route serves apps built without it)."""
-    return await answer_rank(request.app.state.svc, getattr(request.app.state, "catalog", None),
-                             lambda limit: read_body(request, limit))
+    return await answer_rank(request.app.state.svc, lambda limit: read_body(request, limit))
 
 
 def is_rank(scope) -> bool:
@@ -187,8 +179,7 @@ async def rank_asgi(state, scope, receive, send) -> None:
             if not message.get("more_body", False):
                 return
 
-    response = await answer_rank(state.svc, getattr(state, "catalog", None),
-                                 lambda limit: _read_limited(declared, chunks(), limit))
+    response = await answer_rank(state.svc, lambda limit: _read_limited(declared, chunks(), limit))
     await response(scope, receive, send)
 
 
@@ -210,12 +201,12 @@ def _error_response(exc: Exception) -> Response:
     return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()
 
 
-# --- models, health, metrics ----------------------------------------------------------------
+# --- models, health, state, metrics ----------------------------------------------------------
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    registry = request.app.state.svc.registry
-    models = [{**r.info(), "default": r.name == registry.default} for r in registry.all()]
-    return json_response({"default": registry.default, "worker": os.getpid(), "models": models})
+    snap = request.app.state.svc.state.snapshot
+    models = [{**mv.info(), "default": name == snap.default} for name, mv in snap.models.items()]
+    return json_response({"default": snap.default, "worker": os.getpid(), "models": models})
 
 
 @router.get("/livez")
@@ -226,9 +217,13 @@ async def livez() -> Response:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     svc: ServiceState = request.app.state.svc
-    if not svc.registry.ready:
+    if svc.state.draining:
+        return _unavailable(svc, "draining", "shutting down: finishing the requests in flight").response()
+    if not svc.state.ready:
         return _unavailable(svc, "not_ready", "models are still loading").response()
-    return json_response({"status": "ready", "models": {r.name: r.version for r in svc.registry.all()}})
+    snap = svc.state.snapshot
+    return json_response({"status": "ready", "models": {n: mv.version for n, mv in snap.models.items()},
+                          "position": snap.position})
 
 
 @router.get("/metrics")
@@ -237,7 +232,7 @@ async def metrics_endpoint() -> Response:
     return Response(body, media_type=content_type)
 
 
-# --- admin: hot reload -----------------------------------------------------------------------
+# --- admin: hot reload, state ----------------------------------------------------------------
 def check_admin(request: Request, token: str | None) -> None:
     if token is None:
         return
@@ -249,21 +244,44 @@ def check_admin(request: Request, token: str | None) -> None:
 
 @admin_router.post(RELOAD)
 async def reload_model(name: str, request: Request) -> Response:
-    """Load + verify + warm the new artifact off the event loop, then swap; 422 keeps the old."""
+    """Load + verify + warm off the event loop, log, then swap; 422/409 keep the old version."""
     svc: ServiceState = request.app.state.svc
     try:
         check_admin(request, svc.settings.admin_token)
         req = schemas.decode_reload(await read_body(request, 64 * 1024))
-        old = svc.registry.get(name).version
-        new = await asyncio.to_thread(svc.registry.reload, name, req.path)
-        if svc.settings.gc_freeze:
-            gc.freeze()  # the new model's long-lived objects join the frozen generation
-        response = json_response({"model": name, "version": new.version, "previous_version": old,
-                                  "path": str(svc.registry.path_of(name))})
-    except ModelLoadError as exc:
-        response = ApiError(422, exc.code, exc.detail, model=name, version=old).response()
-    except Exception as exc:  # noqa: BLE001
-        response = _error_response(exc)
-    known = name if name in svc.registry.names() else ""
+        new, old = await in_daemon_thread(svc.state.reload, name, req.path, req.force)
+        response = json_response({"model": name, "version": new.version, "previous_version": old.version,
+                                  "path": str(new.path), "position": svc.state.snapshot.position})
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
+        response = _reload_error(exc, name, svc)
+    known = name if name in svc.state.snapshot.models else ""
     metrics.REQUESTS.labels(RELOAD, known, str(response.status_code)).inc()
     return response
+
+
+def _reload_error(exc: Exception, name: str, svc: ServiceState) -> Response:
+    cur = svc.state.snapshot.models.get(name)
+    version = cur.version if cur is not None else None
+    if isinstance(exc, SchemaChanged):
+        return ApiError(409, exc.code, exc.detail, model=name, version=version).response()
+    if isinstance(exc, ModelLoadError):
+        return ApiError(422, exc.code, exc.detail, model=name, version=version).response()
+    if isinstance(exc, ReloadBusy):
+        return ApiError(409, "reload_in_progress", str(exc), model=name, version=version).response()
+    if isinstance(exc, CatalogError):
+        return ApiError(422, "invalid_ad", f"the new version cannot encode a catalog ad: {exc}", model=name,
+                        version=version).response()
+    if isinstance(exc, LogError):
+        return _unavailable(svc, "log_unavailable", f"the reload was not recorded: {exc}").response()
+    return _error_response(exc)
+
+
+@admin_router.get("/v1/state")
+async def state_endpoint(request: Request) -> Response:
+    """Where this process stands: log engine and position, snapshot age, catalog, skipped entries."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request, svc.settings.admin_token)
+    except ApiError as exc:
+        return exc.response()
+    return json_response({"worker": os.getpid(), **await asyncio.to_thread(svc.state.describe)})

@@ -36,6 +36,7 @@ class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
     path: str | None = None
+    force: bool = False  # accept an artifact whose schema differs from the served one
 
 
 class BadRequest(ValueError):

@@ -69,7 +69,7 @@ def _int(env: Mapping[str, str], key: str, default, minimum: int):
     return value
 
 
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
+def _float(env: Mapping[str, str], key: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(key)
     if raw is None or raw == "":
         return default
@@ -77,8 +77,8 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not a number") from None
-    if not value > 0:
-        raise SettingsError(f"{key}={raw!r} must be > 0")
+    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+        raise SettingsError(f"{key}={raw!r} must be {'>= 0' if allow_zero else '> 0'} and finite")
     return value
 
 
@@ -102,10 +102,18 @@ class Settings:
     retry_after: int = 1
     admin_enabled: bool = True
     admin_token: str | None = None
-    run_dir: Path | None = None
-    reload_poll: float = 0.5
     gc_freeze: bool = True
-    catalog: Path | None = None  # JSONL of ads loaded at start (service/catalog)
+    catalog: Path | None = None  # JSONL of ads recorded at start (service/catalog)
+    # state (service/state.py, service/replog): where the replication log lives and how it is used
+    state_dir: Path | None = None  # SQLite log directory; None: in memory, nothing survives the process
+    log_url: str | None = None  # "sqlite" / None, or redis://HOST:PORT/DB (a fleet)
+    log_key: str = "adrank"  # prefix of the Redis keys
+    log_poll: float = 0.05  # seconds between polls for other processes' entries (Redis: longest block)
+    compact_entries: int = 1000  # log entries kept after the log's snapshot before compaction
+    merge_rows: int = 16384  # delta + dead rows of the catalog that start a background merge
+    load_timeout: float = 60.0  # seconds a model file may take to read
+    drain_seconds: float = 0.0  # after SIGTERM: seconds /readyz answers 503 before the shut-down
+    switch_interval: float = 0.0002  # the worker's thread switch interval (the event loop vs writers)
     fastpath: bool = True  # the compiled /v1/rank fast path (service/fastpath); off = the generic path only
     # kernels (service/kernels): huge-page table copies (memory.py), the linear-weight prefetch
     # (schedule.py), when and into how many slices an auction is split (pool.py; None = its default)
@@ -123,7 +131,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         models = tuple(parse_model_specs(re.split(r"[\s,]+", env.get("ADRANK_MODELS", ""))))
-        run_dir = env.get("ADRANK_RUN_DIR") or None
+        state_dir = env.get("ADRANK_STATE_DIR") or None
         return cls(
             models=models,
             max_candidates=_int(env, "ADRANK_MAX_CANDIDATES", cls.max_candidates, 1),
@@ -132,8 +140,6 @@ class Settings:
             retry_after=_int(env, "ADRANK_RETRY_AFTER", cls.retry_after, 0),
             admin_enabled=_flag(env, "ADRANK_ADMIN", True),
             admin_token=env.get("ADRANK_ADMIN_TOKEN") or None,
-            run_dir=Path(run_dir) if run_dir else None,
-            reload_poll=_float(env, "ADRANK_RELOAD_POLL", cls.reload_poll),
             gc_freeze=_flag(env, "ADRANK_GC_FREEZE", True),
             catalog=Path(env["ADRANK_CATALOG"]) if env.get("ADRANK_CATALOG") else None,
             fastpath=_flag(env, "ADRANK_FASTPATH", cls.fastpath),
@@ -141,6 +147,15 @@ class Settings:
             prefetch_linear=_flag(env, "ADRANK_PREFETCH_LINEAR", cls.prefetch_linear),
             parallel_min_candidates=_int(env, "ADRANK_PARALLEL_MIN_CANDIDATES", cls.parallel_min_candidates, 1),
             kernel_threads=_int(env, "ADRANK_KERNEL_THREADS", None, 1),
+            state_dir=Path(state_dir) if state_dir else None,
+            log_url=env.get("ADRANK_LOG") or None,
+            log_key=env.get("ADRANK_LOG_KEY") or cls.log_key,
+            log_poll=_float(env, "ADRANK_LOG_POLL", cls.log_poll),
+            compact_entries=_int(env, "ADRANK_LOG_COMPACT", cls.compact_entries, 0),
+            merge_rows=_int(env, "ADRANK_CATALOG_MERGE_ROWS", cls.merge_rows, 1),
+            load_timeout=_float(env, "ADRANK_LOAD_TIMEOUT", cls.load_timeout),
+            drain_seconds=_float(env, "ADRANK_DRAIN_SECONDS", cls.drain_seconds, allow_zero=True),
+            switch_interval=_float(env, "ADRANK_SWITCH_INTERVAL", cls.switch_interval),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -152,19 +167,27 @@ class Settings:
             "ADRANK_MAX_INFLIGHT": str(self.max_inflight),
             "ADRANK_RETRY_AFTER": str(self.retry_after),
             "ADRANK_ADMIN": "1" if self.admin_enabled else "0",
-            "ADRANK_RELOAD_POLL": str(self.reload_poll),
             "ADRANK_GC_FREEZE": "1" if self.gc_freeze else "0",
             "ADRANK_FASTPATH": "1" if self.fastpath else "0",
             "ADRANK_HUGE_PAGES": "1" if self.huge_pages else "0",
             "ADRANK_PREFETCH_LINEAR": "1" if self.prefetch_linear else "0",
             "ADRANK_PARALLEL_MIN_CANDIDATES": str(self.parallel_min_candidates),
+            "ADRANK_LOG_KEY": self.log_key,
+            "ADRANK_LOG_POLL": str(self.log_poll),
+            "ADRANK_LOG_COMPACT": str(self.compact_entries),
+            "ADRANK_CATALOG_MERGE_ROWS": str(self.merge_rows),
+            "ADRANK_LOAD_TIMEOUT": str(self.load_timeout),
+            "ADRANK_DRAIN_SECONDS": str(self.drain_seconds),
+            "ADRANK_SWITCH_INTERVAL": str(self.switch_interval),
         }
         if self.kernel_threads is not None:
             env["ADRANK_KERNEL_THREADS"] = str(self.kernel_threads)
         if self.admin_token:
             env["ADRANK_ADMIN_TOKEN"] = self.admin_token
-        if self.run_dir:
-            env["ADRANK_RUN_DIR"] = str(self.run_dir)
+        if self.state_dir:
+            env["ADRANK_STATE_DIR"] = str(self.state_dir)
+        if self.log_url:
+            env["ADRANK_LOG"] = self.log_url
         if self.catalog:
             env["ADRANK_CATALOG"] = str(self.catalog)
         return env

@@ -48,7 +48,7 @@ def loading(name: str, path: Path) -> float:
         size = f"{os.path.getsize(path) / 1e6:.1f} MB"
     except OSError:
         size = "size unknown"
-    log.info("%s: loading %s (%s): checking the SHA-256, mapping the arrays", name, path, size)
+    log.info("%s: loading %s (%s): reading it into memory, checking the SHA-256", name, path, size)
     return time.perf_counter()
 
 

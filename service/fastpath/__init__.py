@@ -1,5 +1,7 @@
-"""A compiled fast path: raw ``/v1/rank`` body bytes -> feature ids -> response bytes, with no Python
-object per value or per ad.
+"""The compiled parser of ``/v1/rank``: raw body bytes -> feature ids (and, for the reply, the ads'
+id bytes), with no Python object per value or per ad.  It only parses: what it reads becomes the
+same encoded request the generic msgspec path produces (service/pipeline.py), scored by the same
+code.
 
 DESIGN §7 budgets ~1.1 ms for JSON parsing and ~1.5 ms for string -> id lookup at 1,000 ads;
 msgspec + the per-value walk of :class:`service.encode.RequestEncoder` cost more.  Here one Numba
@@ -8,8 +10,8 @@ matrix ``int32[N, S_I]`` and the ads' id byte spans: every token of the common r
 a byte span of the body (an unescaped JSON string's UTF-8 bytes, an integer's digits,
 ``true``/``false``), hashed in place with adrank's FNV-1a + splitmix
 (``adrank.core.hashing.hash_joined``) and looked up in the encoder's :class:`BucketIndex`.  The
-response is assembled from the ids' own bytes (response.py).  Ads given by id alone (catalog ads,
-service/catalog) are looked up by their id's hash in the snapshot's id table.
+response can be assembled from the ids' own bytes (response.py).  Ads given by id alone (catalog
+ads, service/catalog) are recorded with their id's hash, for the catalog's id table.
 
 Supported subset (anything else returns ``None`` = *fallback*: the generic msgspec + encoder path
 handles the request and produces every error message, so correctness never depends on this
@@ -17,9 +19,9 @@ package):
 
 * top level: an object with keys ``model`` (string | null), ``top_k`` (integer >= 1 | null),
   ``context`` (object), ``ads`` (non-empty array), in any order, each at most once;
-* ads: every ad inline, ``{"id", "features": {...}}`` or ``{"id", "values": [...]}`` (id: string
-  or integer), or every ad by id alone ``{"id": "<non-empty string>"}`` with each id in the catalog
-  (mixed requests, integer catalog ids, unknown ids, ``all_ads`` and unknown keys fall back);
+* ads: inline, ``{"id", "features": {...}}`` or ``{"id", "values": [...]}`` (id: string or
+  integer), or by id alone ``{"id": "<non-empty string>"}``, in any mix (integer catalog ids,
+  ``all_ads`` and unknown keys fall back);
 * values: strings without escapes (valid UTF-8, no control characters), integers of <= 18 digits
   (not ``-0``), ``true``/``false``, ``null``; lists of those for multi-valued fields.  Floats fall
   back.  Numeric fields take integers (<= 15 digits, exact as float64) and form
@@ -40,17 +42,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from adrank.core.preprocess import MISSING, PAD
-from service.catalog import kernels
-from service.catalog.idtable import lookup
-from service.catalog.precompute import context_part
 from service.encode import RequestEncoder
 from service.fastpath import response as _response
 from service.fastpath.lexer import bin_edges, python_bin
 from service.fastpath.scanner import TYPES, capacities, scan
-from service.link import order_scores
 
 BY_ID = 2  # spans[r, 2] of an ad given by id alone
-__all__ = ["FastPath", "Scan", "rank_body", "python_bin"]
+__all__ = ["FastPath", "Scan", "guess_model", "python_bin"]
 
 _EDGES: tuple[np.ndarray, np.ndarray] | None = None
 WORKSPACE_MAX_BYTES = 1 << 20  # bodies up to this size reuse a per-thread workspace; larger ones allocate
@@ -138,7 +136,7 @@ class FastPath:
 
     def scan_views(self, body: bytes) -> Scan | None:
         """:meth:`scan` whose arrays are views into this thread's workspace: valid until the
-        thread's next scan (``rank_body`` uses them at once; five copies fewer per request)."""
+        thread's next scan (the pipeline uses them at once; five copies fewer per request)."""
         buf = np.frombuffer(body, dtype=np.uint8)
         w = self._workspace(len(body))
         status, n_ads, n_by_id = scan(
@@ -162,7 +160,7 @@ class FastPath:
 _MODEL_AT = re.compile(rb'\s*:\s*"([^"\\]*)"')
 
 
-def _guess_model(body: bytes) -> str | None:
+def guess_model(body: bytes) -> str | None:
     """The name after a ``"model": "..."`` in the body's first 512 bytes (clients write it before the
     ads) — a guess: the scan confirms it, and a wrong guess costs a second scan, never a wrong answer."""
     i = body.find(b'"model"', 0, 512)
@@ -173,58 +171,7 @@ def _guess_model(body: bytes) -> str | None:
         return None
 
 
-def rank_body(registry, body: bytes, max_candidates: int, catalog=None):
-    """(ranker, response bytes, candidates, mode) for ``body`` — mode "inline" or "catalog" —
-    byte for byte what the generic path answers (``Ranker.rank`` or the catalog's ``resolve`` on
-    the msgspec-decoded request, then ``schemas.encode_ranking``), or None when the generic path
-    must run (unsupported shape, unknown model or ad id, too many candidates: it produces every
-    error reply)."""
-    ranker = _get(registry, _guess_model(body)) or _get(registry, None)
-    scan = _scan_for(ranker, body)
-    if scan is not None:
-        named = _get(registry, scan.model)  # the model the body really names
-        if named is not ranker:  # a wrong guess (its schema and vocabulary may differ), or unknown
-            ranker, scan = named, _scan_for(named, body)
-    if scan is None or len(scan.X) > max_candidates:
-        return None
-    if scan.n_by_id:
-        out = _rank_catalog(ranker, scan, catalog) if scan.n_by_id == len(scan.X) else None
-        return None if out is None else (ranker, out, len(scan.X), "catalog")
-    raw = ranker.scorer.score_valid(scan.ctx, scan.X)  # ids straight from the model's own vocabulary
-    order, scores = order_scores(raw, -1 if scan.top_k is None else scan.top_k, ranker.target == "binary")
-    body_out = _response.response(ranker.name, ranker.version, body, scan.spans, order, scores)
-    return ranker, body_out, len(raw), "inline"
-
-
-def _rank_catalog(ranker, scan: Scan, catalog) -> bytes | None:
-    """Every ad by id: ``service.catalog.routes.resolve``'s answer from the snapshot's per-ad parts,
-    or None (no catalog for this model, a part computed for another model version, an unknown id)."""
-    if catalog is None:
-        return None
-    if catalog.journal is not None:
-        catalog.journal.maybe_sync()  # writes acknowledged by sibling workers (catalog/journal.py)
-    snap = catalog.snapshot
-    part = snap.parts.get(ranker.name)
-    if part is None or part.model.preprocessor is not ranker.preprocessor:  # mid-reload: generic path
-        return None
-    rows = np.empty(len(scan.id_hash), np.int64)
-    if lookup(snap.table.keys, snap.table.rows_, scan.id_hash, rows):
-        return None  # an unknown id: the generic path names it (422)
-    m = part.model
-    z, const = context_part(m.plan, scan.ctx, m.arrays["emb"], m.arrays["linear"])
-    raw = kernels.score_ids(z, const, part.W, part.c, rows)
-    order, scores = order_scores(raw, -1 if scan.top_k is None else scan.top_k, m.target == "binary")
-    return _response.response(ranker.name, ranker.version, scan.body, scan.spans, order, scores)
-
-
-def _get(registry, name):
-    """``registry.get(name)``, or None (an unknown model is the generic path's 404)."""
-    try:
-        return registry.get(name)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _scan_for(ranker, body: bytes) -> Scan | None:
-    fp = getattr(ranker, "fastpath", None)  # None for a ranker without one (or no ranker)
-    return fp.scan_views(body) if fp is not None else None
+def reply(model: str, version: str, scan: Scan, order: np.ndarray, scores: np.ndarray) -> bytes:
+    """Byte for byte ``schemas.encode_ranking(model, version, [(id of ad r, score) ...])`` for the
+    scanned ads ``order`` (best first) with ``scores``: the ids are copied from the body."""
+    return _response.response(model, version, scan.body, scan.spans, order, scores)

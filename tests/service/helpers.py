@@ -9,9 +9,12 @@ binary targets), independently of the Ranker and its kernels.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,14 +123,19 @@ def free_port() -> int:
 
 
 class Server:
-    """`adrank serve ...` on loopback; waits for /readyz; always killed on exit."""
+    """`adrank serve ...` on loopback; waits for /readyz; always killed on exit.  Its state (the
+    replication log) lives in ``state_dir``, a fresh temp dir unless given (restarts pass theirs)."""
 
-    def __init__(self, args: list[str], env: dict, timeout: float = 90, command: list[str] = ADRANK):
+    def __init__(self, args: list[str], env: dict, timeout: float = 90, command: list[str] = ADRANK,
+                 state_dir=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._temp = None if state_dir is not None else tempfile.TemporaryDirectory(prefix="adrank-test-state-")
+        self.state_dir = Path(state_dir if state_dir is not None else self._temp.name)
         self.proc = subprocess.Popen(
-            [*command, "serve", *args, "--port", str(self.port), "--no-access-log",
-             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [*command, "serve", *args, "--port", str(self.port), "--no-access-log", "--state-dir",
+             str(self.state_dir), "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,9 +155,19 @@ class Server:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.stdout.read() if self.proc.stdout else ""
+                self.kill()
+        out = self.proc.stdout.read() if self.proc.stdout else ""
+        if self._temp is not None:
+            self._temp.cleanup()
+        return out
+
+    def kill(self) -> None:
+        """kill -9 of the server and its workers (its own process group)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
 
     def __enter__(self):
         return self

@@ -286,11 +286,11 @@ def http_bodies(rng):
 
 
 def test_http_responses_equal_with_and_without_the_fast_path(app_client, monkeypatch):
-    import service.fastpath as fastpath
+    from service import pipeline
 
     used = []
-    real = fastpath.rank_body
-    monkeypatch.setattr(fastpath, "rank_body", lambda *a: used.append(real(*a)) or used[-1])
+    real = pipeline.parse_fast
+    monkeypatch.setattr(pipeline, "parse_fast", lambda *a: used.append(real(*a)) or used[-1])
     for body in http_bodies(np.random.default_rng(11)):
         use_fastpath(app_client, monkeypatch, True)
         fast = app_client.post("/v1/rank", content=body, headers={"content-type": "application/json"})

@@ -54,8 +54,33 @@ def test_counts_and_bounded_labels(tmp_path):
     assert d("adrank_model_inference_duration_seconds_count", model="dplr") == 3
     assert d("adrank_request_candidates_sum", model="dplr") == 6
     assert "user-typed-name-xyz" not in after  # never a label from request content
-    version = app.state.svc.registry.get("dplr").version
+    version = app.state.svc.state.snapshot.model("dplr").version
     assert value(after, "adrank_model_info", model="dplr", version=version) == 1
+
+
+def test_reloads_and_catalog_changes_are_counted(tmp_path):
+    path, other = tmp_path / "m.adrk", tmp_path / "other.adrk"
+    make_artifact(path, "dplr", seed=1)
+    make_artifact(other, "dplr", seed=2)
+    app = create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False), loader=ranker_loader())
+    with TestClient(app) as c:
+        before = c.get("/metrics").text
+        assert c.put("/v1/ads", json={"ads": [AD, {**AD, "id": "b"}]}).status_code == 200
+        assert c.put("/v1/ads", json={"ads": [{"id": "x", "features": {"nope": 1}}]}).status_code == 422
+        assert c.post("/v1/models/dplr/reload", json={"path": str(other)}).status_code == 200
+        assert c.post("/v1/models/dplr/reload", json={"path": str(tmp_path / "none")}).status_code == 422
+        after = c.get("/metrics").text
+        v2 = app.state.svc.state.snapshot.model("dplr").version
+    d = lambda name, **kw: value(after, name, **kw) - value(before, name, **kw)  # noqa: E731
+    assert d("adrank_model_loads_total", model="dplr", result="ok") == 1
+    assert d("adrank_model_loads_total", model="dplr", result="refused") == 1
+    assert d("adrank_model_load_duration_seconds_count", model="dplr") == 1
+    assert d("adrank_catalog_updates_total", op="upsert", result="ok") == 1
+    assert d("adrank_catalog_updates_total", op="upsert", result="refused") == 1
+    assert d("adrank_catalog_updates_total", op="reload", result="ok") == 1
+    assert value(after, "adrank_catalog_ads", model="dplr", version=v2) == 2  # catalog size per version
+    assert value(after, "adrank_snapshot_published_timestamp_seconds") > time.time() - 60  # the snapshot's age
+    assert value(after, "adrank_log_position") >= 3  # start-up intent, upsert, reload
 
 
 def _info_by_pid(url: str, model: str) -> dict[str, dict[str, float]]:
@@ -82,7 +107,7 @@ def test_two_workers_aggregate_and_reload_reaches_both(tmp_path):
     path, other = tmp_path / "m.adrk", tmp_path / "other.adrk"
     make_artifact(path, "dplr", seed=1)
     make_artifact(other, "dplr", seed=2)
-    env = {**os.environ, "ADRANK_RELOAD_POLL": "0.2"}
+    env = {**os.environ, "ADRANK_LOG_POLL": "0.05"}
     with Server([f"dplr={path}", "--workers", "2", "--run-dir", str(tmp_path / "run")], env) as srv:
         pids = set()
         for _ in range(60):  # fresh connections spread over the workers

@@ -3,11 +3,17 @@
     adrank serve [NAME=]ARTIFACT [...] [--host H] [--port P] [--workers N]
 
 Artifacts come from the arguments, else ``ADRANK_MODELS``, else the embedded default (small
-DPLR + pruned models shipped in adrank/cli/defaults, adrank/cli/default_model.py).  The
-command owns a run directory (``--run-dir``, default a fresh temp dir) holding the reload state
-file shared by the workers and ``PROMETHEUS_MULTIPROC_DIR``; every setting reaches the workers
-as ``ADRANK_*`` environment variables (service/settings.py).  With several workers SIGHUP to
-this process reloads every model in every worker (the supervisor records it in the state file).
+DPLR + pruned models shipped in adrank/cli/defaults, adrank/cli/default_model.py).
+
+State (service/state.py): catalog writes and reloads go through a replication log — SQLite in
+``--state-dir`` (``ADRANK_STATE_DIR``; default ``$XDG_STATE_HOME/adrank/port-PORT``, i.e. one
+state per port; with ``--port 0`` a temp dir removed at exit, announced as not durable), or Redis
+with ``ADRANK_LOG=redis://...`` (a fleet).  Everything acknowledged survives kill -9 and restart;
+start-up arguments that changed since the last start are recorded as new intents.  The command
+also owns a run directory (``--run-dir``, default a temp dir) for ``PROMETHEUS_MULTIPROC_DIR``.
+Every setting reaches the workers as ``ADRANK_*`` environment variables (service/settings.py).
+With several workers SIGHUP to this process logs a reload of every model, which every worker
+applies.
 Kernels compile once into Numba's on-disk cache (``NUMBA_CACHE_DIR`` moves it, e.g. for a
 read-only install); every worker loads and warms them before it accepts a request.
 """
@@ -37,8 +43,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-inflight", type=int, help="requests in flight per worker before 503 (default 64)")
     p.add_argument("--no-admin", action="store_true", help="remove the reload endpoint (token: ADRANK_ADMIN_TOKEN)")
     p.add_argument("--catalog", metavar="ADS.jsonl",
-                   help="ads to load at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
-    p.add_argument("--run-dir", help="directory for the reload state and metrics files (default: a temp dir)")
+                   help="ads to record at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
+    p.add_argument("--state-dir", help="durable state: the SQLite replication log (default ADRANK_STATE_DIR, else "
+                   "$XDG_STATE_HOME/adrank/port-PORT; unused with ADRANK_LOG=redis://...)")
+    p.add_argument("--run-dir", help="directory for the workers' metrics files (default: a temp dir)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
@@ -76,13 +84,22 @@ def _example_curl(host: str, port: int, body: dict | None) -> str:
 def _prepare_run_dir(path: str | None) -> tuple[Path, bool]:
     run_dir = Path(path) if path else Path(tempfile.mkdtemp(prefix="adrank-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "models.json").unlink(missing_ok=True)  # state of an earlier run must not leak in
-    (run_dir / "catalog-journal.jsonl").unlink(missing_ok=True)  # nor catalog writes
     prom = run_dir / "prometheus"
-    shutil.rmtree(prom, ignore_errors=True)
+    shutil.rmtree(prom, ignore_errors=True)  # counters of an earlier run must not leak in
     prom.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
     return run_dir, path is None
+
+
+def _state_dir(arg: str | None, configured: Path | None, port: int) -> tuple[Path, bool]:
+    """(state directory, whether it is a temp dir removed at exit): --state-dir, else
+    ADRANK_STATE_DIR (``configured``), else one per port under $XDG_STATE_HOME."""
+    if arg or configured:
+        return Path(arg or str(configured)).expanduser().resolve(), False
+    if port == 0:
+        return Path(tempfile.mkdtemp(prefix="adrank-state-")), True
+    base = Path(os.environ.get("XDG_STATE_HOME") or "~/.local/state").expanduser()
+    return (base / "adrank" / f"port-{port}").resolve(), False
 
 
 def run(args) -> int:
@@ -113,13 +130,20 @@ def run(args) -> int:
                 raise UserError(f"--catalog: {args.catalog} does not exist")
             overrides["ADRANK_CATALOG"] = str(Path(args.catalog).resolve())
         run_dir, is_temp = _prepare_run_dir(args.run_dir)
-        overrides["ADRANK_RUN_DIR"] = str(run_dir)
+        state_dir, state_temp = _state_dir(args.state_dir, Settings.from_env().state_dir, args.port)
+        overrides["ADRANK_STATE_DIR"] = str(state_dir)
         settings = Settings.from_env({**os.environ, **overrides})
     except SettingsError as exc:
         raise UserError(str(exc)) from None
     os.environ.update(settings.to_env())
     print(f"adrank serve: models {', '.join(f'{s.name}={s.path}' for s in settings.models)} "
           f"(default {settings.models[0].name}); {args.workers} worker(s); run dir {run_dir}", file=sys.stderr)
+    if settings.log_url:
+        print(f"adrank serve: state in the replication log {settings.log_url} (keys {settings.log_key}:*)",
+              file=sys.stderr)
+    else:
+        print(f"adrank serve: state in {state_dir}"
+              + (" (a temp dir: NOT durable, removed at exit; pass --state-dir)" if state_temp else ""), file=sys.stderr)
     print(f"adrank serve: listening on {args.host}:{port}; requests are answered once every model is loaded, "
           "verified and its kernels warm (GET /readyz)", file=sys.stderr)
     print(f"try:\n  {_example_curl(args.host, port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
@@ -127,21 +151,26 @@ def run(args) -> int:
     # lets the run directory below be removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return _run_uvicorn(args, run_dir, sock)
+        return _run_uvicorn(args, settings, sock)
     finally:
         if is_temp:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if state_temp:
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _run_uvicorn(args, run_dir: Path, sock) -> int:
+def _run_uvicorn(args, settings, sock) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     class Supervisor(Multiprocess):
         def handle_hup(self) -> None:  # reload models in every worker instead of restarting them
-            from service.models import bump_all
+            from service.state import request_reload_all
 
-            bump_all(run_dir)
+            try:
+                request_reload_all(settings)
+            except Exception as exc:  # noqa: BLE001 - a failed SIGHUP never stops the server
+                print(f"adrank serve: SIGHUP: could not log the reload: {exc}", file=sys.stderr, flush=True)
 
     config = uvicorn.Config("service.app:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_level=args.log_level,

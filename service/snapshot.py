@@ -1,0 +1,86 @@
+"""The serving snapshot: everything one request is answered from, immutable, read once.
+
+A :class:`Snapshot` holds every served :class:`ModelVersion` (its arrays in private memory, its
+encoder, fast-path scanner and kernels), the ad catalog's view with per-ad parts computed for
+exactly those versions (parts are keyed by :attr:`ModelVersion.key`), the default model name
+and the replication-log position it reflects.  A request reads ``state.snapshot`` once and takes
+everything from that object; a reload or a catalog write builds the next snapshot off the request
+path and publishes it with one assignment (service/state.py), so no reply mixes two versions.
+
+``models`` maps a served name to the version it serves now; a name may later resolve to one of
+several versions (pins, traffic splits) without changing what a snapshot is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.catalog.segments import View
+
+
+class UnknownModel(LookupError):
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(f"unknown model {name!r}; loaded models: {', '.join(known) or 'none'}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One loaded, verified and warmed model version under a served name."""
+
+    name: str
+    ranker: object  # service.ranker.Ranker: encoder, scorer, fast-path scanner, arrays
+    catalog_model: object  # service.catalog.store.Model: the catalog's view of the same arrays
+    path: Path | None = None
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def version(self) -> str:
+        return self.ranker.version
+
+    @property
+    def key(self) -> str:
+        """The catalog's key for this version's per-ad parts."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def schema(self):
+        return self.ranker.schema
+
+    def info(self) -> dict:
+        return {**self.ranker.info(), "name": self.name, "path": None if self.path is None else str(self.path),
+                "loaded_at": round(self.loaded_at, 3)}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    models: dict[str, ModelVersion]
+    default: str
+    catalog: View
+    position: int = 0  # the last replication-log entry reflected here
+    published: float = field(default_factory=time.time)
+
+    def model(self, name: str | None) -> ModelVersion:
+        try:
+            return self.models[name or self.default]
+        except KeyError:
+            raise UnknownModel(name or self.default, list(self.models)) from None
+
+    def get(self, name: str | None) -> ModelVersion | None:
+        """:meth:`model`, or None for an unknown name (the fast path's probe)."""
+        return self.models.get(name or self.default)
+
+
+def of_rankers(rankers: dict, ads: list | None = None, progress: bool = False) -> Snapshot:
+    """A snapshot of rankers loaded already, with ``ads`` ({"id", "features"}) in its catalog: no
+    log and no threads (benchmarks, tools).  The first ranker is the default."""
+    from service.catalog import store
+
+    models = {n: ModelVersion(n, r, store.Model.from_ranker(r, n)) for n, r in rankers.items()}
+    view = store.empty({mv.key: mv.catalog_model for mv in models.values()})
+    if ads:
+        view = store.merge(store.upsert(view, store.prepare(view, ads, progress=progress)))
+    return Snapshot(models, next(iter(models)), view)
