@@ -41,6 +41,7 @@ import numpy as np
 from adrank.core.artifact import FORMAT_NAME, write_artifact
 from adrank.core.files import write_report
 from exporter.synthetic import make_schema, random_features, synthetic_model
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CONTEXT, N_ITEM, K, VALUES = 8, 8, 16, 2_000
@@ -164,7 +165,7 @@ def write_cost(d: Path, rng) -> dict:
     """The CPU side of acknowledging an upsert of 100 ads, in this process (prepare + commit + apply
     against a 100k-ad catalog, no HTTP, no concurrent requests): what a write costs the server."""
     from adrank.core.preprocess import Preprocessor  # noqa: F401 - the serve extra is installed
-    from service.settings import ModelSpec, Settings
+    from service.settings import ModelSpec
     from service.state import ServingState
 
     schema = make_schema(N_CONTEXT, N_ITEM, multi_item=1, multi_context=1, max_values=4)
@@ -340,7 +341,7 @@ def fleet(d: Path, n_ads: int, writes: int, rng) -> dict:
 def markdown(res: dict) -> str:
     w, f = res["writes"], res.get("fleet", {})
     lines = [f"# State: catalog writes, restarts, a fleet\n\nCommand: `{res['command']}`  \n"
-             f"Machine: {res['machine']}; thread switch interval (ADRANK_SWITCH_INTERVAL) {res['args']['switch_interval']}; load average (1, 5, 15 min) at start {res['load_start']}, at end "
+             f"Machine: {res['machine']}; the servers' thread switch interval {res['args']['switch_interval']} s; load average (1, 5, 15 min) at start {res['load_start']}, at end "
              f"{res['load_end']}; CPU pressure (share of the last minute some task waited for a core) "
              f"{res['pressure_start']['cpu']}% at start, {res['pressure_end']['cpu']}% at end; clients and servers share "
              "the cores with other jobs.\n",
@@ -399,7 +400,7 @@ def main(argv=None) -> int:
         + (f" --rate {args.rate:g}" if args.rate != 100.0 else "")
     res = {"command": cmd, "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
            "args": {"ads": n_ads, "rounds": rounds, "phase_s": phase_s,
-                    "switch_interval": os.environ.get("ADRANK_SWITCH_INTERVAL", "default")},
+                    "switch_interval": Settings.from_env().switch_interval},
            "load_start": os.getloadavg(), "pressure_start": pressure()}
     try:
         res["commit_floor_before"] = commit_floor(d)

@@ -152,7 +152,7 @@ class RequestEncoder:
         self._getter = itemgetter(*self.item_names) if self.item_names else None
         self._categorical = [f.type == "categorical" for f in schema.fields]
         # the id of a missing value (None or "") of each categorical field, as the Preprocessor encodes it
-        self._missing_id = [int(preprocessor.encode_field(f, [None]).reshape(-1)[0]) if c else None
+        self._missing_id = [int(preprocessor.encode_field(f, [None]).reshape(-1)[0]) if c else -1
                             for f, c in enumerate(self._categorical)]
 
     def warm(self) -> None:

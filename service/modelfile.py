@@ -154,7 +154,7 @@ def _read_arrays(rd: _Reader, table: dict, dlen: int, huge_pages: bool) -> dict[
             rd.into(memoryview(bytearray(gap)))
         nb = t["nbytes"]
         dest = memory.resident_empty(nb) if name in resident else buf[slots[name] : slots[name] + nb]
-        rd.into(memoryview(dest))
+        rd.into(dest.data)
         a = dest.view(np.dtype(t["dtype"]).newbyteorder("<")).reshape(t["shape"])
         a.flags.writeable = False
         arrays[name] = a

@@ -35,7 +35,7 @@ class ModelLoadError(Exception):
 class SchemaChanged(ModelLoadError):
     """A reload to an artifact of another schema, not asked for with ``force``."""
 
-    def __init__(self, name: str, path: Path, old, new):
+    def __init__(self, name: str, path: Path | None, old, new):
         diff = _schema_diff(old, new)
         super().__init__(name, path, "schema_changed",
                          f"the artifact's schema differs from the one served ({diff}); clients send values for "

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
+from typing import cast
 
 import numpy as np
 
@@ -82,11 +83,15 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
     confirmed by the scan), or None: the generic parser takes it (unsupported shapes, unknown
     model, too many candidates: it produces every error reply)."""
     mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
+    if mv is None:
+        return None
     scan = mv.ranker.fastpath.scan_views(body)
     if scan is not None:
         named = snap.get(scan.model)  # the model the body really names
         if named is not mv:  # a wrong guess (its schema and vocabulary may differ), or unknown
-            mv, scan = named, (named.ranker.fastpath.scan_views(body) if named is not None else None)
+            if named is None:
+                return None
+            mv, scan = named, named.ranker.fastpath.scan_views(body)
     if scan is None or len(scan.X) > max_candidates:
         return None
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
@@ -122,13 +127,15 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
             return schemas.encode_ranking(name, version, list(zip(ids, r.scores.tolist(), strict=True)))
 
         return Encoded(mv, ctx, None, NO_ROWS, np.zeros(0, np.uint64), str, True, req.top_k, reply_all)
-    ads = req.ads
+    ads = req.ads or []
     at = [i for i, ad in enumerate(ads) if by_id(ad)]
-    keys = [catalog_key(ads[i].get("id")) for i in at]
-    for i, k in zip(at, keys, strict=True):
+    keys: list[str] = []
+    for i in at:
+        k = catalog_key(ads[i].get("id"))
         if k is None:
             raise unknown_ad(i, ads[i].get("id"))
-    ids, X = enc.encode_ads(ads)  # validates every inline ad; the rows of ads by id are unused
+        keys.append(k)
+    ids, X = enc.encode_ads(cast(list, ads))  # validates every inline ad; the rows of ads by id are unused
     for i, k in zip(at, keys, strict=True):
         ids[i] = k  # replies name a catalog ad by its catalog id
 

@@ -16,8 +16,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.catalog.segments import View
+
+if TYPE_CHECKING:
+    from service.catalog.store import Model
+    from service.ranker import Ranker
 
 
 class UnknownModel(LookupError):
@@ -31,8 +36,8 @@ class ModelVersion:
     """One loaded, verified and warmed model version under a served name."""
 
     name: str
-    ranker: object  # service.ranker.Ranker: encoder, scorer, fast-path scanner, arrays
-    catalog_model: object  # service.catalog.store.Model: the catalog's view of the same arrays
+    ranker: Ranker  # encoder, scorer, fast-path scanner, arrays
+    catalog_model: Model  # the catalog's view of the same arrays
     path: Path | None = None
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0

@@ -38,6 +38,7 @@ from pathlib import Path
 from service import metrics
 from service.catalog import metrics as catalog_metrics
 from service.catalog import store
+from service.catalog.segments import Part
 from service.catalog.store import CatalogError
 from service.models import ModelLoadError, SchemaChanged, load_ranker, load_version, same_schema
 from service.replog import COMPACT_ADS, DELETE, LOAD, UPSERT, Entry, LogError, State, fold, open_log
@@ -85,7 +86,7 @@ class ServingState:
         self.loader = loader or functools.partial(load_ranker, timeout=settings.load_timeout,
                                                   **settings.scorer_options())
         self.log = replog or open_log(settings.log_url, settings.state_dir, settings.log_key, settings.log_poll)
-        self.snapshot: Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self.ready = False
         self.draining = False
         self.skipped: deque = deque(maxlen=100)  # (position, kind, reason) of entries skipped here
@@ -96,6 +97,14 @@ class ServingState:
         self._merge_wanted = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retired: deque = deque(maxlen=10_000)  # (time, snapshot) replaced, still referenced here
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The serving snapshot now (read it once per request)."""
+        snap = self._snapshot
+        if snap is None:
+            raise RuntimeError("the serving state has not started")
+        return snap
 
     # --- start-up ------------------------------------------------------------------------------
     def start(self, follow: bool = True) -> Snapshot:
@@ -153,7 +162,7 @@ class ServingState:
         catalog_metrics.published(self.snapshot, "load", view.size)
 
     def _read_all(self, after: int) -> list[Entry]:
-        out = []
+        out: list[Entry] = []
         while True:
             got = self.log.read(after, limit=10_000)
             if not got:
@@ -170,8 +179,10 @@ class ServingState:
         for spec in s.models:
             arg = str(Path(spec.path).expanduser().resolve())
             logged = state.models.get(spec.name)
-            intent = boot_models.get(spec.name) != arg or logged is None
-            path = arg if intent else logged["path"]
+            if boot_models.get(spec.name) != arg or logged is None:
+                intent, path = True, arg  # a new start-up argument (or a model never served)
+            else:
+                intent, path = False, logged["path"]
             mv = self._load_cached(loaded, spec.name, path, fallback=None if intent else arg)
             models[spec.name] = mv
             if intent or mv.path != Path(path):
@@ -213,7 +224,7 @@ class ServingState:
 
     # --- publishing ----------------------------------------------------------------------------
     def _publish(self, snap: Snapshot) -> None:
-        old, self.snapshot = self.snapshot, snap  # the one swap
+        old, self._snapshot = self._snapshot, snap  # the one swap
         if old is not None:  # freed later by the merger thread, not by the request that drops it last
             self._retired.append((time.monotonic(), old))
         metrics.snapshot_published(snap)
@@ -226,6 +237,12 @@ class ServingState:
         return snap
 
     # --- writes from this process --------------------------------------------------------------
+    def _append(self, kind: str, data: dict) -> int:
+        """Commit one entry; its position (the write is durable once this returns)."""
+        positions = self.log.append([(kind, data)])
+        assert positions, "an append without a start-up intent always commits"
+        return positions[0]
+
     def upsert(self, ads: list) -> Snapshot:
         """Validate + prepare (CatalogError: nothing written), log, apply; returns the snapshot
         that includes the write."""
@@ -236,7 +253,7 @@ class ServingState:
             raise
         rows = [{"id": i, "features": f} for i, f in zip(batch.ids, batch.feats, strict=True)]
         with self._apply:
-            pos = self.log.append([(UPSERT, {"ads": rows})])[0]
+            pos = self._append(UPSERT, {"ads": rows})
             self._catch_up(pos - 1)
             snap = self._next(pos, catalog=store.upsert(self.snapshot.catalog, batch))
         catalog_metrics.published(snap, "upsert", len(rows))
@@ -249,7 +266,7 @@ class ServingState:
             self._catch_up()
             if self.snapshot.catalog.row_of(ad_id) < 0:
                 return None
-            pos = self.log.append([(DELETE, {"ids": [ad_id]})])[0]
+            pos = self._append(DELETE, {"ids": [ad_id]})
             self._catch_up(pos - 1)
             snap = self._next(pos, catalog=store.delete(self.snapshot.catalog, [ad_id])[0])
         catalog_metrics.published(snap, "delete", 1)
@@ -274,10 +291,10 @@ class ServingState:
                     old = self.snapshot.models[name]
                     if not force and not same_schema(old.schema, mv.schema):
                         raise SchemaChanged(name, mv.path, old.schema, mv.schema)
-                    delta = store.delta_part(self.snapshot.catalog, mv.catalog_model)
+                    delta: Part | None = store.delta_part(self.snapshot.catalog, mv.catalog_model)
                     before = self.snapshot.position
-                    pos = self.log.append([(LOAD, {"name": name, "path": str(mv.path), "version": mv.version,
-                                                   "force": bool(force)})])[0]
+                    pos = self._append(LOAD, {"name": name, "path": str(mv.path), "version": mv.version,
+                                              "force": bool(force)})
                     self._catch_up(pos - 1)
                     if self.snapshot.position != before:  # others' entries came first: recompute what changed
                         delta = None
@@ -353,18 +370,19 @@ class ServingState:
             self._next(e.pos)
 
     def _apply_load(self, e: Entry, pre=None) -> None:
-        name = e.data["name"]
+        data = e.data or {}
+        name = data["name"]
         cur = self.snapshot
         if name not in cur.models:
             self._next(e.pos)  # a model this process does not serve
             return
-        mv, base, at = pre if pre is not None else (self._load(name, e.data["path"]), None, None)
+        mv, base, at = pre if pre is not None else (self._load(name, data["path"]), None, None)
         if isinstance(mv, Exception):
             raise mv
-        if e.data.get("version") and mv.version != e.data["version"]:
+        if data.get("version") and mv.version != data["version"]:
             log.warning("log entry %d loads %s version %s from %s, which now holds version %s: serving that",
-                        e.pos, name, e.data["version"], mv.path, mv.version)
-        if not e.data.get("force") and not same_schema(cur.models[name].schema, mv.schema):
+                        e.pos, name, data["version"], mv.path, mv.version)
+        if not data.get("force") and not same_schema(cur.models[name].schema, mv.schema):
             raise SchemaChanged(name, mv.path, cur.models[name].schema, mv.schema)
         self._swap(mv, e.pos, base if at is not None and cur.catalog.base is at else None)
         metrics.MODEL_LOADS.labels(name, "ok").inc()
@@ -408,10 +426,11 @@ class ServingState:
                 self._catch_up(entries[-1].pos)
             return
         with self._base:
-            pre = {}
+            pre: dict[int, tuple] = {}
             for e in loads:
+                data = e.data or {}
                 try:
-                    mv = self._load(e.data["name"], e.data["path"])
+                    mv = self._load(data["name"], data["path"])
                     view = self.snapshot.catalog
                     with gc_paused():
                         pre[e.pos] = (mv, store.base_part(view, mv.catalog_model), view.base)
@@ -507,7 +526,7 @@ class ServingState:
 
 
 
-def request_reload_all(settings) -> list[int]:
+def request_reload_all(settings) -> list[int] | None:
     """SIGHUP to a server with several workers: log a reload of every served model from the path
     it serves now; every worker (and every replica of a fleet) applies it.  Returns the positions."""
     from service.replog import changes

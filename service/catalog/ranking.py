@@ -26,6 +26,7 @@ from service.encode import RequestError
 from service.link import order_scores, sigmoid
 
 DEFAULT_TOP_K = 100
+NO_ROWS = np.zeros(0, np.int64)
 
 
 class RankRequestError(RequestError):
@@ -70,10 +71,13 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
         rows, raw = kernels.top_k(z, const, b.W, b.c, DEFAULT_TOP_K if top_k is None else top_k, dead=view.dead,
                                   delta=(d.W, d.c))
         return Ranked(rows, sigmoid(raw) if binary else raw, "all", view.size, time.perf_counter() - t0)
-    n = len(X)
-    n_ids = 0 if catalog_at is None else len(catalog_at)
+    if X is None:
+        raise ValueError("rank_encoded: X (the ads' item rows) is needed unless all_ads")
+    catalog_at = NO_ROWS if catalog_at is None else catalog_at
+    n, n_ids = len(X), len(catalog_at)
     raw = np.empty(n)
     if n_ids:
+        assert hashes is not None and id_at is not None  # given with catalog_at
         rows, missing = view.rows(hashes)
         if missing:
             j = int(np.flatnonzero(rows < 0)[0])
@@ -121,10 +125,12 @@ def rank(view: View, key: str, context, ads=None, all_ads: bool = False, top_k=N
     if not isinstance(ads, list):
         raise RankRequestError("ads", f"expected a list of ads, got {type(ads).__name__}", code="invalid_ad")
     at = [i for i, ad in enumerate(ads) if by_id(ad)]
-    keys = [catalog_key(ads[i].get("id")) for i in at]
-    for i, k in zip(at, keys, strict=True):
+    keys: list[str] = []
+    for i in at:
+        k = catalog_key(ads[i].get("id"))
         if k is None:
             raise unknown_ad(i, ads[i].get("id"))
+        keys.append(k)
     ids, X = model.encoder.encode_ads(ads)  # validates every inline ad; rows of ads by id are unused
     for i, k in zip(at, keys, strict=True):
         ids[i] = k

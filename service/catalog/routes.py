@@ -70,7 +70,7 @@ async def get_ad(ad_id: str, request: Request) -> Response:
     state = _state(request)
     view = state.snapshot.catalog if state is not None else None
     feats = view.get(ad_id) if view is not None else None
-    if feats is None:
+    if view is None or feats is None:
         return _error(404, "unknown_ad", f"ad {ad_id!r} is not in the catalog")
     return _reply({"id": ad_id, "features": feats, "version": view.version})
 

@@ -84,7 +84,7 @@ def resident_empty(nbytes: int) -> np.ndarray:
 
 def is_resident(a: np.ndarray) -> bool:
     """``a`` lies in memory made by :func:`resident_empty` / :func:`resident`."""
-    base = a
+    base: object = a
     while isinstance(base, np.ndarray):
         base = base.base
     return isinstance(getattr(base, "obj", base), _Resident)

@@ -20,111 +20,28 @@ corrupt entry is never fatal.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import msgspec
+from service.replog.entries import (
+    COMPACT_ADS,
+    DELETE,
+    KINDS,
+    LOAD,
+    UPSERT,
+    Entry,
+    LogError,
+    State,
+    changes,
+    checksum,
+    decode,
+    encode,
+    fold,
+)
 
-UPSERT, DELETE, LOAD = "ads.upsert", "ads.delete", "model.load"
-COMPACT_ADS = 2_000  # ads folded per compaction transaction: the engine's write lock (and the GIL) briefly
-KINDS = (UPSERT, DELETE, LOAD)
-_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
-
-
-class LogError(RuntimeError):
-    """The log cannot be opened, read or written (the message names the engine and the cause)."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One log entry: ``data`` is the decoded payload, or None when ``error`` says why it is unusable."""
-
-    pos: int
-    kind: str
-    data: dict | None
-    error: str | None = None
-
-
-@dataclass
-class State:
-    """What the snapshot holds: ads (id -> features JSON bytes), model paths, the start-up intent."""
-
-    pos: int = 0
-    ads: dict[str, bytes] = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)  # name -> {"path", "version"}
-    boot: dict | None = None
-
-
-def checksum(kind: str, body: bytes) -> int:
-    return zlib.crc32(body, zlib.crc32(kind.encode()))
-
-
-def encode(kind: str, data: dict) -> tuple[str, bytes, int]:
-    """(kind, body, crc) of an entry to append."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown log entry kind {kind!r}")
-    body = _encoder.encode(data)
-    return kind, body, checksum(kind, body)
-
-
-def decode(pos: int, kind, body, crc) -> Entry:
-    """An entry read back; a bad checksum, an unknown kind or a body that is not a JSON object is
-    an entry with ``error`` set (skipped and reported by whoever applies the log)."""
-    if not isinstance(kind, str) or not isinstance(body, bytes | bytearray | memoryview):
-        return Entry(pos, str(kind), None, "malformed entry")
-    body = bytes(body)
-    try:
-        if int(crc) != checksum(kind, body):
-            return Entry(pos, kind, None, "checksum mismatch")
-    except (TypeError, ValueError):
-        return Entry(pos, kind, None, "malformed checksum")
-    if kind not in KINDS:
-        return Entry(pos, kind, None, f"unknown kind {kind!r}")
-    try:
-        data = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        return Entry(pos, kind, None, f"undecodable body: {exc}")
-    if not isinstance(data, dict):
-        return Entry(pos, kind, None, "body is not a JSON object")
-    return Entry(pos, kind, data)
-
-
-def changes(entries: list[Entry], models: dict) -> dict[str, bytes | None]:
-    """The compaction rule, shared by the engines: what ``entries`` do to a snapshot, in order.
-    Returns id -> features JSON (upserted) or None (deleted); model loads update ``models`` in
-    place.  Corrupt entries were skipped by every server, so they are dropped here too."""
-    out: dict[str, bytes | None] = {}
-    for e in entries:
-        if e.data is None:
-            continue
-        try:
-            if e.kind == UPSERT:
-                for ad in e.data["ads"]:
-                    out[str(ad["id"])] = _encoder.encode(ad.get("features") or {})
-            elif e.kind == DELETE:
-                for ad_id in e.data["ids"]:
-                    out[str(ad_id)] = None
-            elif e.kind == LOAD:
-                models[e.data["name"]] = {"path": e.data["path"], "version": e.data.get("version")}
-        except (KeyError, TypeError, AttributeError):
-            continue  # a well-formed JSON body of the wrong shape: skipped like any corrupt entry
-    return out
-
-
-def fold(state: State, entries: list[Entry]) -> State:
-    """Apply entries to a snapshot state in memory (in place; returns it)."""
-    for ad_id, feats in changes(entries, state.models).items():
-        if feats is None:
-            state.ads.pop(ad_id, None)
-        else:
-            state.ads[ad_id] = feats
-    if entries:
-        state.pos = max(state.pos, entries[-1].pos)
-    return state
+__all__ = ["COMPACT_ADS", "DELETE", "KINDS", "LOAD", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
+           "changes", "checksum", "decode", "encode", "fold", "open_log"]
 
 
 class ReplicationLog(Protocol):
@@ -151,8 +68,9 @@ class ReplicationLog(Protocol):
     def meta(self) -> State:
         """The snapshot's state without its ads (cheap)."""
 
-    def compact(self, max_entries: int = 1000) -> int:
-        """Fold up to ``max_entries`` of the oldest entries into the snapshot; returns how many."""
+    def compact(self, max_entries: int = 1000, max_ads: int = COMPACT_ADS) -> int:
+        """Fold up to ``max_entries`` of the oldest entries (about ``max_ads`` ads, at least one
+        entry) into the snapshot; returns how many."""
 
     def backlog(self) -> int:
         """Entries not yet folded into the snapshot."""

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
-from service.replog import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
+from service.replog.entries import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
 
 log = logging.getLogger("adrank.replog")
 
@@ -57,7 +58,7 @@ class RedisLog:
         self._errors = (redis.exceptions.RedisError, OSError)
         self._watch_error = redis.exceptions.WatchError
         self.url = url
-        self.r = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+        self.r: Any = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
         self.keys = {n: f"{key}:{n}" for n in ("log", "seq", "ads", "meta")}
         try:
             self._append = self.r.register_script(_APPEND)
@@ -77,7 +78,7 @@ class RedisLog:
                         "a Redis crash only with appendonly yes + appendfsync always", self.url, aof, fsync)
 
     def append(self, entries, boot=None):
-        argv = ["0", "", ""]
+        argv: list[Any] = ["0", "", ""]
         if boot is not None:
             expected, new = boot
             argv = ["1", "" if expected is None else msgspec.json.encode(expected), msgspec.json.encode(new)]
@@ -155,7 +156,8 @@ class RedisLog:
                 if not rows:
                     p.unwatch()
                     return 0
-                entries, n_ads = [], 0
+                entries: list[Entry] = []
+                n_ads = 0
                 for i, f in rows:
                     if entries and n_ads >= max_ads:
                         break

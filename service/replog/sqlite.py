@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from service.replog import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
+from service.replog.entries import COMPACT_ADS, Entry, LogError, State, changes, decode, encode
 
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA = (
@@ -120,7 +120,7 @@ class SqliteLog:
         con.execute("BEGIN")
         state = self._meta(con)
 
-        def ads():
+        def rows():
             try:
                 for row in con.execute("SELECT id, features FROM ads"):
                     yield row[0], bytes(row[1])
@@ -128,7 +128,7 @@ class SqliteLog:
                 con.execute("COMMIT")
                 con.close()
 
-        return state, ads()
+        return state, rows()
 
     def meta(self) -> State:
         """The snapshot's state without its ads."""
@@ -148,7 +148,8 @@ class SqliteLog:
             state = self._meta(con)
             rows = con.execute("SELECT pos, kind, body, crc FROM log WHERE pos > ? ORDER BY pos LIMIT ?",
                                (state.pos, max_entries)).fetchall()
-            entries, n_ads = [], 0
+            entries: list[Entry] = []
+            n_ads = 0
             for r in rows:
                 if entries and n_ads >= max_ads:
                     break

@@ -198,6 +198,6 @@ def test_compose_fleet_runs_two_replicas_on_one_redis():
         assert host_port[0].startswith("127.0.0.1:") and host_port[1] == "8000"
         published.add(s["ports"][0])
         src, dest, mode = s["volumes"][0].rsplit(":", 2)
-        assert dest == "/models" and mode == "ro" and src == main["volumes"][0].rsplit(":", 2)[0]
+        assert dest == "/models" and mode == "ro" and (FLEET.parent / src).resolve() == FLEET.parent / "models"
     assert len(published) == len(replicas)  # each replica on its own host port
     assert set(fleet["volumes"]) >= {"redis-data", "numba-cache"}

@@ -112,7 +112,7 @@ def test_top_k_equals_full_sort(k, threads, monkeypatch):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_top_k_over_base_minus_dead_rows_plus_delta_equals_full_sort(threads, monkeypatch):
     """A catalog view: base rows (some dead) then delta rows, whose global rows follow the base's."""
-    monkeypatch.setattr(kernels, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(pool, "PARALLEL_MIN_SCAN", 0)
     _, _, _, (z, const, W, c) = setup("dplr", SCHEMAS["multi"], n=40, rho=2)
     W0, c0 = np.concatenate([W, W[:10]]), np.concatenate([c, c[:10]])  # exact ties across the base
     W1, c1 = W[5:20].copy(), c[5:20].copy()  # and with the delta

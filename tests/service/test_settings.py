@@ -18,8 +18,6 @@ ENV = {
     "ADRANK_RETRY_AFTER": "5",
     "ADRANK_ADMIN": "0",
     "ADRANK_ADMIN_TOKEN": "s3cret",
-    "ADRANK_RUN_DIR": "/run/x",
-    "ADRANK_RELOAD_POLL": "0.25",
     "ADRANK_GC_FREEZE": "off",
     "ADRANK_CATALOG": "/m/ads.jsonl",
     "ADRANK_FASTPATH": "0",
@@ -27,6 +25,15 @@ ENV = {
     "ADRANK_PREFETCH_LINEAR": "no",
     "ADRANK_PARALLEL_MIN_CANDIDATES": "99",
     "ADRANK_KERNEL_THREADS": "3",
+    "ADRANK_STATE_DIR": "/var/lib/x",
+    "ADRANK_LOG": "redis://h:6379/2",
+    "ADRANK_LOG_KEY": "fleet",
+    "ADRANK_LOG_POLL": "0.25",
+    "ADRANK_LOG_COMPACT": "10",
+    "ADRANK_CATALOG_MERGE_ROWS": "500",
+    "ADRANK_LOAD_TIMEOUT": "7",
+    "ADRANK_DRAIN_SECONDS": "0",
+    "ADRANK_SWITCH_INTERVAL": "0.001",
 }
 
 
@@ -34,9 +41,11 @@ def test_every_variable_is_read():
     s = Settings.from_env(ENV)
     assert s == Settings(models=(ModelSpec("a", Path("/m/a.adrk")), ModelSpec("b", Path("/m/b.adrk"))),
                          max_candidates=17, max_body_bytes=4096, max_inflight=3, retry_after=5, admin_enabled=False,
-                         admin_token="s3cret", run_dir=Path("/run/x"), reload_poll=0.25, gc_freeze=False,
+                         admin_token="s3cret", gc_freeze=False,
                          catalog=Path("/m/ads.jsonl"), fastpath=False, huge_pages=False, prefetch_linear=False,
-                         parallel_min_candidates=99, kernel_threads=3)
+                         parallel_min_candidates=99, kernel_threads=3, state_dir=Path("/var/lib/x"),
+                         log_url="redis://h:6379/2", log_key="fleet", log_poll=0.25, compact_entries=10, merge_rows=500,
+                         load_timeout=7.0, drain_seconds=0.0, switch_interval=0.001)
     assert s.scorer_options() == {"huge_pages": False, "prefetch_linear": False, "parallel_min": 99, "threads": 3}
 
 
@@ -54,7 +63,9 @@ def test_defaults_and_round_trip():
     ("ADRANK_FASTPATH", "2", "ADRANK_FASTPATH='2' must be 1/0"),
     ("ADRANK_KERNEL_THREADS", "0", "ADRANK_KERNEL_THREADS=0 must be >= 1"),
     ("ADRANK_PARALLEL_MIN_CANDIDATES", "many", "ADRANK_PARALLEL_MIN_CANDIDATES='many' is not an integer"),
-    ("ADRANK_RELOAD_POLL", "-1", "ADRANK_RELOAD_POLL='-1' must be > 0"),
+    ("ADRANK_LOG_POLL", "-1", "ADRANK_LOG_POLL='-1' must be > 0"),
+    ("ADRANK_DRAIN_SECONDS", "-1", "ADRANK_DRAIN_SECONDS='-1' must be >= 0"),
+    ("ADRANK_CATALOG_MERGE_ROWS", "0", "ADRANK_CATALOG_MERGE_ROWS=0 must be >= 1"),
 ])
 def test_bad_values_are_named(key, value, message):
     with pytest.raises(SettingsError, match=message):
@@ -74,13 +85,13 @@ def test_kernel_settings_reach_the_served_scorers(tmp_path):
                         gc_freeze=False, huge_pages=False, prefetch_linear=False, parallel_min_candidates=7,
                         kernel_threads=3)
     with TestClient(create_app(settings)) as c:
-        rankers = c.app.state.svc.registry.all()
+        rankers = [mv.ranker for mv in c.app.state.svc.state.snapshot.models.values()]
         assert [r.name for r in rankers] == ["d", "f"]
         for r in rankers:
             s = r.scorer
             assert (s.huge_pages, s.parallel_min, s.threads) == (False, 7, 3)
             assert s.prefetch_mode == schedule.PREFETCH_MODE & ~schedule.PF_LINEAR
     with TestClient(create_app(Settings(models=settings.models, gc_freeze=False))) as c:
-        s = c.app.state.svc.registry.get("d").scorer
+        s = c.app.state.svc.state.snapshot.model("d").ranker.scorer
         assert (s.huge_pages, s.parallel_min, s.threads) == (True, pool.PARALLEL_MIN_CANDIDATES, pool.default_threads())
         assert s.prefetch_mode == schedule.PREFETCH_MODE
