@@ -426,6 +426,8 @@ class ServingState:
                 self._catch_up(entries[-1].pos)
             return
         with self._base:
+            position = self.snapshot.position  # this process' own reloads hold _base until applied
+            loads = [e for e in loads if e.pos > position]
             pre: dict[int, tuple] = {}
             for e in loads:
                 data = e.data or {}
