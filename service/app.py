@@ -78,7 +78,8 @@ async def lifespan(app: FastAPI):
     # the event loop (ranking) and the threads that prepare writes and reloads share the GIL: a
     # shorter switch interval bounds how long either waits for the other (Python's default is 5 ms)
     sys.setswitchinterval(svc.settings.switch_interval)
-    await asyncio.to_thread(svc.state.start)
+    snap = await asyncio.to_thread(svc.state.start)
+    log.info("ready: %s", ", ".join(f"{name}={mv.version}" for name, mv in snap.models.items()))
     if svc.settings.gc_freeze:
         gc.collect()
         gc.freeze()

@@ -24,7 +24,7 @@ from service.ranker import Ranker
 store.BATCH = 2
 catalog = Catalog([Model.from_ranker(Ranker.load(sys.argv[1], name="dplr"))])
 catalog.load_jsonl(sys.argv[2], progress=True)
-print(f"loaded {len(catalog.snapshot)} ads", file=sys.stderr)
+print(f"loaded {len(catalog.view)} ads", file=sys.stderr)
 """
 
 
