@@ -6,6 +6,7 @@ unused slots of multi-valued fields); ``offsets`` is the schema's ``slot_offsets
 slots ``offsets[f]:offsets[f+1]``).  A multi-valued field is x_j = 1/n on each of its n values
 (Sec. 3.2): its field vector and linear term are means, and it never interacts with itself.
 
+    LR     b + sum_f w_f                                                  (Eq. 1)
     FM     b + sum_f w_f + sum_{i<j} <v_i, v_j>                           (Eq. 2b)
     FwFM   b + sum_f w_f + sum_{i<j} <v_i, v_j> R_ij                      (Eq. 3)
     pruned FwFM with R zeroed outside the rho(m+1) largest |R_ij|, i<j    (Sec. 5.1)
@@ -31,6 +32,16 @@ def field_vectors(x, offsets, emb, linear):
             V[f] += np.asarray(emb[t], dtype=np.float64) / len(ids)
             lin[f] += float(linear[t]) / len(ids)
     return V, lin
+
+
+def lr_score(x, offsets, bias, linear):
+    """b + sum_f w_f: a field's w_f is the mean of its non-PAD values' weights (no embeddings)."""
+    s = float(np.asarray(bias).reshape(-1)[0])
+    for f in range(len(offsets) - 1):
+        ids = [int(t) for t in x[offsets[f] : offsets[f + 1]] if t >= 0]
+        for t in ids:
+            s += float(linear[t]) / len(ids)
+    return s
 
 
 def fwfm_score(x, offsets, bias, linear, emb, R):
@@ -82,6 +93,8 @@ def dplr_score(x, offsets, bias, linear, emb, U, e):
 def score(kind, x, offsets, params, rho=None):
     """Dispatch by model kind with the shared parameter names (bias, linear, emb, R, U, e)."""
     p = params
+    if kind == "lr":
+        return lr_score(x, offsets, p["bias"], p["linear"])
     if kind == "fm":
         return fm_score(x, offsets, p["bias"], p["linear"], p["emb"])
     if kind == "fwfm":

@@ -1,6 +1,7 @@
 """Data sets on disk: raw file -> two streaming passes -> memory-mapped encoded arrays.
 
-Protocol of the DPLR-FwFM paper, Sec. 5.1: a random 80/10/10 train/valid/test split;
+Protocol of the DPLR-FwFM paper, Sec. 5.1: an 80/10/10 train/valid/test split (random, or
+in file order for the chronological Criteo / Avazu files: :mod:`training.splits`);
 values seen fewer than ``min_count`` (10) times in the *training* split, and values never
 seen there, map to their field's rare id; missing values have their own id; numbers are
 binned by floor(ln(x)^2).  The value -> id definition is :class:`adrank.core.preprocess.Preprocessor`.
@@ -10,20 +11,21 @@ pass 1 splits rows and counts tokens per field on train rows; pass 2 encodes eac
 writes it into preallocated ``np.lib.format.open_memmap`` files.  The result is cached under
 ``cache_dir`` (default ``.adrank/cache``; the CLI passes ``$ADRANK_CACHE``) keyed by (dataset, absolute path, size, mtime,
 seed, min_count, max_rows), written to a temporary directory and renamed into place, so a
-crash never leaves a half-written cache.  Layout (docs/internals.md)::
+crash never leaves a half-written cache (the split kind is part of the key).  Layout (docs/internals.md)::
 
     DIR/preprocess.json  DIR/vocab.npz
     DIR/{train,valid,test}_X.npy   int32 [N, S]
     DIR/{train,valid,test}_y.npy   float32 [N]
 
-The split of row ``i`` is a stable hash of (seed, i), so it is the same whatever the chunk
-size, and :mod:`training.generate` can report its planted model's metrics per split.
+A random split puts row ``i`` by a stable hash of (seed, i), so it is the same whatever the
+chunk size, and :mod:`training.generate` can report its planted model's metrics per split.
 Seed 0 is the trainer's default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -45,9 +47,10 @@ from training.datasets.io import DataError
 from training.datasets.movielens import movielens_files, read_movielens
 from training.datasets.readers import read_avazu, read_criteo, read_synthetic_tsv
 from training.datasets.schemas import AVAZU, CRITEO, MOVIELENS
+from training.splits import SPLIT_NAMES, Splitter, count_rows, split_of_rows  # noqa: F401 (re-exported)
 
-SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 1
+SPLITS = SPLIT_NAMES
+CACHE_VERSION = 2
 
 
 # --- schemas and raw readers ------------------------------------------------------------------
@@ -117,23 +120,6 @@ def paused_gc():
     finally:
         if was:
             gc.enable()
-
-
-# --- split ---------------------------------------------------------------------------------------
-def split_of_rows(idx: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 split of each row index: 0 train (80%), 1 valid (10%), 2 test (10%).
-
-    splitmix64 of ``seed * golden + i``: depends only on (seed, i), never on chunking.
-    """
-    with np.errstate(over="ignore"):
-        h = np.asarray(idx, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    bucket = h % np.uint64(10)
-    return np.where(bucket < 8, 0, np.where(bucket == 8, 1, 2)).astype(np.uint8)
 
 
 # --- pass 1: counts ----------------------------------------------------------------------------
@@ -209,14 +195,14 @@ def encode_chunk(pp: Preprocessor, cols: dict, n_rows: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
 
-def _count_pass(dataset, path, schema, seed, max_rows, chunk_rows, progress):
+def _count_pass(dataset, path, schema, splitter, max_rows, chunk_rows, progress):
     counters = [_Counter() for _ in schema.fields]
     n_split = np.zeros(3, dtype=np.int64)
     start = 0
     bar = tqdm(desc=f"{dataset}: pass 1/2 (counting)", unit=" rows", disable=None if progress else True)
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
         n = len(y)
-        split = split_of_rows(np.arange(start, start + n), seed)
+        split = splitter.of(start, n)
         n_split += np.bincount(split, minlength=3)
         for c, (h, k) in zip(counters, _train_counts(schema, cols, split == 0), strict=True):
             c.add(h, k)
@@ -234,6 +220,7 @@ class EncodedData:
     path: Path
     preprocessor: Preprocessor
     target: str
+    info: dict = dataclasses.field(default_factory=dict)  # dataset, source, split, rows (preprocess.json)
 
     @property
     def schema(self) -> Schema:
@@ -261,12 +248,13 @@ def load_encoded(path) -> EncodedData:
     desc = json.loads((path / "preprocess.json").read_text())
     with np.load(path / "vocab.npz") as z:
         pp = Preprocessor.from_state(desc, dict(z))
-    return EncodedData(path, pp, pp.schema.target)
+    info = {k: desc[k] for k in ("dataset", "source", "split", "rows") if k in desc}
+    return EncodedData(path, pp, pp.schema.target, info)
 
 
-def _cache_key(dataset, path, seed, min_count, max_rows) -> str:
+def _cache_key(dataset, path, seed, min_count, max_rows, split) -> str:
     files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(dataset, path)]
-    key = json.dumps([CACHE_VERSION, dataset, str(Path(path).resolve()), files, seed, min_count, max_rows])
+    key = json.dumps([CACHE_VERSION, dataset, str(Path(path).resolve()), files, seed, min_count, max_rows, split])
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -275,22 +263,29 @@ def default_cache_dir() -> Path:
 
 
 def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: int | None = None,
-            cache_dir=None, progress: bool = True, chunk_rows: int = 65536) -> EncodedData:
-    """Encode a raw data set to memory-mapped arrays (or reuse the cached encoding)."""
+            cache_dir=None, progress: bool = True, chunk_rows: int = 65536, split: str = "random") -> EncodedData:
+    """Encode a raw data set to memory-mapped arrays (or reuse the cached encoding).
+
+    ``split``: "random" (by a hash of (``seed``, row)) or "ordered" (file order; ``seed`` unused).
+    """
     _check_dataset(dataset)
+    if split not in ("random", "ordered"):
+        raise DataError(f"split must be 'random' or 'ordered', got {split!r}")
+    if split == "ordered":
+        seed = 0
     if min_count < 1:
         raise DataError(f"min_count must be >= 1, got {min_count}")
     if max_rows is not None and max_rows < 1:
         raise DataError(f"max_rows must be >= 1, got {max_rows}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = cache_dir / f"{dataset}-{_cache_key(dataset, path, seed, min_count, max_rows)}"
+    final = cache_dir / f"{dataset}-{_cache_key(dataset, path, seed, min_count, max_rows, split)}"
     if (final / "preprocess.json").is_file():
         return load_encoded(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
         with paused_gc():
-            _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress)
+            _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress, split)
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
@@ -304,9 +299,10 @@ def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: in
     return load_encoded(final)
 
 
-def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_rows, progress) -> None:
+def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_rows, progress, split) -> None:
     schema = schema_for(dataset, path)
-    counts, n_split = _count_pass(dataset, path, schema, seed, max_rows, chunk_rows, progress)
+    splitter = Splitter(split, seed, count_rows(dataset, path, max_rows) if split == "ordered" else None)
+    counts, n_split = _count_pass(dataset, path, schema, splitter, max_rows, chunk_rows, progress)
     if n_split.sum() == 0:
         raise DataError(f"{path}: no data rows")
     vocab = Vocab.from_counts([h for h, _ in counts], [c for _, c in counts], min_count)
@@ -322,7 +318,7 @@ def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_ro
                disable=None if progress else True)
     for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
         n = len(y)
-        split = split_of_rows(np.arange(start, start + n), seed)
+        split = splitter.of(start, n)
         enc = encode_chunk(pp, cols, n)
         for s in range(3):
             rows = split == s
@@ -340,7 +336,8 @@ def _write_encoded(out: Path, dataset, path, seed, min_count, max_rows, chunk_ro
     del X, Y
     desc, arrays = pp.to_state()
     desc.update(min_count=min_count, dataset=dataset, source=str(Path(path).resolve()), seed=seed,
-                max_rows=max_rows, rows={s: int(n) for s, n in zip(SPLITS, n_split, strict=True)})
+                max_rows=max_rows, split=splitter.describe(),
+                rows={s: int(n) for s, n in zip(SPLITS, n_split, strict=True)})
     np.savez(out / "vocab.npz", **arrays)
     (out / "preprocess.json").write_text(json.dumps(desc, indent=1))
 

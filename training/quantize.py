@@ -378,13 +378,3 @@ def make_codebook_embedding(n_features: int, k: int, kind: str = "lightfm", **op
         raise ValueError(f"a {kind} embedding needs `id_offsets` (vocab.id_offsets: the field layout)")
     return CodebookEmbedding(n_features, k, **opts)
 
-
-def _register() -> None:
-    """Make ``make_embedding(n, k, kind="lightfm"|"xlightfm", id_offsets=..., ...)`` work."""
-    from training.models.layers import EMBEDDINGS
-
-    for kind in ("lightfm", "xlightfm"):
-        EMBEDDINGS[kind] = lambda n, k, _kind=kind, **o: make_codebook_embedding(n, k, _kind, **o)
-
-
-_register()

@@ -1,13 +1,16 @@
 """The trainer: Adam over memory-mapped mini-batches, early stopping on the validation split.
 
 Read top to bottom:
-    fit(cfg, data, out_dir)        the entry point: optional lr search, pruning, test metrics, checkpoint
+    fit(cfg, data, out_dir)        the entry point: optional tuning, pruning, test metrics, checkpoint
     train_model(model, cfg, data)  the loop: epochs -> shuffled batches -> validation -> patience
     predict(model, X, target)      probabilities (binary) or predictions (regression), in chunks
 
 ``data`` is a ``training.data.EncodedData`` (or anything with ``preprocessor``, ``target`` and
 ``split(name) -> (X int32[N, S], y float32[N])``).  Protocol of the DPLR-FwFM paper, Sec. 5.1:
-80/10/10 splits, lr tuned with Optuna on the validation split, LogLoss/AUC (MSE for ratings).
+80/10/10 splits, hyper-parameters tuned with Optuna on the validation split (training/tune.py),
+LogLoss/AUC (MSE for ratings).  The batch loss adds the L2 penalties of adrank/core/train_config.py:
+``emb_reg`` and ``lin_reg`` on what the batch looked up, ``interaction_reg`` on R (or U, e);
+the field-interaction parameters train at ``interaction_lr``.
 
 Distributed: launched by ``torchrun`` (WORLD_SIZE > 1), each process trains on its shard
 ``perm[rank::world]`` of the same shuffled index with batch ``batch_size // world`` under
@@ -22,60 +25,16 @@ import copy
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from adrank.core.train_config import EMBEDDING_KINDS, TrainConfig  # noqa: F401 (re-exported: the trainer's API)
 from training import checkpoint
 from training.metrics import primary, report
-from training.models import KINDS, PrunedFwFM, build
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "synthetic"
-    model: str = "dplr"  # fm | fwfm | pruned | dplr
-    rank: int | None = None  # rho for dplr / pruned
-    embed_dim: int = 8  # k
-    embedding: str = "dense"  # or a codebook kind registered by training.quantize
-    embedding_opts: dict = dataclasses.field(default_factory=dict)  # id_offsets is filled in
-    reg_lambda: float = 0.0  # weight of embedding.regularizer() (xLightFM Eq. 5), if it has one
-    init_from: str | None = None  # a dense run directory: PQ-initialise the codebook embedding from it
-    memory_budget_mb: float | None = None  # xlightfm: the search's embedding budget (Eq. 14)
-    search_steps: int = 300  # xlightfm: Algorithm 1 steps
-    epochs: int = 10
-    lr: float = 3e-3
-    batch_size: int = 512
-    weight_decay: float = 1e-6  # L2 on the embedding and linear tables only
-    patience: int = 2  # epochs without validation improvement before stopping
-    seed: int = 0
-    max_rows: int | None = None
-    min_count: int = 10
-    lr_search: int = 0  # Optuna trials on the validation split (0 = use lr)
-    lr_search_epochs: int = 3
-    prune_from: str | None = None  # a trained FwFM run directory (model "pruned" only)
-    finetune: bool = True  # pruned: fine-tune with the mask after pruning
-    threads: int = 1  # torch intra-op threads per process
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.model not in KINDS:
-            raise ValueError(f"model must be one of {KINDS}, got {self.model!r}")
-        if self.model in ("dplr", "pruned") and (self.rank is None or self.rank < 1):
-            raise ValueError(f"model {self.model!r} needs --rank >= 1")
-        if self.model in ("fm", "fwfm") and self.rank is not None:
-            raise ValueError(f"model {self.model!r} takes no rank")
-        if self.prune_from and self.model != "pruned":
-            raise ValueError("--prune-from only applies to --model pruned")
-        for name in ("embed_dim", "epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        _validate_embedding(self)
+from training.models import PrunedFwFM, build
 
 
 # --- distributed helpers -------------------------------------------------------------------
@@ -113,16 +72,30 @@ def evaluate_split(model, data, name: str) -> dict[str, float]:
 
 # --- the loop ------------------------------------------------------------------------------
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    tables = [p for n, p in model.named_parameters() if n.startswith(("embedding.", "linear."))]
-    others = [p for n, p in model.named_parameters() if not n.startswith(("embedding.", "linear."))]
+    """Adam: the field-interaction parameters at ``cfg.interaction_lr``, the rest at ``cfg.lr``."""
+    names = set(getattr(model, "interaction_params", ()))
+    inter = [p for n, p in model.named_parameters() if n in names]
+    rest = [p for n, p in model.named_parameters() if n not in names]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if inter:
+        groups.append({"params": inter, "lr": cfg.interaction_lr})
     # fused: one kernel per parameter instead of ~10 passes over it; the same Adam, and on a
     # 1M-feature table 15x cheaper per step (0.03 s instead of 0.4 s at k = 32, one thread)
-    return torch.optim.Adam([{"params": tables, "weight_decay": cfg.weight_decay},
-                             {"params": others, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
+    return torch.optim.Adam(groups, lr=cfg.lr, fused=True)
 
 
-def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[torch.nn.Module, dict]:
-    """Train ``model`` in place; returns (model with the best validation weights, history)."""
+def _feature_weights(X, n: int) -> np.ndarray:
+    """1 / training count of every feature id (1 for ids the training split never holds)."""
+    from training.quantize import feature_counts
+
+    return 1.0 / np.maximum(feature_counts(X, n), 1).astype(np.float64)
+
+
+def train_model(model, cfg: TrainConfig, data, desc: str = "train", on_epoch=None) -> tuple[torch.nn.Module, dict]:
+    """Train ``model`` in place; returns (model with the best validation weights, history).
+
+    ``on_epoch(epoch, valid_metrics)``, when given, is called after each validation (the tuner's
+    pruning hook: it may raise to abandon the run)."""
     rank, world = init_distributed()
     X, y = data.split("train")
     if len(y) < world:
@@ -131,10 +104,15 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
     key, higher_better = primary(data.target)
     net = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     opt = _optimizer(model, cfg)
+    if hasattr(model, "set_penalty_weights"):
+        model.set_penalty_weights(_feature_weights(X, model.n_features) if cfg.l2_scale == "feature" else None)
     bs = max(1, cfg.batch_size // world)
     best, best_state, best_epoch, bad, history = None, None, 0, 0, []
+    base_lrs = [g["lr"] for g in opt.param_groups]
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr0 * cfg.lr_decay ** (epoch - 1)
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(y))
         mine = perm[: len(perm) - len(perm) % world][rank::world]  # this process's shard
         bar = tqdm(range(0, len(mine), bs), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False,
@@ -144,21 +122,25 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train") -> tuple[tor
             idx = np.sort(mine[s:s + bs])  # sorted: sequential reads from the memmap
             xb = torch.from_numpy(np.asarray(X[idx], dtype=np.int64))
             yb = torch.from_numpy(np.asarray(y[idx], dtype=np.float32))
-            loss = loss_fn(net(xb), yb)
-            if cfg.reg_lambda and hasattr(model.embedding, "regularizer"):
-                loss = loss + cfg.reg_lambda * model.embedding.regularizer()
+            out, emb_sq, lin_sq, inter_sq = net(xb, penalty=True)
+            fit_loss = loss_fn(out, yb)
+            loss = fit_loss + cfg.emb_reg * emb_sq + cfg.lin_reg * lin_sq + cfg.interaction_reg * inter_sq
+            if cfg.codebook_lambda and hasattr(model.embedding, "regularizer"):
+                loss = loss + cfg.codebook_lambda * model.embedding.regularizer()
             if not torch.isfinite(loss):
                 raise ValueError(f"{desc}: training diverged (loss {loss.item()}) in epoch {epoch}; lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            total, seen = total + fit_loss.item() * len(idx), seen + len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         valid = evaluate_split(model, data, "valid")
         history.append({"epoch": epoch, "train_loss": total / max(seen, 1), **valid})
         if rank == 0 and cfg.progress:
             tqdm.write(f"{desc} epoch {epoch}: train loss {total / max(seen, 1):.4f} "
                        + " ".join(f"valid {k} {v:.4f}" for k, v in valid.items()))
+        if on_epoch is not None:
+            on_epoch(epoch, valid)
         if best is None or (valid[key] > best if higher_better else valid[key] < best):
             best, best_epoch, bad = valid[key], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -190,64 +172,19 @@ def init_bias(model, data) -> None:
         model.bias.fill_(b0)
 
 
-def search_lr(cfg: TrainConfig, data, trials: int) -> float:
-    """The learning rate with the best validation metric over ``trials`` Optuna (TPE) trials."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    key, higher_better = primary(data.target)
-    kind = "fwfm" if cfg.model == "pruned" else cfg.model  # pruned: tune the FwFM it starts from
-
-    def objective(trial) -> float:
-        trial_cfg = dataclasses.replace(cfg, lr=trial.suggest_float("lr", 1e-4, 3e-2, log=True),
-                                        epochs=min(cfg.epochs, cfg.lr_search_epochs), progress=False)
-        torch.manual_seed(cfg.seed)
-        model = build(kind, data.preprocessor.schema, data.preprocessor.vocab.n_features, cfg.embed_dim,
-                      None if kind in ("fm", "fwfm") else cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
-        init_bias(model, data)
-        _, hist = train_model(model, trial_cfg, data, desc=f"lr trial {trial.number}")
-        scores = [h[key] for h in hist["history"]]
-        return max(scores) if higher_better else min(scores)
-
-    study = optuna.create_study(direction="maximize" if higher_better else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-    study.optimize(objective, n_trials=trials)
-    return float(study.best_params["lr"])
+def new_model(cfg: TrainConfig, data, kind: str | None = None, warm=None) -> tuple[torch.nn.Module, dict]:
+    """A freshly initialised model of ``kind`` (default ``cfg.model``; "pruned" builds its FwFM)
+    seeded by ``cfg.seed``, the bias at the base rate; returns (model, embedding-init facts)."""
+    kind = kind or ("fwfm" if cfg.model == "pruned" else cfg.model)
+    torch.manual_seed(cfg.seed)
+    model = build(kind, data.preprocessor.schema, data.preprocessor.vocab.n_features, cfg.embed_dim,
+                  cfg.rank if kind in ("dplr", "pruned") else None, cfg.embedding, _embedding_opts(cfg, data),
+                  init=cfg.interaction_init)
+    init_bias(model, data)
+    return model, prepare_embedding(model, cfg, data, warm)
 
 
 # --- codebook embeddings (LightFM / xLightFM, issue 4) ---------------------------------------
-EMBEDDING_KINDS = ("dense", "lightfm", "xlightfm")
-
-
-def _validate_embedding(cfg: TrainConfig) -> None:
-    """Clear errors for option combinations that make no sense for ``cfg.embedding``."""
-    kind, opts = cfg.embedding, cfg.embedding_opts
-    if kind not in EMBEDDING_KINDS:
-        raise ValueError(f"embedding must be one of {EMBEDDING_KINDS}, got {kind!r}")
-    if kind == "dense":
-        bad = [f"--{o}" for o in ("codebooks", "codewords", "candidates") if o in opts]
-        bad += [flag for flag, v in (("--memory-budget-mb", cfg.memory_budget_mb), ("--init-from", cfg.init_from),
-                                     ("--reg-lambda", cfg.reg_lambda or None)) if v is not None]
-        if bad:
-            raise ValueError(f"{', '.join(bad)} only apply to --embedding lightfm/xlightfm, not dense")
-        return
-    if cfg.reg_lambda < 0:
-        raise ValueError(f"reg_lambda must be >= 0, got {cfg.reg_lambda}")
-    if kind == "lightfm" and (cfg.memory_budget_mb is not None or "candidates" in opts):
-        raise ValueError("--memory-budget-mb / --candidates only apply to --embedding xlightfm "
-                         "(lightfm uses one --codewords K in every field)")
-    if kind == "xlightfm":
-        if "codewords" in opts:
-            raise ValueError("--codewords does not apply to xlightfm: the search picks each field's K "
-                             "from --candidates")
-        if "sizes" not in opts and (cfg.memory_budget_mb is None or not cfg.memory_budget_mb > 0):
-            raise ValueError("--embedding xlightfm needs --memory-budget-mb X > 0 (the search's budget)")
-        if cfg.search_steps < 1:
-            raise ValueError(f"search_steps must be >= 1, got {cfg.search_steps}")
-    if cfg.model == "pruned" and (kind == "xlightfm" or cfg.init_from):
-        raise ValueError("--model pruned supports --embedding dense or lightfm (without --init-from) only")
-
-
 def search_sizes(cfg: TrainConfig, data, opts: dict):
     """xLightFM Algorithm 1 on train/valid under ``cfg.memory_budget_mb``; returns (cfg with the
     selected per-field ``sizes``, a summary for metrics.json, the ``SearchResult`` warm start)."""
@@ -265,7 +202,7 @@ def search_sizes(cfg: TrainConfig, data, opts: dict):
     res = search_xlightfm(factory, {"train": (X, y), "valid": data.split("valid")}, cfg.memory_budget_mb,
                           id_offsets=opts["id_offsets"], codebooks=opts.get("codebooks", 4),
                           candidates=tuple(opts.get("candidates", CANDIDATES)), steps=cfg.search_steps,
-                          batch_size=cfg.batch_size, lr=cfg.lr, lam=cfg.reg_lambda,
+                          batch_size=cfg.batch_size, lr=cfg.lr, lam=cfg.codebook_lambda,
                           tau_decay=1.0 / cfg.search_steps, counts=feature_counts(X, n), target=data.target,
                           seed=cfg.seed, progress=cfg.progress)
     kept = {k: v for k, v in cfg.embedding_opts.items() if k != "candidates"}
@@ -318,6 +255,8 @@ def memory_metrics(model, data) -> dict:
     from training.quantize import embedding_memory
 
     off, k, emb = data.preprocessor.vocab.id_offsets, model.embed_dim, model.embedding
+    if emb is None:  # logistic regression: no embedding table at all
+        return {"embedding": "none", "embedding_mb": 0.0, "dense_embedding_mb": 0.0, "compression": None}
     dense = embedding_memory(off, k)
     mem = embedding_memory(off, k, emb.sizes, emb.D) if hasattr(emb, "sizes") else dense
     return {"embedding": model.embedding_kind, "embedding_mb": mem["embedding_mb"],
@@ -326,51 +265,68 @@ def memory_metrics(model, data) -> dict:
 
 
 def fit(cfg: TrainConfig, data, out_dir) -> dict:
-    """Train ``cfg.model`` on ``data``, write the run directory ``out_dir``; returns metrics.json."""
+    """Train ``cfg.model`` on ``data``, write the run directory ``out_dir``; returns metrics.json.
+
+    With ``cfg.tune`` the hyper-parameters come from Optuna trials on the validation split
+    (training/tune.py; every trial is a full training run, the best trial's model is kept, the
+    trials are written to ``out_dir/tuning.json``).  "pruned" trains (and tunes) an FwFM first,
+    or takes ``cfg.prune_from``, keeps its rho(m+1) largest |R_ij| and, unless ``finetune`` is
+    off, trains again with the mask at the FwFM's hyper-parameters.
+    """
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     rank, _ = init_distributed()
     started = time.perf_counter()
     schema, n = data.preprocessor.schema, data.preprocessor.vocab.n_features
-    extra = {}
+    extra, tuning = {}, None
     if cfg.embedding == "xlightfm" and "sizes" not in cfg.embedding_opts:  # search first: sizes fixed after
         cfg, extra["xlightfm_search"], warm = search_sizes(cfg, data, _embedding_opts(cfg, data))
     else:
         warm = None
-    if cfg.lr_search:
-        cfg = dataclasses.replace(cfg, lr=search_lr(cfg, data, cfg.lr_search))
-    torch.manual_seed(cfg.seed)
+    if cfg.model == "pruned" and cfg.prune_from:  # a trained FwFM from another run
+        base, base_cfg, _ = checkpoint.load(cfg.prune_from)
+        if base.kind != "fwfm" or base.n_features != n or base.schema != schema:
+            raise ValueError(f"{cfg.prune_from}: not an FwFM trained on this data set's encoding")
+        for name in ("lr", "interaction_lr", "emb_reg", "lin_reg", "interaction_reg"):
+            if name in base_cfg:  # fine-tune at the hyper-parameters the FwFM was trained with
+                cfg = dataclasses.replace(cfg, **{name: base_cfg[name]})
+    else:
+        if cfg.tune:
+            from training.tune import tune
+
+            model, hist, cfg, tuning = tune(cfg, data, cfg.tune, new_model, train_model, warm=warm)
+        else:
+            model, init = new_model(cfg, data, warm=warm)
+            extra.update(init)
+            desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
+            model, hist = train_model(model, cfg, data, desc="fwfm" if cfg.model == "pruned" else desc)
+        if cfg.model == "pruned":
+            base = model
+            extra["base_fwfm"] = {"valid": evaluate_split(base, data, "valid"), **hist}
     if cfg.model == "pruned":
-        if cfg.prune_from:  # a trained FwFM from another run
-            base, base_cfg, _ = checkpoint.load(cfg.prune_from)
-            if base.kind != "fwfm" or base.n_features != n or base.schema != schema:
-                raise ValueError(f"{cfg.prune_from}: not an FwFM trained on this data set's encoding")
-        else:  # train the FwFM first
-            base = build("fwfm", schema, n, cfg.embed_dim, None, cfg.embedding, _embedding_opts(cfg, data))
-            init_bias(base, data)
-            prepare_embedding(base, cfg, data, None)
-            base, base_hist = train_model(base, cfg, data, desc="fwfm")
-            extra["base_fwfm"] = {"valid": evaluate_split(base, data, "valid"), **base_hist}
         model = PrunedFwFM.from_fwfm(base, cfg.rank)
-        desc = f"pruned rho={cfg.rank} fine-tune"
-    else:
-        model = build(cfg.model, schema, n, cfg.embed_dim, cfg.rank, cfg.embedding, _embedding_opts(cfg, data))
-        init_bias(model, data)
-        extra.update(prepare_embedding(model, cfg, data, warm))
-        desc = cfg.model if cfg.rank is None else f"{cfg.model} rho={cfg.rank}"
-    if cfg.model == "pruned" and not cfg.finetune:
-        hist = {"best_epoch": 0, "epochs_run": 0, "history": []}
-    else:
-        model, hist = train_model(model, cfg, data, desc=desc)
+        if cfg.finetune:
+            model, hist = train_model(model, cfg, data, desc=f"pruned rho={cfg.rank} fine-tune")
+        else:
+            hist = {"best_epoch": 0, "epochs_run": 0, "history": []}
     metrics = {
-        "model": cfg.model, "rank": cfg.rank, "embed_dim": cfg.embed_dim, "dataset": cfg.dataset,
-        "lr": cfg.lr, "target": data.target,
+        "model": cfg.model, "rank": cfg.rank, "embed_dim": model.embed_dim, "dataset": cfg.dataset,
+        "lr": cfg.lr, "interaction_lr": cfg.interaction_lr, "emb_reg": cfg.emb_reg, "lin_reg": cfg.lin_reg,
+        "interaction_reg": cfg.interaction_reg, "target": data.target,
         "valid": evaluate_split(model, data, "valid"), "test": evaluate_split(model, data, "test"),
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "train_seconds": round(time.perf_counter() - started, 3), **hist, **extra,
         **memory_metrics(model, data),
     }
+    if getattr(data, "info", None):
+        metrics["data"] = data.info  # where the rows came from and how they were split
+    if tuning is not None:
+        metrics["tuning"] = {k: tuning[k] for k in ("trials", "best_trial", "best_params", "space")}
     if rank == 0:
         checkpoint.save(out_dir, model, cfg, data.preprocessor, metrics)
+        if tuning is not None:
+            from adrank.core.files import write_json
+
+            write_json(os.path.join(out_dir, "tuning.json"), tuning)
     barrier()
     return metrics

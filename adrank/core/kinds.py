@@ -4,9 +4,11 @@ each layer needs to know about it.
 A kind scores a row as ``b + sum_f lin_f + interaction(v_1, ..., v_m)`` over field vectors v_f
 (DPLR-FwFM paper notation).  The layers read this table instead of listing kinds themselves:
 
-* the trainer (training/models): which kinds exist, which take a rank rho (``ranked``) and the
-  names of the parameters a model exports beyond ``bias``, ``linear`` and ``emb`` (``params``:
-  ``export_arrays()``, the exporter's input, tests/naive.py's layout);
+* the trainer (training/models): which kinds exist, which take a rank rho (``ranked``), which
+  have embeddings at all (``embedded``: logistic regression has none, so its artifact has the
+  embedding type "none") and the names of the parameters a model exports beyond ``bias``,
+  ``linear`` and ``emb`` (``params``: ``export_arrays()``, the exporter's input, tests/naive.py's
+  layout);
 * the exporter (exporter/fold.py): ``params`` to check, and ``low_rank``: an interaction of the
   form ``1/2 (sum_f d_f ||v_f||^2 + sum_r e_r ||sum_f U_rf v_f||^2)``, whose diagonal terms of
   single-valued fields fold into the linear weights; the other kinds weigh field pairs explicitly;
@@ -35,9 +37,12 @@ class Kind:
     params: tuple[str, ...]  # trained parameters beyond bias, linear, emb
     arrays: dict[str, tuple[str, Shape]]  # artifact arrays beyond the common and embedding ones: name -> (dtype, shape)
     low_rank: bool  # interaction = 1/2 (sum_f d_f ||v_f||^2 + sum_r e_r ||P_r||^2); else explicit pair weights
+    embedded: bool = True  # has embeddings (and interactions); False: b + sum_f lin_f only
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("lr", "logistic regression: bias and linear weights only, no interactions (Eq. 1), the floor",
+         ranked=False, params=(), arrays={}, low_rank=False, embedded=False),
     Kind("fm", "factorization machine: every field pair weighted 1 (paper Eq. 2)",
          ranked=False, params=(), arrays={"d": ("float32", ("m",))}, low_rank=True),
     Kind("fwfm", "field-weighted FM: pair (i, j) weighted R_ij, the O(m^2 k) baseline (Eq. 3)",
@@ -50,9 +55,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ranked=True, params=("U", "e"),
          arrays={"U": ("float32", ("rank", "m")), "e": ("float32", ("rank",)), "d": ("float32", ("m",))},
          low_rank=True),
-    # the next kind (e.g. logistic regression, "lr") goes here
 )}
-NAMES = tuple(KINDS)  # ("fm", "fwfm", "pruned", "dplr")
+NAMES = tuple(KINDS)  # ("lr", "fm", "fwfm", "pruned", "dplr")
+EMBEDDED = tuple(k for k in NAMES if KINDS[k].embedded)  # the kinds with embeddings
 
 
 def get(name: str) -> Kind:

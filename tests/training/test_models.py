@@ -55,7 +55,8 @@ def torch_scores(model, X) -> np.ndarray:
 
 
 @pytest.mark.parametrize("multi", [True, False])
-@pytest.mark.parametrize("kind,rank", [("fm", None), ("fwfm", None), ("pruned", 2), ("dplr", 1), ("dplr", 3)])
+@pytest.mark.parametrize("kind,rank", [("lr", None), ("fm", None), ("fwfm", None), ("pruned", 2), ("dplr", 1),
+                                       ("dplr", 3)])
 def test_forward_equals_oracle(kind, rank, multi):
     schema = make_schema(multi)
     n = schema.m * 7
@@ -125,12 +126,13 @@ def test_prune_mask_equals_oracle(m, rho):
 def test_export_arrays_names_shapes_dtypes():
     schema = make_schema()
     n, k, m = schema.m * 7, 3, schema.m
-    want = {"fm": {}, "fwfm": {"R": (m, m)}, "pruned": {"R": (m, m), "mask": (m, m)},
-            "dplr": {"U": (2, m), "e": (2,)}}
+    want = {"lr": {}, "fm": {"emb": (n, k)}, "fwfm": {"emb": (n, k), "R": (m, m)},
+            "pruned": {"emb": (n, k), "R": (m, m), "mask": (m, m)}, "dplr": {"emb": (n, k), "U": (2, m), "e": (2,)}}
+    assert set(KINDS) == set(want)
     for kind in KINDS:
         model = build(kind, schema, n, k, rank=2 if kind in ("pruned", "dplr") else None)
         arrays = model.export_arrays()
-        shapes = {"bias": (1,), "linear": (n,), "emb": (n, k), **want[kind]}
+        shapes = {"bias": (1,), "linear": (n,), **want[kind]}
         assert {name: a.shape for name, a in arrays.items()} == shapes
         for name, a in arrays.items():
             assert a.dtype == (np.bool_ if name == "mask" else np.float32), name
@@ -176,12 +178,59 @@ def test_build_rejects_bad_arguments():
         model(torch.zeros(3, schema.n_slots + 1, dtype=torch.long))
 
 
-def test_dplr_rank1_initialisation_is_an_fm():
-    """U_0 = 1, e_0 = 1 gives R = 11^T - I (Eq. 7): the fresh DPLR model equals an FM."""
+def test_dplr_rank1_fm_initialisation_is_an_fm():
+    """init="fm": U_0 = 1, e_0 = 1 gives R = 11^T - I (Eq. 7): the fresh DPLR model equals an FM."""
     schema = make_schema()
-    dp: DPLRFwFM = build("dplr", schema, schema.m * 7, 4, rank=1)
+    dp: DPLRFwFM = build("dplr", schema, schema.m * 7, 4, rank=1, init="fm")
     fm = build("fm", schema, schema.m * 7, 4)
     fm.load_state_dict(dp.state_dict(), strict=False)
     X = random_rows(schema, 10, np.random.default_rng(7))
     np.testing.assert_allclose(torch_scores(dp, X), torch_scores(fm, X), rtol=1e-5, atol=1e-6)
     assert isinstance(build("fwfm", schema, 50, 2), FwFM)
+
+
+def test_small_interaction_start_is_near_zero_and_unknown_starts_are_named():
+    schema = make_schema()
+    dp = build("dplr", schema, schema.m * 7, 4, rank=2, init="small")  # near zero, as the paper's code
+    fw = build("fwfm", schema, schema.m * 7, 4, init="small")
+    assert dp.U.abs().max() <= 0.02 and dp.e.abs().max() <= 0.02 and fw.R_upper.abs().max() <= 0.02
+    assert build("fwfm", schema, schema.m * 7, 4).R_upper.eq(1).all()  # default: the FM start
+    with pytest.raises(ValueError, match="interaction init"):
+        build("dplr", schema, schema.m * 7, 4, rank=1, init="zeros")
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("multi", [True, False])
+@pytest.mark.parametrize("kind,rank", [("lr", None), ("fm", None), ("fwfm", None), ("pruned", 1), ("dplr", 2)])
+def test_penalties_are_the_looked_up_rows_and_R(kind, rank, multi, per_feature):
+    """forward(x, penalty=True): batch means of sum_f (1/n_f) sum_{values} c_t ||w_t||^2 (and b_t^2) over
+    the looked-up rows (c_t = 1, or the per-feature weight of l2_scale="feature"), and ||R||_F^2 of the
+    effective R -- computed here by loops from export_arrays."""
+    schema = make_schema(multi)
+    model = build(kind, schema, schema.m * 7, 3, rank=rank)
+    randomize(model, seed=11)
+    if kind == "pruned":
+        fw = build("fwfm", schema, schema.m * 7, 3)
+        randomize(fw, seed=12)
+        model = PrunedFwFM.from_fwfm(fw, 1)
+    X = random_rows(schema, 12, np.random.default_rng(5))
+    c = np.random.default_rng(6).uniform(0.1, 2.0, schema.m * 7) if per_feature else np.ones(schema.m * 7)
+    model.set_penalty_weights(c if per_feature else None)
+    with torch.no_grad():
+        out, emb_sq, lin_sq, inter = model(torch.from_numpy(X), penalty=True)
+    p = model.export_arrays()
+    offs = schema.slot_offsets
+    e_want, l_want = 0.0, 0.0
+    for x in X:
+        for f in range(schema.m):
+            ids = [int(t) for t in x[offs[f]:offs[f + 1]] if t >= 0]
+            for t in ids:
+                if "emb" in p:
+                    e_want += c[t] * float(np.sum(p["emb"][t].astype(np.float64) ** 2)) / len(ids)
+                l_want += c[t] * float(p["linear"][t]) ** 2 / len(ids)
+    assert float(emb_sq) == pytest.approx(e_want / len(X), rel=1e-5)
+    assert float(lin_sq) == pytest.approx(l_want / len(X), rel=1e-5)
+    R = {"lr": None, "fm": None, "fwfm": p.get("R"), "pruned": p.get("R"),
+         "dplr": naive.dplr_matrix(p["U"], p["e"]) if "U" in p else None}[kind]
+    assert float(inter) == pytest.approx(0.0 if R is None else float(np.sum(np.asarray(R, np.float64) ** 2)), rel=1e-5)
+    np.testing.assert_allclose(out.double().numpy(), torch_scores(model, X), rtol=1e-6)

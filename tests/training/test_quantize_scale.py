@@ -108,11 +108,12 @@ def test_trainer_fused_adam_follows_textbook_adam():
     model.embedding = torch.nn.Embedding(50, 4)
     model.linear = torch.nn.Embedding(50, 1)
     model.R = torch.nn.Parameter(torch.randn(3, 3))
+    model.interaction_params = ("R",)  # its own learning rate
     twin = __import__("copy").deepcopy(model)
-    cfg = TrainConfig(lr=0.01, weight_decay=1e-3)
+    cfg = TrainConfig(lr=0.01, interaction_lr=0.03)
     opt = _optimizer(model, cfg)
-    ref = torch.optim.Adam([{"params": [twin.embedding.weight, twin.linear.weight], "weight_decay": 1e-3},
-                            {"params": [twin.R], "weight_decay": 0.0}], lr=0.01, foreach=False)
+    ref = torch.optim.Adam([{"params": [twin.embedding.weight, twin.linear.weight]},
+                            {"params": [twin.R], "lr": 0.03}], lr=0.01, foreach=False)
     for step in range(5):
         ids = torch.randint(0, 50, (16,), generator=torch.Generator().manual_seed(step))
         for m, o in ((model, opt), (twin, ref)):

@@ -160,14 +160,60 @@ def test_regression_target_reports_mse(tmp_path):
     assert metrics["valid"]["mse"] < float(np.var(y))  # beats predicting the mean
 
 
-def test_lr_search_picks_a_trial_lr(planted, tmp_path):
-    metrics = fit(quick(model="fm", epochs=1, lr_search=2, lr_search_epochs=1), planted, tmp_path / "run")
-    assert 1e-4 <= metrics["lr"] <= 3e-2 and metrics["lr"] != 1e-2
+@pytest.mark.parametrize("kind,rank", [("dplr", 2), ("lr", None)])
+def test_tune_records_every_trial_and_keeps_the_best(planted, tmp_path, kind, rank):
+    """--tune N: N trials, the first at the given values, each a full run; the model kept is the
+    best trial's (its validation loss is that trial's value); the space fits the kind."""
+    cfg = quick(model=kind, rank=rank, epochs=2, tune=5)
+    metrics = fit(cfg, planted, tmp_path / "run")
+    t = json.loads((tmp_path / "run" / "tuning.json").read_text())
+    space = {"lr", "lin_reg"} | ({"emb_reg", "interaction_lr"} if kind == "dplr" else set())
+    assert set(t["space"]) == space and t["trials"] == 5 and len(t["history"]) == 5
+    assert t["history"][0]["params"] == {n: getattr(cfg, n) for n in space}  # trial 0: as given
+    done = [h for h in t["history"] if h["state"] == "complete"]
+    best = min(done, key=lambda h: h["value"])
+    assert t["best_trial"] == best["number"] and t["best_value"] == best["value"]
+    assert metrics["valid"]["logloss"] == pytest.approx(best["value"], abs=1e-12)
+    assert {n: metrics[n] for n in space} == t["best_params"] == best["params"]
+    assert all(len(h["curve"]) >= 1 for h in t["history"])
+    assert metrics["tuning"]["best_trial"] == best["number"]
+
+
+def test_regularisation_changes_the_fit(planted, tmp_path):
+    """The L2 coefficients act: strong emb_reg shrinks the learned embeddings, strong lin_reg
+    the linear weights, strong interaction_reg the interaction matrix."""
+    base = fit(quick(model="dplr", rank=2, epochs=2, emb_reg=0.0, lin_reg=0.0), planted, tmp_path / "a")
+    reg = fit(quick(model="dplr", rank=2, epochs=2, emb_reg=1e4, lin_reg=1e4, interaction_reg=1.0), planted,
+              tmp_path / "b")
+    a, _, _ = checkpoint.load(tmp_path / "a")
+    b, _, _ = checkpoint.load(tmp_path / "b")
+    pa, pb = a.export_arrays(), b.export_arrays()
+    assert np.abs(pb["emb"]).mean() < 0.5 * np.abs(pa["emb"]).mean()
+    assert np.abs(pb["linear"]).mean() < 0.5 * np.abs(pa["linear"]).mean()
+    assert float((b.R.detach() ** 2).sum()) < 0.5 * float((a.R.detach() ** 2).sum())
+    assert base["emb_reg"] != reg["emb_reg"] and reg["interaction_reg"] == 1.0
+
+
+def test_interactions_have_their_own_learning_rate(planted, tmp_path):
+    """interaction_lr moves U and e, and only them: at a tiny interaction_lr they barely leave their
+    start while the embeddings train."""
+    from training.models import build
+
+    torch.manual_seed(0)
+    pre = planted.preprocessor
+    start = build("dplr", pre.schema, pre.vocab.n_features, 4, rank=2)
+    torch.manual_seed(0)
+    model = build("dplr", pre.schema, pre.vocab.n_features, 4, rank=2)
+    model, _ = train_model(model, quick(model="dplr", rank=2, epochs=2, interaction_lr=1e-7, patience=5), planted)
+    assert torch.allclose(model.U, start.U, atol=1e-4) and torch.allclose(model.e, start.e, atol=1e-4)
+    assert not torch.allclose(model.embedding.weight, start.embedding.weight, atol=1e-3)
 
 
 def test_bad_config_and_missing_checkpoint_are_named(planted, tmp_path):
     with pytest.raises(ValueError, match="rank"):
         fit(quick(model="dplr"), planted, tmp_path / "x")
+    with pytest.raises(ValueError, match="takes no rank"):
+        fit(quick(model="lr", rank=1), planted, tmp_path / "x")
     with pytest.raises(ValueError, match="diverged"):
         fit(quick(model="fwfm", lr=1e30, epochs=3), planted, tmp_path / "x")  # float32 overflows
     assert not (tmp_path / "x").exists()  # nothing half-written
@@ -208,3 +254,18 @@ def test_init_bias_starts_at_the_base_rate(planted, tmp_path):
     model = build("fm", reg.preprocessor.schema, reg.preprocessor.vocab.n_features, 4)
     init_bias(model, reg)
     assert float(model.bias.detach()) == pytest.approx(float(np.mean(reg.split("train")[1])), rel=1e-5)
+
+
+def test_feature_scaled_l2_weighs_rows_by_inverse_training_count(planted):
+    """l2_scale="feature": each looked-up row's penalty is divided by its feature's training count, so
+    every feature carries the same penalty per epoch (a per-feature Gaussian prior)."""
+    from training.models import build
+
+    pre = planted.preprocessor
+    model = build("dplr", pre.schema, pre.vocab.n_features, 4, rank=1, init="fm")
+    model, _ = train_model(model, quick(model="dplr", rank=1, epochs=1, l2_scale="feature", emb_reg=1.0), planted)
+    X = np.asarray(planted.split("train")[0])
+    counts = np.bincount(X[X >= 0], minlength=pre.vocab.n_features)
+    np.testing.assert_allclose(model.penalty_weight.numpy(), 1 / np.maximum(counts, 1), rtol=1e-6)
+    model, _ = train_model(model, quick(model="dplr", rank=1, epochs=1, l2_scale="occurrence"), planted)
+    assert model.penalty_weight is None  # per occurrence: no weights

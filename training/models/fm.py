@@ -16,8 +16,7 @@ from training.models.layers import FieldModel
 class FM(FieldModel):
     kind = "fm"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        V, first = self.fields(x)  # [B, m, k], [B]
-        square_of_sum = V.sum(1).pow(2).sum(1)
+    def interaction(self, V: torch.Tensor) -> torch.Tensor:
+        square_of_sum = V.sum(1).pow(2).sum(1)  # V [B, m, k]
         sum_of_squares = V.pow(2).sum(dim=(1, 2))
-        return first + 0.5 * (square_of_sum - sum_of_squares)
+        return 0.5 * (square_of_sum - sum_of_squares)

@@ -3,7 +3,9 @@
     Phi_FwFM(x) = b0 + <b, x> + sum_{i<j} <v_i, v_j> R_ij
 
 R [m, m] is symmetric with a zero diagonal; only its m(m-1)/2 entries above the diagonal are
-parameters (``R_upper``, row-major).  Cost O(m^2 k) per row.
+parameters (``R_upper``, row-major).  ``init="fm"`` (default) starts at R = 1 off the diagonal,
+exactly an FM (Eq. 7); ``init="small"`` near zero, as the paper's code (adrank/core/train_config.py says
+why the default differs).  Cost O(m^2 k) per row.
 Input x: LongTensor [B, S] of slot ids (PAD = -1); output: raw score [B].
 """
 
@@ -13,25 +15,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.layers import FieldModel, pairwise, symmetric_from_upper, to_numpy
+from training.models.layers import (
+    FieldModel,
+    check_init,
+    pairwise,
+    small_normal,
+    symmetric_from_upper,
+    to_numpy,
+)
 
 
 class FwFM(FieldModel):
     kind = "fwfm"
+    interaction_params = ("R_upper",)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, init: str = "fm", **kwargs):
         super().__init__(*args, **kwargs)
-        # R = 1 off the diagonal is exactly an FM (Eq. 7): a neutral start.
-        self.R_upper = nn.Parameter(torch.ones(self.m * (self.m - 1) // 2))
+        n_pairs = self.m * (self.m - 1) // 2
+        self.R_upper = nn.Parameter(torch.ones(n_pairs) if check_init(init) == "fm" else small_normal(n_pairs))
 
     @property
     def R(self) -> torch.Tensor:
         """The field interaction matrix [m, m] (symmetric, zero diagonal)."""
         return symmetric_from_upper(self.R_upper, self.m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        V, first = self.fields(x)
-        return first + pairwise(V, self.R)
+    def interaction(self, V: torch.Tensor) -> torch.Tensor:
+        return pairwise(V, self.R)
 
     def export_arrays(self) -> dict[str, np.ndarray]:
         out = super().export_arrays()

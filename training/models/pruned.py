@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from training.models.fwfm import FwFM
-from training.models.layers import pairwise
 
 
 def prune_mask(R, rho: int) -> np.ndarray:
@@ -34,8 +33,8 @@ def prune_mask(R, rho: int) -> np.ndarray:
 class PrunedFwFM(FwFM):
     kind = "pruned"
 
-    def __init__(self, *args, rho: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, rho: int = 1, init: str = "fm", **kwargs):
+        super().__init__(*args, init=init, **kwargs)
         self.rho = int(rho)
         self.register_buffer("mask", torch.ones(self.m, self.m, dtype=torch.bool).fill_diagonal_(False))
 
@@ -57,10 +56,6 @@ class PrunedFwFM(FwFM):
     def R(self) -> torch.Tensor:
         """The masked interaction matrix: zero outside the kept pairs."""
         return super().R * self.mask
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        V, first = self.fields(x)
-        return first + pairwise(V, self.R)
 
     def export_arrays(self) -> dict[str, np.ndarray]:
         out = super().export_arrays()  # R is already masked

@@ -1,4 +1,9 @@
-"""`adrank train`: train FM / FwFM / pruned FwFM / DPLR-FwFM and write a run directory.
+"""`adrank train`: train LR / FM / FwFM / pruned FwFM / DPLR-FwFM and write a run directory.
+
+Every training option, with its default and help, is a field of ``adrank.core.train_config.TrainConfig``;
+the flags are generated from it.  Here only what is not a training option: the input
+(``--data``), the outputs (``--out``, ``--test-out``), the cache and the codebook sizes that
+become ``embedding_opts``.
 
 Embeddings (issue 4): ``--embedding lightfm [--codebooks D] [--codewords K]`` or
 ``--embedding xlightfm --memory-budget-mb X [--codebooks D] [--candidates 64,128,...]`` (searched
@@ -13,48 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 
+from adrank.core.train_config import add_arguments as add_config_arguments
+
 HELP = "Train a model on a data set and write a self-describing run directory."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "synthetic"])
     p.add_argument("--data", required=True, help="raw data file (or directory for movielens/synthetic)")
-    p.add_argument("--model", required=True, choices=["fm", "fwfm", "pruned", "dplr"])
-    p.add_argument("--rank", type=int, default=None, help="rho: DPLR rank / pruned keeps rho(m+1) pairs")
-    p.add_argument("--embed-dim", type=int, default=8, help="embedding dimension k (default 8)")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=512, help="global batch (split across processes)")
-    p.add_argument("--weight-decay", type=float, default=1e-6, help="L2 on embedding/linear tables")
-    p.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-rows", type=int, default=None, help="read only the first N raw rows")
-    p.add_argument("--min-count", type=int, default=10, help="rarer values map to the rare id")
-    p.add_argument("--lr-search", type=int, default=0, metavar="N", help="Optuna trials tuning lr on valid")
-    p.add_argument("--prune-from", default=None, metavar="RUN_DIR", help="prune this trained FwFM run")
-    p.add_argument("--no-finetune", action="store_true", help="pruned: keep the pruned FwFM as is")
+    p.add_argument("--test-out", default=None, metavar="PATH",
+                   help="also write the raw rows of the test split here, in the input's format (a file "
+                        "for criteo/avazu, .gz compresses; a directory for movielens/synthetic): held-out "
+                        "data for `adrank evaluate`")
     p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE, else .adrank/cache)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    g = p.add_argument_group("codebook embeddings (LightFM / xLightFM)")
-    g.add_argument("--embedding", default="dense", choices=["dense", "lightfm", "xlightfm"])
+    add_config_arguments(p, required=("dataset", "model"))
+    g = [a for a in p._action_groups if a.title == "codebook embeddings"][0]
     g.add_argument("--codebooks", type=int, default=None, metavar="D", help="codebooks per field (default 4)")
     g.add_argument("--codewords", type=int, default=None, metavar="K", help="lightfm: codewords per codebook "
                    "(default 256; fields with <= K values stay dense)")
-    g.add_argument("--memory-budget-mb", type=float, default=None, metavar="X",
-                   help="xlightfm: embedding memory budget of the search, paper-style MB")
     g.add_argument("--candidates", default=None, metavar="K1,K2,...",
                    help="xlightfm: codebook sizes the search chooses from (default 64,...,2048)")
-    g.add_argument("--search-steps", type=int, default=300, help="xlightfm: search steps (Algorithm 1)")
-    g.add_argument("--reg-lambda", type=float, default=None,
-                   help="lambda of the codebook distance regulariser, Eq. 5 (default 1.0)")
-    g.add_argument("--init-from", default=None, metavar="RUN_DIR",
-                   help="PQ-initialise the codebooks from this trained dense run (same data set)")
 
 
 def embedding_options(args: argparse.Namespace) -> dict:
-    """TrainConfig keyword arguments of the codebook flags (validated by TrainConfig.validate)."""
+    """``embedding_opts`` from the codebook size flags (validated by TrainConfig.validate)."""
     from adrank.core.errors import UserError
 
     opts = {k: getattr(args, k) for k in ("codebooks", "codewords") if getattr(args, k) is not None}
@@ -63,43 +50,43 @@ def embedding_options(args: argparse.Namespace) -> dict:
             opts["candidates"] = [int(c) for c in args.candidates.split(",")]
         except ValueError:
             raise UserError(f"--candidates must be comma-separated integers, got {args.candidates!r}") from None
-    lam = args.reg_lambda
-    if lam is None:
-        lam = 0.0 if args.embedding == "dense" else 1.0
-    return {"embedding": args.embedding, "embedding_opts": opts, "reg_lambda": lam,
-            "memory_budget_mb": args.memory_budget_mb, "search_steps": args.search_steps,
-            "init_from": args.init_from}
+    return opts
 
 
 def run(args: argparse.Namespace) -> int:
     from adrank.cli.settings import CliSettings
     from adrank.core.errors import UserError
+    from adrank.core.train_config import from_args
     from training.checkpoint import CheckpointError
     from training.data import prepare
-    from training.train import TrainConfig, barrier, fit, init_distributed
+    from training.splits import Splitter, count_rows, write_split
+    from training.train import barrier, fit, init_distributed
 
-    cfg = TrainConfig(dataset=args.dataset, model=args.model, rank=args.rank, embed_dim=args.embed_dim,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                      weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
-                      max_rows=args.max_rows, min_count=args.min_count, lr_search=args.lr_search,
-                      prune_from=args.prune_from, finetune=not args.no_finetune, threads=args.threads, progress=not args.quiet,
-                      **embedding_options(args))
+    cfg = from_args(args, embedding_opts=embedding_options(args))
     try:
         cfg.validate()
         rank, _ = init_distributed()
         if rank != 0:
             barrier()  # rank 0 encodes (or finds the cache) first; the others then read it
-        data = prepare(args.dataset, args.data, seed=args.seed, min_count=args.min_count,
-                       max_rows=args.max_rows, cache_dir=args.cache_dir or CliSettings.from_env().cache,
-                       progress=cfg.progress and rank == 0)
+        data = prepare(cfg.dataset, args.data, seed=cfg.split_seed, min_count=cfg.min_count,
+                       max_rows=cfg.max_rows, cache_dir=args.cache_dir or CliSettings.from_env().cache,
+                       progress=cfg.progress and rank == 0,
+                       split=cfg.split_kind())
         if rank == 0:
             barrier()
         metrics = fit(cfg, data, args.out)
+        if args.test_out and rank == 0:
+            kind = cfg.split_kind()
+            total = count_rows(cfg.dataset, args.data, cfg.max_rows) if kind == "ordered" else None
+            n = write_split(cfg.dataset, args.data, args.test_out, Splitter(kind, cfg.split_seed, total),
+                            "test", cfg.max_rows)
+            metrics["test_out"] = {"path": args.test_out, "rows": n}
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
     if rank == 0:
-        keys = ("model", "rank", "embed_dim", "lr", "valid", "test", "embedding", "embedding_mb",
-                "dense_embedding_mb", "compression", "xlightfm_search")
+        keys = ("model", "rank", "embed_dim", "lr", "interaction_lr", "emb_reg", "lin_reg", "valid", "test",
+                "best_epoch", "embedding", "embedding_mb", "dense_embedding_mb", "compression", "xlightfm_search",
+                "test_out")
         summary = {k: metrics[k] for k in keys if k in metrics}
         print(json.dumps(summary, indent=1))
     return 0
