@@ -47,6 +47,8 @@ def embedding_section(config: dict, dense_embeddings: bool = False) -> dict:
     """The manifest's ``embedding``: dense; a codebook model's codebooks + packed codes
     (``{"type": "codebook", "method": ...}``, the rest filled by exporter/codebook.py); or, with
     ``dense_embeddings``, a codebook model's decoded table."""
+    if (config.get("kind") or config.get("model")) == "lr":
+        return {"type": "none"}  # logistic regression: no embedding table
     emb = config.get("embedding", "dense")
     t = emb.get("type", "dense") if isinstance(emb, dict) else (emb or "dense")
     if t == "dense":

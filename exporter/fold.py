@@ -37,6 +37,8 @@ def check_params(kind: str, p: dict, n: int, m: int, embed_dim: int | None = Non
     if kind not in kinds.KINDS:
         raise ExportError(f"unknown model kind {kind!r} (known: {kinds.NAMES})")
     params = kinds.KINDS[kind].params
+    if not kinds.KINDS[kind].embedded:
+        embed_dim = 0  # no embedding table
     names = ("bias", "linear", *params) if embed_dim is not None else ("bias", "linear", "emb", *params)
     for name in names:
         if name not in p:
@@ -109,7 +111,7 @@ def fold(kind: str, params: dict, schema: Schema, id_offsets: np.ndarray, sq_nor
     k = check_params(kind, p, n, schema.m, embed_dim)
     arrays = {"bias": np.asarray(p["bias"], dtype=np.float32).reshape(1),
               "linear": np.asarray(p["linear"], dtype=np.float32)}
-    if embed_dim is None:
+    if embed_dim is None and kinds.KINDS[kind].embedded:
         arrays["emb"] = np.ascontiguousarray(p["emb"], dtype=np.float32)
     extra: dict = {"embed_dim": k, "rank": None}
     if kinds.KINDS[kind].low_rank:

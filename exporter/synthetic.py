@@ -35,9 +35,12 @@ class SyntheticModel:
     def artifact_parts(self) -> tuple[dict, dict]:
         """(manifest, arrays incl. the vocabulary) as ``Ranker`` / the artifact take them."""
         desc, vocab = self.preprocessor.to_state()
-        manifest = {"kind": self.kind, "rank": self.rho, "embed_dim": int(self.arrays["emb"].shape[1]),
+        embedded = "emb" in self.arrays  # a kind without embeddings (lr) has embedding type "none"
+        manifest = {"kind": self.kind, "rank": self.rho,
+                    "embed_dim": int(self.arrays["emb"].shape[1]) if embedded else 0,
                     "target": self.target, "schema": self.schema.to_dict(), "preprocess": desc,
-                    "n_features": self.preprocessor.vocab.n_features, "embedding": {"type": "dense"},
+                    "n_features": self.preprocessor.vocab.n_features,
+                    "embedding": {"type": "dense" if embedded else "none"},
                     **{k: v for k, v in (self.extra or {}).items() if k in ("n_pairs", "pair_blocks")}}
         return manifest, {**self.arrays, **vocab}
 
@@ -76,6 +79,8 @@ def synthetic_model(kind: str, schema: Schema, values_per_field: int = 20, k: in
              "linear": rng.normal(scale=0.1, size=n).astype(np.float32),
              "emb": rng.normal(scale=0.3, size=(n, k)).astype(np.float32)}
     params = kinds.get(kind).params
+    if not kinds.get(kind).embedded:
+        del naive["emb"]  # drawn all the same: every kind's other parameters come from one random stream
     if "U" in params:
         naive.update(U=rng.normal(size=(rho, m)).astype(np.float32), e=rng.normal(size=rho).astype(np.float32))
     if "R" in params:

@@ -53,6 +53,7 @@ COMMON_ARRAYS: dict[str, tuple[str, kinds.Shape]] = {
     "vocab_id_offsets": ("int64", ("m+1",)),
 }
 EMBEDDING_ARRAYS: dict[str, dict[str, tuple[str, kinds.Shape]]] = {
+    "none": {},  # no embedding table (a kind without embeddings: "lr"; embed_dim 0)
     "dense": {"emb": ("float32", ("n_features", "embed_dim"))},
     # xLightFM / LightFM (xlightfm.md Sec. 3): feature i of a quantized field f is the
     # concatenation of D codewords, codeword d = codebooks[codebook_base[f, d] + code]; code
@@ -200,8 +201,11 @@ def validate(manifest, table, arrays: dict[str, np.ndarray] | None = None, path=
                                f"(known: {sorted(EMBEDDING_ARRAYS)})", path)
     if manifest["target"] not in TARGETS:
         raise BadManifest(f"target must be one of {TARGETS}, got {manifest['target']!r}", path)
-    if manifest["n_features"] < 1 or manifest["embed_dim"] < 1:
-        raise BadManifest("n_features and embed_dim must be >= 1", path)
+    if manifest["n_features"] < 1 or manifest["embed_dim"] < (manifest["embedding"]["type"] != "none"):
+        raise BadManifest("n_features must be >= 1 and embed_dim >= 1 (0 without embeddings)", path)
+    if kinds.KINDS[manifest["kind"]].embedded == (manifest["embedding"]["type"] == "none"):
+        raise BadManifest(f"kind {manifest['kind']!r}: only a kind without embeddings (lr) has embedding type "
+                          "'none', and such a kind has no other", path)
     from adrank.core.schema import Schema, SchemaError
 
     try:

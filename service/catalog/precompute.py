@@ -8,6 +8,7 @@ Artifact semantics (docs/internals.md "Artifact") for a full row:
     dplr    b + sum_f lin_f + 1/2 ( sum_r e_r ||sum_f U_rf v_f||^2 + sum_f d_f ||v_f||^2 )  (Eq. 9)
     pruned  b + sum_f lin_f + sum_{kept i<j} R_ij <v_i, v_j>
     fwfm    b + sum_f lin_f + sum_{i<j} R_ij <v_i, v_j>                                  (Eq. 3)
+    lr      b + sum_f lin_f                                             (no embeddings, Eq. 1)
 
 Splitting every sum into its context and item halves gives, for ad a and context x,
 
@@ -27,6 +28,7 @@ with one *block* of k numbers per row b of a coefficient matrix, for both sides 
     / fwfm    = sum_{i in C*} <v_i, w_a,i>,  w_a,i = sum_j R_ij v_j, C* = context fields with a
             kept pair into I; so M_C selects C*, M_I = R[C*, I], g = 0, and the item x item /
             context x context pairs go to the constants; D = |C*| k.
+    lr      no blocks (B = 0, k = 0): c is the linear part alone, D = 0.
 
 So per candidate the catalog kernel does one D-long dot product (rho k for DPLR) no matter
 how many item fields an ad has.  The kernel below evaluates one side for many rows.
@@ -110,6 +112,16 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     if kind not in kinds.KINDS:
         raise PlanError(f"unknown model kind {kind!r}; expected one of {kinds.NAMES}")
     m, mc = schema.m, schema.m_context
+    offs = np.asarray(schema.slot_offsets, np.int64)
+    off_c, off_i = offs[: mc + 1], offs[mc:] - offs[mc]
+    none = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    if not kinds.KINDS[kind].embedded:  # lr
+        for name in ("bias", "linear"):
+            if name not in arrays:
+                raise PlanError(f"model arrays lack {name!r}")
+        ctx = _side(off_c, np.zeros((0, mc)), np.zeros(0), np.zeros(mc), np.zeros(0), *none)
+        item = _side(off_i, np.zeros((0, m - mc)), np.zeros(0), np.zeros(m - mc), np.zeros(0), *none)
+        return Plan(kind, 0, 0, ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]))
     source = None
     if "emb" not in arrays and "codebooks" in arrays:  # codebook embedding: decode rows per ad batch
         try:
@@ -122,12 +134,9 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
             raise PlanError(f"model arrays lack {name!r}")
     if source is None:
         k = int(np.asarray(arrays["emb"]).shape[1])
-    offs = np.asarray(schema.slot_offsets, np.int64)
-    off_c, off_i = offs[: mc + 1], offs[mc:] - offs[mc]
     d = np.asarray(arrays.get("d", np.zeros(m)), np.float64)
     if d.shape != (m,):
         raise PlanError(f"d has shape {d.shape}, expected ({m},)")
-    none = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     if kinds.KINDS[kind].low_rank:
         if kind == "fm":
             U, e = np.ones((1, m)), np.ones(1)
@@ -224,7 +233,10 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
 
 def _rows_of(plan: Plan, rows: np.ndarray, emb, linear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, emb, linear) to compute with: for a codebook model, the rows' distinct features
-    decoded once into a small table (xLightFM Eq. 3) and the ids renumbered into it."""
+    decoded once into a small table (xLightFM Eq. 3) and the ids renumbered into it; for a model
+    without embeddings (lr), a zero-width table."""
+    if not kinds.KINDS[plan.kind].embedded:
+        return rows, np.zeros((1, 0), np.float32), linear
     if plan.source is None:
         return rows, emb, linear
     rows = np.ascontiguousarray(rows, dtype=np.int32)

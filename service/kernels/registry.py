@@ -7,9 +7,11 @@ from service.kernels.base import Scorer
 from service.kernels.dplr import DPLRScorer
 from service.kernels.fm import FMScorer
 from service.kernels.fwfm import FwFMScorer
+from service.kernels.lr import LRScorer
 from service.kernels.pruned import PrunedScorer
 
 SCORERS: dict[str, type[Scorer]] = {
+    "lr": LRScorer,
     "fm": FMScorer,
     "fwfm": FwFMScorer,
     "pruned": PrunedScorer,

@@ -34,8 +34,8 @@ def setup(kind, schema, n=40, seed=0, **kw):
     ctx = random_features(schema, range(schema.m_context), VALUES, rng, 1)[0]
     cx, items = encode(sm, ctx, ads)
     plan = make_plan(kind, schema, sm.arrays)
-    W, c = ad_parts(plan, items, sm.arrays["emb"], sm.arrays["linear"])
-    z, const = context_part(plan, cx, sm.arrays["emb"], sm.arrays["linear"])
+    W, c = ad_parts(plan, items, sm.arrays.get("emb"), sm.arrays["linear"])
+    z, const = context_part(plan, cx, sm.arrays.get("emb"), sm.arrays["linear"])
     return sm, cx, items, (z, const, W, c)
 
 

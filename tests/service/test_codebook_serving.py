@@ -24,7 +24,7 @@ from tests import naive
 from tests.exporter.test_export import SCHEMA, random_rows, toy_params, toy_preprocessor
 
 quantize = pytest.importorskip("training.quantize")  # the reference decoder (and torch) for the oracle
-KINDS = kinds.NAMES  # every kind of the table
+KINDS = kinds.EMBEDDED  # every kind with embeddings (a codebook needs a table)
 RTOL, ATOL = 1e-4, 1e-4  # float32 kernels vs the float64 oracle (as tests/service/test_kernels.py)
 SAME = dict(rtol=1e-6, atol=1e-6)  # codebook vs dense kernels: same float32 math
 

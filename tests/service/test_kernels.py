@@ -21,7 +21,8 @@ from service.kernels.registry import SCORERS, make_scorer
 from tests import naive
 from tests.floats import assert_ulps_close
 
-KINDS = kinds.NAMES  # every kind of the table
+KINDS = kinds.EMBEDDED  # kinds with embeddings
+ALL_KINDS = kinds.NAMES  # every kind of the table (lr: bias + linear weights only)
 RTOL, ATOL = 1e-4, 1e-4  # float32 parameters and accumulation vs the float64 oracle
 
 
@@ -70,6 +71,8 @@ def random_params(rng, kind: str, n: int, m: int, k: int, rho: int = 2) -> dict:
 def fold(kind: str, p: dict, schema: Schema, id_offsets) -> dict:
     """The artifact's arrays: diagonal terms 1/2 c_f ||emb_j||^2 of single-valued fields folded."""
     m = schema.m
+    if kind == "lr":  # no embedding table, nothing to fold
+        return {"bias": p["bias"], "linear": p["linear"]}
     arrays = {"bias": p["bias"], "emb": p["emb"]}
     linear = p["linear"].astype(np.float64)
     if kind in ("fm", "dplr"):
@@ -97,6 +100,9 @@ def fold(kind: str, p: dict, schema: Schema, id_offsets) -> dict:
 
 
 def manifest_for(kind: str, schema: Schema, n: int, k: int, rank=None) -> dict:
+    if kind == "lr":
+        return {"kind": "lr", "rank": None, "embed_dim": 0, "target": schema.target, "schema": schema.to_dict(),
+                "n_features": n, "embedding": {"type": "none"}}
     return {"kind": kind, "rank": rank, "embed_dim": k, "target": schema.target, "schema": schema.to_dict(),
             "n_features": n, "embedding": {"type": "dense"}}
 
@@ -116,7 +122,7 @@ def oracle(kind, X, schema, params):
 
 
 # --- tests ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("k,seed,m,m_context", [(4, 0, 6, 3), (16, 1, 12, 5), (5, 2, 9, 4), (16, 3, 8, 0)])
 def test_score_rows_matches_naive(kind, k, seed, m, m_context):
     schema, params, arrays, X, manifest = case(kind, seed, k, m, m_context)
@@ -124,7 +130,7 @@ def test_score_rows_matches_naive(kind, k, seed, m, m_context):
     np.testing.assert_allclose(got, oracle(kind, X, schema, params), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("k,seed,m_context,p_multi", [(4, 10, 4, 0.4), (16, 11, 6, 0.0), (5, 12, 1, 0.5)])
 def test_cached_context_equals_full_rows_and_naive(kind, k, seed, m_context, p_multi):
     schema, params, arrays, X, manifest = case(kind, seed, k, 11, m_context, p_multi=p_multi)
@@ -180,7 +186,7 @@ def test_pruned_with_no_pairs_is_linear_only():
     np.testing.assert_allclose(got, oracle("pruned", X, schema, zero), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_threaded_path_equals_single_thread(kind):
     schema, params, arrays, X, manifest = case(kind, 40, 16, 10, 4, B=1300)
     ctx, items = X[0, : schema.n_context_slots], X[:, schema.n_context_slots :]
@@ -257,7 +263,7 @@ def test_bad_inputs_are_named_errors():
         make_scorer(manifest, {**arrays, "d": arrays["d"][:-1]})
     with pytest.raises(ValueError, match="n_features"):
         make_scorer({**manifest, "n_features": 3}, arrays)
-    assert set(SCORERS) == set(KINDS)
+    assert set(SCORERS) == set(ALL_KINDS)
 
 
 def test_readonly_unaligned_arrays_are_served():
@@ -272,7 +278,7 @@ def test_readonly_unaligned_arrays_are_served():
     np.testing.assert_allclose(scorer.score_rows(X), oracle("dplr", X, schema, params), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("p_multi", [0.0, 0.4])
 def test_pad_in_single_slot_fields_is_a_zero_field(kind, p_multi):
     """A single-slot field holding PAD contributes nothing (the kernels' ``idx >= 0`` guard),

@@ -60,7 +60,7 @@ def reference(kind, pre, params, ctx, ads, target="binary"):
     return raw, (sigmoid(raw) if target == "binary" else raw)
 
 
-@pytest.mark.parametrize("kind", ["fm", "fwfm", "pruned", "dplr"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "fwfm", "pruned", "dplr"])
 def test_rank_matches_naive_sorted(kind):
     ranker, pre, params = build(kind, seed=1)
     ranker.warm()
