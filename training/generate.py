@@ -1,17 +1,24 @@
-"""A synthetic CTR data set drawn from a *planted* DPLR-FwFM, so accuracy has a known ceiling.
+"""A synthetic CTR data set drawn from a *planted* FwFM, so accuracy has a known ceiling.
 
-The planted model is the paper's Eq. 3 with a diagonal-plus-low-rank field interaction
-matrix (Eq. 10)::
+The planted model is the paper's Eq. 3::
 
-    score(x) = b + sum_f w_f + sum_{i<j} <v_i, v_j> R_ij,    R = U^T diag(e) U + diag(d),
-    d = -diag(U^T diag(e) U)   (zero diagonal),   label ~ Bernoulli(sigmoid(score)).
+    score(x) = b + sum_f w_f + sum_{i<j} <v_i, v_j> R_ij,    label ~ Bernoulli(sigmoid(score)),
 
-``U`` (rho x m) is block-structured: field j belongs to group ``j mod rho`` and loads
-strongly on that group's row, weakly (0.3x) on the others, so fields interact strongly
-within a group and weakly between groups — the structure that motivates DPLR.  Groups mix
-context and item fields.  ``e_r = +-0.8^r``: with ``signs="mixed"`` (default) the signs
-alternate, so R is indefinite (some field groups interact negatively); ``signs="positive"``
-keeps every e_r > 0.  Feature frequencies are Zipf-like per field (value of popularity
+with a symmetric zero-diagonal field interaction matrix R chosen by ``interactions``:
+
+* ``dplr`` (default): diagonal plus low rank (Eq. 10), R = U^T diag(e) U + diag(d),
+  d = -diag(U^T diag(e) U) -- the model DPLR-FwFM is.  ``U`` (rho x m) is block-structured:
+  field j belongs to group ``j mod rho`` and loads strongly on that group's row, weakly (0.3x)
+  on the others.  ``e_r = +-0.8^r``: with ``signs="mixed"`` (default) the signs alternate, so R
+  is indefinite (some field groups interact negatively); ``signs="positive"`` keeps e_r > 0.
+* ``block``: full rank and block-structured, like the FwFM matrices learned on real data that
+  motivated the DPLR paper: fields fall into ``groups`` groups (mixing context and item
+  fields), R_ij = S[g_i, g_j] + noise, with group-pair strengths S (symmetric, N(0, 1) entries;
+  within-group strengths |S_gg| + 0.5, positive) and i.i.d. N(0, ``noise``^2) noise on every
+  pair.  Neither DPLR (low rank) nor pruning (a few pairs) is the true model.
+* ``sparse``: ``pairs`` strong pairs (|R_ij| uniform in [1, 2], random signs), every other
+  pair zero: the case pruning is made for (at rho = 1 it can keep them all when pairs <= m + 1)
+  and low rank is not -- the honest control.  Feature frequencies are Zipf-like per field (value of popularity
 rank p has probability proportional to (p+1)^-zipf); the last item field is multi-valued
 (a list of 1..L distinct values, its vector and linear term are means, Sec. 3.2).
 
@@ -32,12 +39,14 @@ Files written to ``out_dir``:
   line, tokens like ``f3_17`` (field 3's 17th most popular value, 0-based), multi values
   joined by ``|``.  Read it with ``training.data.read_raw("synthetic", out_dir)``.
 * ``schema.json``: the :class:`adrank.core.schema.Schema`.
-* ``planted.npz``: ``bias`` [1], ``linear`` [V], ``emb`` [V, k], ``U`` [rho, m], ``e`` [rho],
-  ``R`` [m, m] (dense, zero diagonal), ``field_offsets`` [m+1]: token ``f{j}_{p}`` is planted
-  row ``field_offsets[j] + p``; with clusters also ``cluster`` [V] (-1 = head) and
-  ``centroids`` [m, C, k].
+* ``planted.npz``: ``bias`` [1], ``linear`` [V], ``emb`` [V, k], ``R`` [m, m] (dense, zero
+  diagonal), ``field_offsets`` [m+1]: token ``f{j}_{p}`` is planted row ``field_offsets[j] + p``;
+  ``U`` [rho, m], ``e`` [rho] for ``dplr``, ``group`` [m] for ``block``; with clusters also
+  ``cluster`` [V] (-1 = head) and ``centroids`` [m, C, k].
 * ``truth.json``: the planted model's AUC / logloss on each split of
-  ``training.data.split_of_rows(idx, seed=0)`` — seed 0 is the trainer's default split seed.
+  ``training.data.split_of_rows(idx, seed=0)`` — seed 0 is the trainer's default split seed —
+  and ``"R"``, the planted m x m interaction matrix (what ``adrank inspect`` compares a trained
+  model's effective R with).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from training.metrics import auc, logloss
 
 INTERACTION_SHARE = 0.7  # fraction of the logit's variance from field interactions
 CROSS_GROUP = 0.3  # loading of a field on the other groups' rows of U
+INTERACTIONS = ("dplr", "block", "sparse")
 
 
 def make_schema(fields: int, context_fields: int, multi_max: int) -> Schema:
@@ -78,8 +88,11 @@ class Planted:
     """The planted model over raw tokens and the sampler of raw rows."""
 
     def __init__(self, schema: Schema, vocab: int, rank: int, embed_dim: int, zipf: float,
-                 clusters: int, rng: np.random.Generator, signs: str = "mixed", decay: float = 0.5):
+                 clusters: int, rng: np.random.Generator, signs: str = "mixed", decay: float = 0.5,
+                 interactions: str = "dplr", groups: int = 4, noise: float = 0.3, pairs: int | None = None):
         m = schema.m
+        if interactions not in INTERACTIONS:
+            raise ValueError(f"interactions must be one of {INTERACTIONS}, got {interactions!r}")
         if vocab < 2 * m:
             raise ValueError(f"vocab must be at least 2 per field ({2 * m}), got {vocab}")
         if rank < 1 or embed_dim < 1 or zipf < 0:
@@ -109,6 +122,36 @@ class Planted:
         flip = signs == "mixed"  # mixed: e alternates in sign, R is indefinite
         self.e = np.array([(-1.0 if flip and r % 2 else 1.0) * 0.8**r for r in range(rank)])
         self.bias = 0.0
+        self.interactions = interactions
+        R = self.U.T @ np.diag(self.e) @ self.U
+        if interactions == "block":
+            R = self._block(groups, noise, rng)
+        elif interactions == "sparse":
+            R = self._sparse(m if pairs is None else pairs, rng)
+        np.fill_diagonal(R, 0.0)
+        self._R = R
+
+    def _block(self, groups: int, noise: float, rng) -> np.ndarray:
+        """S[g_i, g_j] + N(0, noise^2) per pair; every group has >= 1 field, context and item mixed."""
+        m = self.schema.m
+        if not 1 <= groups <= m or noise < 0:
+            raise ValueError(f"block interactions need 1 <= groups <= m ({m}) and noise >= 0")
+        self.group = rng.permutation(np.arange(m) % groups)
+        S = rng.standard_normal((groups, groups))
+        S = (S + S.T) / np.sqrt(2)
+        np.fill_diagonal(S, np.abs(np.diag(S)) + 0.5)
+        E = rng.standard_normal((m, m)) * noise
+        return S[self.group][:, self.group] + np.triu(E, 1) + np.triu(E, 1).T
+
+    def _sparse(self, pairs: int, rng) -> np.ndarray:
+        m = self.schema.m
+        i, j = np.triu_indices(m, 1)
+        if not 1 <= pairs <= len(i):
+            raise ValueError(f"sparse interactions need 1 <= pairs <= m(m-1)/2 = {len(i)}, got {pairs}")
+        pick = rng.choice(len(i), pairs, replace=False)
+        R = np.zeros((m, m))
+        R[i[pick], j[pick]] = rng.uniform(1.0, 2.0, pairs) * rng.choice([-1.0, 1.0], pairs)
+        return R + R.T
 
     def _plant_clusters(self, C: int, rng) -> None:
         """Head (C most popular values per field) independent; tail = centroid + small noise."""
@@ -123,9 +166,7 @@ class Planted:
 
     @property
     def R(self) -> np.ndarray:
-        R = self.U.T @ np.diag(self.e) @ self.U
-        np.fill_diagonal(R, 0.0)
-        return R
+        return self._R
 
     def sample(self, n: int, rng) -> np.ndarray:
         """Raw rows as planted indices, int64 [n, S] (PAD = -1 in unused multi slots)."""
@@ -147,7 +188,8 @@ class Planted:
         return X
 
     def parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(linear part, interaction part) of each row; interactions by Proposition 1 (Eq. 9)."""
+        """(linear part, interaction part) of each row; DPLR interactions by Proposition 1 (Eq. 9),
+        the others as 1/2 sum_ij R_ij <v_i, v_j>."""
         offs, n = self.schema.slot_offsets, len(X)
         V = np.zeros((n, self.schema.m, self.k))
         lin = np.zeros(n)
@@ -158,6 +200,8 @@ class Planted:
             safe = np.where(valid, ids, 0)
             V[:, f] = (self.emb[safe] * valid[..., None]).sum(axis=1) / cnt[:, None]
             lin += (self.linear[safe] * valid).sum(axis=1) / cnt
+        if self.interactions != "dplr":
+            return lin, 0.5 * np.einsum("nik,ij,njk->n", V, self.R, V, optimize=True)
         P = np.einsum("rm,nmk->nrk", self.U, V)
         d = -(self.e[:, None] * self.U**2).sum(axis=0)
         inter = 0.5 * (np.einsum("r,nrk->n", self.e, P**2) + np.einsum("m,nmk->n", d, V**2))
@@ -185,9 +229,14 @@ class Planted:
 
     def arrays(self) -> dict[str, np.ndarray]:
         f32 = np.float32
-        return {"bias": np.array([self.bias], f32), "linear": self.linear.astype(f32),
-                "emb": self.emb.astype(f32), "U": self.U.astype(f32), "e": self.e.astype(f32),
-                "R": self.R.astype(f32), "field_offsets": self.field_offsets, **self.extra}
+        out = {"bias": np.array([self.bias], f32), "linear": self.linear.astype(f32),
+               "emb": self.emb.astype(f32), "R": self.R.astype(f32), "field_offsets": self.field_offsets,
+               **self.extra}
+        if self.interactions == "dplr":
+            out.update(U=self.U.astype(f32), e=self.e.astype(f32))
+        elif self.interactions == "block":
+            out["group"] = self.group
+        return out
 
 
 def _token_table(planted: Planted) -> np.ndarray:
@@ -210,7 +259,8 @@ def _lines(X: np.ndarray, y: np.ndarray, planted: Planted, tokens: np.ndarray) -
 def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: int = 20_000,
              fields: int = 16, context_fields: int = 8, embed_dim: int = 8, zipf: float = 1.1,
              multi_max: int = 4, clusters: int = 0, ctr: float = 0.2, signal: float = 1.2,
-             signs: str = "mixed", decay: float = 0.5, compress: bool = True, chunk_rows: int = 100_000,
+             signs: str = "mixed", decay: float = 0.5, interactions: str = "dplr", groups: int = 4,
+             noise: float = 0.3, pairs: int | None = None, compress: bool = True, chunk_rows: int = 100_000,
              progress: bool = True) -> dict:
     """Write a planted-model data set to ``out_dir`` (atomically) and return its truth.json."""
     if rows < 10:
@@ -219,7 +269,8 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         raise ValueError("ctr must be in (0, 1) and signal > 0")
     schema = make_schema(fields, context_fields, multi_max)
     planted = Planted(schema, vocab, rank, embed_dim, zipf, clusters,
-                      np.random.default_rng(np.random.SeedSequence([seed, 0])), signs, decay)
+                      np.random.default_rng(np.random.SeedSequence([seed, 0])), signs, decay,
+                      interactions, groups, noise, pairs)
     planted.calibrate(planted.sample(min(rows, 50_000), np.random.default_rng([seed, 1])), ctr, signal)
     tokens = _token_table(planted)
 
@@ -243,10 +294,17 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
                 bar.update(len(s))
         (tmp / "schema.json").write_text(json.dumps(schema.to_dict(), indent=1))
         np.savez(tmp / "planted.npz", **planted.arrays())
-        truth = _truth(scores, labels, dict(rows=rows, seed=seed, rank=rank, vocab=vocab, fields=fields,
-                                            context_fields=context_fields, embed_dim=embed_dim, zipf=zipf,
-                                            multi_max=multi_max, clusters=clusters, ctr=ctr, signal=signal,
-                                            signs=signs, decay=decay))
+        params = dict(rows=rows, seed=seed, interactions=interactions, vocab=vocab, fields=fields,
+                      context_fields=context_fields, embed_dim=embed_dim, zipf=zipf, multi_max=multi_max,
+                      clusters=clusters, ctr=ctr, signal=signal, decay=decay)
+        if interactions == "dplr":
+            params.update(rank=rank, signs=signs)
+        elif interactions == "block":
+            params.update(groups=groups, noise=noise)
+        else:
+            params["pairs"] = fields if pairs is None else pairs
+        truth = _truth(scores, labels, params)
+        truth["R"] = planted.R.tolist()
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():

@@ -45,6 +45,8 @@ def test_files_schema_and_truth(small):
     assert p["emb"].shape == (300, 4) and p["linear"].shape == (300,) and p["field_offsets"][-1] == 300
     # R is the paper's DPLR matrix (Eq. 10): symmetric, zero diagonal, == the oracle's rebuild
     assert np.allclose(p["R"], naive.dplr_matrix(p["U"], p["e"]), atol=1e-6)
+    assert np.allclose(np.array(truth["R"]), p["R"], atol=1e-6)  # truth.json carries the planted R
+    assert truth["params"]["interactions"] == "dplr"
 
 
 def test_truth_matches_the_oracle_on_every_row(small):
@@ -159,3 +161,54 @@ def test_weights_fade_with_rarity(tmp_path):
         norms[decay] = e[:10].mean() / e[400:].mean()
     assert 0.7 < norms[0.0] < 1.4  # even
     assert norms[0.5] > 5  # (1+p)^-0.5: ranks 0-9 vs 400+ differ ~8x
+
+
+@pytest.mark.parametrize("kind", ["block", "sparse"])
+def test_other_interactions_score_like_the_oracle(tmp_path, kind):
+    """block / sparse: truth.json's metrics are the oracle's FwFM with the planted R, and R has
+    the promised structure (block: group-pair means plus noise, full rank; sparse: few pairs)."""
+    out = tmp_path / kind
+    kw = dict(SMALL, rows=1500, fields=8, context_fields=4)
+    truth = generate(out, seed=3, progress=False, interactions=kind, groups=3, noise=0.2, pairs=5, **kw)
+    p = dict(np.load(out / "planted.npz"))
+    R = p["R"].astype(np.float64)
+    assert np.array_equal(R, R.T) and not np.diag(R).any() and np.allclose(np.array(truth["R"]), R, atol=1e-6)
+    assert "U" not in p and truth["params"]["interactions"] == kind
+    off = ~np.eye(8, dtype=bool)
+    if kind == "block":
+        g = p["group"]
+        assert sorted(set(g.tolist())) == [0, 1, 2]
+        same = np.equal.outer(g, g) & off
+        assert np.linalg.matrix_rank(R) == 8  # full rank: not a low-rank model
+        # each group pair's entries scatter around one strength: within-pair spread ~ the noise
+        spread = [R[np.ix_(g == a, g == b)][off[np.ix_(g == a, g == b)]].std()
+                  for a in range(3) for b in range(3) if (same if a == b else ~same)[np.ix_(g == a, g == b)].any()]
+        assert max(spread) < 0.6
+    else:
+        assert np.count_nonzero(np.triu(R, 1)) == 5 and (np.abs(R[R != 0]) >= 1).all()
+    schema = D.schema_for("synthetic", out)
+    header, rows = _rows(out)
+    offs, fo = schema.slot_offsets, p["field_offsets"]
+    scores, y = [], []
+    for r in rows:
+        x = np.full(schema.n_slots, -1)
+        for f in range(schema.m):
+            for j, t in enumerate(r[1 + f].split("|")):
+                x[offs[f] + j] = fo[f] + int(t.rsplit("_", 1)[1])
+        scores.append(naive.fwfm_score(x, offs, p["bias"][0], p["linear"], p["emb"], R))
+        y.append(float(r[0]))
+    prob, y = 1 / (1 + np.exp(-np.array(scores))), np.array(y)
+    assert truth["all"]["logloss"] == pytest.approx(logloss(y, prob), abs=1e-5)
+    assert truth["all"]["auc"] == pytest.approx(auc(y, prob), abs=1e-4) and truth["all"]["auc"] > 0.6
+
+
+def test_bad_interaction_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match="interactions must be"):
+        generate(tmp_path / "a", rows=100, vocab=40, fields=4, context_fields=2, interactions="dense", progress=False)
+    with pytest.raises(ValueError, match="groups"):
+        generate(tmp_path / "b", rows=100, vocab=40, fields=4, context_fields=2, interactions="block", groups=9,
+                 progress=False)
+    with pytest.raises(ValueError, match="pairs"):
+        generate(tmp_path / "c", rows=100, vocab=40, fields=4, context_fields=2, interactions="sparse", pairs=7,
+                 progress=False)
+    assert not any((tmp_path / n).exists() for n in "abc")
