@@ -72,8 +72,11 @@ def test_artifact_path_uses_the_serving_ranker(trained, tmp_path):
 
 
 def test_paper_table_experiment_writes_consistent_tables(tmp_path):
-    """`adrank experiment paper-table`: every cell is the seed mean of its runs' test metrics."""
+    """`adrank experiment paper-table`: every cell is the seed mean (and sd) of its runs' test metrics,
+    the paired test is computed from the per-seed differences, the pruned variants are what they say."""
     import csv
+
+    from training import checkpoint, stats
 
     gen = tmp_path / "gen"
     generate(gen, rows=2500, vocab=200, fields=6, context_fields=2, seed=2, progress=False)
@@ -83,28 +86,41 @@ def test_paper_table_experiment_writes_consistent_tables(tmp_path):
                  "--epochs", "1", "--min-count", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     md = (out / "paper-table-synthetic.md").read_text()
     assert "adrank experiment paper-table --dataset synthetic" in md.split("```")[1]
+    assert "planted model itself scores" in md and "Learned R vs planted R" in md
     lines = (out / "paper-table-synthetic.csv").read_text().splitlines()
     assert lines[0].startswith("# adrank experiment paper-table")
     table = list(csv.DictReader(lines[1:]))
     assert [(r["metric"], r["rank"]) for r in table] == [("auc", "1"), ("auc", "2"), ("logloss", "1"), ("logloss", "2")]
     m = 6  # 15 pairs: rho = 1, 2 keep 7 and 14 of them
+
+    def test_metric(name, seed, metric):
+        return json.loads((runs / f"k4-s{seed}-{name}" / "metrics.json").read_text())["test"][metric]
+
     for r in table:
         rho, metric = int(r["rank"]), r["metric"]
         assert float(r["sparsity_pct"]) == pytest.approx(round(100 * 2 * rho * (m + 1) / (m * (m - 1)), 1))
-        for kind in ("fm", "fwfm", "fwfm_ft", "dplr", "pruned"):  # seed means of the runs' metrics.json
-            name = f"{kind}{rho}" if kind in ("dplr", "pruned") else kind
-            vals = [json.loads((runs / f"k4-s{s}-{name}" / "metrics.json").read_text())["test"][metric]
-                    for s in (0, 1)]
-            assert float(r[kind]) == pytest.approx(np.mean(vals), rel=1e-5)
-        dplr, pruned = float(r["dplr"]), float(r["pruned"])
-        better = dplr > pruned if metric == "auc" else dplr < pruned
-        assert (float(r["dplr_vs_pruned_pct"]) > 0) == better
-        assert r["verdict"] in ("DPLR better", "pruned better", "tie (within seed noise)")
-        if r["verdict"] != "tie (within seed noise)":
-            assert (r["verdict"] == "DPLR better") == better
-    from training import checkpoint
-
-    pruned, _, _ = checkpoint.load(runs / "k4-s0-pruned1")
+        vals = {}
+        for kind in ("lr", "fm", "fwfm", "fwfm_ft", "dplr", "pruned", "pruned_ft"):
+            name = f"{kind}{rho}" if kind in ("dplr", "pruned", "pruned_ft") else kind
+            vals[kind] = [test_metric(name, s, metric) for s in (0, 1)]
+            assert float(r[kind]) == pytest.approx(np.mean(vals[kind]), rel=1e-5)
+            assert float(r[f"{kind}_sd"]) == pytest.approx(np.std(vals[kind], ddof=1), rel=1e-4, abs=1e-9)
+        sign = 1 if metric == "auc" else -1
+        for other in ("pruned", "pruned_ft"):
+            test = stats.paired([sign * (a - b) for a, b in zip(vals["dplr"], vals[other], strict=True)])
+            assert r[f"vs_{other}_verdict"] == stats.verdict(test)
+            if test["p"] is not None:
+                assert float(r[f"vs_{other}_p"]) == pytest.approx(test["p"], rel=1e-4)
+    summary = json.loads((out / "paper-table-synthetic.json").read_text())
+    assert len(summary["runs"]) == 2 * (1 + 3 + 2 * 3) and summary["facts"]["split"] == "random"
+    assert all(r["pearson_R"] is not None for r in summary["runs"] if r["kind"] in ("fwfm", "dplr"))
+    fwfm, _, _ = checkpoint.load(runs / "k4-s0-fwfm")
+    pruned, _, _ = checkpoint.load(runs / "k4-s0-pruned1")  # the paper's code: pruned, not retrained
+    a, b = fwfm.export_arrays(), pruned.export_arrays()
     assert int(pruned.mask.sum()) == 2 * min(m + 1, m * (m - 1) // 2)
+    assert np.array_equal(a["emb"], b["emb"]) and np.array_equal(np.where(b["mask"], a["R"], 0), b["R"])
+    assert json.loads((runs / "k4-s0-pruned1" / "metrics.json").read_text())["epochs_run"] == 0
+    ft, _, _ = checkpoint.load(runs / "k4-s0-pruned_ft1")
+    assert np.array_equal(ft.mask.numpy(), pruned.mask.numpy()) and not np.array_equal(ft.export_arrays()["emb"], a["emb"])
     control, _, _ = checkpoint.load(runs / "k4-s0-fwfm_ft")  # fine-tuned with every pair kept
     assert int(control.mask.sum()) == m * (m - 1)

@@ -6,4 +6,5 @@ Modules stay import-light: heavy imports (torch, numba kernels, FastAPI) happen 
 """
 
 # Order shown by `adrank --help`.
-COMMANDS = ["generate", "train", "evaluate", "experiment", "export", "serve", "default-models", "bench", "loadtest"]
+COMMANDS = ["generate", "train", "evaluate", "inspect", "experiment", "export", "serve", "default-models", "bench",
+            "loadtest"]
