@@ -101,6 +101,10 @@ def test_cli_on_a_run_and_its_artifact(tmp_path, kind, rank, capsys):
     assert run["metrics"]["test"] == json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert (tmp_path / "run" / "interactions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "m-interactions.png").is_file()
+    bad = tmp_path / "notes.txt.gz"
+    bad.write_bytes(b"\x1f\x8b\x08 not json")
+    assert main(["inspect", str(tmp_path / "run"), "--truth", str(bad)]) == 2
+    assert "not a truth.json" in capsys.readouterr().err
 
 
 def test_planted_gauge_undoes_per_field_scales_and_signs(tmp_path):

@@ -50,19 +50,26 @@ def load_model_arrays(target: Path):
 
 
 def find_truth(explicit, source):
-    """(truth.json path, planted R) from an explicit path or directory, else beside the data source."""
-    cands = [Path(explicit)] if explicit else ([Path(source)] if source else [])
-    for c in cands:
-        p = c / "truth.json" if c.is_dir() else c
-        if p.is_file():
-            t = json.loads(p.read_text())
-            if "R" in t:
-                return p, t["R"]
-            if explicit:
-                raise ValueError(f"{p}: no planted \"R\" (made by an older `adrank generate`; generate it again)")
-        elif explicit:
+    """(truth.json path, planted R) from an explicit path (the file or its directory), else from
+    the run's data source when that is a generated data set's directory; (None, None) otherwise."""
+    if explicit:
+        p = Path(explicit)
+        p = p / "truth.json" if p.is_dir() else p
+        if not p.is_file():
             raise ValueError(f"{p}: no such truth.json")
-    return None, None
+    elif source and Path(source).is_dir() and (Path(source) / "truth.json").is_file():
+        p = Path(source) / "truth.json"
+    else:
+        return None, None
+    try:
+        t = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not a truth.json ({exc})") from None
+    if "R" not in t:
+        if explicit:
+            raise ValueError(f"{p}: no planted \"R\" (made by an older `adrank generate`; generate it again)")
+        return None, None
+    return p, t["R"]
 
 
 def _vocab_arrays(target: Path, arrays: dict) -> dict:
