@@ -101,8 +101,24 @@ def _pearson(run_dir: Path, truth_R, data_dir) -> tuple[float | None, float | No
     return (None if g is None else offdiag_pearson(R * g, truth_R)), offdiag_pearson(R, truth_R)
 
 
-def run_all(plan: Plan, runs_dir: Path, cache_dir=None, progress: bool = True) -> tuple[list[dict], dict]:
-    """Train every model of the plan; returns (one record per run, data set facts)."""
+def _finished(run: Path, cfg: TrainConfig) -> dict | None:
+    """metrics.json of a finished run trained with exactly ``cfg`` (else None): --resume."""
+    try:
+        saved = json.loads((run / "config.json").read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    want = dataclasses.asdict(cfg)
+    if any(saved.get(k) != v for k, v in want.items() if k not in ("progress", "prune_from", "threads")):
+        return None
+    return metrics
+
+
+def run_all(plan: Plan, runs_dir: Path, cache_dir=None, progress: bool = True,
+            resume: bool = False) -> tuple[list[dict], dict]:
+    """Train every model of the plan; returns (one record per run, data set facts).  With
+    ``resume``, a run directory already holding a finished run of the same configuration is
+    reused (an interrupted or extended experiment -- more seeds -- trains only what is missing)."""
     data = prepare(plan.dataset, plan.data, seed=0, min_count=plan.min_count, max_rows=plan.max_rows,
                    cache_dir=cache_dir, progress=progress, split=plan.split_kind)
     truth, truth_R = _planted_R(plan)
@@ -128,7 +144,7 @@ def run_all(plan: Plan, runs_dir: Path, cache_dir=None, progress: bool = True) -
         if kind in ("pruned", "pruned_ft", "fwfm_ft"):  # prune the FwFM of the same (k, seed)
             cfg = dataclasses.replace(cfg, model="pruned", prune_from=str(fwfm_runs[(k, seed)]), tune=0,
                                       finetune=kind != "pruned", rank=every_pair if kind == "fwfm_ft" else rho)
-        metrics = fit(cfg, data, runs_dir / name)
+        metrics = (_finished(runs_dir / name, cfg) if resume else None) or fit(cfg, data, runs_dir / name)
         if kind == "fwfm":
             fwfm_runs[(k, seed)] = runs_dir / name
         pearson, pearson_raw = _pearson(runs_dir / name, truth_R, plan.data)
@@ -191,7 +207,10 @@ def _p(p) -> str:
 def to_markdown(table: list[dict], records: list[dict], facts: dict, plan: Plan, command: str, seconds: float,
                 load: str) -> str:
     target_metrics = [r for r in dict.fromkeys(t["metric"] for t in table)]
-    lines = [f"# Paper Table 1 protocol: {plan.dataset}", "", "Made by:", "", "```", command, "```", "",
+    title = plan.dataset
+    if "truth" in facts:
+        title += f" ({facts['truth']['params'].get('interactions', 'dplr')} interactions)"
+    lines = [f"# Paper Table 1 protocol: {title}", "", "Made by:", "", "```", command, "```", "",
              f"Machine load before the run (uptime): `{load}`. Wall time {seconds / 60:.1f} min.", ""]
     split = ("the last 10% of the file's rows (chronological: the held-out set a user would trust), "
              "validation the 10% before them" if facts["split"] == "ordered" else "a seeded random 80/10/10 split")
@@ -261,15 +280,22 @@ def _load() -> str:
         return "unknown"
 
 
+def render(summary: dict) -> str:
+    """The Markdown of a written summary (``<stem>.json``) again, with this module's renderer."""
+    plan = Plan(**{**summary["plan"], **{k: tuple(summary["plan"][k]) for k in ("embed_dims", "ranks", "seeds")}})
+    return to_markdown(summary["table"], summary["runs"], summary["facts"], plan, summary["command"],
+                       summary["seconds"], summary["load_before"])
+
+
 def paper_table(plan: Plan, out_dir, runs_dir=None, cache_dir=None, command: str = "", progress: bool = True,
-                stem: str | None = None) -> dict:
+                stem: str | None = None, resume: bool = False) -> dict:
     """Run the plan; write ``<stem>.{md,csv,json}`` under ``out_dir`` (default stem
     paper-table-<dataset>); every run directory stays under ``runs_dir``."""
     out = Path(out_dir)
     runs = Path(runs_dir) if runs_dir else out / "runs" / plan.dataset
     load = _load()
     started = time.perf_counter()
-    records, facts = run_all(plan, runs, cache_dir, progress)
+    records, facts = run_all(plan, runs, cache_dir, progress, resume)
     seconds = time.perf_counter() - started
     table = summarize(records, facts, plan)
     out.mkdir(parents=True, exist_ok=True)

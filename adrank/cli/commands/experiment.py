@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="80/10/10 split (default ordered for criteo/avazu, random otherwise)")
     p.add_argument("--min-count", type=int, default=default("min_count"))
     p.add_argument("--max-rows", type=int, default=None)
-    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE)")
+    p.add_argument("--cache-dir", default=None, help="encoded-data cache (default $ADRANK_CACHE, else .adrank/cache)")
+    p.add_argument("--resume", action="store_true",
+                   help="paper-table: reuse finished runs of the same configuration in the runs directory")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -65,6 +67,7 @@ def overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from adrank.cli.settings import CliSettings
     from adrank.core.errors import UserError
     from training.checkpoint import CheckpointError
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         shlex.join(["adrank", "experiment", args.name, "--dataset", args.dataset, "--data", args.data,
                     "--out", args.out])
     sets = overrides(args.set)
+    cache_dir = args.cache_dir or CliSettings.from_env().cache
     try:
         if args.name == "paper-table":
             from training.experiment import Plan, paper_table
@@ -82,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             plan = Plan(dataset=args.dataset, data=args.data, embed_dims=tuple(args.embed_dims),
                         ranks=tuple(args.ranks), seeds=tuple(args.seeds), epochs=args.epochs, tune=args.tune,
                         min_count=args.min_count, max_rows=args.max_rows, split=args.split, overrides=sets)
-            summary = paper_table(plan, args.out, args.runs_dir, args.cache_dir, command,
-                                  progress=not args.quiet, stem=args.stem)
+            summary = paper_table(plan, args.out, args.runs_dir, cache_dir, command,
+                                  progress=not args.quiet, stem=args.stem, resume=args.resume)
             stem = args.stem or f"paper-table-{args.dataset}"
         else:
             from benchmarks.drop_fields import drop_fields
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             summary = drop_fields(args.dataset, args.data, args.out, rank=args.ranks[0], k=args.embed_dims[0],
                                   drops=tuple(args.drops), epochs=args.epochs, seed=args.seeds[0],
                                   split=args.split, min_count=args.min_count, max_rows=args.max_rows,
-                                  overrides=sets, runs_dir=args.runs_dir, cache_dir=args.cache_dir,
+                                  overrides=sets, runs_dir=args.runs_dir, cache_dir=cache_dir,
                                   command=command, stem=args.stem, progress=not args.quiet)
             stem = args.stem or f"drop-fields-{args.dataset}"
     except (ValueError, CheckpointError, OSError) as exc:
