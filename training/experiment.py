@@ -252,6 +252,7 @@ def to_markdown(table: list[dict], records: list[dict], facts: dict, plan: Plan,
                     f"{r['vs_pruned_pct']:+.2f}%", _p(r["vs_pruned_p"]), r["vs_pruned_verdict"],
                     f"{r['vs_pruned_ft_pct']:+.2f}%", _p(r["vs_pruned_ft_p"]), r["vs_pruned_ft_verdict"]]) + " |")
         lines.append("")
+    lines += _vs_lr(records, facts, plan)
     for other in ("pruned", "pruned_ft"):
         wins = sum(r[f"vs_{other}_verdict"].startswith("DPLR better") for r in table)
         losses = sum(r[f"vs_{other}_verdict"].startswith("pruned better") for r in table)
@@ -271,6 +272,32 @@ def to_markdown(table: list[dict], records: list[dict], facts: dict, plan: Plan,
             lines.append(f"- k={k} {name}: {_fmt(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None)}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _vs_lr(records: list[dict], facts: dict, plan: Plan) -> list[str]:
+    """The floor: the best model (by its mean test metric) against logistic regression, paired by seed."""
+    metrics = [("mse", False)] if facts["target"] == "regression" else [("auc", True), ("logloss", False)]
+    lr = {r["seed"]: r["test"] for r in records if r["kind"] == "lr"}
+    if not lr:
+        return []
+    out = ["", "Against the floor (logistic regression), the best model by mean test metric, paired by seed:", ""]
+    for metric, higher in metrics:
+        groups: dict = {}
+        for r in records:
+            if r["kind"] != "lr":
+                groups.setdefault((r["k"], r["kind"], r["rank"]), {})[r["seed"]] = r["test"][metric]
+        mean = {g: float(np.mean(list(v.values()))) for g, v in groups.items()}
+        (k, kind, rho) = max(mean, key=lambda g: mean[g] if higher else -mean[g])
+        seeds = sorted(set(groups[(k, kind, rho)]) & set(lr))
+        d = [(groups[(k, kind, rho)][s] - lr[s][metric]) * (1 if higher else -1) for s in seeds]
+        test = stats.paired(d)
+        name = f"{LABEL[kind]}" + (f" rho={rho}" if rho else "") + f" (k={k})"
+        lr_mean = float(np.mean([lr[s][metric] for s in seeds]))
+        out.append(f"- {metric}: {name} {mean[(k, kind, rho)]:.4f} vs LR {lr_mean:.4f}: the model better by "
+                   f"{test['mean']:+.4f}"
+                   + (f" (sd {test['sd']:.4f}, p {_p(test['p'])})" if test["sd"] is not None else "")
+                   + f"; {stats.verdict(test, better='the model', worse='LR')}")
+    return out + [""]
 
 
 def _load() -> str:

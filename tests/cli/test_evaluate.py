@@ -87,6 +87,9 @@ def test_paper_table_experiment_writes_consistent_tables(tmp_path):
     md = (out / "paper-table-synthetic.md").read_text()
     assert "adrank experiment paper-table --dataset synthetic" in md.split("```")[1]
     assert "planted model itself scores" in md and "Learned R vs planted R" in md
+    floor = md[md.index("Against the floor"):].splitlines()
+    lr_auc = np.mean([json.loads((runs / f"k4-s{s}-lr" / "metrics.json").read_text())["test"]["auc"] for s in (0, 1)])
+    assert f"vs LR {lr_auc:.4f}" in floor[2] and floor[2].startswith("- auc:")
     lines = (out / "paper-table-synthetic.csv").read_text().splitlines()
     assert lines[0].startswith("# adrank experiment paper-table")
     table = list(csv.DictReader(lines[1:]))
