@@ -38,6 +38,12 @@ def _insert(hashes, first_row, keys, rows):
 
 
 @numba.njit(**PLAIN)
+def _fill(a, v):
+    for i in range(a.shape[0]):
+        a[i] = v
+
+
+@numba.njit(**PLAIN)
 def lookup(keys, rows, q, out):
     """out[n] = row of hash q[n], or -1; returns how many were missing."""
     mask = keys.shape[0] - 1
@@ -121,7 +127,8 @@ class IdTable:
         n = max(len(hashes), capacity)
         cap = 1 << max(4, int(2 * n - 1).bit_length())
         self.keys = np.zeros(cap, np.uint64)
-        self.rows_ = np.full(cap, -1, np.int64)  # -1 until written: see insert()
+        self.rows_ = np.empty(cap, np.int64)
+        _fill(self.rows_, -1)  # -1 until written (see insert()); compiled: np.full holds the GIL
         bad = _insert(hashes, 0, self.keys, self.rows_)
         if bad >= 0:
             raise IdCollision(int(bad))

@@ -9,8 +9,11 @@ it changes, not the catalog's size; a background merge folds the delta into a ne
 (service/catalog/store.py).
 
 Ids and raw features live in :class:`Strings` arenas (one byte buffer + offsets), not in Python
-lists: a merge copies them as a few large blocks (NumPy releases the GIL for those), and a million
-ids are two arrays for the garbage collector instead of a million objects.
+lists: a million ids are two arrays for the garbage collector instead of a million objects.  A
+merge moves hundreds of MB (every live row's parts, ids and features): it does so in compiled
+loops that release the GIL (``take_concat``), because NumPy's own ``concatenate`` and fancy
+indexing hold it for the whole copy — tens of ms at this size, during which no request of the
+process can run.
 """
 
 from __future__ import annotations
@@ -18,9 +21,68 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgspec
+import numba
 import numpy as np
 
 from service.catalog.idtable import IdTable, lookup_view
+from service.kernels.codegen import PLAIN
+
+
+@numba.njit(**PLAIN)
+def _take_concat_1d(a, rows, b, out):
+    n = rows.shape[0]
+    for i in range(n):
+        out[i] = a[rows[i]]
+    for i in range(b.shape[0]):
+        out[n + i] = b[i]
+
+
+@numba.njit(**PLAIN)
+def _take_concat_2d(a, rows, b, out):
+    n = rows.shape[0]
+    for i in range(n):
+        out[i, :] = a[rows[i], :]
+    for i in range(b.shape[0]):
+        out[n + i, :] = b[i, :]
+
+
+@numba.njit(**PLAIN)
+def _strings_offsets(a_off, rows, b_off, out_off):
+    n = rows.shape[0]
+    out_off[0] = 0
+    for i in range(n):
+        out_off[i + 1] = out_off[i] + a_off[rows[i] + 1] - a_off[rows[i]]
+    for i in range(b_off.shape[0] - 1):
+        out_off[n + i + 1] = out_off[n + i] + b_off[i + 1] - b_off[i]
+
+
+@numba.njit(**PLAIN)
+def _strings_copy(a, a_off, rows, b, out_off, out):
+    n = rows.shape[0]
+    for i in range(n):
+        lo, o = a_off[rows[i]], out_off[i]
+        out[o : o + a_off[rows[i] + 1] - lo] = a[lo : a_off[rows[i] + 1]]
+    o = out_off[n]
+    out[o : o + b.shape[0]] = b
+
+
+def take_concat(a: np.ndarray, rows: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``concatenate([a[rows], b])`` (1-D, or 2-D by rows) into ``out`` (allocated when None), GIL-free."""
+    rows = np.ascontiguousarray(rows, np.int64)
+    if out is None:
+        out = np.empty((len(rows) + len(b),) + a.shape[1:], a.dtype)
+    (_take_concat_2d if a.ndim == 2 else _take_concat_1d)(a, rows, b, out)
+    return out
+
+
+def warm() -> None:
+    """Compile (or load from the cache) the merge's copy loops for the types a catalog uses."""
+    rows = np.zeros(1, np.int64)
+    for dt in (np.uint64, np.int64, np.float64):
+        take_concat(np.zeros(1, dt), rows, np.zeros(1, dt))
+    take_concat(np.zeros((1, 1), np.float32), rows, np.zeros((1, 1), np.float32))
+    s = Strings.of([b"a"])
+    s.take_concat(rows, s)
 
 
 def _runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +127,15 @@ class Strings:
         for j, k in zip(*(x.tolist() for x in _runs(rows)), strict=True):
             lo, hi = self.off[rows[j]], self.off[rows[k - 1] + 1]
             data[off[j] : off[j] + hi - lo] = self.data[lo:hi]
+        return Strings(data, off)
+
+    def take_concat(self, rows: np.ndarray, other: Strings) -> Strings:
+        """``self.take(rows) + other`` in compiled loops that release the GIL (a merge's copy)."""
+        rows = np.ascontiguousarray(rows, np.int64)
+        off = np.empty(len(rows) + len(other) + 1, np.int64)
+        _strings_offsets(self.off, rows, other.off, off)
+        data = np.empty(int(off[-1]), np.uint8)
+        _strings_copy(self.data, self.off, rows, other.data, off, data)
         return Strings(data, off)
 
     def __add__(self, other: Strings) -> Strings:

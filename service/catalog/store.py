@@ -65,6 +65,7 @@ class Model:
         object.__setattr__(self, "plan", make_plan(self.kind, self.preprocessor.schema, self.arrays))
         kernels.warm(self.plan.D)
         idtable.warm()
+        segments.warm()
         emb = self.arrays.get("emb")  # None for a codebook model: the plan decodes rows itself
         object.__setattr__(self, "arrays", {"emb": None if emb is None else np.ascontiguousarray(emb),
                                             "linear": np.ascontiguousarray(self.arrays["linear"]).ravel()})
@@ -294,13 +295,17 @@ def without_model(view: View, key: str) -> View:
 
 
 def merge(view: View) -> View:
-    """The same catalog as ``view`` with every live ad in a new base and an empty delta (O(N),
-    compiled gathers that release the GIL: run it off the request and writer paths)."""
+    """The same catalog as ``view`` with every live ad in a new base and an empty delta (O(N) in
+    compiled copies that release the GIL, segments.take_concat: run it off the request and writer
+    paths)."""
     live = view.live_base_rows()
     b, d = view.base, view.delta
-    parts = {k: _cat_part(_take_part(b.parts[k], live), d.parts[k]) for k in view.models}
-    base = _segment(b.ids.take(live) + d.ids, b.features.take(live) + d.features,
-                    np.concatenate([b.hashes[live], d.hashes]), np.concatenate([b.born[live], d.born]), parts)
+    n = len(live) + len(d)
+    take = segments.take_concat
+    parts = {k: Part(take(b.parts[k].W, live, d.parts[k].W, aligned_empty((n, b.parts[k].W.shape[1]))),
+                     take(b.parts[k].c, live, d.parts[k].c)) for k in view.models}
+    base = _segment(b.ids.take_concat(live, d.ids), b.features.take_concat(live, d.features),
+                    take(b.hashes, live, d.hashes), take(b.born, live, d.born), parts)
     return View(view.version, base, np.zeros(0, np.int64), _empty_delta(view.models), view.models)
 
 

@@ -422,3 +422,24 @@ def test_an_ad_is_taken_from_the_catalog_only_when_given_by_id_alone():
     assert by_id({"id": "b"}) and by_id({"id": 7})
     assert not by_id({"id": "a", "features": {}}) and not by_id({"id": "b", "values": []}) and not by_id(3)
     assert (catalog_key("x"), catalog_key(7), catalog_key(True), catalog_key(1.5)) == ("x", "7", None, None)
+
+
+def test_merge_copies_equal_numpy_gathers():
+    """The merge's compiled copies (segments.take_concat, Strings.take_concat) move exactly the
+    bytes NumPy's fancy indexing + concatenate would, for every dtype a segment holds."""
+    from service.catalog.segments import Strings, take_concat
+
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.choice(500, 300, replace=False)).astype(np.int64)
+    for a, b in ((rng.random((500, 7)).astype(np.float32), rng.random((9, 7)).astype(np.float32)),
+                 (rng.random(500), rng.random(9)),
+                 (rng.integers(0, 2**63, 500).astype(np.uint64), rng.integers(0, 2**63, 9).astype(np.uint64)),
+                 (rng.integers(-5, 5, 500), np.zeros(0, np.int64))):
+        assert np.array_equal(take_concat(a, rows, b), np.concatenate([a[rows], b]))
+    words = [bytes(rng.integers(97, 123, rng.integers(0, 12)).astype(np.uint8)) for _ in range(500)]
+    extra = [b"x", b"", "é".encode()]
+    for r in (rows, rows[::-1].copy(), np.zeros(0, np.int64)):
+        got = Strings.of(words).take_concat(r, Strings.of(extra))
+        want = [words[i] for i in r] + extra
+        assert [got.raw(i) for i in range(len(got))] == want
+        assert np.array_equal(got.off, Strings.of(want).off)
