@@ -4,7 +4,7 @@
   and it does catch violations: deferred imports planted in a copy of the tree, and the old
   layout before the move (commit baea5d5, where it exists in this clone's history).
 * No module imports a private name (``_x``) of another module.
-* No import cycle between modules (one known cycle, owned by the trainer's issue 17, is listed).
+* No import cycle between modules.
 * Every ``ADRANK_*`` variable in the code is in the README's settings table and the other way
   round, and each is read in exactly the one file the table names.
 """
