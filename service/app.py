@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
     app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.svc = ServiceState(settings=settings, state=ServingState(settings, loader=loader))
+    svc = app.state.svc = ServiceState(settings=settings, state=ServingState(settings, loader=loader))
+    svc.state.busy = lambda: svc.inflight > 0  # catalog writes let ranking requests run first
     app.include_router(router)
     app.include_router(catalog_router)
     if settings.admin_enabled:

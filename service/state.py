@@ -48,6 +48,11 @@ log = logging.getLogger("adrank.state")
 BOOT_CHUNK = 1_000  # ads per log entry of a start-up catalog file: decoding one holds the GIL ~1 ms
 MERGE_NICE = 10  # the merger thread yields the cores to requests: a merge can wait, a request cannot
 RETIRE_SECONDS = 2.0  # far longer than a request holds a snapshot
+# A catalog write's CPU work (validate, encode, parts) runs in slices of WRITE_SLICE ads; before
+# each slice it waits while ranking requests are in flight (they share the GIL with it), up to
+# WRITE_YIELD_MAX in all, so a write delays a request by one slice instead of all of its work.
+WRITE_SLICE = 16
+WRITE_YIELD_MAX = 0.02
 
 
 class ReloadBusy(RuntimeError):
@@ -97,6 +102,8 @@ class ServingState:
         self._merge_wanted = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retired: deque = deque(maxlen=10_000)  # (time, snapshot) replaced, still referenced here
+        self._yielded = threading.local()  # time a write in this thread has waited so far
+        self.busy = None  # () -> bool: ranking requests in flight in this process (set by the app)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -246,8 +253,10 @@ class ServingState:
     def upsert(self, ads: list) -> Snapshot:
         """Validate + prepare (CatalogError: nothing written), log, apply; returns the snapshot
         that includes the write."""
+        self._yielded.t = 0.0
         try:
-            batch = store.prepare(self.snapshot.catalog, ads, lambda i: f"ads[{i}]")
+            batch = store.prepare(self.snapshot.catalog, ads, lambda i: f"ads[{i}]", pause=self._yield_to_requests,
+                                  slice_=WRITE_SLICE)
         except CatalogError:
             catalog_metrics.refused("upsert")
             raise
@@ -259,6 +268,18 @@ class ServingState:
         catalog_metrics.published(snap, "upsert", len(rows))
         self._want_merge(snap)
         return snap
+
+    def _yield_to_requests(self) -> None:
+        """Wait (at most WRITE_YIELD_MAX per write, in short sleeps) while ranking requests are in
+        flight: a write can wait a few ms, a request's latency is the product."""
+        busy = self.busy
+        if busy is None or not busy():
+            return
+        spent = getattr(self._yielded, "t", 0.0)
+        t0 = time.perf_counter()
+        while busy() and spent + time.perf_counter() - t0 < WRITE_YIELD_MAX:
+            time.sleep(0.0002)
+        self._yielded.t = spent + time.perf_counter() - t0
 
     def delete(self, ad_id: str) -> Snapshot | None:
         """Log + apply the deletion of one ad; None (nothing written) when it is not in the catalog."""

@@ -118,14 +118,18 @@ def validate_ad(ad, where: str) -> tuple[str, dict]:
     return ad_id, feats
 
 
-def compute_part(model: Model, feats: Sequence[dict], where=lambda i: f"ad #{i}", progress: bool = False) -> Part:
-    """Encode + reduce ads (feature dicts) for one model, in bounded batches; errors name the ad."""
+def compute_part(model: Model, feats: Sequence[dict], where=lambda i: f"ad #{i}", progress: bool = False,
+                 pause=None, batch: int = BATCH) -> Part:
+    """Encode + reduce ads (feature dicts) for one model, in batches of ``batch`` (bounded temporary
+    memory; ``pause()`` before each when given); errors name the ad."""
     Ws, cs = [], []
-    steps = range(0, len(feats), BATCH)
+    steps = range(0, len(feats), batch)
     quiet = not progress or len(steps) < 2  # else a bar on a terminal only (disable=None)
     for lo in tqdm(steps, desc=f"catalog {model.name}", unit="batch", disable=True if quiet else None):
+        if pause is not None:
+            pause()
         try:
-            x = model.encode_items(feats[lo : lo + BATCH])
+            x = model.encode_items(feats[lo : lo + batch])
         except AdEncodeError as exc:
             raise CatalogError(f"{where(lo + exc.row)}, model {model.name!r}: {exc.reason}") from None
         W, c = model.parts(x)
@@ -168,11 +172,16 @@ def _empty_delta(models: dict) -> Segment:
                           {k: m.empty_part() for k, m in models.items()})
 
 
-def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: bool = False) -> Batch:
-    """Validate ads against every model version of ``view`` and compute their parts (no change)."""
+def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: bool = False,
+            pause=None, slice_: int = BATCH) -> Batch:
+    """Validate ads against every model version of ``view`` and compute their parts (no change).
+    ``pause()``, when given, is called before every ``slice_`` ads of work (a server's write lets
+    its ranking requests run first: service/state.py)."""
     names = frozenset().union(*(m.item_names for m in view.models.values())) if view.models else None
     last: dict[str, tuple[int, dict]] = {}
     for i, ad in enumerate(ads):
+        if pause is not None and i % slice_ == 0:
+            pause()
         ad_id, f = validate_ad(ad, where(i))
         if names is not None and not names.issuperset(f):
             bad = sorted(set(f) - names)
@@ -184,7 +193,7 @@ def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: boo
     pos = [i for i, _ in last.values()]
     hashes = IdTable.hash(ids)
     _check_collisions(view, ids, hashes)
-    parts = {k: compute_part(m, feats, lambda j: where(pos[j]), progress) for k, m in view.models.items()}
+    parts = {k: compute_part(m, feats, lambda j: where(pos[j]), progress, pause, slice_) for k, m in view.models.items()}
     return Batch(ids, feats, hashes, parts)
 
 

@@ -131,3 +131,25 @@ def test_an_unloadable_start_up_model_is_a_clear_start_up_error(tmp_path):
     (tmp_path / "ads.jsonl").write_text('{"id": "a", "features": {"nope": 1}}\n')
     with pytest.raises(StartupError, match=r"ads.jsonl line 1 \(id 'a'\): \['nope'\]"):
         start(tmp_path, tmp_path / "m.adrk", tmp_path / "ads.jsonl")
+
+
+def test_a_write_lets_ranking_requests_in_flight_go_first(tmp_path, world, monkeypatch):
+    """Before each slice of a write's CPU work the state asks whether ranking requests are in
+    flight and waits while they are, up to a bound in all: a write is delayed, never lost."""
+    import service.state as state_mod
+
+    a, _, ads = world
+    st = start(tmp_path, a)
+    monkeypatch.setattr(state_mod, "WRITE_SLICE", 4)
+    asked = []
+    st.busy = lambda: asked.append(1) is None and len(asked) <= 3  # busy for the first 3 questions
+    batch = [{"id": f"y{i}", "features": dict(ad["features"])} for i, ad in enumerate(ads * 3)]
+    st.upsert(batch)
+    assert len(asked) >= 4 + len(batch) // 4  # asked again until free, then before every slice
+    assert all(st.snapshot.catalog.get(ad["id"]) == ad["features"] for ad in batch)
+
+    monkeypatch.setattr(state_mod, "WRITE_YIELD_MAX", 0.01)
+    st.busy = lambda: True  # never free: the write waits its bound, then goes on
+    st.upsert([{"id": "z", "features": {}}])
+    assert st.snapshot.catalog.get("z") == {}
+    st.stop()
