@@ -26,17 +26,13 @@ import numpy as np
 
 from adrank.core.artifact import (
     ALIGN,
-    FORMAT_VERSION,
-    MAGIC,
     PRELUDE,
     Artifact,
     ArtifactError,
-    BadHeader,
-    BadMagic,
     ChecksumMismatch,
     TrailingBytes,
     Truncated,
-    UnsupportedVersion,
+    check_prelude,
     parse_header,
     validate,
 )
@@ -109,19 +105,7 @@ def read_owned(path, timeout: float = 60.0, huge_pages: bool = True) -> Artifact
             raise Truncated(f"file has {size} bytes, shorter than the {PRELUDE.size}-byte prelude", path)
         prelude = bytearray(PRELUDE.size)
         rd.into(memoryview(prelude), hashed=False)
-        magic, version, flags, hlen, dlen, digest = PRELUDE.unpack(bytes(prelude))
-        if magic != MAGIC:
-            raise BadMagic(f"not an adrank artifact (magic {magic!r})", path)
-        if version != FORMAT_VERSION or flags != 0:
-            raise UnsupportedVersion(f"format version {version} flags {flags:#x}; this reader supports "
-                                     f"version {FORMAT_VERSION} flags 0", path)
-        if (PRELUDE.size + hlen) % ALIGN:
-            raise BadHeader(f"header length {hlen} does not end on a {ALIGN}-byte boundary", path)
-        end = PRELUDE.size + hlen + dlen
-        if size < end:
-            raise Truncated(f"file has {size} bytes, the prelude promises {end}", path)
-        if size > end:
-            raise TrailingBytes(f"file has {size - end} bytes after the data region", path)
+        hlen, dlen, digest = check_prelude(bytes(prelude), size, path)
         header = bytearray(hlen)
         rd.into(memoryview(header))
         manifest, table = parse_header(bytes(header), dlen, path)

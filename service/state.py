@@ -35,6 +35,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from adrank.core.gcpause import gc_paused
 from service import metrics
 from service.catalog import metrics as catalog_metrics
 from service.catalog import store
@@ -63,18 +64,6 @@ class StartupError(RuntimeError):
     """The start-up arguments cannot be served (a bad --catalog file, no loadable model)."""
 
 
-@contextlib.contextmanager
-def gc_paused():
-    """The cyclic collector off during bulk work that allocates millions of objects and frees no
-    cycles (decoding and encoding every ad of a catalog): each collection would walk the growing
-    heap again (it took 60% of a 100k-ad start)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def file_digest(path: Path) -> str:

@@ -24,9 +24,7 @@ Seed 0 is the trainer's default.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -40,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adrank.core.datasets import DATASETS
+from adrank.core.gcpause import gc_paused
 from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import EncodeError, Preprocessor, Vocab, field_tokens
 from adrank.core.schema import Schema
@@ -109,17 +108,6 @@ def source_files(dataset: str, path) -> list[Path]:
     return [p]
 
 
-@contextlib.contextmanager
-def paused_gc():
-    """Pause the cyclic GC while parsing: chunks create millions of acyclic lists and tuples,
-    and the collector walking them repeatedly made parsing 2-3x slower (measured)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # --- pass 1: counts ----------------------------------------------------------------------------
@@ -284,7 +272,7 @@ def prepare(dataset: str, path, seed: int = 0, min_count: int = 10, max_rows: in
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
-        with paused_gc():
+        with gc_paused():
             _write_encoded(tmp, dataset, path, seed, min_count, max_rows, chunk_rows, progress, split)
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
@@ -353,7 +341,7 @@ def encode_file(dataset: str, path, preprocessor: Preprocessor, max_rows: int | 
     if theirs != ours:
         raise DataError(f"{path}: {dataset} fields {ours} do not match the model's fields {theirs}")
     Xs, ys = [], []
-    with paused_gc():
+    with gc_paused():
         for cols, y in read_raw(dataset, path, chunk_rows, max_rows):
             Xs.append(encode_chunk(preprocessor, cols, len(y)))
             ys.append(y)

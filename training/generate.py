@@ -61,8 +61,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from adrank.core.gcpause import gc_paused
 from adrank.core.schema import Field, Schema
-from training.data import SPLITS, paused_gc, split_of_rows
+from training.data import SPLITS, split_of_rows
 from training.metrics import auc, logloss
 
 INTERACTION_SHARE = 0.7  # fraction of the logit's variance from field interactions
@@ -281,7 +282,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
         name = "data.tsv.gz" if compress else "data.tsv"
         opener = (lambda p: gzip.open(p, "wt", compresslevel=1)) if compress else (lambda p: open(p, "w"))
         scores, labels = np.empty(rows), np.empty(rows, dtype=np.float32)
-        with paused_gc(), opener(tmp / name) as fh, \
+        with gc_paused(), opener(tmp / name) as fh, \
                 tqdm(total=rows, desc="generate", unit=" rows", disable=None if progress else True) as bar:
             fh.write("\t".join([schema.label] + [f.name for f in schema.fields]) + "\n")
             for c, start in enumerate(range(0, rows, chunk_rows)):

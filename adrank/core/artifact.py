@@ -390,17 +390,10 @@ def _fsync_dir(d: Path) -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------
-def read_artifact(path, verify: bool = True) -> Artifact:
-    """Open, validate and memory-map an artifact.  ``verify`` also checks the SHA-256 (reads
-    every byte once); structure, manifest and array rules are always checked."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < PRELUDE.size:
-            raise Truncated(f"file has {size} bytes, shorter than the {PRELUDE.size}-byte prelude", path)
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    buf = np.frombuffer(mm, dtype=np.uint8)
-    magic, version, flags, hlen, dlen, digest = PRELUDE.unpack(bytes(buf[: PRELUDE.size]))
+def check_prelude(prelude: bytes, size: int, path) -> tuple[int, int, bytes]:
+    """(header length, data length, SHA-256) of a file of ``size`` bytes that starts with
+    ``prelude``, or the named error of what is wrong with it."""
+    magic, version, flags, hlen, dlen, digest = PRELUDE.unpack(prelude)
     if magic != MAGIC:
         raise BadMagic(f"not an adrank artifact (magic {magic!r})", path)
     if version != FORMAT_VERSION or flags != 0:
@@ -413,6 +406,20 @@ def read_artifact(path, verify: bool = True) -> Artifact:
         raise Truncated(f"file has {size} bytes, the prelude promises {end}", path)
     if size > end:
         raise TrailingBytes(f"file has {size - end} bytes after the data region", path)
+    return hlen, dlen, digest
+
+
+def read_artifact(path, verify: bool = True) -> Artifact:
+    """Open, validate and memory-map an artifact.  ``verify`` also checks the SHA-256 (reads
+    every byte once); structure, manifest and array rules are always checked."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < PRELUDE.size:
+            raise Truncated(f"file has {size} bytes, shorter than the {PRELUDE.size}-byte prelude", path)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    hlen, dlen, digest = check_prelude(bytes(buf[: PRELUDE.size]), size, path)
     if verify and hashlib.sha256(buf[PRELUDE.size :].data).digest() != digest:
         raise ChecksumMismatch("SHA-256 of header + data does not match the prelude", path)
     manifest, table = parse_header(bytes(buf[PRELUDE.size : PRELUDE.size + hlen]), dlen, path)

@@ -119,10 +119,11 @@ def validate_ad(ad, where: str) -> tuple[str, dict]:
 
 
 def compute_part(model: Model, feats: Sequence[dict], where=lambda i: f"ad #{i}", progress: bool = False,
-                 pause=None, batch: int = BATCH) -> Part:
+                 pause=None, batch: int | None = None) -> Part:
     """Encode + reduce ads (feature dicts) for one model, in batches of ``batch`` (bounded temporary
     memory; ``pause()`` before each when given); errors name the ad."""
     Ws, cs = [], []
+    batch = batch or BATCH
     steps = range(0, len(feats), batch)
     quiet = not progress or len(steps) < 2  # else a bar on a terminal only (disable=None)
     for lo in tqdm(steps, desc=f"catalog {model.name}", unit="batch", disable=True if quiet else None):
@@ -173,14 +174,14 @@ def _empty_delta(models: dict) -> Segment:
 
 
 def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: bool = False,
-            pause=None, slice_: int = BATCH) -> Batch:
+            pause=None, slice_: int | None = None) -> Batch:
     """Validate ads against every model version of ``view`` and compute their parts (no change).
     ``pause()``, when given, is called before every ``slice_`` ads of work (a server's write lets
     its ranking requests run first: service/state.py)."""
     names = frozenset().union(*(m.item_names for m in view.models.values())) if view.models else None
     last: dict[str, tuple[int, dict]] = {}
     for i, ad in enumerate(ads):
-        if pause is not None and i % slice_ == 0:
+        if pause is not None and i % (slice_ or BATCH) == 0:
             pause()
         ad_id, f = validate_ad(ad, where(i))
         if names is not None and not names.issuperset(f):
