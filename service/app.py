@@ -131,7 +131,8 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
     app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     svc = app.state.svc = ServiceState(settings=settings, state=ServingState(settings, loader=loader))
-    svc.state.busy = lambda: svc.inflight > 0  # catalog writes let ranking requests run first
+    svc.idle.set()
+    svc.state.idle = svc.idle  # catalog writes let ranking requests run first
     app.include_router(router)
     app.include_router(catalog_router)
     if settings.admin_enabled:

@@ -44,6 +44,7 @@ class ServiceState:
     settings: Settings
     state: ServingState
     inflight: int = 0  # /v1/rank requests admitted and not yet answered (this worker)
+    idle: threading.Event = field(default_factory=threading.Event)  # set while inflight == 0
     background: set = field(default_factory=set)  # tasks kept referenced until done
 
 
@@ -139,10 +140,14 @@ async def answer_rank(svc: ServiceState, read) -> Response:
         if svc.inflight >= svc.settings.max_inflight:
             raise _unavailable(svc, "overloaded", f"{svc.settings.max_inflight} requests already in flight")
         svc.inflight += 1
+        if svc.inflight == 1:
+            svc.idle.clear()
         try:
             response = Response(await _rank(svc, read, labels), media_type=JSON)
         finally:
             svc.inflight -= 1
+            if not svc.inflight:
+                svc.idle.set()
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error reply
         response = _error_response(exc)
         status = response.status_code

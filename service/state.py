@@ -50,8 +50,9 @@ BOOT_CHUNK = 1_000  # ads per log entry of a start-up catalog file: decoding one
 MERGE_NICE = 10  # the merger thread yields the cores to requests: a merge can wait, a request cannot
 RETIRE_SECONDS = 2.0  # far longer than a request holds a snapshot
 # A catalog write's CPU work (validate, encode, parts) runs in slices of WRITE_SLICE ads; before
-# each slice it waits while ranking requests are in flight (they share the GIL with it), up to
-# WRITE_YIELD_MAX in all, so a write delays a request by one slice instead of all of its work.
+# each slice it waits (blocked on an event, not polling: a polling thread would take the GIL from
+# the requests it waits for) while ranking requests are in flight, up to WRITE_YIELD_MAX in all,
+# so a write delays a request by one slice instead of all of its work.
 WRITE_SLICE = 16
 WRITE_YIELD_MAX = 0.02
 
@@ -92,7 +93,7 @@ class ServingState:
         self._threads: list[threading.Thread] = []
         self._retired: deque = deque(maxlen=10_000)  # (time, snapshot) replaced, still referenced here
         self._yielded = threading.local()  # time a write in this thread has waited so far
-        self.busy = None  # () -> bool: ranking requests in flight in this process (set by the app)
+        self.idle: threading.Event | None = None  # set while no ranking request is in flight (the app's)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -259,16 +260,16 @@ class ServingState:
         return snap
 
     def _yield_to_requests(self) -> None:
-        """Wait (at most WRITE_YIELD_MAX per write, in short sleeps) while ranking requests are in
-        flight: a write can wait a few ms, a request's latency is the product."""
-        busy = self.busy
-        if busy is None or not busy():
+        """Wait (at most WRITE_YIELD_MAX per write) until no ranking request is in flight: a write
+        can wait a few ms, a request's latency is the product."""
+        idle = self.idle
+        if idle is None or idle.is_set():
             return
-        spent = getattr(self._yielded, "t", 0.0)
-        t0 = time.perf_counter()
-        while busy() and spent + time.perf_counter() - t0 < WRITE_YIELD_MAX:
-            time.sleep(0.0002)
-        self._yielded.t = spent + time.perf_counter() - t0
+        left = WRITE_YIELD_MAX - self._yielded.t
+        if left > 0:
+            t0 = time.perf_counter()
+            idle.wait(left)
+            self._yielded.t += time.perf_counter() - t0
 
     def delete(self, ad_id: str) -> Snapshot | None:
         """Log + apply the deletion of one ad; None (nothing written) when it is not in the catalog."""

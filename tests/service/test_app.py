@@ -159,3 +159,20 @@ def test_overloaded_gets_503_retry_after(client):
         svc.inflight = 0
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["error"] == "overloaded"
+
+
+def test_catalog_writes_wait_on_the_rank_requests_in_flight(client, monkeypatch):
+    """The serving state's writers wait on the app's idle event, which is cleared while a
+    /v1/rank request is in flight and set again when the last one is answered."""
+    svc = client.app.state.svc
+    assert svc.state.idle is svc.idle and svc.idle.is_set()
+    seen = []
+
+    def snapshot(self):  # the request takes its snapshot while it is in flight: look at the event then
+        seen.append(svc.idle.is_set())
+        return self._snapshot
+    monkeypatch.setattr(type(svc.state), "snapshot", property(snapshot))
+    req = random_request(np.random.default_rng(5), n_ads=3)
+    assert client.post("/v1/rank", json={**req, "model": "dplr"}).status_code == 200
+    assert seen and not any(seen)  # cleared during the request
+    assert svc.idle.is_set()  # set after it

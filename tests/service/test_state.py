@@ -134,22 +134,29 @@ def test_an_unloadable_start_up_model_is_a_clear_start_up_error(tmp_path):
 
 
 def test_a_write_lets_ranking_requests_in_flight_go_first(tmp_path, world, monkeypatch):
-    """Before each slice of a write's CPU work the state asks whether ranking requests are in
-    flight and waits while they are, up to a bound in all: a write is delayed, never lost."""
+    """Before each slice of a write's CPU work the state waits while ranking requests are in
+    flight (its idle event cleared), up to a bound in all: a write is delayed, never lost."""
+    import threading
+
     import service.state as state_mod
 
     a, _, ads = world
     st = start(tmp_path, a)
     monkeypatch.setattr(state_mod, "WRITE_SLICE", 4)
-    asked = []
-    st.busy = lambda: asked.append(1) is None and len(asked) <= 3  # busy for the first 3 questions
+    monkeypatch.setattr(state_mod, "WRITE_YIELD_MAX", 30.0)
+    st.idle = threading.Event()  # a request in flight
     batch = [{"id": f"y{i}", "features": dict(ad["features"])} for i, ad in enumerate(ads * 3)]
-    st.upsert(batch)
-    assert len(asked) >= 4 + len(batch) // 4  # asked again until free, then before every slice
+    writer = threading.Thread(target=st.upsert, args=(batch,))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and st.snapshot.catalog.get("y0") is None  # waiting for the request
+    st.idle.set()  # the request answered
+    writer.join(10)
+    assert not writer.is_alive()
     assert all(st.snapshot.catalog.get(ad["id"]) == ad["features"] for ad in batch)
 
-    monkeypatch.setattr(state_mod, "WRITE_YIELD_MAX", 0.01)
-    st.busy = lambda: True  # never free: the write waits its bound, then goes on
+    monkeypatch.setattr(state_mod, "WRITE_YIELD_MAX", 0.05)
+    st.idle.clear()  # never free: the write waits its bound, then goes on
     st.upsert([{"id": "z", "features": {}}])
     assert st.snapshot.catalog.get("z") == {}
     st.stop()
