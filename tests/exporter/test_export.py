@@ -41,6 +41,9 @@ def toy_params(kind, n, m, k=4, rho=2, seed=0) -> dict:
     p = {"bias": rng.normal(size=1).astype(np.float32),
          "linear": rng.normal(size=n).astype(np.float32),
          "emb": rng.normal(scale=0.7, size=(n, k)).astype(np.float32)}
+    if kind == "lr":  # no embeddings: bias and linear weights only
+        del p["emb"]
+        return p
     R = rng.normal(size=(m, m))
     R = ((R + R.T) / 2 * (1 - np.eye(m))).astype(np.float32)
     if kind == "fwfm":
@@ -73,6 +76,7 @@ def artifact_score(art, x) -> float:
       dplr:   1/2 (sum_f d_f ||v_f||^2 + sum_r e_r ||sum_f U_rf v_f||^2)
       pruned: sum_p pair_r[p] <v_{pair_i[p]}, v_{pair_j[p]}>
       fwfm:   sum_{i<j} R_ij <v_i, v_j>
+      lr:     none (no embedding table)
     with v_f the mean embedding of field f's non-PAD ids."""
     a, mf = art.arrays, art.manifest
     offs = art.schema.slot_offsets
@@ -81,8 +85,12 @@ def artifact_score(art, x) -> float:
     s = float(a["bias"][0])
     for f in range(m):
         ids = [int(t) for t in x[offs[f] : offs[f + 1]] if t != PAD]
-        V[f] = np.mean([a["emb"][t].astype(np.float64) for t in ids], axis=0)
+        if mf["kind"] != "lr":
+            V[f] = np.mean([a["emb"][t].astype(np.float64) for t in ids], axis=0)
         s += np.mean([float(a["linear"][t]) for t in ids])
+    if mf["kind"] == "lr":
+        assert "emb" not in a and mf["embed_dim"] == 0
+        return s
     sq = [float(v @ v) for v in V]
     if mf["kind"] == "fm":
         return s + 0.5 * (float(V.sum(0) @ V.sum(0)) + sum(float(a["d"][f]) * sq[f] for f in range(m)))
@@ -101,7 +109,7 @@ def export(tmp_path, kind, params, pre, name="m.adrk", **config):
     return read_artifact(info.path)
 
 
-@pytest.mark.parametrize("kind", ["fm", "fwfm", "pruned", "dplr"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "fwfm", "pruned", "dplr"])
 def test_folded_artifact_scores_equal_the_oracle(tmp_path, kind):
     pre = toy_preprocessor()
     params = toy_params(kind, pre.vocab.n_features, SCHEMA.m)
@@ -255,7 +263,7 @@ def test_codebook_model_exports_decoded_table_only_when_asked(tmp_path):
     assert np.array_equal(art.arrays["emb"], params["emb"])
 
 
-@pytest.mark.parametrize("kind", ["fm", "fwfm", "pruned", "dplr"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "fwfm", "pruned", "dplr"])
 def test_real_checkpoint_exports_to_an_artifact_scoring_like_the_torch_model(tmp_path, kind, capsys):
     torch = pytest.importorskip("torch")
     from training.checkpoint import save
