@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from adrank.core import kinds
 from adrank.core.files import write_json, write_text
 from adrank.core.train_config import TrainConfig, default, default_split
 from training import stats
@@ -109,6 +110,8 @@ def _finished(run: Path, cfg: TrainConfig) -> dict | None:
     except (OSError, ValueError):
         return None
     want = dataclasses.asdict(cfg)
+    if not kinds.get(cfg.model).embedded:  # config.json holds the model's own embed_dim: 0 without embeddings
+        want["embed_dim"] = 0
     if any(saved.get(k) != v for k, v in want.items() if k not in ("progress", "prune_from", "threads")):
         return None
     return metrics

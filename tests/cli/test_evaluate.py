@@ -128,12 +128,13 @@ def test_paper_table_experiment_writes_consistent_tables(tmp_path):
     control, _, _ = checkpoint.load(runs / "k4-s0-fwfm_ft")  # fine-tuned with every pair kept
     assert int(control.mask.sum()) == m * (m - 1)
     # --resume with one more seed: the finished runs are reused, only seed 2's are trained
-    before = {p.name: p.stat().st_mtime_ns for p in runs.glob("k4-s0-*/model.pt")}
+    before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("k4-s0-*/model.pt")}
+    assert len(before) == 1 + 3 + 2 * 3  # lr, fm, fwfm, fwfm_ft and three of each rank
     assert main(["experiment", "paper-table", "--dataset", "synthetic", "--data", str(gen), "--out", str(out),
                  "--runs-dir", str(runs), "--embed-dims", "4", "--ranks", "1", "2", "--seeds", "0", "1", "2",
                  "--epochs", "1", "--min-count", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet",
                  "--resume"]) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("k4-s0-*/model.pt")} == before
+    assert {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("k4-s0-*/model.pt")} == before
     again = json.loads((out / "paper-table-synthetic.json").read_text())
     assert len(again["runs"]) == 3 * 10 and (runs / "k4-s2-pruned_ft2" / "metrics.json").is_file()
     assert [r["test"] for r in again["runs"][:10]] == [r["test"] for r in summary["runs"][:10]]
