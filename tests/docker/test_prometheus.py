@@ -192,7 +192,7 @@ def stack(tmp_path_factory):
 def load(stack):
     """Bounded load: alternate models, count what the server answered (model label, code) and
     the candidates of every ranked request. Two in every 50 requests have too many candidates
-    (422, counted under their model); every 50th names an unknown model (404, counted under model="")."""
+    (422, counted under their model); every 50th names an unknown model (404, counted under model="unknown")."""
     app, prom, client, _ = stack
     # Prometheus must already be scraping the server when the load starts: the load takes ~3 s
     # (MAX_REQUESTS), and a first successful scrape after it would leave every rate flat (0).
@@ -207,7 +207,7 @@ def load(stack):
         if sent % 50 in (7, 8):  # one of each model
             body["ads"] = body["ads"] * (MAX_CANDIDATES // len(body["ads"]) + 1)
         elif sent % 50 == 13:
-            body["model"], model = "no-such-model", ""
+            body["model"], model = "no-such-model", "unknown"
         r = client.post(f"{app}/v1/rank", json=body, timeout=10)
         codes[model, r.status_code] += 1
         if r.status_code == 200:
