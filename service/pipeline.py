@@ -98,7 +98,7 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
             mv, scan = named, named.ranker.fastpath.scan_views(body)
     if scan is None or len(scan.X) > max_candidates or (scan.top_k or 0) > schemas.MAX_TOP_K:
         return None
-    if len(scan.X) > 1 and _maybe_duplicate(scan):
+    if len(scan.X) and _maybe_duplicate(scan):
         return None
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
     name, version = mv.name, mv.version
@@ -116,6 +116,8 @@ def _maybe_duplicate(scan: fastpath.Scan) -> bool:
     sp = scan.spans
     if int((sp[:, 1] - sp[:, 0]).max()) > schemas.MAX_ID_CHARS:
         return True
+    if len(sp) == 1:
+        return False
     ints = sp[:, 2] == 1
     if not ints.any():
         return len(np.unique(scan.id_hash)) != len(sp)
