@@ -85,7 +85,7 @@ class ModelInfo(msgspec.Struct):
     version: str
     kind: str
     rank: int | None
-    embedding: int
+    embedding: str
     size_bytes: int
     fields: list[FieldInfo]
     loaded_at: float
