@@ -113,8 +113,9 @@ def worker_exited() -> None:
 UNKNOWN_MODEL = "unknown"
 QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 QUEUE_WAIT = Histogram(
-    "adrank_queue_wait_seconds", "Time from a /v1/rank request's last byte to the start of its scoring "
-    "(requests over ADRANK_QUEUE_BUDGET are shed with 503).", buckets=QUEUE_BUCKETS)
+    "adrank_queue_wait_seconds", "Time from an admitted /v1/rank request's last byte to the start of its "
+    "scoring (requests over ADRANK_QUEUE_BUDGET are shed instead: adrank_shed).", buckets=QUEUE_BUCKETS)
+SHED = Counter("adrank_shed", "/v1/rank requests answered 503 because they queued longer than ADRANK_QUEUE_BUDGET.")
 INFLIGHT = Gauge("adrank_inflight_requests", "/v1/rank requests being scored now.", multiprocess_mode="livesum")
 PROCESS_CPU = Gauge("adrank_process_cpu_seconds", "CPU time (user + system) of this worker.", multiprocess_mode="liveall")
 PROCESS_RSS = Gauge("adrank_process_resident_memory_bytes", "Resident memory of this worker.",

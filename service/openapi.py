@@ -69,7 +69,7 @@ def _body(t, required: bool = True, example: Any = None) -> dict:
     return {"required": required, "content": _json(_ref(t), example)}
 
 
-ADMIN = [{"bearer": []}]
+ADMIN: list[dict] = [{"bearer": []}]
 AD_ID = {"name": "ad_id", "in": "path", "required": True,
          "schema": {"type": "string", "minLength": 1, "maxLength": schemas.MAX_ID_CHARS}}
 

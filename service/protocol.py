@@ -49,7 +49,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
-        self._timer = self.loop.call_later(seconds, self._expired, what, seconds)  # type: ignore[arg-type]
+        self._timer = self.loop.call_later(seconds, self._expired, what, seconds)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -69,7 +69,7 @@ class EdgeProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.transport.close()
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm(self.header_timeout or 5.0, "headers")
 

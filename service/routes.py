@@ -168,10 +168,11 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
         ex.complete = (stamped() if stamped is not None else None) or perf_counter()
         await asyncio.sleep(0)  # requests complete at the same time queue here, in arrival order
         ex.queued = perf_counter() - ex.complete
-        metrics.QUEUE_WAIT.observe(ex.queued)
         if ex.queued > s.queue_budget:
+            metrics.SHED.inc()
             raise _unavailable(svc, "overloaded", f"the request waited {ex.queued * 1e3:.1f} ms for scoring, over "
                                f"the budget of {s.queue_budget * 1e3:.1f} ms")
+        metrics.QUEUE_WAIT.observe(ex.queued)
         if svc.inflight >= s.max_inflight:
             raise _unavailable(svc, "overloaded", f"{s.max_inflight} requests already in flight")
         svc.inflight += 1

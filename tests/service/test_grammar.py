@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from service.app import create_app
 from service.settings import ModelSpec, Settings
-from tests.service.helpers import ADMIN, ADMIN_TOKEN, SCHEMA, make_artifact, raw_values, ranker_loader
+from tests.service.helpers import ADMIN, ADMIN_TOKEN, SCHEMA, make_artifact, ranker_loader, raw_values
 
 EXAMPLES = 300
 JSON = {"content-type": "application/json"}
