@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from service import bounds, metrics, openapi, trace
+from service import bounds, metrics, openapi, protocol, trace
 from service.catalog.routes import router as catalog_router
 from service.errors import ApiError
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
@@ -113,6 +113,7 @@ async def _refresh_process_metrics() -> None:
     while True:
         await asyncio.sleep(metrics.PROCESS_INTERVAL)
         metrics.refresh_process()
+        metrics.INFLIGHT.set(protocol.in_progress())
 
 
 def _log_to_stderr() -> None:

@@ -63,9 +63,34 @@ def _prescan(b, max_depth, max_items, max_number):  # pragma: no cover - compile
     return OK, n
 
 
+@numba.njit(cache=True, nogil=True)
+def ids_suspect(spans, id_hash, b, max_len):  # pragma: no cover - compiled
+    """True if an ad id of the fast parser's scan is longer than ``max_len`` bytes or two ids may be
+    equal: string ids compared by their hash, integer ids by a hash of their digits.  A True sends
+    the body to the generic parser, which decides exactly and names the problem."""
+    n = spans.shape[0]
+    keys = np.empty(n, np.uint64)
+    for r in range(n):
+        s, e = spans[r, 0], spans[r, 1]
+        if e - s > max_len:
+            return True
+        if spans[r, 2] == 1:
+            h = np.uint64(14695981039346656037)
+            for i in range(s, e):
+                h = (h ^ np.uint64(b[i])) * np.uint64(1099511628211)
+            keys[r] = h ^ np.uint64(0x9E3779B97F4A7C15)
+        else:
+            keys[r] = id_hash[r]
+    keys.sort()
+    for r in range(1, n):
+        if keys[r] == keys[r - 1]:
+            return True
+    return False
+
+
 def prescan(body: bytes, max_items: int, what: str = "ads") -> None:
-    """Raise a 4xx ApiError naming the first limit ``body`` crosses (ads over ``max_items``:
-    413-free 422 ``too_many_candidates``); malformed JSON is left to the decoder."""
+    """Raise a 422 ApiError naming the first limit ``body`` crosses (more ads than ``max_items``:
+    ``too_many_candidates``); malformed JSON is left to the decoder."""
     code, at = _prescan(np.frombuffer(body, np.uint8), MAX_DEPTH, max_items, MAX_NUMBER_CHARS)
     if code == OK:
         return
@@ -78,3 +103,4 @@ def prescan(body: bytes, max_items: int, what: str = "ads") -> None:
 
 def warm() -> None:
     prescan(b'{"ads": [{"id": 1}]}', 10)
+    ids_suspect(np.zeros((2, 3), np.int64), np.arange(2, dtype=np.uint64), np.zeros(1, np.uint8), 1)

@@ -116,7 +116,9 @@ QUEUE_WAIT = Histogram(
     "adrank_queue_wait_seconds", "Time from an admitted /v1/rank request's last byte to the start of its "
     "scoring (requests over ADRANK_QUEUE_BUDGET are shed instead: adrank_shed).", buckets=QUEUE_BUCKETS)
 SHED = Counter("adrank_shed", "/v1/rank requests answered 503 because they queued longer than ADRANK_QUEUE_BUDGET.")
-INFLIGHT = Gauge("adrank_inflight_requests", "/v1/rank requests being scored now.", multiprocess_mode="livesum")
+INFLIGHT = Gauge("adrank_inflight_requests", "Requests between the end of their headers and the end of their "
+                 "reply, slow clients included (sampled every few seconds and at each scrape).",
+                 multiprocess_mode="livesum")
 PROCESS_CPU = Gauge("adrank_process_cpu_seconds", "CPU time (user + system) of this worker.", multiprocess_mode="liveall")
 PROCESS_RSS = Gauge("adrank_process_resident_memory_bytes", "Resident memory of this worker.",
                     multiprocess_mode="liveall")

@@ -98,8 +98,9 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
             mv, scan = named, named.ranker.fastpath.scan_views(body)
     if scan is None or len(scan.X) > max_candidates or (scan.top_k or 0) > schemas.MAX_TOP_K:
         return None
-    if len(scan.X) and _maybe_duplicate(scan):
-        return None
+    if len(scan.X) > 1 or (len(scan.X) and scan.spans[0, 1] - scan.spans[0, 0] > schemas.MAX_ID_CHARS):
+        if bounds.ids_suspect(scan.spans, scan.id_hash, np.frombuffer(body, np.uint8), schemas.MAX_ID_CHARS):
+            return None  # a duplicate or over-long id: the generic parser names it
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
     name, version = mv.name, mv.version
 
@@ -108,22 +109,6 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
 
     return Encoded(mv, scan.ctx, scan.X, at, scan.id_hash[at], lambda j: scan.ids([j])[0], False, scan.top_k,
                    reply)
-
-
-def _maybe_duplicate(scan: fastpath.Scan) -> bool:
-    """True if two ads may share an id or an id may be too long (the generic parser decides and
-    names it): string ids compared by hash, integer ids (hash 0) by their digits."""
-    sp = scan.spans
-    if int((sp[:, 1] - sp[:, 0]).max()) > schemas.MAX_ID_CHARS:
-        return True
-    if len(sp) == 1:
-        return False
-    ints = sp[:, 2] == 1
-    if not ints.any():
-        return len(np.unique(scan.id_hash)) != len(sp)
-    strings = scan.id_hash[~ints]
-    digits = [scan.body[s:e] for s, e in sp[ints, :2].tolist()]
-    return len(np.unique(strings)) != len(strings) or len(set(digits)) != len(digits)
 
 
 # --- the generic parser --------------------------------------------------------------------------

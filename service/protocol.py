@@ -26,6 +26,11 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 COMPLETE = "adrank.complete"
+_in_progress = [0]  # requests of this process between their headers and the end of their reply
+
+
+def in_progress() -> int:
+    return _in_progress[0]
 
 
 def _reply_408(message: str) -> bytes:
@@ -38,6 +43,7 @@ class EdgeProtocol(HttpToolsProtocol):
     header_timeout: float | None = None  # None: from the settings, on the first connection
     body_timeout: float | None = None
     _timer: asyncio.TimerHandle | None = None
+    _counted = False
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
@@ -75,7 +81,17 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._uncount()
         super().connection_lost(exc)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            _in_progress[0] -= 1
+
+    def on_response_complete(self) -> None:
+        self._uncount()
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -83,6 +99,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self._uncount()  # a pipelined request: the previous one is counted until its reply
+        self._counted = True
+        _in_progress[0] += 1
         self._arm(self.body_timeout or 10.0, "body")
 
     def on_message_complete(self) -> None:

@@ -176,12 +176,10 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
         if svc.inflight >= s.max_inflight:
             raise _unavailable(svc, "overloaded", f"{s.max_inflight} requests already in flight")
         svc.inflight += 1
-        metrics.INFLIGHT.inc()
         try:
             out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k)
         finally:
             svc.inflight -= 1
-            metrics.INFLIGHT.dec()
         _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
         ex.model, ex.version, ex.candidates = out.model, out.version, out.n_candidates
         response = Response(out.body, media_type=JSON, headers={"x-request-id": ex.rid})
@@ -296,6 +294,7 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics_endpoint() -> Response:
+    metrics.INFLIGHT.set(protocol.in_progress())
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 

@@ -25,14 +25,20 @@ access.disabled = True  # until configure(): never through the "adrank" logger's
 _encoder = msgspec.json.Encoder()
 
 
+def _new_prefix() -> None:
+    global _prefix
+    _prefix = f"{os.getpid():x}-"
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)  # a forked worker names its requests by its own pid
+
+
 def request_id(given: bytes | None) -> str:
     """The client's id if it is printable ASCII of at most 128 characters, else a fresh one."""
     if given is not None and _VALID.fullmatch(given):
         return given.decode("ascii")
-    global _prefix
-    if not _prefix or not _prefix.startswith(f"{os.getpid():x}-"):
-        _prefix = f"{os.getpid():x}-"
-    return f"{_prefix}{next(_counter)}"
+    return _prefix + str(next(_counter))
 
 
 def configure(mode: str) -> None:
