@@ -151,6 +151,7 @@ class Running:
 
     def __init__(self, port: int, names: list[str]):
         self.port, self.base = port, f"http://127.0.0.1:{port}"
+        self.client = Client(self.base, timeout=10)
         status, body = get(f"{self.base}/readyz")
         if status != 200:
             raise LoadTestError(f"no ready adrank server on 127.0.0.1:{port} (GET /readyz: "
@@ -163,10 +164,10 @@ class Running:
                                 f"not {', '.join(unknown)}")
 
     def metrics(self) -> str:
-        return Server.metrics(self)
+        return Server.metrics(self)  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        pass
+        self.client.close()
 
 
 # --- Prometheus histograms -------------------------------------------------------------------
