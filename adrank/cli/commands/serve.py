@@ -45,9 +45,8 @@ def add_arguments(p) -> None:
                    help="remove every admin route: reload, state, catalog writes and reads (ADRANK_ADMIN=0)")
     p.add_argument("--model-dir", help="the directory reload may read artifacts from (ADRANK_MODEL_DIR; "
                    "default: none, reload re-reads a model's own file only)")
-    p.add_argument("--access-log", choices=["text", "json", "off"],
-                   help="one line per request with its id, model, status, latency, queue wait (ADRANK_ACCESS_LOG; "
-                   "default text)")
+    p.add_argument("--access-log", choices=["text", "json", "off"], default="text",
+                   help="one line per request with its id, model, status, latency, queue wait (default text)")
     p.add_argument("--catalog", metavar="ADS.jsonl",
                    help="ads to record at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
     p.add_argument("--state-dir", help="durable state: the SQLite replication log (default ADRANK_STATE_DIR, else "
@@ -158,8 +157,7 @@ def run(args) -> int:
             if not Path(args.model_dir).is_dir():
                 raise UserError(f"--model-dir: {args.model_dir} is not a directory")
             overrides["ADRANK_MODEL_DIR"] = str(Path(args.model_dir).resolve())
-        overrides["ADRANK_ACCESS_LOG"] = ("off" if args.no_access_log else args.access_log
-                                          or os.environ.get("ADRANK_ACCESS_LOG") or "text")
+        overrides["ADRANK_ACCESS_LOG"] = "off" if args.no_access_log else args.access_log
         if args.catalog:
             if not Path(args.catalog).is_file():
                 raise UserError(f"--catalog: {args.catalog} does not exist")
