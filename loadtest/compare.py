@@ -33,8 +33,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from adrank.client import AdrankError, Client
 from loadtest.arrivals import KINDS
 from loadtest.report import AGAIN, write_report
 from loadtest.traffic import TrafficError, build_pool
@@ -106,6 +108,7 @@ class Server:
                  cpus: frozenset[int] | None = None, extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.client = Client(self.base, timeout=10)  # adrank.client: readiness and /metrics
         cmd = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())", "serve", *specs, "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--run-dir", str(run_dir),
                "--state-dir", str(run_dir / "state"),
@@ -119,17 +122,17 @@ class Server:
                 self.stop()
                 raise LoadTestError(f"the server exited with code {self.proc.returncode} before it was ready; "
                                     f"see {log_path}")
-            if get(f"{self.base}/readyz")[0] == 200:
+            if self.client.ready():
                 return
             time.sleep(0.5)
         self.stop()
         raise LoadTestError(f"the server was not ready within {ready_timeout:.0f} s; see {log_path}")
 
     def metrics(self) -> str:
-        status, body = get(f"{self.base}/metrics", timeout=10)
-        if status != 200:
-            raise LoadTestError(f"GET /metrics returned {status}")
-        return body.decode()
+        try:
+            return self.client.metrics()
+        except (AdrankError, httpx.HTTPError) as exc:
+            raise LoadTestError(f"GET /metrics failed: {exc}") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -140,6 +143,7 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.log.close()
+        self.client.close()
 
 
 class Running:
@@ -147,6 +151,7 @@ class Running:
 
     def __init__(self, port: int, names: list[str]):
         self.port, self.base = port, f"http://127.0.0.1:{port}"
+        self.client = Client(self.base, timeout=10)
         status, body = get(f"{self.base}/readyz")
         if status != 200:
             raise LoadTestError(f"no ready adrank server on 127.0.0.1:{port} (GET /readyz: "
@@ -159,10 +164,10 @@ class Running:
                                 f"not {', '.join(unknown)}")
 
     def metrics(self) -> str:
-        return Server.metrics(self)
+        return Server.metrics(self)  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        pass
+        self.client.close()
 
 
 # --- Prometheus histograms -------------------------------------------------------------------

@@ -24,11 +24,15 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from time import perf_counter
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
-from service import metrics
+from service import bounds, metrics, openapi, protocol, trace
 from service.catalog.routes import router as catalog_router
+from service.errors import ApiError
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
 from service.settings import Settings
 from service.state import ServingState
@@ -78,6 +82,8 @@ async def lifespan(app: FastAPI):
     # the event loop (ranking) and the threads that prepare writes and reloads share the GIL: a
     # shorter switch interval bounds how long either waits for the other (Python's default is 5 ms)
     sys.setswitchinterval(svc.settings.switch_interval)
+    trace.configure(svc.settings.access_log)
+    bounds.warm()
     snap = await asyncio.to_thread(svc.state.start)
     log.info("ready: %s", ", ".join(f"{name}={mv.version}" for name, mv in snap.models.items()))
     if svc.settings.gc_freeze:
@@ -89,15 +95,25 @@ async def lifespan(app: FastAPI):
     restore = lambda: None  # noqa: E731
     with contextlib.suppress(ValueError):  # signal handlers only in the main thread
         restore = _drain_on_sigterm(svc, loop)
+    metrics.process_started()
+    refresher = loop.create_task(_refresh_process_metrics())
     try:
         yield
     finally:
+        refresher.cancel()
         svc.state.ready = False
         restore()
         await asyncio.to_thread(svc.state.stop)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
         metrics.worker_exited()
+
+
+async def _refresh_process_metrics() -> None:
+    while True:
+        await asyncio.sleep(metrics.PROCESS_INTERVAL)
+        metrics.refresh_process()
+        metrics.INFLIGHT.set(protocol.in_progress())
 
 
 def _log_to_stderr() -> None:
@@ -113,14 +129,66 @@ def _log_to_stderr() -> None:
 class _App(FastAPI):
     """FastAPI answering ``POST /v1/rank`` itself, first (routes.rank_asgi): before FastAPI's
     per-request telemetry check, Starlette's middleware stack and the router.  Every other
-    request takes the usual path."""
+    request takes the usual path, with its request id echoed and an access line."""
 
     async def __call__(self, scope, receive, send) -> None:
         if is_rank(scope):
             scope["app"] = self
             await rank_asgi(self.state, scope, receive, send)
+        elif scope["type"] == "http":
+            await self._traced(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    async def _traced(self, scope, receive, send) -> None:
+        t0 = perf_counter()
+        rid = trace.request_id(next((v for k, v in scope["headers"] if k == b"x-request-id"), None))
+        status = [500]
+
+        async def send_traced(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_traced)
+        finally:
+            trace.log_access(rid, scope["method"], scope["path"], status[0], perf_counter() - t0)
+
+
+def _envelope(status: int, code: str, message: str, headers: dict | None = None):
+    return ApiError(status, code, message, headers=headers).response()
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+
+
+def _install_error_envelope(app: FastAPI) -> None:
+    """Framework errors (unknown route, wrong method, ...) in the service's ``{"error", "message"}``."""
+
+    async def http_error(request: Request, exc: HTTPException):
+        code = _CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return _envelope(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _envelope(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _envelope(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
 
 
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
@@ -129,12 +197,16 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     settings = settings or Settings.from_env()
     if not settings.models:
         raise ValueError("no models configured: pass artifacts to `adrank serve` or set ADRANK_MODELS")
-    app = _App(title="adrank", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = _App(title="adrank", version="1", lifespan=lifespan, docs_url="/docs" if settings.docs else None,
+               redoc_url=None, redirect_slashes=False)
     svc = app.state.svc = ServiceState(settings=settings, state=ServingState(settings, loader=loader))
     svc.idle.set()
     svc.state.idle = svc.idle  # catalog writes let ranking requests run first
     app.include_router(router)
-    app.include_router(catalog_router)
-    if settings.admin_enabled:
+    if settings.admin_enabled:  # every admin route, the catalog's included; --no-admin: none exists
+        app.include_router(catalog_router)
         app.include_router(admin_router)
+    spec = openapi.document(settings.admin_enabled)
+    app.openapi = lambda: spec  # type: ignore[method-assign]
+    _install_error_envelope(app)
     return app

@@ -1,8 +1,15 @@
 """Prometheus metrics (names and labels from DESIGN §6); multiprocess-aware exposition.
 
 Labels are bounded: ``endpoint`` is a route template, ``model`` a *loaded* model's name (a
-request naming an unknown model is counted under ``model=""``), ``code`` an HTTP status.
-Never an ad, user or request id.
+request refused before its model is known — shed, malformed, naming an unknown model — is
+counted under the model its body names if that is served, else ``model="unknown"``), ``code`` an
+HTTP status.  Never an ad, user or request id.
+
+Saturation: ``adrank_inflight_requests`` (summed over workers), ``adrank_queue_wait_seconds``
+(from a request's last byte to the start of its scoring: what the deadline sheds on), and
+per-worker process series (``adrank_process_*``, a ``pid`` label per live worker) refreshed
+every few seconds by each worker itself, since the client library's process collector does not
+work across processes.
 
 With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` (set by ``adrank serve`` before
 any worker starts) makes prometheus-client keep every value in per-process files that
@@ -12,7 +19,10 @@ any worker starts) makes prometheus-client keep every value in per-process files
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -98,3 +108,43 @@ def worker_exited() -> None:
     """Drop this worker's live gauges (lifespan shutdown) so dead workers do not linger."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(os.getpid())
+
+
+UNKNOWN_MODEL = "unknown"
+QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+QUEUE_WAIT = Histogram(
+    "adrank_queue_wait_seconds", "Time from an admitted /v1/rank request's last byte to the start of its "
+    "scoring (requests over ADRANK_QUEUE_BUDGET are shed instead: adrank_shed).", buckets=QUEUE_BUCKETS)
+SHED = Counter("adrank_shed", "/v1/rank requests answered 503 because they queued longer than ADRANK_QUEUE_BUDGET.")
+INFLIGHT = Gauge("adrank_inflight_requests", "Requests between the end of their headers and the end of their "
+                 "reply, slow clients included (sampled every few seconds and at each scrape).",
+                 multiprocess_mode="livesum")
+PROCESS_CPU = Gauge("adrank_process_cpu_seconds", "CPU time (user + system) of this worker.", multiprocess_mode="liveall")
+PROCESS_RSS = Gauge("adrank_process_resident_memory_bytes", "Resident memory of this worker.",
+                    multiprocess_mode="liveall")
+PROCESS_FDS = Gauge("adrank_process_open_fds", "Open file descriptors of this worker.", multiprocess_mode="liveall")
+PROCESS_GC = Gauge("adrank_process_gc_collections", "Garbage collections of this worker by generation.",
+                   ["generation"], multiprocess_mode="liveall")
+PROCESS_START = Gauge("adrank_process_start_time_seconds", "Unix time this worker started.",
+                      multiprocess_mode="liveall")
+PROCESS_INTERVAL = 5.0  # seconds between refreshes of the process series
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def refresh_process() -> None:
+    """This worker's CPU, RSS, fds and GC counts into its process series."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    PROCESS_CPU.set(ru.ru_utime + ru.ru_stime)
+    try:
+        with open("/proc/self/statm") as f:
+            PROCESS_RSS.set(int(f.read().split()[1]) * _PAGE)
+        PROCESS_FDS.set(len(os.listdir("/proc/self/fd")))
+    except OSError:  # not Linux: RSS high-water mark instead, no fd count
+        PROCESS_RSS.set(ru.ru_maxrss * 1024)
+    for gen, st in enumerate(gc.get_stats()):
+        PROCESS_GC.labels(str(gen)).set(st["collections"])
+
+
+def process_started() -> None:
+    PROCESS_START.set(time.time())
+    refresh_process()

@@ -23,7 +23,7 @@ from typing import cast
 
 import numpy as np
 
-from service import fastpath, schemas
+from service import bounds, fastpath, schemas
 from service.catalog.idtable import IdTable
 from service.catalog.ranking import Ranked, RankRequestError, by_id, catalog_key, rank_encoded, unknown_ad
 from service.errors import ApiError
@@ -54,22 +54,26 @@ class Answer:
     mode: str
     n_candidates: int
     seconds: float  # parse + encode + score + sort
+    version: str = ""
 
 
-def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True
-           ) -> Answer:
+def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True,
+           max_top_k: int = schemas.MAX_TOP_K) -> Answer:
     """The whole pipeline on one body (raises ApiError / RequestError / UnknownModel / BadRequest);
     ``labels[0]`` learns the model's name as soon as it is known (an error reply is counted under
-    it); ``fast`` False leaves every body to the generic parser (``ADRANK_FASTPATH=0``)."""
+    it); ``fast`` False leaves every body to the generic parser (``ADRANK_FASTPATH=0``);
+    ``max_top_k`` bounds an ``all_ads`` request."""
     t0 = perf_counter()
+    if len(body) > fastpath.WORKSPACE_MAX_BYTES:  # a large body is checked before either parser spends on it
+        bounds.prescan(body, max_candidates)
     req = parse_fast(snap, body, max_candidates) if fast else None
     if req is None:
-        req = parse_generic(snap, body, max_candidates, labels)
+        req = parse_generic(snap, body, max_candidates, labels, max_top_k)
     if labels is not None:
         labels[0] = req.model.name
     ranked = score(snap, req)
     seconds = perf_counter() - t0
-    return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds)
+    return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds, req.model.version)
 
 
 def score(snap: Snapshot, req: Encoded) -> Ranked:
@@ -92,8 +96,11 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
             if named is None:
                 return None
             mv, scan = named, named.ranker.fastpath.scan_views(body)
-    if scan is None or len(scan.X) > max_candidates:
+    if scan is None or len(scan.X) > max_candidates or (scan.top_k or 0) > schemas.MAX_TOP_K:
         return None
+    if len(scan.X) > 1 or (len(scan.X) and scan.spans[0, 1] - scan.spans[0, 0] > schemas.MAX_ID_CHARS):
+        if bounds.ids_suspect(scan.spans, scan.id_hash, np.frombuffer(body, np.uint8), schemas.MAX_ID_CHARS):
+            return None  # a duplicate or over-long id: the generic parser names it
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
     name, version = mv.name, mv.version
 
@@ -105,8 +112,10 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
 
 
 # --- the generic parser --------------------------------------------------------------------------
-def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None) -> Encoded:
+def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None,
+                  max_top_k: int = schemas.MAX_TOP_K) -> Encoded:
     """msgspec + the model's RequestEncoder: any valid body, and the error reply of any other."""
+    bounds.prescan(body, max_candidates)
     req = schemas.decode_rank(body)
     mv = snap.model(req.model)
     if labels is not None:
@@ -118,6 +127,9 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
         raise ApiError(422, "too_many_candidates", f"ads: {n_ads} candidates exceed the limit of {max_candidates}")
     if req.all_ads and req.ads is not None:
         raise RankRequestError("ads", "give exactly one of 'ads' (a list) and 'all_ads': true")
+    if req.all_ads and (req.top_k is None or req.top_k > max_top_k):
+        raise ApiError(422, "top_k_too_large", f"all_ads: give a top_k of at most {max_top_k} "
+                       "(the catalog is ranked, never listed whole)")
     enc = mv.ranker.encoder
     ctx = enc.encode_context(req.context)
     name, version = mv.name, mv.version
@@ -128,6 +140,7 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
 
         return Encoded(mv, ctx, None, NO_ROWS, np.zeros(0, np.uint64), str, True, req.top_k, reply_all)
     ads = req.ads or []
+    _no_duplicates(ads)
     at = [i for i, ad in enumerate(ads) if by_id(ad)]
     keys: list[str] = []
     for i in at:
@@ -136,8 +149,8 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
             raise unknown_ad(i, ads[i].get("id"))
         keys.append(k)
     ids, X = enc.encode_ads(cast(list, ads))  # validates every inline ad; the rows of ads by id are unused
-    for i, k in zip(at, keys, strict=True):
-        ids[i] = k  # replies name a catalog ad by its catalog id
+    for i in at:
+        ids[i] = ads[i]["id"]  # replies name a catalog ad by its id as the request gave it
 
     def reply(r: Ranked) -> bytes:
         return schemas.encode_ranking(name, version, [(ids[i], s) for i, s in
@@ -145,3 +158,12 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
 
     return Encoded(mv, ctx, X, np.asarray(at, np.int64), IdTable.hash(keys) if keys else np.zeros(0, np.uint64),
                    lambda j: ads[j].get("id"), False, req.top_k, reply)
+
+
+def _no_duplicates(ads: list) -> None:
+    seen: set = set()
+    for i, ad in enumerate(ads):
+        ad_id = ad["id"]
+        if ad_id in seen:
+            raise ApiError(422, "duplicate_ad_id", f"ads[{i}]: id {ad_id!r} is given twice (each candidate once)")
+        seen.add(ad_id)

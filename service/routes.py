@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import os
 import threading
@@ -22,7 +21,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
 from adrank.core.preprocess import EncodeError
-from service import metrics, pipeline, schemas
+from service import fastpath, metrics, pipeline, protocol, schemas, trace
+from service.admin import check_body_headers, check_token, confine
 from service.catalog import metrics as catalog_metrics
 from service.catalog.store import CatalogError
 from service.errors import JSON, ApiError
@@ -43,8 +43,9 @@ __all__ = ["ApiError", "ServiceState", "router", "admin_router", "rank_asgi", "i
 class ServiceState:
     settings: Settings
     state: ServingState
-    inflight: int = 0  # /v1/rank requests admitted and not yet answered (this worker)
-    idle: threading.Event = field(default_factory=threading.Event)  # set while inflight == 0
+    inflight: int = 0  # /v1/rank requests admitted (body read) and not yet answered (this worker)
+    pending: int = 0  # /v1/rank requests between their arrival in the app and their reply
+    idle: threading.Event = field(default_factory=threading.Event)  # set while pending == 0
     background: set = field(default_factory=set)  # tasks kept referenced until done
 
 
@@ -99,16 +100,6 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
 
 
 # --- ranking -------------------------------------------------------------------------------
-async def _rank(svc: ServiceState, read, labels: list[str]) -> bytes:
-    """Read the body, take the snapshot once, run the pipeline; ``labels[0]`` learns the model."""
-    s = svc.settings
-    await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
-    body = await read(s.max_body_bytes)
-    out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath)
-    _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
-    return out.body
-
-
 @functools.cache
 def _children(model: str, mode: str) -> tuple:
     """The metric children one ranked request updates (``labels()`` costs a lock and a dict
@@ -129,38 +120,95 @@ def _request_children(model: str, status: int) -> tuple:
     return metrics.REQUESTS.labels(RANK, model, str(status)), metrics.REQUEST_DURATION.labels(RANK, model)
 
 
-async def answer_rank(svc: ServiceState, read) -> Response:
-    """One /v1/rank exchange; ``read(limit)`` awaits the raw body.  Every failure is a JSON error
-    reply (never an exception), and the request is counted and timed."""
-    t0 = perf_counter()
-    labels, status = [""], 200
+def _label(svc: ServiceState, body: bytes | None) -> str:
+    """The model a request refused before parsing is counted under: the one its body names if it
+    is served, the default model if it names none, else ``unknown`` (a bounded label set)."""
+    snap = svc.state.snapshot if svc.state.ready else None
+    if snap is None or body is None:
+        return metrics.UNKNOWN_MODEL
+    named = fastpath.guess_model(body)
+    if named is None and b'"model"' not in body[:512]:
+        return snap.default
+    return named if named in snap.models else metrics.UNKNOWN_MODEL
+
+
+@dataclass
+class RankExchange:
+    """One /v1/rank request's trace: what the access line and the metrics say about it."""
+
+    rid: str
+    t0: float
+    complete: float = 0.0  # when the body was complete (the deadline counts from here)
+    queued: float = 0.0
+    model: str = ""
+    version: str = ""
+    candidates: int = 0
+    status: int = 200
+    error: str = ""
+
+
+async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: str | None = None,
+                      content_encoding: str | None = None, stamped=None) -> Response:
+    """One /v1/rank exchange; ``read(limit)`` awaits the raw body.  Admission happens once the body
+    is complete: a request is shed (503 + Retry-After) when it waited longer than the queue budget
+    between its last byte (``stamped()``, the protocol's time, else now) and the start of its
+    scoring.  Every failure is a JSON error reply (never an exception); the request is counted,
+    timed and logged."""
+    s = svc.settings
+    body = None
+    labels = [""]
+    svc.pending += 1
+    if svc.pending == 1:
+        svc.idle.clear()  # catalog writes wait (service/state.py) while ranking requests are pending
     try:
         if not svc.state.ready:  # while draining (SIGTERM) requests are still answered: only readiness is off
             raise _unavailable(svc, "not_ready", "models are still loading")
-        if svc.inflight >= svc.settings.max_inflight:
-            raise _unavailable(svc, "overloaded", f"{svc.settings.max_inflight} requests already in flight")
+        check_body_headers(content_type, content_encoding, body_required=False)
+        body = await read(s.max_body_bytes)
+        ex.complete = (stamped() if stamped is not None else None) or perf_counter()
+        await asyncio.sleep(0)  # requests complete at the same time queue here, in arrival order
+        ex.queued = perf_counter() - ex.complete
+        if ex.queued > s.queue_budget:
+            metrics.SHED.inc()
+            raise _unavailable(svc, "overloaded", f"the request waited {ex.queued * 1e3:.1f} ms for scoring, over "
+                               f"the budget of {s.queue_budget * 1e3:.1f} ms")
+        metrics.QUEUE_WAIT.observe(ex.queued)
+        if svc.inflight >= s.max_inflight:
+            raise _unavailable(svc, "overloaded", f"{s.max_inflight} requests already in flight")
         svc.inflight += 1
-        if svc.inflight == 1:
-            svc.idle.clear()
         try:
-            response = Response(await _rank(svc, read, labels), media_type=JSON)
+            out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k)
         finally:
             svc.inflight -= 1
-            if not svc.inflight:
-                svc.idle.set()
+        _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
+        ex.model, ex.version, ex.candidates = out.model, out.version, out.n_candidates
+        response = Response(out.body, media_type=JSON, headers={"x-request-id": ex.rid})
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error reply
         response = _error_response(exc)
-        status = response.status_code
-    count, duration = _request_children(labels[0], status)
+        response.headers["x-request-id"] = ex.rid
+        ex.status = response.status_code
+        ex.error = getattr(exc, "code", "") or type(exc).__name__
+        ex.model = labels[0] or _label(svc, body)
+    finally:
+        svc.pending -= 1
+        if not svc.pending:
+            svc.idle.set()
+    count, duration = _request_children(ex.model, ex.status)
     count.inc()
-    duration.observe(perf_counter() - t0)
+    seconds = perf_counter() - ex.t0
+    duration.observe(seconds)
+    trace.log_access(ex.rid, "POST", RANK, ex.status, seconds, ex.model, ex.version, ex.candidates, ex.queued,
+                     ex.error)
     return response
 
 
 async def rank(request: Request) -> Response:
     """POST /v1/rank as a plain Starlette route (the app normally answers it earlier, in
     :func:`rank_asgi`; this route serves apps built without it)."""
-    return await answer_rank(request.app.state.svc, lambda limit: read_body(request, limit))
+    h = request.headers
+    rid = trace.request_id(h["x-request-id"].encode("latin-1") if "x-request-id" in h else None)
+    return await answer_rank(request.app.state.svc, lambda limit: read_body(request, limit),
+                             RankExchange(rid, perf_counter()), h.get("content-type"), h.get("content-encoding"))
 
 
 def is_rank(scope) -> bool:
@@ -173,7 +221,17 @@ async def rank_asgi(state, scope, receive, send) -> None:
     telemetry check, Starlette's middleware stack and the router (service/app.py): together they
     cost ~45 us a request, a tenth of a 100-ad request's time in the server.  ``answer_rank``
     turns every failure into a JSON reply itself."""
-    declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
+    t0 = perf_counter()
+    declared = content_type = encoding = given_id = None
+    for k, v in scope["headers"]:
+        if k == b"content-length":
+            declared = v.decode("latin-1")
+        elif k == b"content-type":
+            content_type = v.decode("latin-1")
+        elif k == b"content-encoding":
+            encoding = v.decode("latin-1")
+        elif k == b"x-request-id":
+            given_id = v
 
     async def chunks():
         while True:
@@ -184,7 +242,9 @@ async def rank_asgi(state, scope, receive, send) -> None:
             if not message.get("more_body", False):
                 return
 
-    response = await answer_rank(state.svc, lambda limit: _read_limited(declared, chunks(), limit))
+    response = await answer_rank(state.svc, lambda limit: _read_limited(declared, chunks(), limit),
+                                 RankExchange(trace.request_id(given_id), t0), content_type, encoding,
+                                 lambda: scope.get(protocol.COMPLETE))
     await response(scope, receive, send)
 
 
@@ -210,7 +270,8 @@ def _error_response(exc: Exception) -> Response:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     snap = request.app.state.svc.state.snapshot
-    models = [{**mv.info(), "default": name == snap.default} for name, mv in snap.models.items()]
+    models = [{**{k: v for k, v in mv.info().items() if k != "path"}, "default": name == snap.default}
+              for name, mv in snap.models.items()]  # file paths only for admins (/v1/state)
     return json_response({"default": snap.default, "worker": os.getpid(), "models": models})
 
 
@@ -233,18 +294,23 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics_endpoint() -> Response:
+    metrics.INFLIGHT.set(protocol.in_progress())
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
 
 # --- admin: hot reload, state ----------------------------------------------------------------
-def check_admin(request: Request, token: str | None) -> None:
-    if token is None:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <ADRANK_ADMIN_TOKEN>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+def check_admin(request: Request) -> None:
+    """401 unless the request carries the admin token (service/admin.py: the policy)."""
+    check_token(request.headers.get("authorization"), request.app.state.svc.settings.admin_token)
+
+
+async def read_json_body(request: Request, limit: int, required: bool) -> bytes:
+    """The body of an admin request: 415 unless JSON (an empty body passes when not ``required``)."""
+    body = await read_body(request, limit)
+    check_body_headers(request.headers.get("content-type"), request.headers.get("content-encoding"),
+                       body_required=required or bool(body.strip()))
+    return body
 
 
 @admin_router.post(RELOAD)
@@ -252,14 +318,16 @@ async def reload_model(name: str, request: Request) -> Response:
     """Load + verify + warm off the event loop, log, then swap; 422/409 keep the old version."""
     svc: ServiceState = request.app.state.svc
     try:
-        check_admin(request, svc.settings.admin_token)
-        req = schemas.decode_reload(await read_body(request, 64 * 1024))
-        new, old = await in_daemon_thread(svc.state.reload, name, req.path, req.force)
+        check_admin(request)
+        req = schemas.decode_reload(await read_json_body(request, 64 * 1024, required=False))
+        svc.state.snapshot.model(name)  # 404 for an unknown model before any path is looked at
+        path = str(confine(req.path, svc.settings.model_dir)) if req.path is not None else None
+        new, old = await in_daemon_thread(svc.state.reload, name, path, req.force)
         response = json_response({"model": name, "version": new.version, "previous_version": old.version,
                                   "path": str(new.path), "position": svc.state.snapshot.position})
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
         response = _reload_error(exc, name, svc)
-    known = name if name in svc.state.snapshot.models else ""
+    known = name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL
     metrics.REQUESTS.labels(RELOAD, known, str(response.status_code)).inc()
     return response
 
@@ -286,7 +354,7 @@ async def state_endpoint(request: Request) -> Response:
     """Where this process stands: log engine and position, snapshot age, catalog, skipped entries."""
     svc: ServiceState = request.app.state.svc
     try:
-        check_admin(request, svc.settings.admin_token)
+        check_admin(request)
     except ApiError as exc:
         return exc.response()
     return json_response({"worker": os.getpid(), **await asyncio.to_thread(svc.state.describe)})

@@ -16,27 +16,123 @@ from typing import Annotated, Required, TypedDict, Union
 
 import msgspec
 
+MAX_ID_CHARS = 256  # the longest ad id (service.catalog.store keeps the same limit)
+MAX_TOP_K = 1_000_000  # the largest top_k of any request (an `all_ads` one: Settings.max_top_k)
+INT64 = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
+
 Scalar = Union[str, int, float, bool, None]  # noqa: UP007 (msgspec reads the typing form)
 Value = Union[str, int, float, bool, None, list[Scalar]]  # noqa: UP007
+AdId = Union[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)],  # noqa: UP007
+             Annotated[int, INT64]]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class Ad(TypedDict, total=False):
-    id: Required[str | int]
+    id: Required[AdId]
     features: dict[str, Value]
     values: list[Value]
 
 
 class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A ranking request: `ads` (inline, or `{"id"}` alone for a catalog ad) or `all_ads`."""
+
     ads: list[Ad] | None = None  # an ad given as {"id"} alone comes from the catalog
     all_ads: bool = False  # rank the whole catalog instead of `ads` (service/catalog)
     context: dict[str, Value] = {}
-    model: str | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    model: ModelName | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
-    path: str | None = None
+    """A reload: `path` names a file inside the model directory (none: re-read the current file)."""
+
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
     force: bool = False  # accept an artifact whose schema differs from the served one
+
+
+# --- replies (the OpenAPI document's response schemas, service/openapi.py; adrank.client mirrors them)
+class RankedAd(msgspec.Struct):
+    id: str | int
+    score: float
+
+
+class RankResponse(msgspec.Struct):
+    """The candidates, best first, with the scores of the model version named."""
+
+    model: str
+    version: str
+    ads: list[RankedAd]
+
+
+class ErrorReply(msgspec.Struct):
+    """Every refusal: a stable `error` code and a `message` naming the problem."""
+
+    error: str
+    message: str
+    field: str | None = None
+    model: str | None = None
+    version: str | None = None
+
+
+class FieldInfo(msgspec.Struct):
+    name: str
+    type: str
+    role: str
+
+
+class ModelInfo(msgspec.Struct):
+    name: str
+    version: str
+    kind: str
+    rank: int | None
+    embedding: str
+    size_bytes: int
+    fields: list[FieldInfo]
+    loaded_at: float
+    default: bool
+
+
+class ModelsResponse(msgspec.Struct):
+    default: str
+    worker: int
+    models: list[ModelInfo]
+
+
+class ReloadResponse(msgspec.Struct):
+    model: str
+    version: str
+    previous_version: str
+    path: str
+    position: int
+
+
+class CatalogAd(msgspec.Struct, forbid_unknown_fields=True):
+    id: AdId
+    features: dict[str, Value]
+
+
+class UpsertRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ads: list[CatalogAd]
+
+
+class UpsertResponse(msgspec.Struct):
+    upserted: int
+    size: int
+    version: int
+    position: int
+
+
+class DeleteResponse(msgspec.Struct):
+    deleted: str
+    size: int
+    version: int
+    position: int
+
+
+class AdResponse(msgspec.Struct):
+    id: str
+    features: dict[str, Value]
+    version: int
 
 
 class BadRequest(ValueError):
@@ -59,6 +155,8 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
         raise BadRequest("invalid_request", _name_dict_key(str(exc), body)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest("invalid_json", f"malformed JSON: {exc}") from None
+    except RecursionError:  # the prescan (service/bounds.py) refuses deep bodies first; this is the backstop
+        raise BadRequest("too_deep", "JSON nested too deeply") from None
 
 
 def decode_rank(body: bytes) -> RankRequest:
@@ -86,7 +184,7 @@ def _name_dict_key(message: str, body: bytes) -> str:
             if isinstance(value, dict) or (isinstance(value, list)
                                           and any(isinstance(x, (dict, list)) for x in value)):
                 return message.replace("[...]", f"[{key!r}]", 1) + f": field {key!r} has a bad value"
-    except (msgspec.DecodeError, KeyError, IndexError, ValueError, TypeError, AttributeError):
+    except (msgspec.DecodeError, KeyError, IndexError, ValueError, TypeError, AttributeError, RecursionError):
         pass
     return message
 

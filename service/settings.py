@@ -93,6 +93,30 @@ def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise SettingsError(f"{key}={raw!r} must be 1/0, true/false, yes/no or on/off")
 
 
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(key) or default
+    if raw not in choices:
+        raise SettingsError(f"{key}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+def _admin_token(env: Mapping[str, str]) -> str | None:
+    """ADRANK_ADMIN_TOKEN, else the first line of ADRANK_ADMIN_TOKEN_FILE (``adrank serve`` writes
+    one, mode 0600, when no token is given: the secret never travels in an environment variable)."""
+    if env.get("ADRANK_ADMIN_TOKEN"):
+        return env["ADRANK_ADMIN_TOKEN"]
+    path = env.get("ADRANK_ADMIN_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"ADRANK_ADMIN_TOKEN_FILE={path!r}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise SettingsError(f"ADRANK_ADMIN_TOKEN_FILE={path!r}: the token must have at least 16 characters")
+    return token
+
+
 @dataclass(frozen=True)
 class Settings:
     models: tuple[ModelSpec, ...] = ()
@@ -101,7 +125,15 @@ class Settings:
     max_inflight: int = 64
     retry_after: int = 1
     admin_enabled: bool = True
-    admin_token: str | None = None
+    admin_token: str | None = None  # admin routes answer 401 to everyone while none is configured
+    admin_token_file: Path | None = None  # where admin_token was read from (workers re-read it)
+    model_dir: Path | None = None  # reload takes paths inside this directory only; None: no paths at all
+    max_top_k: int = 1000  # the largest top_k of an `all_ads` request (the catalog is never listed whole)
+    queue_budget: float = 0.025  # seconds a complete request may wait for scoring before it is shed (503)
+    header_timeout: float = 5.0  # seconds from a request's first byte to the end of its headers
+    body_timeout: float = 10.0  # seconds from the end of the headers to the end of the body
+    docs: bool = True  # /docs (Swagger UI over /openapi.json)
+    access_log: str = "off"  # off | text | json: one line per request (service/trace.py)
     gc_freeze: bool = True
     catalog: Path | None = None  # JSONL of ads recorded at start (service/catalog)
     # state (service/state.py, service/replog): where the replication log lives and how it is used
@@ -139,7 +171,16 @@ class Settings:
             max_inflight=_int(env, "ADRANK_MAX_INFLIGHT", cls.max_inflight, 1),
             retry_after=_int(env, "ADRANK_RETRY_AFTER", cls.retry_after, 0),
             admin_enabled=_flag(env, "ADRANK_ADMIN", True),
-            admin_token=env.get("ADRANK_ADMIN_TOKEN") or None,
+            admin_token=_admin_token(env),
+            admin_token_file=(Path(env["ADRANK_ADMIN_TOKEN_FILE"]) if env.get("ADRANK_ADMIN_TOKEN_FILE")
+                              and not env.get("ADRANK_ADMIN_TOKEN") else None),
+            model_dir=Path(env["ADRANK_MODEL_DIR"]).expanduser().resolve() if env.get("ADRANK_MODEL_DIR") else None,
+            max_top_k=_int(env, "ADRANK_MAX_TOP_K", cls.max_top_k, 1),
+            queue_budget=_float(env, "ADRANK_QUEUE_BUDGET", cls.queue_budget),
+            header_timeout=_float(env, "ADRANK_HEADER_TIMEOUT", cls.header_timeout),
+            body_timeout=_float(env, "ADRANK_BODY_TIMEOUT", cls.body_timeout),
+            docs=_flag(env, "ADRANK_DOCS", cls.docs),
+            access_log=_choice(env, "ADRANK_ACCESS_LOG", cls.access_log, ("off", "text", "json")),
             gc_freeze=_flag(env, "ADRANK_GC_FREEZE", True),
             catalog=Path(env["ADRANK_CATALOG"]) if env.get("ADRANK_CATALOG") else None,
             fastpath=_flag(env, "ADRANK_FASTPATH", cls.fastpath),
@@ -167,6 +208,12 @@ class Settings:
             "ADRANK_MAX_INFLIGHT": str(self.max_inflight),
             "ADRANK_RETRY_AFTER": str(self.retry_after),
             "ADRANK_ADMIN": "1" if self.admin_enabled else "0",
+            "ADRANK_MAX_TOP_K": str(self.max_top_k),
+            "ADRANK_QUEUE_BUDGET": str(self.queue_budget),
+            "ADRANK_HEADER_TIMEOUT": str(self.header_timeout),
+            "ADRANK_BODY_TIMEOUT": str(self.body_timeout),
+            "ADRANK_DOCS": "1" if self.docs else "0",
+            "ADRANK_ACCESS_LOG": self.access_log,
             "ADRANK_GC_FREEZE": "1" if self.gc_freeze else "0",
             "ADRANK_FASTPATH": "1" if self.fastpath else "0",
             "ADRANK_HUGE_PAGES": "1" if self.huge_pages else "0",
@@ -182,8 +229,12 @@ class Settings:
         }
         if self.kernel_threads is not None:
             env["ADRANK_KERNEL_THREADS"] = str(self.kernel_threads)
-        if self.admin_token:
+        if self.admin_token_file:
+            env["ADRANK_ADMIN_TOKEN_FILE"] = str(self.admin_token_file)
+        elif self.admin_token:
             env["ADRANK_ADMIN_TOKEN"] = self.admin_token
+        if self.model_dir:
+            env["ADRANK_MODEL_DIR"] = str(self.model_dir)
         if self.state_dir:
             env["ADRANK_STATE_DIR"] = str(self.state_dir)
         if self.log_url:

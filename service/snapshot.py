@@ -70,13 +70,13 @@ class Snapshot:
 
     def model(self, name: str | None) -> ModelVersion:
         try:
-            return self.models[name or self.default]
+            return self.models[self.default if name is None else name]
         except KeyError:
-            raise UnknownModel(name or self.default, list(self.models)) from None
+            raise UnknownModel(self.default if name is None else name, list(self.models)) from None
 
     def get(self, name: str | None) -> ModelVersion | None:
         """:meth:`model`, or None for an unknown name (the fast path's probe)."""
-        return self.models.get(name or self.default)
+        return self.models.get(self.default if name is None else name)
 
 
 def of_rankers(rankers: dict, ads: list | None = None, progress: bool = False) -> Snapshot:

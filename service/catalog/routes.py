@@ -1,4 +1,5 @@
-"""HTTP wiring of the catalog: PUT /v1/ads, GET and DELETE /v1/ads/{id}.
+"""HTTP wiring of the catalog: PUT /v1/ads, GET and DELETE /v1/ads/{id} — admin routes: each
+needs the admin token (service/admin.py) and ``--no-admin`` removes them all (service/app.py).
 
 Writes go through the serving state (service/state.py): validated and prepared off the event loop,
 committed to the replication log, applied, and only then acknowledged with the catalog version
@@ -14,11 +15,15 @@ import asyncio
 import msgspec
 from fastapi import APIRouter, Request, Response
 
-from service.catalog.store import CatalogError
+from service import bounds
+from service.admin import check_body_headers, check_token
+from service.catalog.store import MAX_ID_CHARS, CatalogError
+from service.errors import ApiError
 from service.replog import LogError
 
 router = APIRouter()
 MAX_UPSERT_BYTES = 256 * 1024 * 1024
+MAX_UPSERT_ADS = 2_000_000  # ads in one PUT (the prescan refuses more before decoding)
 _encoder = msgspec.json.Encoder()
 
 __all__ = ["router"]
@@ -37,12 +42,31 @@ def _state(request: Request):
     return None if svc is None else svc.state
 
 
+def _guard(request: Request, body: bool = False) -> None:
+    """401 without the admin token; 415 for a body that is not plain JSON."""
+    svc = getattr(request.app.state, "svc", None)
+    if svc is None:  # an app without serving state has no catalog: the routes answer 404
+        return
+    check_token(request.headers.get("authorization"), svc.settings.admin_token)
+    if body:
+        check_body_headers(request.headers.get("content-type"), request.headers.get("content-encoding"), True)
+
+
+def _check_id(ad_id: str) -> None:
+    if len(ad_id) > MAX_ID_CHARS:
+        raise ApiError(422, "invalid_id", f"ad id of {len(ad_id)} characters, more than the limit of {MAX_ID_CHARS}")
+
+
 def _not_committed(exc: LogError) -> Response:
     return _error(503, "log_unavailable", f"the write was not committed (not acknowledged): {exc}")
 
 
 @router.put("/v1/ads")
 async def upsert_ads(request: Request) -> Response:
+    try:
+        _guard(request, body=True)
+    except ApiError as exc:
+        return exc.response()
     state = _state(request)
     if state is None:
         return _error(404, "no_catalog", "this server has no ad catalog")
@@ -50,7 +74,11 @@ async def upsert_ads(request: Request) -> Response:
     if declared.isdigit() and int(declared) > MAX_UPSERT_BYTES:
         return _error(413, "body_too_large", f"body of {declared} bytes exceeds {MAX_UPSERT_BYTES}")
     try:
-        body = msgspec.json.decode(await request.body())
+        raw = await request.body()
+        bounds.prescan(raw, MAX_UPSERT_ADS)
+        body = msgspec.json.decode(raw)
+    except ApiError as exc:
+        return exc.response()
     except msgspec.DecodeError as exc:
         return _error(422, "invalid_json", f"malformed JSON: {exc}")
     if not isinstance(body, dict) or not isinstance(body.get("ads"), list) or set(body) != {"ads"}:
@@ -67,6 +95,11 @@ async def upsert_ads(request: Request) -> Response:
 
 @router.get("/v1/ads/{ad_id}")
 async def get_ad(ad_id: str, request: Request) -> Response:
+    try:
+        _guard(request)
+        _check_id(ad_id)
+    except ApiError as exc:
+        return exc.response()
     state = _state(request)
     view = state.snapshot.catalog if state is not None else None
     feats = view.get(ad_id) if view is not None else None
@@ -77,6 +110,11 @@ async def get_ad(ad_id: str, request: Request) -> Response:
 
 @router.delete("/v1/ads/{ad_id}")
 async def delete_ad(ad_id: str, request: Request) -> Response:
+    try:
+        _guard(request)
+        _check_id(ad_id)
+    except ApiError as exc:
+        return exc.response()
     state = _state(request)
     try:
         snap = await asyncio.to_thread(state.delete, ad_id) if state is not None else None

@@ -35,6 +35,9 @@ BATCH = 20_000  # ads encoded + precomputed per step (bounded temporary memory, 
 _json = msgspec.json.Encoder()
 
 
+MAX_ID_CHARS = 256  # the longest ad id (the API's limit, service/schemas.py)
+
+
 class CatalogError(ValueError):
     """An ad or a catalog file that cannot be used; the message names the ad / line and field."""
 
@@ -110,6 +113,8 @@ def validate_ad(ad, where: str) -> tuple[str, dict]:
         ad_id = str(ad_id)  # numeric ids are kept as their decimal string
     if not isinstance(ad_id, str) or not ad_id:
         raise CatalogError(f"{where}: 'id' must be a non-empty string, got {ad_id!r}")
+    if len(ad_id) > MAX_ID_CHARS:
+        raise CatalogError(f"{where}: 'id' has {len(ad_id)} characters, more than the limit of {MAX_ID_CHARS}")
     if not isinstance(feats, dict):
         raise CatalogError(f"{where} (id {ad_id!r}): 'features' must be an object")
     extra = set(ad) - {"id", "features"}

@@ -27,8 +27,9 @@ DASHBOARD = GRAFANA / "dashboards" / "adrank.json"
 
 # DESIGN.md §6: the service's metric families; histograms expose _bucket/_sum/_count series.
 HISTOGRAMS = ("adrank_request_duration_seconds", "adrank_model_inference_duration_seconds",
-              "adrank_request_candidates")
-SERIES = ("adrank_requests_total", "adrank_model_info")
+              "adrank_request_candidates", "adrank_queue_wait_seconds")
+SERIES = ("adrank_requests_total", "adrank_model_info", "adrank_shed_total", "adrank_inflight_requests",
+          "adrank_process_cpu_seconds", "adrank_process_resident_memory_bytes", "adrank_process_open_fds")
 BUILTIN = ("up",)  # written by Prometheus itself for every target
 SERVICE_METRICS = frozenset(
     [f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")] + list(SERIES) + list(BUILTIN)

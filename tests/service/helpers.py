@@ -35,6 +35,9 @@ SCHEMA = Schema("svc-test", (
     Field("tags", "multi", "item", max_values=2),
 ))
 ITEM_FIELDS = [f.name for f in SCHEMA.item_fields]
+#: the admin token the tests' servers are given, and the header that carries it (service/admin.py)
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 #: the `adrank` command (its entry point, not `-m adrank.cli`: that would load the CLI twice)
 ADRANK = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())"]
 
@@ -132,6 +135,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._temp = None if state_dir is not None else tempfile.TemporaryDirectory(prefix="adrank-test-state-")
         self.state_dir = Path(state_dir if state_dir is not None else self._temp.name)
+        env = dict(env)
+        env.setdefault("ADRANK_ADMIN_TOKEN", ADMIN_TOKEN)  # admin routes always need one (service/admin.py)
+        # tests share 2 busy cores: a request is shed for its queueing only where a test asks for it
+        env.setdefault("ADRANK_QUEUE_BUDGET", "10")
+        first = next((a.partition("=")[2] or a for a in args if a.endswith(".adrk")), None)
+        if first and "ADRANK_MODEL_DIR" not in env:  # reloads may read beside the first artifact
+            env["ADRANK_MODEL_DIR"] = str(Path(first).resolve().parent)
         self.proc = subprocess.Popen(
             [*command, "serve", *args, "--port", str(self.port), "--no-access-log", "--state-dir",
              str(self.state_dir), "--log-level", "warning"], env=env, stdout=subprocess.PIPE,

@@ -133,7 +133,7 @@ BAD = [
     (b'{"ads": [{"id": "a"}], "context": {"I1": "abc"}, "model": "dplr"}', 422, None, "I1"),
     (b'{"ads": [{"id": "a", "values": [1, 2, 3, 4, 5]}], "model": "dplr"}', 422, None, "values"),
     (msgspec.json.encode({"ads": [{"id": str(i), "features": {}} for i in range(51)]}), 422,
-     "too_many_candidates", "51 candidates exceed the limit of 50"),
+     "too_many_candidates", "more than the limit of 50 candidates"),
     (msgspec.json.encode({"ads": [{"id": "x" * 30_000}]}), 413, "body_too_large", "exceeds the limit"),
 ]
 

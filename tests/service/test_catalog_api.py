@@ -15,7 +15,7 @@ from exporter.synthetic import make_schema, random_features
 from service.app import create_app
 from service.catalog import routes
 from service.settings import ModelSpec, Settings
-from tests.service.helpers import use_fastpath
+from tests.service.helpers import ADMIN, ADMIN_TOKEN, use_fastpath
 from tests.service.state_helpers import synthetic_artifact
 
 VALUES = 20
@@ -27,12 +27,12 @@ def synthetic_app(tmp_path, **kw):
     path = tmp_path / "m.adrk"
     if not path.exists():
         synthetic_artifact(path, "dplr", SCHEMA, VALUES)
-    return create_app(Settings(models=(ModelSpec("m", path),), gc_freeze=False, **kw))
+    return create_app(Settings(models=(ModelSpec("m", path),), gc_freeze=False, admin_token=ADMIN_TOKEN, **kw))
 
 
 @pytest.fixture
 def client(tmp_path):
-    with TestClient(synthetic_app(tmp_path)) as c:
+    with TestClient(synthetic_app(tmp_path), headers=ADMIN) as c:
         yield c
 
 
@@ -90,7 +90,7 @@ def test_oversized_body_is_413(client, monkeypatch):
 def test_no_catalog_is_404():
     app = FastAPI()
     app.include_router(routes.router)
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN) as c:
         assert c.put("/v1/ads", json={"ads": []}).status_code == 404
         assert c.get("/v1/ads/a").status_code == 404
 
@@ -106,8 +106,8 @@ def test_workers_sharing_a_state_dir_converge_through_the_log(tmp_path):
     """Two apps on one state directory stand for two uvicorn workers: a write through either is
     applied by both, in one order; a third started later rebuilds the same catalog."""
     state = tmp_path / "state"
-    with TestClient(synthetic_app(tmp_path, state_dir=state, log_poll=0.01)) as a, \
-            TestClient(synthetic_app(tmp_path, state_dir=state, log_poll=0.01)) as b:
+    with TestClient(synthetic_app(tmp_path, state_dir=state, log_poll=0.01), headers=ADMIN) as a, \
+            TestClient(synthetic_app(tmp_path, state_dir=state, log_poll=0.01), headers=ADMIN) as b:
         assert a.put("/v1/ads", json={"ads": ads(4)}).status_code == 200
         _eventually(lambda: b.get("/v1/ads/ad-2").status_code == 200)
         assert b.get("/v1/ads/ad-2").json()["features"] == ads(4)[2]["features"]
@@ -121,7 +121,7 @@ def test_workers_sharing_a_state_dir_converge_through_the_log(tmp_path):
         _eventually(lambda: a.get("/v1/state").json()["position"] == b.get("/v1/state").json()["position"])
         want = {i: a.get(f"/v1/ads/{i}").json() for i in ("ad-0", "ad-1", "ad-3", "hot")}
         assert {i: b.get(f"/v1/ads/{i}").json() for i in want} == want
-    with TestClient(synthetic_app(tmp_path, state_dir=state)) as late:
+    with TestClient(synthetic_app(tmp_path, state_dir=state), headers=ADMIN) as late:
         assert {i: late.get(f"/v1/ads/{i}").json()["features"] for i in want} == \
             {i: w["features"] for i, w in want.items()}
         assert late.get("/v1/ads/ad-2").status_code == 404
@@ -145,8 +145,8 @@ def served(tmp_path_factory):
     req = random_request(np.random.default_rng(3), n_ads=40)
     (d / "ads.jsonl").write_bytes(b"\n".join(msgspec.json.encode(a) for a in req["ads"]) + b"\n")
     settings = Settings(models=tuple(ModelSpec(k, p) for k, (p, _) in arts.items()), gc_freeze=False,
-                        catalog=d / "ads.jsonl")
-    with TestClient(create_app(settings, loader=ranker_loader())) as c:
+                        catalog=d / "ads.jsonl", admin_token=ADMIN_TOKEN, model_dir=d)
+    with TestClient(create_app(settings, loader=ranker_loader()), headers=ADMIN) as c:
         yield c, arts, req, d
 
 
@@ -187,12 +187,13 @@ def test_app_fast_path_by_id_answers_byte_for_byte_as_the_generic_path(served, k
     real = pipeline.parse_fast
     monkeypatch.setattr(pipeline, "parse_fast", lambda *a: used.append(real(*a)) or used[-1])
     bodies = [{"model": kind, "context": req["context"], "ads": [{"id": i} for i in ids]},
-              {"model": kind, "context": req["context"], "ads": [{"id": i} for i in ids[::-1] + ids[:3]], "top_k": 7},
+              {"model": kind, "context": req["context"], "ads": [{"id": i} for i in ids[::-1]], "top_k": 7},
               {"context": {}, "model": kind, "ads": [{"id": ids[5]}]},
               {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, {"id": "not-there"}]},
               {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, {"id": 7}]},
               {"model": kind, "context": req["context"], "ads": [{"id": ""}]},
-              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, req["ads"][1]]}]
+              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, req["ads"][1]]},
+              {"model": kind, "context": req["context"], "ads": [{"id": ids[0]}, {"id": ids[1]}, {"id": ids[0]}]}]
     for body in bodies:
         raw = json.dumps(body, ensure_ascii=False).encode()
         use_fastpath(c, monkeypatch, True)
@@ -200,8 +201,9 @@ def test_app_fast_path_by_id_answers_byte_for_byte_as_the_generic_path(served, k
         use_fastpath(c, monkeypatch, False)
         slow = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
         assert (fast.status_code, fast.content) == (slow.status_code, slow.content), raw[:200]
-    # the scanner reads every shape here but integer and empty catalog ids (the generic parser's)
-    assert [u is not None for u in used] == [True] * 4 + [False] * 2 + [True]
+    # the scanner reads every shape here but integer and empty catalog ids and duplicates (the generic
+    # parser's: it names them)
+    assert [u is not None for u in used] == [True] * 4 + [False] * 2 + [True] + [False]
 
 
 def test_app_all_ads_top_k_and_errors(served):
@@ -230,6 +232,8 @@ def test_app_writes_are_seen_by_rank_and_metrics(served):
     assert code == 200 and body["ads"][0]["score"] == pytest.approx(want["fresh"], rel=1e-5)
     assert c.delete("/v1/ads/fresh").status_code == 200
     assert rank(c, {"model": "fm", "context": req["context"], "ads": [{"id": "fresh"}]})[0] == 422
+    for ads in ([req["ads"][0]], [req["ads"][0], {"id": req["ads"][1]["id"]}]):  # inline, mixed (this test's own)
+        assert rank(c, {"model": "fm", "context": req["context"], "ads": ads})[0] == 200
     text = c.get("/metrics").text
     version = c.get("/v1/models").json()["models"][0]["version"]
     assert f'adrank_catalog_ads{{model="fm",version="{version}"}} 40.0' in text

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.helpers import Server, make_artifact, random_request, reference_scores
+from tests.service.helpers import ADMIN, Server, make_artifact, random_request, reference_scores
 from tests.service.state_helpers import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ class Writers:
 
     def _run(self, w: int) -> None:
         gen = 0
-        with httpx.Client(timeout=15) as h:
+        with httpx.Client(timeout=15, headers=ADMIN) as h:
             while not self.stop.is_set():
                 url = self.urls[(w + gen) % len(self.urls)]
                 gen += 1
@@ -101,7 +101,7 @@ class Writers:
 
 def _catalog(url: str, ids) -> dict:
     out = {}
-    with httpx.Client(base_url=url, timeout=10) as h:
+    with httpx.Client(base_url=url, timeout=10, headers=ADMIN) as h:
         for i in ids:
             r = h.get(f"/v1/ads/{i}")
             out[i] = r.json()["features"] if r.status_code == 200 else None
@@ -133,7 +133,7 @@ def test_the_artifact_overwritten_truncated_deleted_under_load(tmp_path):
         failures, replies, stop = [], [], threading.Event()
 
         def hammer():
-            with httpx.Client(base_url=srv.url, timeout=10) as h:
+            with httpx.Client(base_url=srv.url, timeout=10, headers=ADMIN) as h:
                 while not stop.is_set():
                     try:
                         r = h.post("/v1/rank", json=req)
@@ -165,7 +165,7 @@ def test_the_artifact_overwritten_truncated_deleted_under_load(tmp_path):
         assert srv.proc.poll() is None and not failures, failures[:3]
         assert len(replies) > 50 and all(replies)  # every reply scored by the model loaded at start
         path.write_bytes(other.read_bytes())
-        r = httpx.post(srv.url + "/v1/models/dplr/reload", timeout=30)
+        r = httpx.post(srv.url + "/v1/models/dplr/reload", timeout=30, headers=ADMIN)
         assert r.status_code == 200 and r.json()["version"] != r.json()["previous_version"]
 
 
@@ -198,15 +198,15 @@ def test_kill9_of_a_worker_then_of_the_server_mid_writes_keeps_every_acknowledge
         con.execute("INSERT INTO log (kind, body, crc, at) VALUES ('ads.upsert', x'7b2261647322', 1, 0)")
         con.commit()
         con.close()
-        r = httpx.put(again.url + "/v1/ads", json={"ads": [{"id": "after", "features": {"C14": "c14-1"}}]})
+        r = httpx.put(again.url + "/v1/ads", json={"ads": [{"id": "after", "features": {"C14": "c14-1"}}]}, headers=ADMIN)
         assert r.status_code == 200
-        _eventually(lambda: all(httpx.get(again.url + "/v1/ads/after").status_code == 200 for _ in range(4)))
-        skipped = httpx.get(again.url + "/v1/state").json()["skipped"]
+        _eventually(lambda: all(httpx.get(again.url + "/v1/ads/after", headers=ADMIN).status_code == 200 for _ in range(4)))
+        skipped = httpx.get(again.url + "/v1/state", headers=ADMIN).json()["skipped"]
         assert skipped and skipped[0]["reason"] == "checksum mismatch"
         metrics = httpx.get(again.url + "/metrics").text
         assert 'adrank_log_entries_total{kind="ads.upsert",result="skipped"}' in metrics
     with Server(args, _env(tmp_path), state_dir=state) as third:  # and at start-up too
-        assert httpx.get(third.url + "/v1/ads/after").status_code == 200
+        assert httpx.get(third.url + "/v1/ads/after", headers=ADMIN).status_code == 200
         _check_acknowledged(_catalog(third.url, list(w.acked)), w)
 
 
@@ -219,7 +219,7 @@ def test_sigterm_turns_readiness_off_and_finishes_requests_in_flight(tmp_path):
         codes, ready = [], []
 
         def client():
-            with httpx.Client(base_url=srv.url, timeout=30) as h:
+            with httpx.Client(base_url=srv.url, timeout=30, headers=ADMIN) as h:
                 for _ in range(400):
                     try:
                         codes.append(h.post("/v1/rank", json=big).status_code)
@@ -262,7 +262,7 @@ def test_three_replicas_on_redis_converge_after_writes_and_a_restart(tmp_path):
             replicas[2] = Server([f"dplr={path}"], env, state_dir=tmp_path / "r2")  # bootstraps from Redis
             time.sleep(1.0)
             w.finish()
-            r = httpx.post(replicas[1].url + "/v1/models/dplr/reload", json={"path": str(other)}, timeout=30)
+            r = httpx.post(replicas[1].url + "/v1/models/dplr/reload", json={"path": str(other)}, timeout=30, headers=ADMIN)
             assert r.status_code == 200
             version = r.json()["version"]
             for rep in replicas:

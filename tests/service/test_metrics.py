@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import metrics
 from service.app import create_app
 from service.settings import ModelSpec, Settings
-from tests.service.helpers import Server, make_artifact, ranker_loader
+from tests.service.helpers import ADMIN, ADMIN_TOKEN, Server, make_artifact, ranker_loader
 
 AD = {"id": "a", "features": {"C14": "c14-1"}}
 
@@ -38,19 +38,22 @@ def test_buckets_cover_a_tenth_of_a_millisecond_to_a_second():
 def test_counts_and_bounded_labels(tmp_path):
     path = tmp_path / "m.adrk"
     make_artifact(path, "dplr")
-    app = create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False), loader=ranker_loader())
-    with TestClient(app) as c:
+    app = create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False, admin_token=ADMIN_TOKEN,
+                                model_dir=tmp_path), loader=ranker_loader())
+    with TestClient(app, headers=ADMIN) as c:
         before = c.get("/metrics").text
         for _ in range(3):
-            assert c.post("/v1/rank", json={"ads": [AD, AD]}).status_code == 200
+            assert c.post("/v1/rank", json={"ads": [AD, {**AD, "id": "b"}]}).status_code == 200
         assert c.post("/v1/rank", json={"model": "user-typed-name-xyz", "ads": [AD]}).status_code == 404
         assert c.post("/v1/rank", content=b"{oops").status_code == 422
         after = c.get("/metrics").text
     d = lambda name, **kw: value(after, name, **kw) - value(before, name, **kw)  # noqa: E731
     assert d("adrank_requests_total", endpoint="/v1/rank", model="dplr", code="200") == 3
-    assert d("adrank_requests_total", endpoint="/v1/rank", model="", code="404") == 1
-    assert d("adrank_requests_total", endpoint="/v1/rank", model="", code="422") == 1
-    assert d("adrank_request_duration_seconds_count", endpoint="/v1/rank", model="dplr") == 3
+    # refused before the model is known: under the model the body names if served, else "unknown";
+    # a body naming none is for the default model
+    assert d("adrank_requests_total", endpoint="/v1/rank", model="unknown", code="404") == 1
+    assert d("adrank_requests_total", endpoint="/v1/rank", model="dplr", code="422") == 1
+    assert d("adrank_request_duration_seconds_count", endpoint="/v1/rank", model="dplr") == 4  # the 422 too
     assert d("adrank_model_inference_duration_seconds_count", model="dplr") == 3
     assert d("adrank_request_candidates_sum", model="dplr") == 6
     assert "user-typed-name-xyz" not in after  # never a label from request content
@@ -62,8 +65,9 @@ def test_reloads_and_catalog_changes_are_counted(tmp_path):
     path, other = tmp_path / "m.adrk", tmp_path / "other.adrk"
     make_artifact(path, "dplr", seed=1)
     make_artifact(other, "dplr", seed=2)
-    app = create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False), loader=ranker_loader())
-    with TestClient(app) as c:
+    app = create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False, admin_token=ADMIN_TOKEN,
+                                model_dir=tmp_path), loader=ranker_loader())
+    with TestClient(app, headers=ADMIN) as c:
         before = c.get("/metrics").text
         assert c.put("/v1/ads", json={"ads": [AD, {**AD, "id": "b"}]}).status_code == 200
         assert c.put("/v1/ads", json={"ads": [{"id": "x", "features": {"nope": 1}}]}).status_code == 422
@@ -111,7 +115,7 @@ def test_two_workers_aggregate_and_reload_reaches_both(tmp_path):
     with Server([f"dplr={path}", "--workers", "2", "--run-dir", str(tmp_path / "run")], env) as srv:
         pids = set()
         for _ in range(60):  # fresh connections spread over the workers
-            with httpx.Client(base_url=srv.url) as h:
+            with httpx.Client(base_url=srv.url, headers=ADMIN) as h:
                 assert h.post("/v1/rank", json={"ads": [AD]}).status_code == 200
                 pids.add(h.get("/v1/models").json()["worker"])
         assert len(pids) == 2, "both workers should have accepted connections"
@@ -120,7 +124,7 @@ def test_two_workers_aggregate_and_reload_reaches_both(tmp_path):
         assert value(text, "adrank_request_duration_seconds_count", endpoint="/v1/rank", model="dplr") == 60
         assert value(text, "adrank_request_candidates_count", model="dplr") == 60
 
-        r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(other)}, timeout=30)
+        r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(other)}, timeout=30, headers=ADMIN)
         assert r.status_code == 200, r.text
         v2 = r.json()["version"]
         info = _wait_all_workers_on(srv.url, "dplr", v2, 2)

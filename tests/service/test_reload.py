@@ -19,10 +19,19 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import ModelSpec, Settings
 from service.state import ServingState, request_reload_all
-from tests.service.helpers import Server, make_artifact, random_request, ranker_loader, reference_scores
+from tests.service.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
+    Server,
+    make_artifact,
+    random_request,
+    ranker_loader,
+    reference_scores,
+)
 
 
 def _app(path, **kw):
+    kw = {"admin_token": ADMIN_TOKEN, "model_dir": path.parent, **kw}
     return create_app(Settings(models=(ModelSpec("dplr", path),), gc_freeze=False, **kw), loader=ranker_loader())
 
 
@@ -41,7 +50,7 @@ def test_reload_same_path_new_path_and_refusals(tmp_path):
     path = tmp_path / "m.adrk"
     p1 = make_artifact(path, "dplr", seed=1)
     req = random_request(np.random.default_rng(0), 6)
-    with TestClient(_app(path)) as c:
+    with TestClient(_app(path), headers=ADMIN) as c:
         v1 = _version(c)
         _check_scores(c.post("/v1/rank", json=req).json(), {v1: p1}, req)
         p2 = make_artifact(path, "dplr", seed=2)  # replaced atomically at the same path
@@ -90,7 +99,7 @@ def test_a_schema_change_needs_force(tmp_path):
     make_artifact(path, "dplr", seed=1)
     sm = synthetic_artifact(other, "dplr")  # fields c0.., i0.. instead of C1.., C14..
     req = random_request(np.random.default_rng(0), 6)
-    with TestClient(_app(path)) as c:
+    with TestClient(_app(path), headers=ADMIN) as c:
         v1 = _version(c)
         assert c.put("/v1/ads", json={"ads": [{"id": "x", "features": {}}]}).status_code == 200
         r = c.post("/v1/models/dplr/reload", json={"path": str(other)})
@@ -128,7 +137,7 @@ def test_workers_follow_each_others_reloads(tmp_path):
     (tmp_path / "ads.jsonl").write_bytes(b"\n".join(msgspec.json.encode(a) for a in req["ads"]))
     kw = dict(state_dir=tmp_path / "state", log_poll=0.01, catalog=tmp_path / "ads.jsonl")
     by_id = {"context": req["context"], "ads": [{"id": a["id"]} for a in req["ads"]]}
-    with TestClient(_app(path, **kw)) as a, TestClient(_app(path, **kw)) as b:
+    with TestClient(_app(path, **kw), headers=ADMIN) as a, TestClient(_app(path, **kw), headers=ADMIN) as b:
         v1 = _version(a)
         assert _version(b) == v1
         p2 = make_artifact(new, "dplr", seed=2)
@@ -214,7 +223,7 @@ def test_40_reloads_under_mixed_traffic_never_tear_a_reply(tmp_path):
 
         def drive(offset):
             kinds = list(bodies)
-            with httpx.Client(base_url=srv.url, timeout=20) as h:
+            with httpx.Client(base_url=srv.url, timeout=20, headers=ADMIN) as h:
                 i = offset
                 while not stop.is_set():
                     kind = kinds[i % len(kinds)]
@@ -241,7 +250,7 @@ def test_40_reloads_under_mixed_traffic_never_tear_a_reply(tmp_path):
         try:
             for i in range(40):
                 target = pb if i % 2 == 0 else pa
-                r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(target)}, timeout=60)
+                r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(target)}, timeout=60, headers=ADMIN)
                 assert r.status_code == 200 and r.json()["version"] in params, r.text
         finally:
             stop.set()

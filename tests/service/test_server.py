@@ -27,7 +27,7 @@ KINDS = ("dplr", "pruned", "fm", "fwfm")
 def served(tmp_path_factory):
     d = tmp_path_factory.mktemp("served")
     params = {k: make_artifact(d / f"{k}.adrk", k, seed=10 + i) for i, k in enumerate(KINDS)}
-    env = {**os.environ, "ADRANK_MAX_INFLIGHT": "2"}
+    env = {**os.environ, "ADRANK_MAX_INFLIGHT": "2", "ADRANK_QUEUE_BUDGET": "0.005"}
     srv = Server([f"{k}={d / f'{k}.adrk'}" for k in KINDS] + ["--max-body-bytes", "200000"], env)
     yield srv, params, d
     log = srv.stop()
@@ -73,7 +73,7 @@ def test_bad_input_over_http_never_500(served):
 
 
 def test_overload_sheds_with_503_retry_after(served):
-    srv, _, _ = served  # ADRANK_MAX_INFLIGHT=2
+    srv, _, _ = served  # ADRANK_QUEUE_BUDGET=0.005: 5 ms of queueing before scoring, then 503
     req = random_request(np.random.default_rng(5), 1500)
 
     async def burst():
@@ -87,7 +87,7 @@ def test_overload_sheds_with_503_retry_after(served):
     for r in replies:
         if r.status_code == 503:
             assert r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
-    assert 503 in codes, "40 simultaneous 1,500-ad requests should exceed 2 in flight"
+    assert 503 in codes, "40 simultaneous 1,500-ad requests should queue past 5 ms"
 
 
 def test_start_errors_are_clear(tmp_path):
@@ -117,5 +117,5 @@ def test_client_gone_mid_body_is_499_not_500(served):
         if 'code="499"' in text:
             break
         time.sleep(0.1)
-    assert 'adrank_requests_total{code="499",endpoint="/v1/rank",model=""}' in text
+    assert 'adrank_requests_total{code="499",endpoint="/v1/rank",model="unknown"}' in text
     assert 'code="500"' not in text

@@ -34,6 +34,13 @@ ENV = {
     "ADRANK_LOAD_TIMEOUT": "7",
     "ADRANK_DRAIN_SECONDS": "0",
     "ADRANK_SWITCH_INTERVAL": "0.001",
+    "ADRANK_MODEL_DIR": "/m",
+    "ADRANK_MAX_TOP_K": "50",
+    "ADRANK_QUEUE_BUDGET": "0.01",
+    "ADRANK_HEADER_TIMEOUT": "2",
+    "ADRANK_BODY_TIMEOUT": "3",
+    "ADRANK_DOCS": "0",
+    "ADRANK_ACCESS_LOG": "json",
 }
 
 
@@ -45,7 +52,9 @@ def test_every_variable_is_read():
                          catalog=Path("/m/ads.jsonl"), fastpath=False, huge_pages=False, prefetch_linear=False,
                          parallel_min_candidates=99, kernel_threads=3, state_dir=Path("/var/lib/x"),
                          log_url="redis://h:6379/2", log_key="fleet", log_poll=0.25, compact_entries=10, merge_rows=500,
-                         load_timeout=7.0, drain_seconds=0.0, switch_interval=0.001)
+                         load_timeout=7.0, drain_seconds=0.0, switch_interval=0.001,
+                         model_dir=Path("/m"), max_top_k=50, queue_budget=0.01, header_timeout=2.0, body_timeout=3.0,
+                         docs=False, access_log="json")
     assert s.scorer_options() == {"huge_pages": False, "prefetch_linear": False, "parallel_min": 99, "threads": 3}
 
 
@@ -95,3 +104,19 @@ def test_kernel_settings_reach_the_served_scorers(tmp_path):
         s = c.app.state.svc.state.snapshot.model("d").ranker.scorer
         assert (s.huge_pages, s.parallel_min, s.threads) == (True, pool.PARALLEL_MIN_CANDIDATES, pool.default_threads())
         assert s.prefetch_mode == schedule.PREFETCH_MODE
+
+
+def test_admin_token_file(tmp_path):
+    """The token `adrank serve` generates travels to the workers as a file name, never as a value."""
+    f = tmp_path / "admin-token"
+    f.write_text("t" * 32 + "\n")
+    s = Settings.from_env({"ADRANK_ADMIN_TOKEN_FILE": str(f)})
+    assert s.admin_token == "t" * 32 and s.admin_token_file == f
+    assert "ADRANK_ADMIN_TOKEN" not in s.to_env() and Settings.from_env(s.to_env()) == s
+    f.write_text("short")
+    with pytest.raises(SettingsError, match="at least 16"):
+        Settings.from_env({"ADRANK_ADMIN_TOKEN_FILE": str(f)})
+    with pytest.raises(SettingsError, match="ADRANK_ADMIN_TOKEN_FILE"):
+        Settings.from_env({"ADRANK_ADMIN_TOKEN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(SettingsError, match="ADRANK_ACCESS_LOG"):
+        Settings.from_env({"ADRANK_ACCESS_LOG": "xml"})

@@ -41,14 +41,19 @@ def add_arguments(p) -> None:
     p.add_argument("--max-candidates", type=int, help="ads per request (default 10000; ADRANK_MAX_CANDIDATES)")
     p.add_argument("--max-body-bytes", type=int, help="largest body (default 16 MiB; ADRANK_MAX_BODY_BYTES)")
     p.add_argument("--max-inflight", type=int, help="requests in flight per worker before 503 (default 64)")
-    p.add_argument("--no-admin", action="store_true", help="remove the reload endpoint (token: ADRANK_ADMIN_TOKEN)")
+    p.add_argument("--no-admin", action="store_true",
+                   help="remove every admin route: reload, state, catalog writes and reads (ADRANK_ADMIN=0)")
+    p.add_argument("--model-dir", help="the directory reload may read artifacts from (ADRANK_MODEL_DIR; "
+                   "default: none, reload re-reads a model's own file only)")
+    p.add_argument("--access-log", choices=["text", "json", "off"], default="text",
+                   help="one line per request with its id, model, status, latency, queue wait (default text)")
     p.add_argument("--catalog", metavar="ADS.jsonl",
                    help="ads to record at start, one {\"id\": ..., \"features\": {...}} per line (ADRANK_CATALOG)")
     p.add_argument("--state-dir", help="durable state: the SQLite replication log (default ADRANK_STATE_DIR, else "
                    "$XDG_STATE_HOME/adrank/port-PORT; unused with ADRANK_LOG=redis://...)")
     p.add_argument("--run-dir", help="directory for the workers' metrics files (default: a temp dir)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request (= --access-log off)")
 
 
 def _default_models() -> tuple[list[str], dict]:
@@ -102,6 +107,29 @@ def _state_dir(arg: str | None, configured: Path | None, port: int) -> tuple[Pat
     return (base / "adrank" / f"port-{port}").resolve(), False
 
 
+def _admin_token_file(state_dir: Path) -> Path:
+    """``state_dir``/admin-token: reused if it exists (owner-only), else written with a fresh token,
+    created 0600 (never readable by others, not even for an instant)."""
+    import secrets
+
+    from adrank.core.errors import UserError
+    from service.admin import TOKEN_BYTES
+
+    path = state_dir / "admin-token"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        st = path.lstat()
+        if not path.is_file() or path.is_symlink() or st.st_mode & 0o077:
+            raise UserError(f"{path}: the admin token file must be a regular file readable by its owner only "
+                            f"(chmod 600), not mode {oct(st.st_mode & 0o777)}") from None
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
+    return path
+
+
 def run(args) -> int:
     from adrank.cli.preflight import listen
     from adrank.core.errors import UserError
@@ -125,6 +153,11 @@ def run(args) -> int:
                 overrides[key] = str(getattr(args, flag))
         if args.no_admin:
             overrides["ADRANK_ADMIN"] = "0"
+        if args.model_dir:
+            if not Path(args.model_dir).is_dir():
+                raise UserError(f"--model-dir: {args.model_dir} is not a directory")
+            overrides["ADRANK_MODEL_DIR"] = str(Path(args.model_dir).resolve())
+        overrides["ADRANK_ACCESS_LOG"] = "off" if args.no_access_log else args.access_log
         if args.catalog:
             if not Path(args.catalog).is_file():
                 raise UserError(f"--catalog: {args.catalog} does not exist")
@@ -133,6 +166,11 @@ def run(args) -> int:
         state_dir, state_temp = _state_dir(args.state_dir, Settings.from_env().state_dir, args.port)
         overrides["ADRANK_STATE_DIR"] = str(state_dir)
         settings = Settings.from_env({**os.environ, **overrides})
+        token_note = None
+        if settings.admin_enabled and settings.admin_token is None:
+            token_file = _admin_token_file(state_dir)
+            settings = Settings.from_env({**os.environ, **overrides, "ADRANK_ADMIN_TOKEN_FILE": str(token_file)})
+            token_note = token_file
     except SettingsError as exc:
         raise UserError(str(exc)) from None
     os.environ.update(settings.to_env())
@@ -144,6 +182,13 @@ def run(args) -> int:
     else:
         print(f"adrank serve: state in {state_dir}"
               + (" (a temp dir: NOT durable, removed at exit; pass --state-dir)" if state_temp else ""), file=sys.stderr)
+    if not settings.admin_enabled:
+        print("adrank serve: admin routes off (--no-admin): no reload, state or catalog writes", file=sys.stderr)
+    elif token_note is not None:
+        print(f"adrank serve: admin routes need 'Authorization: Bearer <token>'; the token is in {token_note} "
+              "(mode 0600; set ADRANK_ADMIN_TOKEN to choose one)", file=sys.stderr)
+    else:
+        print("adrank serve: admin routes need 'Authorization: Bearer <ADRANK_ADMIN_TOKEN>'", file=sys.stderr)
     print(f"adrank serve: listening on {args.host}:{port}; requests are answered once every model is loaded, "
           "verified and its kernels warm (GET /readyz)", file=sys.stderr)
     print(f"try:\n  {_example_curl(args.host, port, info and info.get('example'))}\n", file=sys.stderr, flush=True)
@@ -172,9 +217,10 @@ def _run_uvicorn(args, settings, sock) -> int:
             except Exception as exc:  # noqa: BLE001 - a failed SIGHUP never stops the server
                 print(f"adrank serve: SIGHUP: could not log the reload: {exc}", file=sys.stderr, flush=True)
 
+    # the service writes its own access line (service/trace.py: request id, model, latency, queue wait)
     config = uvicorn.Config("service.app:create_app", factory=True, host=args.host, port=args.port,
-                            workers=args.workers, log_level=args.log_level,
-                            access_log=not args.no_access_log, timeout_graceful_shutdown=10)
+                            workers=args.workers, log_level=args.log_level, http="service.protocol:EdgeProtocol",
+                            access_log=False, timeout_graceful_shutdown=10)
     if args.workers == 1:
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
