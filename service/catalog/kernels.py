@@ -7,6 +7,8 @@ Three entry points on a catalog view's parts (W float32[N, D], c float64[N] per 
 and optionally the delta, whose rows count after the base's, see segments.py):
   * ``score_ids``   — a subset given by global rows (a request naming ads by id): a gather.
   * ``score_all``   — every ad of one segment, sequential read.
+  * ``top_k_value`` — the same by value (eCPM = bid x CTR x 1000, or CTR), the score -> value step
+                      inside the kernel (service.link's CTR map, the stored bids).
   * ``top_k``       — the best k live ads without a full sort: each chunk of the base (minus its
                       dead rows) and the delta keeps a size-k min-heap (nogil kernel; a large
                       catalog is split over the kernel pool, service/kernels/pool.py), then the
@@ -25,6 +27,7 @@ from service.kernels import pool
 from service.kernels.codegen import KERNEL, closure_njit, prefetch_row
 from service.kernels.schedule import CATALOG_PREFETCH
 from service.kernels.vec import vdot, vload
+from service.link import ctr_one
 
 
 @cache
@@ -147,7 +150,83 @@ def scan_kernels(D: int):
                 _sift_down(heap_s, heap_i, k, 0)
         return size
 
-    return score_range, topk_range
+    @closure_njit
+    def topk_value_range(z, const, W, c, bids, lo, hi, k, heap_s, heap_i, dead, row0, by_value, has_reserve,
+                         reserve, ca, cb, xs, ys):
+        """``topk_range`` by value: each live ad's score -> CTR (service.link.ctr_one) -> eCPM =
+        bid x CTR x 1000 (a NaN bid counts as 0); ads below the reserve are skipped (``has_reserve``)
+        and the heap keeps the best eCPM (``by_value``) or CTR."""
+        size = 0
+        p, q = 0, dead.shape[0]
+        while p < q:
+            mid = (p + q) >> 1
+            if dead[mid] < lo:
+                p = mid + 1
+            else:
+                q = mid
+        n_dead = dead.shape[0]
+        for a in range(lo, hi):
+            if p < n_dead and dead[p] == a:
+                p += 1
+                continue
+            pr = ctr_one(score(z, const, W, c, a), ca, cb, xs, ys)
+            bid = bids[a]
+            e = (bid if bid == bid else 0.0) * pr * 1000.0
+            if has_reserve and not e >= reserve:
+                continue
+            s = e if by_value else pr
+            if size < k:
+                heap_s[size] = s
+                heap_i[size] = row0 + a
+                size += 1
+                if size == k:
+                    for j in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_s, heap_i, k, j)
+            elif s > heap_s[0]:
+                heap_s[0] = s
+                heap_i[0] = row0 + a
+                _sift_down(heap_s, heap_i, k, 0)
+        return size
+
+    return score_range, topk_range, topk_value_range
+
+
+def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_value: bool = True,
+                reserve: float | None = None, cal=(1.0, 0.0, np.zeros(0), np.zeros(0)), skip=None,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows int64[<=k], values float64[<=k]) of the best k live ads by eCPM (``by_value``)
+    or CTR, best first, ties by row, those below ``reserve`` left out: :func:`top_k` with the
+    score -> value step inside the kernel.  ``delta`` = (W1, c1, bids1); ``skip`` (sorted global
+    rows) are left out too (the caller values them itself, e.g. boosted ads)."""
+    dead = NO_ROWS if dead is None else dead
+    n0 = W.shape[0]
+    skip = NO_ROWS if skip is None else np.asarray(skip, np.int64)
+    dead0 = np.union1d(dead, skip[skip < n0]) if len(skip) else dead
+    jobs = [(W, c, bids, lo, hi, dead0, 0) for lo, hi in pool.split(n0, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)]
+    n1 = len(delta[1]) if delta is not None else 0
+    if n1:
+        jobs.append((delta[0], delta[1], delta[2], 0, n1, skip[skip >= n0] - n0, n0))
+    k = int(min(max(k, 0), n0 + n1))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    hs = np.empty((len(jobs), k))
+    hi = np.empty((len(jobs), k), np.int64)
+    kern = scan_kernels(W.shape[1])[2]
+    has_reserve = reserve is not None
+    res = float(reserve) if has_reserve else 0.0
+    ca, cb, xs, ys = cal
+
+    def run(t: int) -> int:
+        Wt, ct, bt, lo, hi_, dt, row0 = jobs[t]
+        return kern(z, const, Wt, ct, bt, lo, hi_, k, hs[t], hi[t], dt, row0, by_value, has_reserve, res,
+                    ca, cb, xs, ys)
+
+    sizes = [run(t) for t in range(len(jobs))] if n0 < pool.PARALLEL_MIN_SCAN else \
+        pool.run(run, [(t,) for t in range(len(jobs))])
+    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
+    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
+    order = np.lexsort((r, -s))[:k]
+    return r[order], s[order]
 
 
 NO_ROWS = np.zeros(0, np.int64)
@@ -204,3 +283,4 @@ def warm(D: int) -> None:
     rows_kernel(D, False)(z, 0.0, W, c, 2, W, c, np.zeros(1, np.int64), np.empty(1))
     score_all(z, 0.0, W, c)
     top_k(z, 0.0, W, c, 1, dead=np.ones(1, np.int64), delta=(W, c))
+    top_k_value(z, 0.0, W, c, np.zeros(2), 1, dead=np.ones(1, np.int64), delta=(W, c, np.zeros(2)), reserve=0.0)
