@@ -104,7 +104,7 @@ async def _rank(svc: ServiceState, read, labels: list[str]) -> bytes:
     s = svc.settings
     await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
     body = await read(s.max_body_bytes)
-    out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath)
+    out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_explain)
     _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
     return out.body
 

@@ -8,11 +8,16 @@ models at N >= 100) and decodes ads straight into plain dicts (TypedDict), which
     {"id": "ad-2", "values": ["15706", null, ...]}                    item-field order
 
 Values are raw: strings, numbers, booleans, lists (multi-valued fields), ``null`` = missing.
+
+Value ranking (issue 18): an ad may carry ``"bid"`` (its price per click; a catalog ad stored with
+one uses it unless the request gives its own), and the request ``"rank_by": "ecpm"`` (order by
+``bid x ctr x 1000``), ``"reserve"`` (drop ads whose eCPM is below it), ``"boost"`` (multipliers of
+the ordering value by ad id) and ``"explain": true`` (per-field contributions, service/explain.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Required, TypedDict, Union
+from typing import Annotated, Literal, Required, TypedDict, Union
 
 import msgspec
 
@@ -20,10 +25,18 @@ Scalar = Union[str, int, float, bool, None]  # noqa: UP007 (msgspec reads the ty
 Value = Union[str, int, float, bool, None, list[Scalar]]  # noqa: UP007
 
 
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class Ad(TypedDict, total=False):
+    """An ad of a /v1/rank request: ``{"id", "features"}``, ``{"id", "values"}`` or ``{"id"}`` (a
+    catalog ad), each optionally with ``"bid"``."""
+
     id: Required[str | int]
     features: dict[str, Value]
     values: list[Value]
+    bid: Annotated[float, msgspec.Meta(ge=0, description="price per click (eCPM = bid x ctr x 1000)",
+                                       examples=[2.5])]
 
 
 class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +45,53 @@ class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Value] = {}
     model: str | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    rank_by: Annotated[Literal["ctr", "ecpm"], msgspec.Meta(
+        description='"ctr" (default): by predicted click probability; "ecpm": by bid x ctr x 1000 '
+                    '(an ad without a bid is worth 0)', examples=["ecpm"])] = "ctr"
+    reserve: Annotated[float, msgspec.Meta(
+        ge=0, description='drop ads whose eCPM is below this (needs rank_by "ecpm")', examples=[1.0])] | None = None
+    boost: Annotated[dict[str, NonNegative], msgspec.Meta(
+        description="multipliers of the ordering value (eCPM, or CTR) by ad id (integer ids as decimal text)",
+        examples=[{"ad-7": 1.5}])] | None = None
+    explain: Annotated[bool, msgspec.Meta(
+        description='per returned ad (up to the server\'s cap) "logit" and "explain": {"bias", "fields"}, '
+                    "the raw score's split by field (each pair's term shared evenly by its two fields)",
+        examples=[True])] = False
+
+
+class Explanation(msgspec.Struct):
+    """The raw score (``logit``) of one ad split into the bias and one value per field: the field's
+    first-order term plus half of each of its pairwise interaction terms; the values sum to it."""
+
+    bias: float
+    fields: dict[str, float]
+
+
+class RankedAd(msgspec.Struct, omit_defaults=True):
+    """One ad of a /v1/rank reply (best first)."""
+
+    id: str | int
+    score: float  # the predicted CTR (click models) or the rating (regression), as before issue 18
+    ctr: float | None = None  # click models: the predicted CTR (service/link.py, calibrated if the model is)
+    ecpm: float | None = None  # rank_by "ecpm": bid x ctr x 1000
+    logit: float | None = None  # explain: the raw score
+    explain: Explanation | None = None  # explain: its split by field (up to the server's cap of ads)
+
+
+class RankReply(msgspec.Struct):
+    model: str
+    version: str
+    ads: list[RankedAd]
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/rank:batch``: several auctions, each a /v1/rank request with its own context."""
+
+    auctions: list[msgspec.Raw]
+
+
+class BatchReply(msgspec.Struct):
+    results: list[RankReply]  # one per auction, in order
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,10 +151,24 @@ def _name_dict_key(message: str, body: bytes) -> str:
     return message
 
 
-def encode_ranking(model: str, version: str, ranked: list[tuple[str, float]]) -> bytes:
-    """The /v1/rank response body: {"model", "version", "ads": [{"id", "score"}, ...]}."""
-    return _encoder.encode({"model": model, "version": version,
-                            "ads": [{"id": i, "score": s} for i, s in ranked]})
+def encode_ranking(model: str, version: str, ranked: list[tuple[str, float]], binary: bool = False,
+                   ecpm: list | None = None, logit: list | None = None, explain: list | None = None) -> bytes:
+    """The /v1/rank response body: {"model", "version", "ads": [{"id", "score", "ctr"?, "ecpm"?,
+    "logit"?, "explain"?}, ...]}: ``ctr`` (= score) for click models (``binary``), ``ecpm`` when
+    ranking by value, ``logit`` with explanations, ``explain`` for the first len(explain) ads."""
+    ads = []
+    for j, (i, s) in enumerate(ranked):
+        ad = {"id": i, "score": s}
+        if binary:
+            ad["ctr"] = s
+        if ecpm is not None:
+            ad["ecpm"] = ecpm[j]
+        if logit is not None:
+            ad["logit"] = logit[j]
+        if explain is not None and j < len(explain):
+            ad["explain"] = explain[j]
+        ads.append(ad)
+    return _encoder.encode({"model": model, "version": version, "ads": ads})
 
 
 def encode(obj) -> bytes:

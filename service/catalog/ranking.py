@@ -4,7 +4,8 @@ This is the one ranking implementation behind ``POST /v1/rank`` (service/pipelin
 :func:`rank_encoded` whichever parser read the body): inline ads are scored by the model's own
 Scorer (or, for a catalog model without one, its per-ad reduction computed on the fly), ads given
 by id alone by the catalog kernel on their precomputed parts, and a mixed request is both, written
-into one array of raw scores before the single ordering step (``service.link.order_scores``).
+into one array of raw scores before the single ordering step (``service.link``: by raw score, or
+by value with ``order_values``; a whole catalog by value: ``kernels.top_k_value``).
 Everything comes from one view and the one model version ``key`` its parts were computed for.
 
 :func:`rank` is the same for raw dicts (tests and tools): the model's encoder, then ``rank_encoded``.
@@ -23,7 +24,7 @@ from service.catalog.idtable import IdTable
 from service.catalog.precompute import context_part
 from service.catalog.segments import View
 from service.encode import RequestError
-from service.link import IDENTITY, Calibration, ctr, order, order_values, reply_scores
+from service.link import IDENTITY, Calibration, order, order_values, reply_scores
 
 DEFAULT_TOP_K = 100
 NO_ROWS = np.zeros(0, np.int64)
@@ -76,6 +77,7 @@ class Ranked:
     seconds: float  # scoring time (context part, kernels, sort)
     raw: np.ndarray | None = None  # the returned ads' raw scores (logits), best first
     ecpm: np.ndarray | None = None  # with rank_by "ecpm": bid x ctr x 1000 of the returned ads
+    catalog_rows: np.ndarray | None = None  # the global rows of the ads given by id (aligned with catalog_at)
 
 
 def by_id(ad) -> bool:
@@ -131,7 +133,7 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
     k = -1 if top_k is None else top_k
     if value.plain:
         rows_, scores = order(raw, k, binary, cal)
-        return Ranked(rows_, scores, mode, n, time.perf_counter() - t0, raw[rows_])
+        return Ranked(rows_, scores, mode, n, time.perf_counter() - t0, raw[rows_], None, rows if n_ids else None)
     bids = np.full(n, np.nan) if value.bids is None else np.array(value.bids, np.float64)
     if n_ids:
         stored = view.bids_at(rows)
@@ -141,7 +143,8 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
     boost = np.ones(n) if value.boost is None else np.asarray(value.boost, np.float64)
     rows_, c, e = order_values(raw, bids, boost, value.by_value, value.reserve is not None,
                                0.0 if value.reserve is None else float(value.reserve), k, *cal.params())
-    return Ranked(rows_, c, mode, n, time.perf_counter() - t0, raw[rows_], e if value.by_value else None)
+    return Ranked(rows_, c, mode, n, time.perf_counter() - t0, raw[rows_], e if value.by_value else None,
+                  rows if n_ids else None)
 
 
 def _all_by_value(view: View, key: str, z, const: float, k: int, value: Value, cal: Calibration, t0: float

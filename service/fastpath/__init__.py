@@ -171,7 +171,7 @@ def guess_model(body: bytes) -> str | None:
         return None
 
 
-def reply(model: str, version: str, scan: Scan, order: np.ndarray, scores: np.ndarray) -> bytes:
-    """Byte for byte ``schemas.encode_ranking(model, version, [(id of ad r, score) ...])`` for the
-    scanned ads ``order`` (best first) with ``scores``: the ids are copied from the body."""
-    return _response.response(model, version, scan.body, scan.spans, order, scores)
+def reply(model: str, version: str, scan: Scan, order: np.ndarray, scores: np.ndarray, binary: bool = False) -> bytes:
+    """Byte for byte ``schemas.encode_ranking(model, version, [(id of ad r, score) ...], binary)`` for
+    the scanned ads ``order`` (best first) with ``scores``: the ids are copied from the body."""
+    return _response.response(model, version, scan.body, scan.spans, order, scores, binary)
