@@ -28,6 +28,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from service import metrics
+from service.batch import router as batch_router
 from service.catalog.routes import router as catalog_router
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
 from service.settings import Settings
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     svc.state.idle = svc.idle  # catalog writes let ranking requests run first
     app.include_router(router)
     app.include_router(catalog_router)
+    app.include_router(batch_router)
     if settings.admin_enabled:
         app.include_router(admin_router)
     return app

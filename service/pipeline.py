@@ -65,6 +65,7 @@ class Answer:
     mode: str
     n_candidates: int
     seconds: float  # parse + encode + score + sort
+    n_returned: int = 0  # ads in the reply
 
 
 def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True,
@@ -82,7 +83,8 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
     ranked = score(snap, req)
     explained = explanations(snap, req, ranked, max_explain) if req.explain else None
     seconds = perf_counter() - t0
-    return Answer(req.model.name, req.reply(ranked, explained), ranked.mode, ranked.n_candidates, seconds)
+    return Answer(req.model.name, req.reply(ranked, explained), ranked.mode, ranked.n_candidates, seconds,
+                  len(ranked.order))
 
 
 def score(snap: Snapshot, req: Encoded) -> Ranked:

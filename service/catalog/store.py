@@ -212,6 +212,16 @@ def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: boo
     return Batch(ids, feats, hashes, parts, None if all(b is None for b in bids) else bids)
 
 
+def log_rows(batch: Batch) -> list[dict]:
+    """The replication log's rows of a prepared batch: {"id", "features"} and "bid" where given
+    (null: none), so that replaying the log stores the same bids."""
+    rows = [{"id": i, "features": f} for i, f in zip(batch.ids, batch.feats, strict=True)]
+    for row, bid in zip(rows, batch.bids or (), strict=False):
+        if bid is not None:
+            row["bid"] = None if bid != bid else bid
+    return rows
+
+
 def _check_collisions(view: View, ids: list[str], hashes: np.ndarray) -> None:
     """Refuse an id whose 64-bit hash equals another id's anywhere in the view (dead rows too: the
     next merge would otherwise find two rows for one hash)."""

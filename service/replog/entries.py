@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-UPSERT, DELETE, LOAD = "ads.upsert", "ads.delete", "model.load"
+UPSERT, DELETE, LOAD, BIDS = "ads.upsert", "ads.delete", "model.load", "ads.bids"
 COMPACT_ADS = 2_000  # ads folded per compaction transaction: the engine's write lock (and the GIL) briefly
-KINDS = (UPSERT, DELETE, LOAD)
+KINDS = (UPSERT, DELETE, LOAD, BIDS)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 

@@ -1,0 +1,93 @@
+"""``POST /v1/rank:batch``: several auctions in one request, for offline replay and multi-slot pages.
+
+The body is ``{"auctions": [<a /v1/rank request>, ...]}``; the reply ``{"results": [<its /v1/rank
+reply>, ...]}`` in the same order.  Each auction is its own request with its own context (scored
+with the context part once, as /v1/rank does): its raw bytes go through the same pipeline,
+the compiled scanner included (``msgspec.Raw`` keeps each auction's bytes without decoding them
+twice), so an auction's result is byte for byte its /v1/rank reply.  Every auction is scored
+against the one snapshot taken for the batch: one consistent set of model versions and catalog.
+
+Limits: at most ``ADRANK_MAX_AUCTIONS`` auctions, and at most ``ADRANK_MAX_CANDIDATES`` ads in all
+(an ``all_ads`` auction counts the ads it returns); the body is bounded like /v1/rank's.  A bad auction
+fails the batch with the /v1/rank error of that auction, its position named in the message.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import msgspec
+from fastapi import APIRouter, Request, Response
+
+from service import pipeline, schemas
+from service.encode import EncodeError
+from service.errors import JSON, ApiError
+from service.routes import _error_response, _observe_rank, _unavailable, read_body
+from service.snapshot import UnknownModel
+
+BATCH = "/v1/rank:batch"
+router = APIRouter()
+_decoder = msgspec.json.Decoder(schemas.BatchRequest)
+
+
+def _decode(body: bytes) -> schemas.BatchRequest:
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_request", f'{exc} (body: {{"auctions": [<rank request>, ...]}})') from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(422, "invalid_json", f"malformed JSON: {exc}") from None
+
+
+def _named(i: int, exc: Exception) -> Exception:
+    """The /v1/rank error of auction ``i``, its message prefixed with the auction's position."""
+    if isinstance(exc, ApiError):
+        return ApiError(exc.status, exc.code, f"auctions[{i}]: {exc.message}", exc.headers, **exc.extra)
+    if isinstance(exc, schemas.BadRequest):
+        return ApiError(422, exc.code, f"auctions[{i}]: {exc}")
+    if isinstance(exc, UnknownModel):
+        return ApiError(404, "unknown_model", f"auctions[{i}]: {exc}")
+    if isinstance(exc, EncodeError):
+        return ApiError(422, getattr(exc, "code", "invalid_value"), f"auctions[{i}]: {exc}", field=exc.field)
+    return exc
+
+
+def answer(snap, body: bytes, settings) -> bytes:
+    """The batch reply for ``body`` (raises ApiError naming the auction at fault)."""
+    req = _decode(body)
+    if len(req.auctions) > settings.max_auctions:
+        raise ApiError(422, "too_many_auctions",
+                       f"auctions: {len(req.auctions)} exceed the limit of {settings.max_auctions}")
+    left = settings.max_candidates
+    out = []
+    for i, raw in enumerate(req.auctions):
+        t0 = perf_counter()
+        try:
+            a = pipeline.answer(snap, bytes(raw), left, None, settings.fastpath, settings.max_explain)
+        except ApiError as exc:
+            if exc.code == "too_many_candidates":
+                raise ApiError(422, "too_many_candidates",
+                               f"auctions[{i}]: the batch's ads exceed the limit of {settings.max_candidates} "
+                               "candidates in all") from None
+            raise _named(i, exc) from None
+        except Exception as exc:  # noqa: BLE001 - named, then answered as /v1/rank would
+            raise _named(i, exc) from None
+        left -= a.n_returned if a.mode == "all" else a.n_candidates
+        if left < 0:
+            raise ApiError(422, "too_many_candidates", f"auctions[{i}]: the batch's ads exceed the limit of "
+                           f"{settings.max_candidates} candidates in all")
+        _observe_rank(a.model, a.mode, perf_counter() - t0, a.n_candidates)
+        out.append(a.body)
+    return b'{"results":[' + b",".join(out) + b"]}"
+
+
+@router.post(BATCH)
+async def rank_batch(request: Request) -> Response:
+    svc = request.app.state.svc
+    try:
+        if not svc.state.ready:
+            raise _unavailable(svc, "not_ready", "models are still loading")
+        body = await read_body(request, svc.settings.max_body_bytes)
+        return Response(answer(svc.state.snapshot, body, svc.settings), media_type=JSON)
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON error reply
+        return _error_response(exc)
