@@ -382,8 +382,8 @@ def delta_part(view: View, model: Model) -> Part:
 def rebase(merged: View, at: View, now: View) -> View | None:
     """``merged`` (= merge(at)) plus what was written between ``at`` and ``now`` (same base), as the
     view that follows ``now``; None when the model versions changed meanwhile (merge again)."""
-    if now.base is not at.base or now.models.keys() != at.models.keys():
-        return None
+    if now.base.hashes is not at.base.hashes or now.models.keys() != at.models.keys():
+        return None  # (a bids-only write replaces the base's bids, not its rows: rebased below)
     d = now.delta
     fresh = np.flatnonzero(d.born > at.version)  # upserted after `at`
     gone = []
