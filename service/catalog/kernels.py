@@ -103,6 +103,36 @@ def _sift_down(hs, hi, size, pos):
             return
 
 
+@numba.njit(inline="always", **KERNEL)
+def _ctr_bound(raw, ca, cb, xs, ys):
+    """An upper bound of ``ctr_one(raw, ...)`` without a transcendental call: for x = ca*raw + cb <= 0,
+    e^-x >= 1 + y + y^2/2 + y^3/6 (y = -x), so sigmoid(x) <= 1 / (2 + y + y^2/2 + y^3/6); else 1.
+    Scaled up by 1e-12 against rounding; an isotonic map is non-decreasing, so map the bound."""
+    x = ca * raw + cb
+    if x != x:
+        return 1.0
+    if x < 0.0:
+        y = -x
+        u = (1.0 + 1e-12) / (2.0 + y + y * y * 0.5 + y * y * y * (1.0 / 6.0))
+    else:
+        u = 1.0
+    n = xs.shape[0]
+    if n == 0:
+        return u
+    if u <= xs[0]:
+        return ys[0]
+    if u >= xs[n - 1]:
+        return ys[n - 1]
+    lo, hi = 0, n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if xs[mid] <= u:
+            lo = mid
+        else:
+            hi = mid
+    return ys[hi]  # the knot above: an upper bound of the interpolation
+
+
 @cache
 def scan_kernels(D: int):
     """(score_range, topk_range) for D = rho*k: sequential scans of catalog rows [lo, hi)."""
@@ -165,13 +195,23 @@ def scan_kernels(D: int):
             else:
                 q = mid
         n_dead = dead.shape[0]
+        # the value an ad must beat: the heap's worst once full, and just below the reserve
+        low = np.nextafter(reserve, -np.inf) if has_reserve and by_value else -np.inf
+        floor = low
         for a in range(lo, hi):
             if p < n_dead and dead[p] == a:
                 p += 1
                 continue
-            pr = ctr_one(score(z, const, W, c, a), ca, cb, xs, ys)
             bid = bids[a]
-            e = (bid if bid == bid else 0.0) * pr * 1000.0
+            bid = bid if bid == bid else 0.0
+            scale = bid * 1000.0 if by_value else 1.0
+            if scale <= floor:  # even a CTR of 1 loses: no score needed
+                continue
+            raw = score(z, const, W, c, a)
+            if scale * _ctr_bound(raw, ca, cb, xs, ys) <= floor:  # an upper bound of the CTR loses: no exp
+                continue
+            pr = ctr_one(raw, ca, cb, xs, ys)
+            e = bid * pr * 1000.0
             if has_reserve and not e >= reserve:
                 continue
             s = e if by_value else pr
@@ -182,10 +222,12 @@ def scan_kernels(D: int):
                 if size == k:
                     for j in range(k // 2 - 1, -1, -1):
                         _sift_down(heap_s, heap_i, k, j)
+                    floor = max(low, heap_s[0])
             elif s > heap_s[0]:
                 heap_s[0] = s
                 heap_i[0] = row0 + a
                 _sift_down(heap_s, heap_i, k, 0)
+                floor = max(low, heap_s[0])
         return size
 
     return score_range, topk_range, topk_value_range
