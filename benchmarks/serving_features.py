@@ -36,7 +36,7 @@ import numba
 import numpy as np
 
 from adrank.core.files import write_report
-from benchmarks.catalog import K, N_CONTEXT, N_ITEM, VALUES, random_context, random_items, served
+from benchmarks.catalog import N_CONTEXT, N_ITEM, VALUES, K, random_items, served
 from exporter.synthetic import make_schema, random_features, synthetic_model
 from service import pipeline
 from service.catalog.precompute import ad_parts, make_plan

@@ -23,11 +23,10 @@ the same request gets the same bytes whichever path answers it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-
-from dataclasses import dataclass, field
 
 from service.kernels.codegen import PLAIN
 

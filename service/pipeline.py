@@ -14,9 +14,10 @@ Everything comes from the one snapshot passed in: the version label and the scor
 always belong to the same model version.
 
 Value ranking, reserve, boosts and explanations (issue 18) ride on the same encoded request
-(:class:`~service.catalog.ranking.Value`, ``explain``); bodies with those keys are read by the
-generic parser (the scanner falls back on unknown keys), and the reply's ``ctr`` column is written
-by both (the same bytes).  The CTR of every reply comes from ``service.link`` (the model version's
+(:class:`~service.catalog.ranking.Value`, ``explain``).  The scanner reads the common value
+shapes (``"rank_by"`` and per-ad ``"bid"``: inline ads with bids, catalog ids with stored bids) and
+leaves ``reserve``, ``boost`` and ``explain`` to the generic parser; the reply's ``ctr`` and
+``ecpm`` columns are written by both (the same bytes).  The CTR of every reply comes from ``service.link`` (the model version's
 calibration, :func:`service.link.calibration_of`).
 """
 
@@ -29,10 +30,19 @@ from typing import cast
 
 import numpy as np
 
+from service import explain as explaining
 from service import fastpath, schemas
 from service.catalog.idtable import IdTable
-from service import explain as explaining
-from service.catalog.ranking import PLAIN, Ranked, RankRequestError, Value, by_id, catalog_key, rank_encoded, unknown_ad
+from service.catalog.ranking import (
+    PLAIN,
+    Ranked,
+    RankRequestError,
+    Value,
+    by_id,
+    catalog_key,
+    rank_encoded,
+    unknown_ad,
+)
 from service.errors import ApiError
 from service.link import calibration_of
 from service.snapshot import ModelVersion, Snapshot
@@ -139,10 +149,11 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
     binary = mv.catalog_model.target == "binary"
 
     def reply(r: Ranked, _explained=None) -> bytes:
-        return fastpath.reply(name, version, scan, r.order, r.scores, binary)
+        return fastpath.reply(name, version, scan, r.order, r.scores, binary, r.ecpm)
 
+    value = Value("ecpm", None, scan.bids) if scan.by_value else PLAIN
     return Encoded(mv, scan.ctx, scan.X, at, scan.id_hash[at], lambda j: scan.ids([j])[0], False, scan.top_k,
-                   reply)
+                   reply, value)
 
 
 # --- the generic parser --------------------------------------------------------------------------

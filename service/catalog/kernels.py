@@ -184,8 +184,9 @@ def scan_kernels(D: int):
     def topk_value_range(z, const, W, c, bids, lo, hi, k, heap_s, heap_i, dead, row0, by_value, has_reserve,
                          reserve, ca, cb, xs, ys):
         """``topk_range`` by value: each live ad's score -> CTR (service.link.ctr_one) -> eCPM =
-        bid x CTR x 1000 (a NaN bid counts as 0); ads below the reserve are skipped (``has_reserve``)
-        and the heap keeps the best eCPM (``by_value``) or CTR."""
+        bid x CTR x 1000 (a NaN bid counts as 0); ads below the reserve (less a 1e-9 margin: the
+        caller applies it exactly) are skipped (``has_reserve``) and the heap keeps the best eCPM
+        (``by_value``) or CTR."""
         size = 0
         p, q = 0, dead.shape[0]
         while p < q:
@@ -195,8 +196,11 @@ def scan_kernels(D: int):
             else:
                 q = mid
         n_dead = dead.shape[0]
-        # the value an ad must beat: the heap's worst once full, and just below the reserve
-        low = np.nextafter(reserve, -np.inf) if has_reserve and by_value else -np.inf
+        # the value an ad must beat: the heap's worst once full, and just below the reserve (the
+        # kernel's arithmetic is reassociated and its exp approximate: it selects candidates with
+        # a margin, the caller re-values them exactly, service.link.order_values)
+        res_low = reserve * (1.0 - 1e-9) - 1e-300 if has_reserve else -np.inf
+        low = res_low if by_value else -np.inf
         floor = low
         for a in range(lo, hi):
             if p < n_dead and dead[p] == a:
@@ -212,7 +216,7 @@ def scan_kernels(D: int):
                 continue
             pr = ctr_one(raw, ca, cb, xs, ys)
             e = bid * pr * 1000.0
-            if has_reserve and not e >= reserve:
+            if has_reserve and not e > res_low:
                 continue
             s = e if by_value else pr
             if size < k:
@@ -234,7 +238,7 @@ def scan_kernels(D: int):
 
 
 def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_value: bool = True,
-                reserve: float | None = None, cal=(1.0, 0.0, np.zeros(0), np.zeros(0)), skip=None,
+                reserve: float | None = None, cal=None, skip=None,
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(global rows int64[<=k], values float64[<=k]) of the best k live ads by eCPM (``by_value``)
     or CTR, best first, ties by row, those below ``reserve`` left out: :func:`top_k` with the
@@ -256,7 +260,7 @@ def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_v
     kern = scan_kernels(W.shape[1])[2]
     has_reserve = reserve is not None
     res = float(reserve) if has_reserve else 0.0
-    ca, cb, xs, ys = cal
+    ca, cb, xs, ys = cal if cal is not None else (1.0, 0.0, NO_KNOTS, NO_KNOTS)
 
     def run(t: int) -> int:
         Wt, ct, bt, lo, hi_, dt, row0 = jobs[t]
@@ -272,6 +276,7 @@ def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_v
 
 
 NO_ROWS = np.zeros(0, np.int64)
+NO_KNOTS = np.zeros(0)
 
 
 def top_k(z, const: float, W, c, k: int, threads: int | None = None, dead=NO_ROWS, delta=None

@@ -27,6 +27,7 @@ from service.encode import RequestError
 from service.link import IDENTITY, Calibration, order, order_values, reply_scores
 
 DEFAULT_TOP_K = 100
+SELECTION_MARGIN = 8  # extra candidates the whole-catalog top-k by value takes before the exact re-valuation
 NO_ROWS = np.zeros(0, np.int64)
 
 
@@ -160,15 +161,23 @@ def _all_by_value(view: View, key: str, z, const: float, k: int, value: Value, c
         boosted, factors = g[ok], np.array([value.boost_ids[keys[j]] for j in ok], np.float64)
         srt = np.argsort(boosted)
         boosted, factors = boosted[srt], factors[srt]
-    rows, _ = kernels.top_k_value(z, const, b.W, b.c, view.base.bids, k, dead=view.dead,
-                                  delta=(d.W, d.c, view.delta.bids), by_value=value.by_value,
-                                  reserve=value.reserve, cal=cal.params(), skip=boosted)
-    rows = np.concatenate([rows, boosted])
-    raw = kernels.score_ids(z, const, b.W, b.c, rows, delta=(d.W, d.c))
-    boost = np.concatenate([np.ones(len(rows) - len(boosted)), factors])
-    bids = np.nan_to_num(view.bids_at(rows), nan=0.0)
-    pos, c, e = order_values(raw, bids, boost, value.by_value, value.reserve is not None,
-                             0.0 if value.reserve is None else float(value.reserve), -1, *cal.params())
+    # The kernel selects by its own (reassociated, approximate-exp) values: ask it for a few more
+    # than k, value them exactly here, and ask again for more if the exact reserve left too few.
+    want = k + SELECTION_MARGIN
+    while True:
+        rows, _ = kernels.top_k_value(z, const, b.W, b.c, view.base.bids, want, dead=view.dead,
+                                      delta=(d.W, d.c, view.delta.bids), by_value=value.by_value,
+                                      reserve=value.reserve, cal=cal.params(), skip=boosted)
+        found = len(rows)
+        rows = np.concatenate([rows, boosted])
+        raw = kernels.score_ids(z, const, b.W, b.c, rows, delta=(d.W, d.c))
+        boost = np.concatenate([np.ones(len(rows) - len(boosted)), factors])
+        bids = np.nan_to_num(view.bids_at(rows), nan=0.0)
+        pos, c, e = order_values(raw, bids, boost, value.by_value, value.reserve is not None,
+                                 0.0 if value.reserve is None else float(value.reserve), -1, *cal.params())
+        if len(pos) >= k or found < want:
+            break
+        want *= 2
     # ties by global row, as the kernel breaks them: order_values keeps input order, so sort the input by row first
     if len(pos) > 1:
         key_ = -(e if value.by_value else c) * boost[pos]

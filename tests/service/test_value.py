@@ -96,11 +96,11 @@ def test_boost_multiplies_the_ordering_value(served):
     c, _, req, bids = served
     ids = [a["id"] for a in req["ads"]]
     boost = {ids[3]: 50.0, ids[8]: 0.0, ids[11]: 2.5}
+    bid = dict(zip(ids, bids.tolist(), strict=True))
     for rank_by in ("ecpm", "ctr"):
         code, body = post(c, {"model": "fm", "context": req["context"], "ads": inline_with_bids(req, bids),
                               "rank_by": rank_by, "boost": boost})
         assert code == 200, body
-        bid = dict(zip(ids, bids.tolist(), strict=True))
 
         def key(a, rank_by=rank_by):
             v = bid[a["id"]] * a["score"] * 1000.0 if rank_by == "ecpm" else a["score"]
@@ -202,20 +202,65 @@ def test_explanations_sum_to_the_logit_and_equal_the_oracle_inline_and_from_the_
 
 
 def test_fast_and_generic_parsers_answer_every_shape_alike(served, monkeypatch):
-    """Bodies with the new keys go to the generic parser; the plain ones to the scanner, whose
-    reply (now with "ctr") stays byte for byte the generic one."""
+    """The scanner reads rank_by and decimal bids (inline ads with bids, catalog ids with stored
+    bids); reserve, boost, explain and other numbers go to the generic parser.  Replies (now with
+    "ctr" and "ecpm") and errors are byte for byte the generic parser's."""
+    from service import pipeline
+
     c, _, req, bids = served
-    bodies = [{"model": "dplr", "context": req["context"], "ads": req["ads"][:9]},
-              {"model": "dplr", "context": req["context"], "ads": [{"id": a["id"]} for a in req["ads"][:9]]},
-              {"model": "dplr", "context": req["context"], "ads": inline_with_bids(req, bids)[:9], "rank_by": "ecpm"},
-              {"model": "dplr", "context": req["context"], "ads": req["ads"][:4], "explain": True}]
-    for body in bodies:
-        raw = json.dumps(body).encode()
+    used = []
+    real = pipeline.parse_fast
+    monkeypatch.setattr(pipeline, "parse_fast", lambda *a: used.append(real(*a)) or used[-1])
+    ctx = req["context"]
+    by_id = [{"id": a["id"]} for a in req["ads"][:9]]
+    priced = inline_with_bids(req, bids)[:9]
+    odd = [dict(a, bid=v) for a, v in zip(req["ads"], [0, 7, 0.1, 2.50, 1234567.12345678, 0.001, 3.0], strict=False)]
+    bodies = [({"model": "dplr", "context": ctx, "ads": req["ads"][:9]}, True),
+              ({"model": "dplr", "context": ctx, "ads": by_id}, True),
+              ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "ecpm"}, True),
+              ({"rank_by": "ecpm", "model": "dplr", "context": ctx, "ads": by_id, "top_k": 4}, True),
+              ({"model": "dplr", "context": ctx, "ads": priced[:3] + by_id[3:], "rank_by": "ecpm"}, True),
+              ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "ctr"}, True),
+              ({"model": "dplr", "context": ctx, "ads": odd, "rank_by": "ecpm"}, True),
+              ({"model": "dplr", "context": ctx, "ads": req["ads"][:4], "explain": True}, False),
+              ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "ecpm", "reserve": 1.0}, False),
+              ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "value"}, False),
+              ({"model": "dplr", "context": ctx, "ads": [dict(priced[0], bid=-1.0)], "rank_by": "ecpm"}, False)]
+    raw_bodies = [(json.dumps(b).encode(), f) for b, f in bodies] + [
+        (b'{"model":"dplr","ads":[{"id":"' + req["ads"][0]["id"].encode() + b'","bid":1e2}],"rank_by":"ecpm"}', False),
+        (b'{"model":"dplr","ads":[{"id":"' + req["ads"][0]["id"].encode() + b'","bid":1234567890.1234567}],'
+         b'"rank_by":"ecpm"}', False),
+        (b'{"model":"dplr","ads":[{"id":"' + req["ads"][0]["id"].encode() + b'","bid":01.5}],"rank_by":"ecpm"}', False)]
+    for raw, scanned in raw_bodies:
+        used.clear()
         use_fastpath(c, monkeypatch, True)
         fast = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
+        assert (used[0] is not None) == scanned, raw[:300]
         use_fastpath(c, monkeypatch, False)
         slow = c.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
-        assert fast.status_code == 200 and fast.content == slow.content
+        assert (fast.status_code, fast.content) == (slow.status_code, slow.content), raw[:300]
+
+
+def test_the_scanners_decimals_are_pythons_floats():
+    import numpy as np
+
+    from service.fastpath.lexer import decimal
+
+    rng = np.random.default_rng(0)
+    texts = ["0", "7", "0.5", "2.50", "0.1", "0.000000000000001", "999999999999999", "99999999999999.9",
+             "123456789.012345", "0.30000000000000"]
+    for _ in range(3000):
+        d = int(rng.integers(1, 16))
+        digits = "".join(str(x) for x in rng.integers(0, 10, d)).lstrip("0") or "0"
+        cut = int(rng.integers(0, len(digits) + 1))
+        texts.append(digits if cut == len(digits) else (digits[:cut] or "0") + "." + digits[cut:])
+    for t in texts:
+        b = np.frombuffer((t + ",").encode(), np.uint8)
+        end, v = decimal(b, 0)
+        if len(t.replace(".", "")) <= 15:
+            assert end == len(t) and v == float(t), t
+    for bad in ("01", "1.", ".5", "1e3", "1.5E2", "-1", "1234567890123456", "0.1234567890123456"):
+        assert decimal(np.frombuffer((bad + ",").encode(), np.uint8), 0)[0] == -1, bad
 
 
 def test_batch_answers_each_auction_as_rank_would(served):
