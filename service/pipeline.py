@@ -14,11 +14,11 @@ Everything comes from the one snapshot passed in: the version label and the scor
 always belong to the same model version.
 
 Value ranking, reserve, boosts and explanations (issue 18) ride on the same encoded request
-(:class:`~service.catalog.ranking.Value`, ``explain``).  The scanner reads the common value
-shapes (``"rank_by"`` and per-ad ``"bid"``: inline ads with bids, catalog ids with stored bids) and
-leaves ``reserve``, ``boost`` and ``explain`` to the generic parser; the reply's ``ctr`` and
-``ecpm`` columns are written by both (the same bytes).  The CTR of every reply comes from ``service.link`` (the model version's
-calibration, :func:`service.link.calibration_of`).
+(:class:`~service.catalog.ranking.Value`, ``explain``).  The scanner reads the common shapes
+(``"rank_by"``, ``"explain"`` and per-ad ``"bid"``: inline ads with bids, catalog ids with stored
+bids) and leaves ``reserve`` and ``boost`` to the generic parser; the reply's ``ctr`` and ``ecpm``
+columns are written by both (the same bytes).  The CTR of every reply comes from ``service.link``
+(the model version's calibration, :func:`service.link.calibration_of`).
 """
 
 from __future__ import annotations
@@ -148,12 +148,16 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
 
     binary = mv.catalog_model.target == "binary"
 
-    def reply(r: Ranked, _explained=None) -> bytes:
+    def reply(r: Ranked, explained=None) -> bytes:
+        if scan.explain:  # a few dozen ads at most: msgspec writes them (the same bytes as the generic path)
+            return schemas.encode_ranking(name, version, list(zip(scan.ids(r.order.tolist()), r.scores.tolist(),
+                                                                   strict=True)), binary,
+                                          r.ecpm.tolist() if r.ecpm is not None else None, r.raw.tolist(), explained)
         return fastpath.reply(name, version, scan, r.order, r.scores, binary, r.ecpm)
 
     value = Value("ecpm", None, scan.bids) if scan.by_value else PLAIN
     return Encoded(mv, scan.ctx, scan.X, at, scan.id_hash[at], lambda j: scan.ids([j])[0], False, scan.top_k,
-                   reply, value)
+                   reply, value, scan.explain)
 
 
 # --- the generic parser --------------------------------------------------------------------------

@@ -18,8 +18,9 @@ handles the request and produces every error message, so correctness never depen
 package):
 
 * top level: an object with keys ``model`` (string | null), ``top_k`` (integer >= 1 | null),
-  ``context`` (object), ``ads`` (non-empty array), ``rank_by`` (``"ctr"`` | ``"ecpm"``), in any
-  order, each at most once (``reserve``, ``boost``, ``explain`` and other keys fall back);
+  ``context`` (object), ``ads`` (non-empty array), ``rank_by`` (``"ctr"`` | ``"ecpm"``),
+  ``explain`` (boolean), in any order, each at most once (``reserve``, ``boost`` and other keys
+  fall back);
 * ads: inline, ``{"id", "features": {...}}`` or ``{"id", "values": [...]}`` (id: string or
   integer), or by id alone ``{"id": "<non-empty string>"}``, in any mix (integer catalog ids,
   ``all_ads`` and unknown keys fall back), each optionally with ``"bid"``: a non-negative decimal
@@ -69,7 +70,7 @@ class _Workspace:
         self.tokens = (np.empty(t_cap, np.int64), np.empty(t_cap, np.uint64), np.empty(t_cap, np.int64),
                        np.empty(t_cap, np.int32), np.empty(t_cap, np.int64), np.empty(t_cap, np.int64))
         # (field, hash, slot, id, bucket lo, bucket hi) per token
-        self.scratch = (np.empty((max_width, 2), np.int64), np.empty(m, np.int64), np.empty(5, np.int64))
+        self.scratch = (np.empty((max_width, 2), np.int64), np.empty(m, np.int64), np.empty(6, np.int64))
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Scan:
     body: bytes
     bids: np.ndarray | None = None  # float64[N]: each ad's "bid" (NaN: none); None when no ad has one
     by_value: bool = False  # "rank_by": "ecpm"
+    explain: bool = False  # "explain": true
 
     def ids(self, rows) -> list:
         """The Python ids (str or int) of ads ``rows`` — decoded only for the ads returned."""
@@ -137,7 +139,7 @@ class FastPath:
         if sc is None:
             return None
         return Scan(sc.model, sc.top_k, sc.ctx.copy(), sc.X.copy(), sc.spans.copy(), sc.id_hash.copy(), sc.n_by_id,
-                    body, None if sc.bids is None else sc.bids.copy(), sc.by_value)
+                    body, None if sc.bids is None else sc.bids.copy(), sc.by_value, sc.explain)
 
     def scan_views(self, body: bytes) -> Scan | None:
         """:meth:`scan` whose arrays are views into this thread's workspace: valid until the
@@ -155,7 +157,7 @@ class FastPath:
         model = None if meta[0] < 0 else body[meta[0]:meta[1]].decode()
         return Scan(model, None if meta[2] < 0 else int(meta[2]), w.out[:s_c],
                     w.out[s_c : s_c + n_ads * s_i].reshape(n_ads, s_i), w.spans[:n_ads], w.id_hash[:n_ads],
-                    int(n_by_id), body, w.bids[:n_ads] if meta[4] else None, bool(meta[3] == 1))
+                    int(n_by_id), body, w.bids[:n_ads] if meta[4] else None, bool(meta[3] == 1), bool(meta[5] == 1))
 
     def warm(self) -> None:
         """Compile (or load from numba's cache) the scanner and the response writer."""

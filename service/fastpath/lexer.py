@@ -22,9 +22,9 @@ FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 NUMERIC_DIGITS = 15  # numeric fields take integers exact as float64
 INT_DIGITS = 18
-KEYS = np.frombuffer(b"modeltop_kcontextadsidfeaturesvaluesbidrank_by", dtype=np.uint8)  # code 1..9
-KEY_OFF = np.array([0, 5, 10, 17, 20, 22, 30, 36, 39, 46], dtype=np.int64)
-K_MODEL, K_TOP_K, K_CONTEXT, K_ADS, K_ID, K_FEATURES, K_VALUES, K_BID, K_RANK_BY = 1, 2, 3, 4, 5, 6, 7, 8, 9
+KEYS = np.frombuffer(b"modeltop_kcontextadsidfeaturesvaluesbidrank_byexplain", dtype=np.uint8)  # code 1..10
+KEY_OFF = np.array([0, 5, 10, 17, 20, 22, 30, 36, 39, 46, 53], dtype=np.int64)
+K_MODEL, K_TOP_K, K_CONTEXT, K_ADS, K_ID, K_FEATURES, K_VALUES, K_BID, K_RANK_BY, K_EXPLAIN = range(1, 11)
 DECIMAL_DIGITS = 15  # a bid of <= 15 significant digits is exact as mantissa / 10^fraction (see ``decimal``)
 POW10 = np.array([10.0**j for j in range(DECIMAL_DIGITS + 1)])
 _NULL = np.frombuffer(b"null", dtype=np.uint8)
@@ -254,7 +254,7 @@ def same(b, s1, e1, c, s2):
 @numba.njit(**NO_RUNTIME)
 def key(b, i):
     """The key at ``i``: (end after its quote, code), code = 1 + its index in ``KEYS`` (model,
-    top_k, context, ads, id, features, values, bid, rank_by) or 0 for any other key; (-1, 0) if
+    top_k, context, ads, id, features, values, bid, rank_by, explain) or 0 for any other key; (-1, 0) if
     malformed."""
     if i >= b.shape[0] or b[i] != 34:
         return -1, 0

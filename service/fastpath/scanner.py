@@ -23,10 +23,12 @@ import numpy as np
 from service.encode import bucket_lookup_into
 from service.fastpath.lexer import (
     BAD,
+    BOOLEAN,
     INTEGER,
     K_ADS,
     K_BID,
     K_CONTEXT,
+    K_EXPLAIN,
     K_FEATURES,
     K_ID,
     K_MODEL,
@@ -256,7 +258,7 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
     would page-fault on every request): ``out[:S_C]`` the context slots, ``out[S_C:S_C + n_ads *
     S_I]`` the item rows, spans[r] = (start, end, 0 string id | 1 integer id | 2 string id of an ad
     by id alone), id_hash[r] a string id's hash, bids[r] ad r's bid (NaN: none), meta = (model start,
-    model end | -1, top_k | -1, rank_by: 1 "ecpm" | 0 "ctr" or absent, ads with a bid);
+    model end | -1, top_k | -1, rank_by: 1 "ecpm" | 0 "ctr" or absent, ads with a bid, explain 1 | 0);
     kept (int64[max width, 2]) and stamp (int64[m]) are scratch."""
     ix = (keys, key_off, starts, start_off, shift)
     tok = (tf, th, td)
@@ -268,6 +270,7 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
         meta[k] = -1
     meta[3] = 0
     meta[4] = 0
+    meta[5] = 0
     stamp[:] = -2
     # int64 from the start, not the literal 0: numba would compile _object/_ads once more per literal
     nt, n_ads, n_by_id, n_bids, seen = np.int64(0), 0, 0, 0, 0
@@ -304,6 +307,13 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
                 ok = False
                 break
             i = e + 1
+        elif code == K_EXPLAIN:  # true or false
+            e, kind, s, z, v, h = scalar(b, i)
+            if kind != BOOLEAN:
+                ok = False
+                break
+            meta[5] = 1 if b[i] == 116 else 0
+            i = e
         elif code == K_CONTEXT:
             i, nt = _object(b, i, np.int64(-1), np.int64(0), mc, np.int64(0), names, name_off, ftype, lo, width,
                             edges, bins, tok, ix, nt, kept, stamp)

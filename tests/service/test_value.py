@@ -202,8 +202,8 @@ def test_explanations_sum_to_the_logit_and_equal_the_oracle_inline_and_from_the_
 
 
 def test_fast_and_generic_parsers_answer_every_shape_alike(served, monkeypatch):
-    """The scanner reads rank_by and decimal bids (inline ads with bids, catalog ids with stored
-    bids); reserve, boost, explain and other numbers go to the generic parser.  Replies (now with
+    """The scanner reads rank_by, explain and decimal bids (inline ads with bids, catalog ids with
+    stored bids); reserve, boost and other numbers go to the generic parser.  Replies (now with
     "ctr" and "ecpm") and errors are byte for byte the generic parser's."""
     from service import pipeline
 
@@ -222,7 +222,11 @@ def test_fast_and_generic_parsers_answer_every_shape_alike(served, monkeypatch):
               ({"model": "dplr", "context": ctx, "ads": priced[:3] + by_id[3:], "rank_by": "ecpm"}, True),
               ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "ctr"}, True),
               ({"model": "dplr", "context": ctx, "ads": odd, "rank_by": "ecpm"}, True),
-              ({"model": "dplr", "context": ctx, "ads": req["ads"][:4], "explain": True}, False),
+              ({"model": "dplr", "context": ctx, "ads": req["ads"][:4], "explain": True}, True),
+              ({"model": "dplr", "context": ctx, "ads": priced[:2] + by_id[2:], "explain": True, "rank_by": "ecpm"},
+               True),
+              ({"model": "dplr", "context": ctx, "ads": by_id, "explain": False}, True),
+              ({"model": "dplr", "context": ctx, "ads": by_id, "explain": 1}, False),
               ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "ecpm", "reserve": 1.0}, False),
               ({"model": "dplr", "context": ctx, "ads": priced, "rank_by": "value"}, False),
               ({"model": "dplr", "context": ctx, "ads": [dict(priced[0], bid=-1.0)], "rank_by": "ecpm"}, False)]
