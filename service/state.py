@@ -279,7 +279,9 @@ class ServingState:
             _, missing = store.set_bids(self.snapshot.catalog, bids)
             if missing:
                 return self.snapshot, missing
-            pos = self._append(BIDS, {"bids": {i: (None if b != b else b) for i, b in bids.items()}})
+            # the ads' features go with their bids: the log's compaction keeps whole records
+            pos = self._append(BIDS, {"bids": {i: (None if b != b else b) for i, b in bids.items()},
+                                      "features": store.features_of(self.snapshot.catalog, bids)})
             self._catch_up(pos - 1)
             snap = self._next(pos, catalog=store.set_bids(self.snapshot.catalog, bids)[0])
         catalog_metrics.published(snap, "bids", len(bids))

@@ -103,7 +103,7 @@ class Model:
 
 def validate_ad(ad, where: str) -> tuple[str, dict, float | None]:
     """(id, features, bid) of one {"id": str, "features": {name: value}, "bid"?: number} object, or
-    a CatalogError.  ``bid`` is None when absent (the ad keeps the bid it had), NaN for null (none)."""
+    a CatalogError.  ``bid`` is None when absent, NaN for null: either way the ad has no bid."""
     if not isinstance(ad, dict):
         raise CatalogError(f"{where}: expected an object {{\"id\", \"features\"}}, got {type(ad).__name__}")
     ad_id, feats = ad.get("id"), ad.get("features")
@@ -167,7 +167,7 @@ class Batch:
     feats: list[dict]
     hashes: np.ndarray
     parts: dict  # model key -> Part
-    bids: list | None = None  # per ad: a bid, NaN (none) or None (keep the ad's current bid)
+    bids: list | None = None  # per ad: a bid, or NaN / None (none); None: no ad has one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -267,11 +267,9 @@ def upsert(view: View, batch: Batch) -> View:
     nb, d = len(view.base), view.delta
     moved = g[g >= nb] - nb
     born = np.full(len(batch), view.version + 1, np.int64)
-    bids = view.bids_at(g) if len(g) else np.zeros(0)  # an ad written without "bid" keeps its bid
-    bids[g < 0] = np.nan
-    if batch.bids is not None:
-        given = np.array([b is not None for b in batch.bids])
-        bids[given] = [b for b in batch.bids if b is not None]
+    # an upsert replaces the ad: one written without "bid" has none
+    bids = np.array([np.nan if b is None else b for b in batch.bids], np.float64) if batch.bids is not None \
+        else np.full(len(batch), np.nan)
     ids = Strings.of([i.encode() for i in batch.ids])
     features = Strings.of([_json.encode(f) for f in batch.feats])
     parts = {k: parts[k] for k in view.models}
@@ -350,11 +348,14 @@ def merge(view: View) -> View:
 
 
 def build(models: dict, ads: list[tuple[str, bytes]], progress: bool = False) -> tuple[View, list[tuple[str, str]]]:
-    """A view with ``ads`` (id, features JSON: the catalog as logged) all in its base, and the
+    """A view with ``ads`` (id, record: the features JSON, or ``[features, bid]``, as the log's
+    snapshot holds them, service/replog/entries.py ``stored``) all in its base, and the
     (id, reason) of those a model cannot encode, left out: a model whose schema changed since the
     ads were written ignores the fields it lacks (as a reload does) and refuses only bad values."""
     dec = msgspec.json.Decoder()
-    ids, feats = [i for i, _ in ads], [dec.decode(f) for _, f in ads]
+    ids, records = [i for i, _ in ads], [dec.decode(f) for _, f in ads]
+    feats = [r[0] if isinstance(r, list) else r for r in records]  # [features, bid]: replog.entries.stored
+    bid_of = {i: float(r[1]) for i, r in zip(ids, records, strict=True) if isinstance(r, list) and r[1] is not None}
     refused = []
     try:
         parts = {k: compute_part(m, feats, lambda i: f"ad {ids[i]!r}", progress) for k, m in models.items()}
@@ -369,7 +370,8 @@ def build(models: dict, ads: list[tuple[str, bytes]], progress: bool = False) ->
                 refused.append((ids[j], str(exc)))
         ids, feats = [ids[j] for j in keep], [feats[j] for j in keep]
         parts = {k: compute_part(m, feats, lambda i: f"ad {ids[i]!r}", progress) for k, m in models.items()}
-    built = merge(upsert(empty(models), Batch(ids, feats, IdTable.hash(ids), parts)))
+    bids = [bid_of.get(i) for i in ids] if bid_of else None
+    built = merge(upsert(empty(models), Batch(ids, feats, IdTable.hash(ids), parts, bids)))
     return View(0, built.base, built.dead, built.delta, built.models), refused  # version 0: nothing written yet
 
 
@@ -417,6 +419,12 @@ def _with_bids_of(base: Segment, now: View, fresh: np.ndarray) -> Segment:
     bids = base.bids.copy()
     bids[r[ok]] = bs[ok]
     return base.with_bids(bids)
+
+
+def features_of(view: View, ad_ids) -> dict:
+    """id -> stored features of ads in ``view``."""
+    dec = msgspec.json.Decoder()
+    return {i: dec.decode(view.features_raw(view.row_of(i))) for i in ad_ids}
 
 
 def set_bids(view: View, bids: dict) -> tuple[View, list[str]]:

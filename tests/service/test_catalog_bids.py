@@ -46,7 +46,7 @@ def test_random_writes_bids_and_merges_keep_every_bid():
             if "bid" in ad:
                 want[ad["id"]] = ad["bid"]
             else:
-                want.setdefault(ad["id"], None)  # a new ad without a bid has none; a known one keeps its bid
+                want[ad["id"]] = None  # an upsert replaces the ad: without a bid it has none
 
     def set_bids():
         ids = [i for i in want if rng.random() < 0.3]
@@ -172,3 +172,56 @@ def test_order_values_equals_numpy(seed):
                     assert rows.tolist() == w.tolist()
                     np.testing.assert_array_equal(c, p[w])
                     np.testing.assert_array_equal(ee, e[w])
+
+
+# --- durability: bids through the replication log, its compaction and restarts -----------------------
+def _bids_after_restart(tmp_path, compact: bool, catalog_file: bool):
+    import msgspec
+
+    from service.settings import ModelSpec, Settings
+    from service.state import ServingState
+    from tests.service.helpers import make_artifact, random_request, ranker_loader
+
+    path = tmp_path / "m.adrk"
+    make_artifact(path, "fm", seed=3)
+    ads = random_request(np.random.default_rng(1), 8)["ads"]
+    file = None
+    if catalog_file:
+        file = tmp_path / "ads.jsonl"
+        file.write_bytes(b"\n".join(msgspec.json.encode({**a, "bid": 1.0 + j}) for j, a in enumerate(ads)) + b"\n")
+
+    def start():
+        s = Settings(models=(ModelSpec("m", path),), state_dir=tmp_path / "state", gc_freeze=False, catalog=file,
+                     compact_entries=0)
+        st = ServingState(s, loader=ranker_loader())
+        st.start(follow=False)
+        return st
+
+    st = start()
+    if not catalog_file:
+        st.upsert([{**a, "bid": 1.0 + j} for j, a in enumerate(ads)])
+    st.upsert([{**ads[0], "bid": 9.5}, ads[1]])  # a new bid; an upsert without one: none
+    snap, missing = st.set_bids({ads[2]["id"]: 0.25, ads[3]["id"]: float("nan")})
+    assert missing == []
+    assert st.set_bids({"nope": 1.0})[1] == ["nope"]
+    want = {a["id"]: st.snapshot.catalog.bid_of(st.snapshot.catalog.row_of(a["id"])) for a in ads}
+    assert want[ads[0]["id"]] == 9.5 and want[ads[1]["id"]] is None and want[ads[2]["id"]] == 0.25
+    assert want[ads[3]["id"]] is None and want[ads[4]["id"]] == 5.0
+    feats = {a["id"]: st.snapshot.catalog.get(a["id"]) for a in ads}
+    if compact:
+        assert st.compact() > 0 and st.log.backlog() == 0
+    st.stop()
+    again = start()
+    view = again.snapshot.catalog
+    assert {a["id"]: view.bid_of(view.row_of(a["id"])) for a in ads} == want
+    assert {a["id"]: view.get(a["id"]) for a in ads} == feats  # a record with a bid is still the features
+    again.stop()
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["log", "compacted"])
+def test_bids_survive_a_restart_from_the_log_and_from_its_compaction(tmp_path, compact):
+    _bids_after_restart(tmp_path, compact, catalog_file=False)
+
+
+def test_bids_of_a_start_up_catalog_file_survive_a_restart(tmp_path):
+    _bids_after_restart(tmp_path, True, catalog_file=True)
