@@ -167,7 +167,8 @@ def _all_by_value(view: View, key: str, z, const: float, k: int, value: Value, c
     while True:
         rows, _ = kernels.top_k_value(z, const, b.W, b.c, view.base.bids, want, dead=view.dead,
                                       delta=(d.W, d.c, view.delta.bids), by_value=value.by_value,
-                                      reserve=value.reserve, cal=cal.params(), skip=boosted)
+                                      reserve=value.reserve, cal=cal.params(), skip=boosted,
+                                      max_bids=(view.base.max_bid, view.delta.max_bid))
         found = len(rows)
         rows = np.concatenate([rows, boosted])
         raw = kernels.score_ids(z, const, b.W, b.c, rows, delta=(d.W, d.c))

@@ -18,6 +18,7 @@ process can run.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import msgspec
@@ -177,6 +178,11 @@ class Segment:
 
     def with_parts(self, parts: dict) -> Segment:
         return Segment(self.ids, self.features, self.hashes, self.table, self.born, self.bids, parts)
+
+    @functools.cached_property
+    def max_bid(self) -> float:
+        """The largest stored bid (0 when none): bounds every ad's eCPM in the top-k by value."""
+        return float(np.nanmax(self.bids)) if len(self.bids) and not np.all(np.isnan(self.bids)) else 0.0
 
     def with_bids(self, bids: np.ndarray) -> Segment:
         """The same rows with other bids (a copy: views never change; a delta keeps no buffers,
