@@ -14,18 +14,22 @@ fails the batch with the /v1/rank error of that auction, its position named in t
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
-from service import pipeline, schemas
+from service import metrics, pipeline, schemas
+from service.catalog import metrics as catalog_metrics
 from service.encode import EncodeError
 from service.errors import JSON, ApiError
-from service.routes import _error_response, _observe_rank, _unavailable, read_body
+from service.routes import read_body
 from service.snapshot import UnknownModel
 
 BATCH = "/v1/rank:batch"
+log = logging.getLogger("adrank.batch")
 router = APIRouter()
 _decoder = msgspec.json.Decoder(schemas.BatchRequest)
 
@@ -40,16 +44,27 @@ def _decode(body: bytes) -> schemas.BatchRequest:
 
 
 def _named(i: int, exc: Exception) -> Exception:
-    """The /v1/rank error of auction ``i``, its message prefixed with the auction's position."""
+    """The /v1/rank error of auction ``i`` (i < 0: of the batch itself), its message prefixed with
+    the auction's position; any other exception as it is (a 500)."""
+    where = f"auctions[{i}]: " if i >= 0 else ""
     if isinstance(exc, ApiError):
-        return ApiError(exc.status, exc.code, f"auctions[{i}]: {exc.message}", exc.headers, **exc.extra)
+        return ApiError(exc.status, exc.code, f"{where}{exc.message}", exc.headers, **exc.extra)
     if isinstance(exc, schemas.BadRequest):
-        return ApiError(422, exc.code, f"auctions[{i}]: {exc}")
+        return ApiError(422, exc.code, f"{where}{exc}")
     if isinstance(exc, UnknownModel):
-        return ApiError(404, "unknown_model", f"auctions[{i}]: {exc}")
+        return ApiError(404, "unknown_model", f"{where}{exc}")
     if isinstance(exc, EncodeError):
-        return ApiError(422, getattr(exc, "code", "invalid_value"), f"auctions[{i}]: {exc}", field=exc.field)
+        return ApiError(422, getattr(exc, "code", "invalid_value"), f"{where}{exc}", field=exc.field)
+    if isinstance(exc, ClientDisconnect):
+        return ApiError(499, "client_disconnected", "the client went away before sending its body")
     return exc
+
+
+def _observe(model: str, mode: str, seconds: float, n_ads: int) -> None:
+    """An auction counts in the scoring metrics as a /v1/rank request does."""
+    catalog_metrics.SCORING.labels(model, mode).observe(seconds)
+    metrics.INFERENCE_DURATION.labels(model).observe(seconds)
+    metrics.REQUEST_CANDIDATES.labels(model).observe(n_ads)
 
 
 def answer(snap, body: bytes, settings) -> bytes:
@@ -76,7 +91,7 @@ def answer(snap, body: bytes, settings) -> bytes:
         if left < 0:
             raise ApiError(422, "too_many_candidates", f"auctions[{i}]: the batch's ads exceed the limit of "
                            f"{settings.max_candidates} candidates in all")
-        _observe_rank(a.model, a.mode, perf_counter() - t0, a.n_candidates)
+        _observe(a.model, a.mode, perf_counter() - t0, a.n_candidates)
         out.append(a.body)
     return b'{"results":[' + b",".join(out) + b"]}"
 
@@ -86,8 +101,13 @@ async def rank_batch(request: Request) -> Response:
     svc = request.app.state.svc
     try:
         if not svc.state.ready:
-            raise _unavailable(svc, "not_ready", "models are still loading")
+            raise ApiError(503, "not_ready", "models are still loading",
+                           headers={"Retry-After": str(svc.settings.retry_after)})
         body = await read_body(request, svc.settings.max_body_bytes)
         return Response(answer(svc.state.snapshot, body, svc.settings), media_type=JSON)
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON error reply
-        return _error_response(exc)
+        named = _named(-1, exc) if not isinstance(exc, ApiError) else exc
+        if isinstance(named, ApiError):
+            return named.response()
+        log.exception("internal error while ranking a batch")
+        return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()

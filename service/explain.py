@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from adrank.core import kinds
-from service.catalog.precompute import Plan, _rows_of
+from service.catalog.precompute import Plan, rows_of
 from service.kernels.codegen import PLAIN
 
 
@@ -112,7 +112,7 @@ def contributions(model, rows: np.ndarray) -> np.ndarray:
     :class:`~service.catalog.store.Model` (its plan, arrays and codebook source)."""
     plan = model.plan
     R, self_w, offs = _matrix(model)
-    rows, emb, linear = _rows_of(plan, np.ascontiguousarray(rows, np.int32), model.arrays["emb"],
+    rows, emb, linear = rows_of(plan, np.ascontiguousarray(rows, np.int32), model.arrays["emb"],
                                  model.arrays["linear"])
     out = np.empty((rows.shape[0], len(offs) - 1))
     explain_rows(rows, offs, np.ascontiguousarray(emb), np.ascontiguousarray(linear).ravel(), R, self_w, out)

@@ -164,7 +164,7 @@ class Segment:
     hashes: np.ndarray  # uint64[N]
     table: IdTable
     born: np.ndarray  # int64[N]: the view version that wrote the row
-    bids: np.ndarray  # float64[N]: the ad's stored bid, NaN for none (service/catalog/bids.py)
+    bids: np.ndarray  # float64[N]: the ad's stored bid, NaN for none (store.set_bids changes them alone)
     parts: dict  # model key -> Part
     buffers: Buffers | None = None  # a delta's room to grow; None: copy to change
 

@@ -186,7 +186,7 @@ def decimal(b, i):
 
 
 @numba.njit(**NO_RUNTIME)
-def _literal(b, i, word):
+def literal(b, i, word):
     """``b[i:]`` starts with the bytes ``word`` (a module-level uint8 array: a compile-time constant)."""
     if i + word.shape[0] > b.shape[0]:
         return False
@@ -213,11 +213,11 @@ def scalar(b, i):
     if c == 45 or 48 <= c <= 57:
         e, v = integer(b, i)
         return e, (BAD if e < 0 else INTEGER), i, e, v, h0
-    if c == 110 and _literal(b, i, _NULL):
+    if c == 110 and literal(b, i, _NULL):
         return i + 4, MISSING_VALUE, i, i, zero, h0
-    if c == 116 and _literal(b, i, _TRUE):
+    if c == 116 and literal(b, i, _TRUE):
         return i + 4, BOOLEAN, i, i + 4, zero, h0
-    if c == 102 and _literal(b, i, _FALSE):
+    if c == 102 and literal(b, i, _FALSE):
         return i + 5, BOOLEAN, i, i + 5, zero, h0
     return -1, BAD, 0, 0, zero, h0
 

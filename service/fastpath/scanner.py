@@ -38,12 +38,12 @@ from service.fastpath.lexer import (
     MISSING_VALUE,
     NUMERIC_DIGITS,
     STRING,
-    _literal,
     colon,
     decimal,
     hash_numeric,
     hash_span,
     key,
+    literal,
     same,
     scalar,
     separator,
@@ -301,9 +301,9 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
             i = e
         elif code == K_RANK_BY:  # "ctr" or "ecpm"; anything else is the generic parser's error
             e = string_end(b, i + 1) if i < n and b[i] == 34 else -1
-            if e == i + 5 and _literal(b, i + 1, _RANK_BY_ECPM):
+            if e == i + 5 and literal(b, i + 1, _RANK_BY_ECPM):
                 meta[3] = 1
-            elif not (e == i + 4 and _literal(b, i + 1, _RANK_BY_CTR)):
+            elif not (e == i + 4 and literal(b, i + 1, _RANK_BY_CTR)):
                 ok = False
                 break
             i = e + 1
