@@ -19,13 +19,22 @@ from typing import Any
 import httpx
 import msgspec
 
-__all__ = ["AdrankError", "AsyncClient", "Client", "ModelInfo", "ModelsResponse", "RankResponse", "RankedAd",
+__all__ = ["AdrankError", "AsyncClient", "Client", "Explanation", "ModelInfo", "ModelsResponse", "RankResponse", "RankedAd",
            "ReloadResponse", "UpsertResponse"]
 
 
-class RankedAd(msgspec.Struct):
+class Explanation(msgspec.Struct):
+    bias: float
+    fields: dict[str, float]
+
+
+class RankedAd(msgspec.Struct, omit_defaults=True):
     id: str | int
     score: float
+    ctr: float | None = None
+    ecpm: float | None = None
+    logit: float | None = None
+    explain: Explanation | None = None
 
 
 class RankResponse(msgspec.Struct):
@@ -88,8 +97,9 @@ _encoder = msgspec.json.Encoder()
 _JSON = {"content-type": "application/json"}
 
 
-def _rank_body(ads, context, model, top_k, all_ads) -> bytes:
-    body: dict[str, Any] = {}
+def _rank_body(ads, context, model, top_k, all_ads, options: dict) -> bytes:
+    """``options``: the value-ranking fields of /v1/rank (rank_by, reserve, boost, explain) as given."""
+    body: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if model is not None:
         body["model"] = model
     if context:
@@ -141,8 +151,9 @@ class Client:
         self._http.close()
 
     def rank(self, ads: list | None = None, context: dict | None = None, model: str | None = None,
-             top_k: int | None = None, all_ads: bool = False, request_id: str | None = None) -> RankResponse:
-        r = self._http.post("/v1/rank", content=_rank_body(ads, context, model, top_k, all_ads),
+             top_k: int | None = None, all_ads: bool = False, request_id: str | None = None,
+             **options: Any) -> RankResponse:
+        r = self._http.post("/v1/rank", content=_rank_body(ads, context, model, top_k, all_ads, options),
                             headers={**_JSON, **_rid(request_id)})
         return _decode(r, RankResponse)
 
@@ -196,8 +207,9 @@ class AsyncClient:
         await self._http.aclose()
 
     async def rank(self, ads: list | None = None, context: dict | None = None, model: str | None = None,
-                   top_k: int | None = None, all_ads: bool = False, request_id: str | None = None) -> RankResponse:
-        r = await self._http.post("/v1/rank", content=_rank_body(ads, context, model, top_k, all_ads),
+                   top_k: int | None = None, all_ads: bool = False, request_id: str | None = None,
+                   **options: Any) -> RankResponse:
+        r = await self._http.post("/v1/rank", content=_rank_body(ads, context, model, top_k, all_ads, options),
                                   headers={**_JSON, **_rid(request_id)})
         return _decode(r, RankResponse)
 

@@ -187,9 +187,10 @@ def topk_bench(r: dict, n: int, seq_GBps: float, repeats: int) -> dict:
     return out
 
 
-def served(sm, kind, r, items):
+def served(sm, kind, r, items, bids=None):
     """A serving snapshot (service/snapshot.py) whose catalog holds len(items) ads with the parts
-    computed already (r["W"], r["c"]), and a model whose encoder and fast-path scanner are real."""
+    computed already (r["W"], r["c"]) and ``bids`` (None: no bids), and a model whose encoder and
+    fast-path scanner are real."""
     from types import SimpleNamespace
 
     from service.catalog.idtable import IdTable
@@ -206,7 +207,7 @@ def served(sm, kind, r, items):
     mv = ModelVersion("m", ranker, model)
     hashes = IdTable.hash([i.decode() for i in ids])
     base = Segment(Strings.of(ids), Strings.of([b"{}"] * n), hashes, IdTable(hashes), np.zeros(n, np.int64),
-                   {mv.key: Part(r["W"], r["c"])})
+                   bids if bids is not None else np.full(n, np.nan), {mv.key: Part(r["W"], r["c"])})
     view = View(0, base, np.zeros(0, np.int64), Segment.empty({mv.key: model.empty_part()}), {mv.key: model})
     return Snapshot({"m": mv}, "m", view)
 

@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service import bounds, metrics, openapi, protocol, trace
+from service.batch import router as batch_router
 from service.catalog.routes import router as catalog_router
 from service.errors import ApiError
 from service.routes import ServiceState, admin_router, is_rank, rank_asgi, router
@@ -203,6 +204,7 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     svc.idle.set()
     svc.state.idle = svc.idle  # catalog writes let ranking requests run first
     app.include_router(router)
+    app.include_router(batch_router)
     if settings.admin_enabled:  # every admin route, the catalog's included; --no-admin: none exists
         app.include_router(catalog_router)
         app.include_router(admin_router)

@@ -18,7 +18,8 @@ from service import schemas
 REF = "#/components/schemas/{name}"
 TYPES = (schemas.RankRequest, schemas.RankResponse, schemas.ErrorReply, schemas.ReloadRequest,
          schemas.ReloadResponse, schemas.ModelsResponse, schemas.UpsertRequest, schemas.UpsertResponse,
-         schemas.DeleteResponse, schemas.AdResponse)
+         schemas.DeleteResponse, schemas.AdResponse, schemas.BatchReply, schemas.BidsRequest,
+         schemas.BidsResponse)
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 REQUEST_ID = {"x-request-id": {"description": "the request's id (the client's, or one made by the server)",
                                "schema": {"type": "string"}}}
@@ -85,6 +86,13 @@ def document(admin: bool, version: str = "1") -> dict:
                             "schema": {"type": "string", "maxLength": 128}}],
             "requestBody": _body(schemas.RankRequest, example=RANK_EXAMPLE),
             "responses": _responses(_ref(schemas.RankResponse), (404, 408, 413, 415, 422, 503))}},
+        "/v1/rank:batch": {"post": {
+            "operationId": "rank_batch", "summary": "Rank several auctions against one snapshot",
+            "requestBody": {"required": True, "content": _json(
+                {"type": "object", "required": ["auctions"], "additionalProperties": False,
+                 "properties": {"auctions": {"type": "array", "items": _ref(schemas.RankRequest)}}},
+                {"auctions": [RANK_EXAMPLE]})},
+            "responses": _responses(_ref(schemas.BatchReply), (404, 413, 415, 422, 503))}},
         "/v1/models": {"get": {"operationId": "models", "summary": "The served models and their versions",
                                "responses": _responses(_ref(schemas.ModelsResponse), ())}},
         "/livez": {"get": {"operationId": "livez", "summary": "The process answers",
@@ -107,6 +115,10 @@ def document(admin: bool, version: str = "1") -> dict:
             "operationId": "upsert_ads", "summary": "Insert or replace catalog ads", "security": ADMIN,
             "requestBody": _body(schemas.UpsertRequest, example={"ads": [{"id": "ad-7", "features": {"C14": "x"}}]}),
             "responses": _responses(_ref(schemas.UpsertResponse), (401, 404, 413, 415, 422, 503))}}
+        paths["/v1/ads/bids"] = {"put": {
+            "operationId": "set_bids", "summary": "New bids of catalog ads (features untouched)", "security": ADMIN,
+            "requestBody": _body(schemas.BidsRequest, example={"bids": {"ad-7": 2.5, "ad-9": None}}),
+            "responses": _responses(_ref(schemas.BidsResponse), (401, 404, 413, 415, 422, 503))}}
         paths["/v1/ads/{ad_id}"] = {
             "get": {"operationId": "get_ad", "summary": "One catalog ad", "security": ADMIN, "parameters": [AD_ID],
                     "responses": _responses(_ref(schemas.AdResponse), (401, 404, 422))},

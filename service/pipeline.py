@@ -12,6 +12,13 @@
 
 Everything comes from the one snapshot passed in: the version label and the scores of a reply
 always belong to the same model version.
+
+Value ranking, reserve, boosts and explanations (issue 18) ride on the same encoded request
+(:class:`~service.catalog.ranking.Value`, ``explain``).  The scanner reads the common shapes
+(``"rank_by"``, ``"explain"`` and per-ad ``"bid"``: inline ads with bids, catalog ids with stored
+bids) and leaves ``reserve`` and ``boost`` to the generic parser; the reply's ``ctr`` and ``ecpm``
+columns are written by both (the same bytes).  The CTR of every reply comes from ``service.link``
+(the model version's calibration, :func:`service.link.calibration_of`).
 """
 
 from __future__ import annotations
@@ -24,12 +31,24 @@ from typing import cast
 import numpy as np
 
 from service import bounds, fastpath, schemas
+from service import explain as explaining
 from service.catalog.idtable import IdTable
-from service.catalog.ranking import Ranked, RankRequestError, by_id, catalog_key, rank_encoded, unknown_ad
+from service.catalog.ranking import (
+    PLAIN,
+    Ranked,
+    RankRequestError,
+    Value,
+    by_id,
+    catalog_key,
+    rank_encoded,
+    unknown_ad,
+)
 from service.errors import ApiError
+from service.link import calibration_of
 from service.snapshot import ModelVersion, Snapshot
 
 NO_ROWS = np.zeros(0, np.int64)
+MAX_EXPLAIN = 10  # ads explained per request unless the server sets another cap (ADRANK_MAX_EXPLAIN)
 
 
 @dataclass
@@ -44,7 +63,9 @@ class Encoded:
     id_at: Callable[[int], object]  # ad j's id as the request gave it (error messages)
     all_ads: bool
     top_k: int | None
-    reply: Callable[[Ranked], bytes]  # the response body for a ranking of this request
+    reply: Callable[..., bytes]  # reply(ranked, explanations | None): the response body
+    value: Value = PLAIN
+    explain: bool = False
 
 
 @dataclass
@@ -55,14 +76,16 @@ class Answer:
     n_candidates: int
     seconds: float  # parse + encode + score + sort
     version: str = ""
+    n_returned: int = 0  # ads in the reply
 
 
 def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True,
-           max_top_k: int = schemas.MAX_TOP_K) -> Answer:
+           max_top_k: int = schemas.MAX_TOP_K, max_explain: int = MAX_EXPLAIN) -> Answer:
     """The whole pipeline on one body (raises ApiError / RequestError / UnknownModel / BadRequest);
     ``labels[0]`` learns the model's name as soon as it is known (an error reply is counted under
     it); ``fast`` False leaves every body to the generic parser (``ADRANK_FASTPATH=0``);
-    ``max_top_k`` bounds an ``all_ads`` request."""
+    ``max_top_k`` bounds an ``all_ads`` request; ``max_explain`` caps the ads explained (the
+    first ones of the reply)."""
     t0 = perf_counter()
     if len(body) > fastpath.WORKSPACE_MAX_BYTES:  # a large body is checked before either parser spends on it
         bounds.prescan(body, max_candidates)
@@ -72,13 +95,39 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
     if labels is not None:
         labels[0] = req.model.name
     ranked = score(snap, req)
+    explained = explanations(snap, req, ranked, max_explain) if req.explain else None
     seconds = perf_counter() - t0
-    return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds, req.model.version)
+    return Answer(req.model.name, req.reply(ranked, explained), ranked.mode, ranked.n_candidates, seconds,
+                  req.model.version, len(ranked.order))
 
 
 def score(snap: Snapshot, req: Encoded) -> Ranked:
     return rank_encoded(snap.catalog, req.model.key, req.ctx, req.X, req.catalog_at, req.hashes, req.id_at,
-                        req.all_ads, req.top_k)
+                        req.all_ads, req.top_k, req.value, calibration_of(req.model))
+
+
+def explanations(snap: Snapshot, req: Encoded, r: Ranked, cap: int) -> list[dict]:
+    """The explanations of the first ``cap`` ads of ranking ``r``: from the request's own item rows
+    (inline ads), or from the stored features of catalog ads, re-encoded (a few ads: cheap)."""
+    view, model = snap.catalog, snap.catalog.models[req.model.key]
+    picked = r.order[: max(cap, 0)].tolist()
+    if not picked:
+        return []
+    if req.all_ads:
+        stored: dict[int, int] = {j: int(g) for j, g in enumerate(picked)}
+    else:
+        by_pos = dict(zip(req.catalog_at.tolist(), (r.catalog_rows if r.catalog_rows is not None else NO_ROWS).tolist(),
+                          strict=True))
+        stored = {j: by_pos[p] for j, p in enumerate(picked) if p in by_pos}
+    items = np.empty((len(picked), model.plan.item.offsets[-1]), np.int32)
+    if stored:
+        dec = schemas.msgspec.json.Decoder()
+        items[list(stored)] = model.encode_items([dec.decode(view.features_raw(g)) for g in stored.values()])
+    inline = [j for j in range(len(picked)) if j not in stored]
+    if inline:
+        assert req.X is not None
+        items[inline] = req.X[[picked[j] for j in inline]]
+    return explaining.explain(model, req.ctx, items)
 
 
 # --- the compiled parser -------------------------------------------------------------------------
@@ -104,11 +153,19 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
     name, version = mv.name, mv.version
 
-    def reply(r: Ranked) -> bytes:
-        return fastpath.reply(name, version, scan, r.order, r.scores)
+    binary = mv.catalog_model.target == "binary"
 
+    def reply(r: Ranked, explained=None) -> bytes:
+        if scan.explain:  # a few dozen ads at most: msgspec writes them (the same bytes as the generic path)
+            return schemas.encode_ranking(name, version, list(zip(scan.ids(r.order.tolist()), r.scores.tolist(),
+                                                                   strict=True)), binary,
+                                          r.ecpm.tolist() if r.ecpm is not None else None,
+                                          r.raw.tolist() if r.raw is not None else None, explained)
+        return fastpath.reply(name, version, scan, r.order, r.scores, binary, r.ecpm)
+
+    value = Value("ecpm", None, scan.bids) if scan.by_value else PLAIN
     return Encoded(mv, scan.ctx, scan.X, at, scan.id_hash[at], lambda j: scan.ids([j])[0], False, scan.top_k,
-                   reply)
+                   reply, value, scan.explain)
 
 
 # --- the generic parser --------------------------------------------------------------------------
@@ -130,15 +187,26 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
     if req.all_ads and (req.top_k is None or req.top_k > max_top_k):
         raise ApiError(422, "top_k_too_large", f"all_ads: give a top_k of at most {max_top_k} "
                        "(the catalog is ranked, never listed whole)")
+    if req.reserve is not None and req.rank_by != "ecpm":
+        raise RankRequestError("reserve", 'a reserve is an eCPM: give "rank_by": "ecpm" with it')
     enc = mv.ranker.encoder
     ctx = enc.encode_context(req.context)
     name, version = mv.name, mv.version
-    if req.all_ads:
-        def reply_all(r: Ranked) -> bytes:
-            ids = snap.catalog.ids_of(r.order.tolist())
-            return schemas.encode_ranking(name, version, list(zip(ids, r.scores.tolist(), strict=True)))
+    binary = mv.catalog_model.target == "binary"
 
-        return Encoded(mv, ctx, None, NO_ROWS, np.zeros(0, np.uint64), str, True, req.top_k, reply_all)
+    def body_of(ids: list, r: Ranked, explained) -> bytes:
+        return schemas.encode_ranking(
+            name, version, list(zip(ids, r.scores.tolist(), strict=True)), binary,
+            r.ecpm.tolist() if r.ecpm is not None else None,
+            r.raw.tolist() if req.explain and r.raw is not None else None, explained)
+
+    if req.all_ads:
+        def reply_all(r: Ranked, explained=None) -> bytes:
+            return body_of(snap.catalog.ids_of(r.order.tolist()), r, explained)
+
+        value = Value(req.rank_by, req.reserve, boost_ids=req.boost) if (req.rank_by != "ctr" or req.boost) else PLAIN
+        return Encoded(mv, ctx, None, NO_ROWS, np.zeros(0, np.uint64), str, True, req.top_k, reply_all, value,
+                       req.explain)
     ads = req.ads or []
     _no_duplicates(ads)
     at = [i for i, ad in enumerate(ads) if by_id(ad)]
@@ -152,12 +220,16 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
     for i in at:
         ids[i] = ads[i]["id"]  # replies name a catalog ad by its id as the request gave it
 
-    def reply(r: Ranked) -> bytes:
-        return schemas.encode_ranking(name, version, [(ids[i], s) for i, s in
-                                                      zip(r.order.tolist(), r.scores.tolist(), strict=True)])
+    def reply(r: Ranked, explained=None) -> bytes:
+        return body_of([ids[i] for i in r.order.tolist()], r, explained)
 
+    value = PLAIN
+    if req.rank_by != "ctr" or req.boost:
+        bids = np.array([ad.get("bid", np.nan) for ad in ads], np.float64) if any("bid" in ad for ad in ads) else None
+        boost = np.array([req.boost.get(str(i), 1.0) for i in ids], np.float64) if req.boost else None
+        value = Value(req.rank_by, req.reserve, bids, boost)
     return Encoded(mv, ctx, X, np.asarray(at, np.int64), IdTable.hash(keys) if keys else np.zeros(0, np.uint64),
-                   lambda j: ads[j].get("id"), False, req.top_k, reply)
+                   lambda j: ads[j].get("id"), False, req.top_k, reply, value, req.explain)
 
 
 def _no_duplicates(ads: list) -> None:

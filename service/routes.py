@@ -177,7 +177,8 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
             raise _unavailable(svc, "overloaded", f"{s.max_inflight} requests already in flight")
         svc.inflight += 1
         try:
-            out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k)
+            out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k,
+                                  s.max_explain)
         finally:
             svc.inflight -= 1
         _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)

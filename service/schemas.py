@@ -8,11 +8,16 @@ models at N >= 100) and decodes ads straight into plain dicts (TypedDict), which
     {"id": "ad-2", "values": ["15706", null, ...]}                    item-field order
 
 Values are raw: strings, numbers, booleans, lists (multi-valued fields), ``null`` = missing.
+
+Value ranking (issue 18): an ad may carry ``"bid"`` (its price per click; a catalog ad stored with
+one uses it unless the request gives its own), and the request ``"rank_by": "ecpm"`` (order by
+``bid x ctr x 1000``), ``"reserve"`` (drop ads whose eCPM is below it), ``"boost"`` (multipliers of
+the ordering value by ad id) and ``"explain": true`` (per-field contributions, service/explain.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Required, TypedDict, Union
+from typing import Annotated, Literal, Required, TypedDict, Union
 
 import msgspec
 
@@ -27,10 +32,18 @@ AdId = Union[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)],  # noqa: UP0
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class Ad(TypedDict, total=False):
+    """An ad of a /v1/rank request: ``{"id", "features"}``, ``{"id", "values"}`` or ``{"id"}`` (a
+    catalog ad), each optionally with ``"bid"``."""
+
     id: Required[AdId]
     features: dict[str, Value]
     values: list[Value]
+    bid: Annotated[float, msgspec.Meta(ge=0, description="price per click (eCPM = bid x ctr x 1000)",
+                                       examples=[2.5])]
 
 
 class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -41,6 +54,24 @@ class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Value] = {}
     model: ModelName | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
+    rank_by: Annotated[Literal["ctr", "ecpm"], msgspec.Meta(
+        description='"ctr" (default): by predicted click probability; "ecpm": by bid x ctr x 1000 '
+                    '(an ad without a bid is worth 0)', examples=["ecpm"])] = "ctr"
+    reserve: Annotated[float, msgspec.Meta(
+        ge=0, description='drop ads whose eCPM is below this (needs rank_by "ecpm")', examples=[1.0])] | None = None
+    boost: Annotated[dict[str, NonNegative], msgspec.Meta(
+        description="multipliers of the ordering value (eCPM, or CTR) by ad id (integer ids as decimal text)",
+        examples=[{"ad-7": 1.5}])] | None = None
+    explain: Annotated[bool, msgspec.Meta(
+        description='per returned ad (up to the server\'s cap) "logit" and "explain": {"bias", "fields"}, '
+                    "the raw score's split by field (each pair's term shared evenly by its two fields)",
+        examples=[True])] = False
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/rank:batch``: several auctions, each a /v1/rank request with its own context."""
+
+    auctions: list[msgspec.Raw]
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,9 +82,23 @@ class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 # --- replies (the OpenAPI document's response schemas, service/openapi.py; adrank.client mirrors them)
-class RankedAd(msgspec.Struct):
+class Explanation(msgspec.Struct):
+    """The raw score (``logit``) of one ad split into the bias and one value per field: the field's
+    first-order term plus half of each of its pairwise interaction terms; the values sum to it."""
+
+    bias: float
+    fields: dict[str, float]
+
+
+class RankedAd(msgspec.Struct, omit_defaults=True):
+    """One ad of a /v1/rank reply (best first)."""
+
     id: str | int
-    score: float
+    score: float  # the predicted CTR (click models) or the rating (regression), as before issue 18
+    ctr: float | None = None  # click models: the predicted CTR (service/link.py, calibrated if the model is)
+    ecpm: float | None = None  # rank_by "ecpm": bid x ctr x 1000
+    logit: float | None = None  # explain: the raw score
+    explain: Explanation | None = None  # explain: its split by field (up to the server's cap of ads)
 
 
 class RankResponse(msgspec.Struct):
@@ -62,6 +107,10 @@ class RankResponse(msgspec.Struct):
     model: str
     version: str
     ads: list[RankedAd]
+
+
+class BatchReply(msgspec.Struct):
+    results: list[RankResponse]  # one per auction, in order
 
 
 class ErrorReply(msgspec.Struct):
@@ -109,6 +158,7 @@ class ReloadResponse(msgspec.Struct):
 class CatalogAd(msgspec.Struct, forbid_unknown_fields=True):
     id: AdId
     features: dict[str, Value]
+    bid: Annotated[float, msgspec.Meta(ge=0, description="price per click, stored with the ad")] | None = None
 
 
 class UpsertRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -132,7 +182,22 @@ class DeleteResponse(msgspec.Struct):
 class AdResponse(msgspec.Struct):
     id: str
     features: dict[str, Value]
+    bid: float | None
     version: int
+
+
+class BidsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """New bids of catalog ads by id (``null``: the ad has no bid any more)."""
+
+    bids: dict[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)],
+               Annotated[float, msgspec.Meta(ge=0)] | None]
+
+
+class BidsResponse(msgspec.Struct):
+    updated: int
+    size: int
+    version: int
+    position: int
 
 
 class BadRequest(ValueError):
@@ -189,10 +254,24 @@ def _name_dict_key(message: str, body: bytes) -> str:
     return message
 
 
-def encode_ranking(model: str, version: str, ranked: list[tuple[str, float]]) -> bytes:
-    """The /v1/rank response body: {"model", "version", "ads": [{"id", "score"}, ...]}."""
-    return _encoder.encode({"model": model, "version": version,
-                            "ads": [{"id": i, "score": s} for i, s in ranked]})
+def encode_ranking(model: str, version: str, ranked: list[tuple[str, float]], binary: bool = False,
+                   ecpm: list | None = None, logit: list | None = None, explain: list | None = None) -> bytes:
+    """The /v1/rank response body: {"model", "version", "ads": [{"id", "score", "ctr"?, "ecpm"?,
+    "logit"?, "explain"?}, ...]}: ``ctr`` (= score) for click models (``binary``), ``ecpm`` when
+    ranking by value, ``logit`` with explanations, ``explain`` for the first len(explain) ads."""
+    ads = []
+    for j, (i, s) in enumerate(ranked):
+        ad = {"id": i, "score": s}
+        if binary:
+            ad["ctr"] = s
+        if ecpm is not None:
+            ad["ecpm"] = ecpm[j]
+        if logit is not None:
+            ad["logit"] = logit[j]
+        if explain is not None and j < len(explain):
+            ad["explain"] = explain[j]
+        ads.append(ad)
+    return _encoder.encode({"model": model, "version": version, "ads": ads})
 
 
 def encode(obj) -> bytes:

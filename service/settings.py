@@ -121,6 +121,8 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
 class Settings:
     models: tuple[ModelSpec, ...] = ()
     max_candidates: int = 10_000
+    max_explain: int = 10  # ads explained per /v1/rank request ("explain": true): the first ones of the reply
+    max_auctions: int = 100  # auctions per POST /v1/rank:batch (their ads together: at most max_candidates)
     max_body_bytes: int = 16 * 1024 * 1024
     max_inflight: int = 64
     retry_after: int = 1
@@ -167,6 +169,8 @@ class Settings:
         return cls(
             models=models,
             max_candidates=_int(env, "ADRANK_MAX_CANDIDATES", cls.max_candidates, 1),
+            max_explain=_int(env, "ADRANK_MAX_EXPLAIN", cls.max_explain, 0),
+            max_auctions=_int(env, "ADRANK_MAX_AUCTIONS", cls.max_auctions, 1),
             max_body_bytes=_int(env, "ADRANK_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_inflight=_int(env, "ADRANK_MAX_INFLIGHT", cls.max_inflight, 1),
             retry_after=_int(env, "ADRANK_RETRY_AFTER", cls.retry_after, 0),
@@ -204,6 +208,8 @@ class Settings:
         env = {
             "ADRANK_MODELS": format_model_specs(self.models),
             "ADRANK_MAX_CANDIDATES": str(self.max_candidates),
+            "ADRANK_MAX_EXPLAIN": str(self.max_explain),
+            "ADRANK_MAX_AUCTIONS": str(self.max_auctions),
             "ADRANK_MAX_BODY_BYTES": str(self.max_body_bytes),
             "ADRANK_MAX_INFLIGHT": str(self.max_inflight),
             "ADRANK_RETRY_AFTER": str(self.retry_after),

@@ -42,7 +42,7 @@ from service.catalog import store
 from service.catalog.segments import Part
 from service.catalog.store import CatalogError
 from service.models import ModelLoadError, SchemaChanged, load_ranker, load_version, same_schema
-from service.replog import COMPACT_ADS, DELETE, LOAD, UPSERT, Entry, LogError, State, fold, open_log
+from service.replog import BIDS, COMPACT_ADS, DELETE, LOAD, UPSERT, Entry, LogError, State, fold, open_log
 from service.snapshot import ModelVersion, Snapshot
 
 log = logging.getLogger("adrank.state")
@@ -195,7 +195,7 @@ class ServingState:
                     batch = store.prepare(view, ads, lambda i: f"{s.catalog} line {lines[i]}", progress=True)
                 except CatalogError as exc:
                     raise StartupError(str(exc)) from None
-                rows = [{"id": i, "features": f} for i, f in zip(batch.ids, batch.feats, strict=True)]
+                rows = store.log_rows(batch)
                 entries += [(UPSERT, {"ads": rows[lo : lo + BOOT_CHUNK]}) for lo in range(0, len(rows), BOOT_CHUNK)]
         new_boot = {"models": {spec.name: str(Path(spec.path).expanduser().resolve()) for spec in s.models},
                     "catalog": catalog}
@@ -250,7 +250,7 @@ class ServingState:
         except CatalogError:
             catalog_metrics.refused("upsert")
             raise
-        rows = [{"id": i, "features": f} for i, f in zip(batch.ids, batch.feats, strict=True)]
+        rows = store.log_rows(batch)
         with self._apply:
             pos = self._append(UPSERT, {"ads": rows})
             self._catch_up(pos - 1)
@@ -270,6 +270,23 @@ class ServingState:
             t0 = time.perf_counter()
             idle.wait(left)
             self._yielded.t += time.perf_counter() - t0
+
+    def set_bids(self, bids: dict) -> tuple[Snapshot, list[str]]:
+        """Log + apply new bids of ads in the catalog (id -> bid, NaN: none), no precompute;
+        returns (the snapshot, the ids not in the catalog).  Any unknown id: nothing is written."""
+        with self._apply:
+            self._catch_up()
+            _, missing = store.set_bids(self.snapshot.catalog, bids)
+            if missing:
+                return self.snapshot, missing
+            # the ads' features go with their bids: the log's compaction keeps whole records
+            pos = self._append(BIDS, {"bids": {i: (None if b != b else b) for i, b in bids.items()},
+                                      "features": store.features_of(self.snapshot.catalog, bids)})
+            self._catch_up(pos - 1)
+            snap = self._next(pos, catalog=store.set_bids(self.snapshot.catalog, bids)[0])
+        catalog_metrics.published(snap, "bids", len(bids))
+        self._want_merge(snap)
+        return snap, []
 
     def delete(self, ad_id: str) -> Snapshot | None:
         """Log + apply the deletion of one ad; None (nothing written) when it is not in the catalog."""
@@ -373,6 +390,10 @@ class ServingState:
             elif e.kind == DELETE:
                 view, removed = store.delete(cur.catalog, e.data["ids"])
                 catalog_metrics.published(self._next(e.pos, catalog=view), "delete", len(removed))
+            elif e.kind == BIDS:
+                bids = {str(i): store.check_bid(b, "ads.bids", str(i)) for i, b in e.data["bids"].items()}
+                view, _ = store.set_bids(cur.catalog, bids)
+                catalog_metrics.published(self._next(e.pos, catalog=view), "bids", len(bids))
             elif e.kind == LOAD:
                 self._apply_load(e, pre)
             metrics.LOG_ENTRIES.labels(e.kind, "applied").inc()

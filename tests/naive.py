@@ -13,6 +13,10 @@ slots ``offsets[f]:offsets[f+1]``).  A multi-valued field is x_j = 1/n on each o
     DPLR   FwFM with R = U^T diag(e) U + diag(d), d = -diag(U^T diag(e) U) (Eq. 10), R densely
 
 All return the raw score (logit for click models, prediction for regression).
+
+``pair_terms`` lists every pair's interaction term R_ij <v_i, v_j> (i < j) and ``explain`` splits
+the score into the bias and one value per field: its first-order term w_f plus half of each of
+its pairs' terms (the rule service/explain.py documents), by the same literal sums.
 """
 
 from __future__ import annotations
@@ -88,6 +92,48 @@ def dplr_matrix(U, e):
 
 def dplr_score(x, offsets, bias, linear, emb, U, e):
     return fwfm_score(x, offsets, bias, linear, emb, dplr_matrix(U, e))
+
+
+def pair_weights(kind, m, params, rho=None):
+    """The dense pair matrix R of a kind (its entries above the diagonal are used)."""
+    p = params
+    if kind == "lr":
+        return np.zeros((m, m))
+    if kind == "fm":
+        return np.ones((m, m))
+    if kind == "fwfm":
+        return np.asarray(p["R"], dtype=np.float64)
+    if kind == "pruned":
+        R = np.asarray(p["R"], dtype=np.float64)
+        mask = p["mask"] if "mask" in p else prune_mask(R, rho)
+        return np.where(mask, R, 0.0)
+    if kind == "dplr":
+        return dplr_matrix(p["U"], p["e"])
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def pair_terms(kind, x, offsets, params, rho=None):
+    """{(i, j): R_ij <v_i, v_j>} for every field pair i < j of one row."""
+    m = len(offsets) - 1
+    if kind == "lr":
+        return {(i, j): 0.0 for i in range(m) for j in range(i + 1, m)}
+    V, _ = field_vectors(x, offsets, params["emb"], params["linear"])
+    R = pair_weights(kind, m, params, rho)
+    return {(i, j): float(R[i][j]) * float(np.dot(V[i], V[j])) for i in range(m) for j in range(i + 1, m)}
+
+
+def explain(kind, x, offsets, params, rho=None):
+    """(bias, contributions float64[m]): w_f + 1/2 sum of field f's pair terms; they sum to ``score``."""
+    m = len(offsets) - 1
+    out = np.zeros(m)
+    for f in range(m):
+        ids = [int(t) for t in x[offsets[f] : offsets[f + 1]] if t >= 0]
+        for t in ids:
+            out[f] += float(params["linear"][t]) / len(ids)
+    for (i, j), term in pair_terms(kind, x, offsets, params, rho).items():
+        out[i] += term / 2
+        out[j] += term / 2
+    return float(np.asarray(params["bias"]).reshape(-1)[0]), out
 
 
 def score(kind, x, offsets, params, rho=None):

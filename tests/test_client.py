@@ -54,7 +54,7 @@ def test_reply_types_match_the_served_document(app):
     served = c.get("/openapi.json").json()["components"]["schemas"]
     mine = msgspec.json.schema_components((ac.RankResponse, ac.ReloadResponse, ac.UpsertResponse, ac.DeleteResponse),
                                           ref_template="#/components/schemas/{name}")[1]
-    for name in ("RankResponse", "RankedAd", "ReloadResponse", "UpsertResponse", "DeleteResponse"):
+    for name in ("RankResponse", "RankedAd", "Explanation", "ReloadResponse", "UpsertResponse", "DeleteResponse"):
         assert _shape(mine[name]) == _shape(served[name]), name
     # the client's ModelInfo / ErrorReply read a subset of the served fields
     for name, props in (("ModelInfo", ac.ModelInfo.__struct_fields__), ("ErrorReply", ac.ErrorReply.__struct_fields__)):

@@ -81,7 +81,8 @@ def test_quick_start_curls_answer_what_the_readme_shows(tmp_path):
     assert [m["name"] for m in models["models"]] == ["dplr", "pruned"]
     answer = msgspec.json.decode(r.stdout[r.stdout.rindex('{"model"'):])
     want_version = re.search(r'"version":"(\w+)"', shown).group(1)
-    want = re.findall(r'\{"id":"([^"]+)","score":([0-9.]+)\.\.\.\}', shown)
+    want = re.findall(r'\{"id":"([^"]+)","score":([0-9.]+)\.\.\.,"ctr":[0-9.]+\.\.\.\}', shown)
+    assert all(a["ctr"] == a["score"] for a in answer["ads"])
     assert answer["model"] == "dplr" and answer["version"] == want_version
     assert [(a["id"], str(a["score"])[: len(digits)]) for a, (_, digits) in zip(answer["ads"], want, strict=True)] \
         == want

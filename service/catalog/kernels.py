@@ -7,6 +7,8 @@ Three entry points on a catalog view's parts (W float32[N, D], c float64[N] per 
 and optionally the delta, whose rows count after the base's, see segments.py):
   * ``score_ids``   — a subset given by global rows (a request naming ads by id): a gather.
   * ``score_all``   — every ad of one segment, sequential read.
+  * ``top_k_value`` — the same by value (eCPM = bid x CTR x 1000, or CTR), the score -> value step
+                      inside the kernel (service.link's CTR map, the stored bids).
   * ``top_k``       — the best k live ads without a full sort: each chunk of the base (minus its
                       dead rows) and the delta keeps a size-k min-heap (nogil kernel; a large
                       catalog is split over the kernel pool, service/kernels/pool.py), then the
@@ -16,6 +18,7 @@ Compiled with the scoring kernels' options and prefetch hints (service/kernels/c
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import numba
@@ -25,6 +28,7 @@ from service.kernels import pool
 from service.kernels.codegen import KERNEL, closure_njit, prefetch_row
 from service.kernels.schedule import CATALOG_PREFETCH
 from service.kernels.vec import vdot, vload
+from service.link import ctr_one
 
 
 @cache
@@ -100,6 +104,52 @@ def _sift_down(hs, hi, size, pos):
             return
 
 
+@numba.njit(inline="always", **KERNEL)
+def _ctr_bound(raw, ca, cb, xs, ys):
+    """An upper bound of ``ctr_one(raw, ...)`` without a transcendental call: for x = ca*raw + cb <= 0,
+    e^-x >= 1 + y + y^2/2 + y^3/6 (y = -x), so sigmoid(x) <= 1 / (2 + y + y^2/2 + y^3/6); else 1.
+    Scaled up by 1e-12 against rounding; an isotonic map is non-decreasing, so map the bound."""
+    x = ca * raw + cb
+    if x != x:
+        return 1.0
+    if x < 0.0:
+        y = -x
+        u = (1.0 + 1e-12) / (2.0 + y + y * y * 0.5 + y * y * y * (1.0 / 6.0))
+    else:
+        u = 1.0
+    n = xs.shape[0]
+    if n == 0:
+        return u
+    if u <= xs[0]:
+        return ys[0]
+    if u >= xs[n - 1]:
+        return ys[n - 1]
+    lo, hi = 0, n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if xs[mid] <= u:
+            lo = mid
+        else:
+            hi = mid
+    return ys[hi]  # the knot above: an upper bound of the interpolation
+
+
+@numba.njit(inline="always", **KERNEL)
+def _x_floor(floor, by_value, max_bid, xs):
+    """The calibrated logit x = a * raw + b at or below which no ad can beat ``floor`` (a CTR, or an
+    eCPM with bids <= ``max_bid``), less a margin against rounding; -inf when unknown (an isotonic
+    map: the bound of ``_ctr_bound`` decides instead)."""
+    if xs.shape[0] > 0 or not floor > 0.0:
+        return -np.inf
+    if by_value and not max_bid > 0.0:
+        return np.inf  # no ad has a bid: every eCPM is 0, none beats a positive floor
+    p = floor / (max_bid * 1000.0) if by_value else floor
+    if not p < 1.0:
+        return np.inf
+    x = math.log(p / (1.0 - p))
+    return x - 1e-6 * (1.0 + abs(x))
+
+
 @cache
 def scan_kernels(D: int):
     """(score_range, topk_range) for D = rho*k: sequential scans of catalog rows [lo, hi)."""
@@ -147,10 +197,114 @@ def scan_kernels(D: int):
                 _sift_down(heap_s, heap_i, k, 0)
         return size
 
-    return score_range, topk_range
+    @closure_njit
+    def topk_value_range(z, const, W, c, bids, lo, hi, k, heap_s, heap_i, dead, row0, by_value, has_reserve,
+                         reserve, ca, cb, xs, ys, max_bid):
+        """``topk_range`` by value: each live ad's score -> CTR (service.link.ctr_one) -> eCPM =
+        bid x CTR x 1000 (a NaN bid counts as 0); ads below the reserve (less a 1e-9 margin: the
+        caller applies it exactly) are skipped (``has_reserve``) and the heap keeps the best eCPM
+        (``by_value``) or CTR."""
+        size = 0
+        p, q = 0, dead.shape[0]
+        while p < q:
+            mid = (p + q) >> 1
+            if dead[mid] < lo:
+                p = mid + 1
+            else:
+                q = mid
+        n_dead = dead.shape[0]
+        # the value an ad must beat: the heap's worst once full, and just below the reserve (the
+        # kernel's arithmetic is reassociated and its exp approximate: it selects candidates with
+        # a margin, the caller re-values them exactly, service.link.order_values)
+        res_low = reserve * (1.0 - 1e-9) - 1e-300 if has_reserve else -np.inf
+        low = res_low if by_value else -np.inf
+        floor = low
+        xfloor = _x_floor(floor, by_value, max_bid, xs)
+        for a in range(lo, hi):
+            if p < n_dead and dead[p] == a:
+                p += 1
+                continue
+            bid = bids[a]
+            bid = bid if bid == bid else 0.0
+            scale = bid * 1000.0 if by_value else 1.0
+            if scale <= floor:  # even a CTR of 1 loses: no score needed
+                continue
+            raw = score(z, const, W, c, a)
+            if ca * raw + cb < xfloor:  # below the logit even the largest bid needs: no exp, no division
+                continue
+            if scale * _ctr_bound(raw, ca, cb, xs, ys) <= floor:  # an upper bound of the CTR loses: no exp
+                continue
+            pr = ctr_one(raw, ca, cb, xs, ys)
+            e = bid * pr * 1000.0
+            if has_reserve and not e > res_low:
+                continue
+            s = e if by_value else pr
+            if size < k:
+                heap_s[size] = s
+                heap_i[size] = row0 + a
+                size += 1
+                if size == k:
+                    for j in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_s, heap_i, k, j)
+                    floor = max(low, heap_s[0])
+                    xfloor = _x_floor(floor, by_value, max_bid, xs)
+            elif s > heap_s[0]:
+                heap_s[0] = s
+                heap_i[0] = row0 + a
+                _sift_down(heap_s, heap_i, k, 0)
+                floor = max(low, heap_s[0])
+                xfloor = _x_floor(floor, by_value, max_bid, xs)
+        return size
+
+    return score_range, topk_range, topk_value_range
+
+
+def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_value: bool = True,
+                reserve: float | None = None, cal=None, skip=None,
+                threads: int | None = None, max_bids=None) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows int64[<=k], values float64[<=k]) of the best k live ads by eCPM (``by_value``)
+    or CTR, best first, ties by row, those below ``reserve`` left out: :func:`top_k` with the
+    score -> value step inside the kernel.  ``delta`` = (W1, c1, bids1); ``skip`` (sorted global
+    rows) are left out too (the caller values them itself, e.g. boosted ads); ``max_bids`` the
+    largest bid of each (None: computed here, an O(N) pass: a catalog caches it per segment)."""
+    dead = NO_ROWS if dead is None else dead
+    if max_bids is None:
+        def top(b):
+            return float(np.nanmax(b)) if len(b) and not np.all(np.isnan(b)) else 0.0
+        max_bids = (top(bids), top(delta[2]) if delta is not None else 0.0)
+    n0 = W.shape[0]
+    skip = NO_ROWS if skip is None else np.asarray(skip, np.int64)
+    dead0 = np.union1d(dead, skip[skip < n0]) if len(skip) else dead
+    jobs = [(W, c, bids, lo, hi, dead0, 0, max_bids[0])
+            for lo, hi in pool.split(n0, threads or pool.cpus(), pool.PARALLEL_MIN_SCAN)]
+    n1 = len(delta[1]) if delta is not None else 0
+    if n1:
+        jobs.append((delta[0], delta[1], delta[2], 0, n1, skip[skip >= n0] - n0, n0, max_bids[1]))
+    k = int(min(max(k, 0), n0 + n1))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    hs = np.empty((len(jobs), k))
+    hi = np.empty((len(jobs), k), np.int64)
+    kern = scan_kernels(W.shape[1])[2]
+    has_reserve = reserve is not None
+    res = float(reserve) if reserve is not None else 0.0
+    ca, cb, xs, ys = cal if cal is not None else (1.0, 0.0, NO_KNOTS, NO_KNOTS)
+
+    def run(t: int) -> int:
+        Wt, ct, bt, lo, hi_, dt, row0, mb = jobs[t]
+        return kern(z, const, Wt, ct, bt, lo, hi_, k, hs[t], hi[t], dt, row0, by_value, has_reserve, res,
+                    ca, cb, xs, ys, mb)
+
+    sizes = [run(t) for t in range(len(jobs))] if n0 < pool.PARALLEL_MIN_SCAN else \
+        pool.run(run, [(t,) for t in range(len(jobs))])
+    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
+    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
+    order = np.lexsort((r, -s))[:k]
+    return r[order], s[order]
 
 
 NO_ROWS = np.zeros(0, np.int64)
+NO_KNOTS = np.zeros(0)
 
 
 def top_k(z, const: float, W, c, k: int, threads: int | None = None, dead=NO_ROWS, delta=None
@@ -204,3 +358,5 @@ def warm(D: int) -> None:
     rows_kernel(D, False)(z, 0.0, W, c, 2, W, c, np.zeros(1, np.int64), np.empty(1))
     score_all(z, 0.0, W, c)
     top_k(z, 0.0, W, c, 1, dead=np.ones(1, np.int64), delta=(W, c))
+    top_k_value(z, 0.0, W, c, np.zeros(2), 1, dead=np.ones(1, np.int64), delta=(W, c, np.zeros(2)), reserve=0.0,
+                max_bids=(0.0, 0.0))

@@ -231,7 +231,7 @@ def compute_side(side: Side, rows: np.ndarray, emb: np.ndarray, linear: np.ndarr
     return W, c
 
 
-def _rows_of(plan: Plan, rows: np.ndarray, emb, linear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rows_of(plan: Plan, rows: np.ndarray, emb, linear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, emb, linear) to compute with: for a codebook model, the rows' distinct features
     decoded once into a small table (xLightFM Eq. 3) and the ids renumbered into it; for a model
     without embeddings (lr), a zero-width table."""
@@ -250,10 +250,10 @@ def _rows_of(plan: Plan, rows: np.ndarray, emb, linear) -> tuple[np.ndarray, np.
 def ad_parts(plan: Plan, items: np.ndarray, emb, linear):
     """Per-ad (W_a, c_a) for encoded item rows int32[N, S_I] (``emb`` is ignored, may be None,
     for codebook plans)."""
-    return compute_side(plan.item, *_rows_of(plan, items, emb, linear), plan.B)
+    return compute_side(plan.item, *rows_of(plan, items, emb, linear), plan.B)
 
 
 def context_part(plan: Plan, ctx: np.ndarray, emb, linear):
     """Per-request (z float32[D], const float64) for one encoded context row int32[S_C]."""
-    z, c = compute_side(plan.context, *_rows_of(plan, np.asarray(ctx).reshape(1, -1), emb, linear), plan.B)
+    z, c = compute_side(plan.context, *rows_of(plan, np.asarray(ctx).reshape(1, -1), emb, linear), plan.B)
     return z[0], float(c[0]) + plan.bias

@@ -4,7 +4,8 @@ This is the one ranking implementation behind ``POST /v1/rank`` (service/pipelin
 :func:`rank_encoded` whichever parser read the body): inline ads are scored by the model's own
 Scorer (or, for a catalog model without one, its per-ad reduction computed on the fly), ads given
 by id alone by the catalog kernel on their precomputed parts, and a mixed request is both, written
-into one array of raw scores before the single ordering step (``service.link.order_scores``).
+into one array of raw scores before the single ordering step (``service.link``: by raw score, or
+by value with ``order_values``; a whole catalog by value: ``kernels.top_k_value``).
 Everything comes from one view and the one model version ``key`` its parts were computed for.
 
 :func:`rank` is the same for raw dicts (tests and tools): the model's encoder, then ``rank_encoded``.
@@ -23,9 +24,10 @@ from service.catalog.idtable import IdTable
 from service.catalog.precompute import context_part
 from service.catalog.segments import View
 from service.encode import RequestError
-from service.link import order_scores, sigmoid
+from service.link import IDENTITY, Calibration, order, order_values, reply_scores
 
 DEFAULT_TOP_K = 100
+SELECTION_MARGIN = 8  # extra candidates the whole-catalog top-k by value takes before the exact re-valuation
 NO_ROWS = np.zeros(0, np.int64)
 
 
@@ -41,6 +43,32 @@ def unknown_ad(position: int, ad_id) -> RankRequestError:
                             code="unknown_ad")
 
 
+@dataclass(frozen=True)
+class Value:
+    """How a request orders its ads (service/link.py: ``order_values``).  ``bids`` float64[N]: the
+    request's own bid per ad (NaN: not given: an ad by id then has its stored bid, an inline ad
+    none, worth 0); ``boost`` float64[N] multipliers (None: all 1); ``boost_ids`` the id -> factor
+    map of an ``all_ads`` request."""
+
+    rank_by: str = "ctr"  # "ctr" or "ecpm"
+    reserve: float | None = None
+    bids: np.ndarray | None = None
+    boost: np.ndarray | None = None
+    boost_ids: dict | None = None
+
+    @property
+    def by_value(self) -> bool:
+        return self.rank_by == "ecpm"
+
+    @property
+    def plain(self) -> bool:
+        """Today's order (raw score) and reply: no eCPM, no reserve, no boost."""
+        return not self.by_value and self.reserve is None and self.boost is None and not self.boost_ids
+
+
+PLAIN = Value()
+
+
 @dataclass
 class Ranked:
     order: np.ndarray  # int64: positions in the request's ads, or global catalog rows (mode "all")
@@ -48,6 +76,9 @@ class Ranked:
     mode: str  # "inline", "catalog" (ads by id), "mixed" (both) or "all" (whole catalog)
     n_candidates: int
     seconds: float  # scoring time (context part, kernels, sort)
+    raw: np.ndarray | None = None  # the returned ads' raw scores (logits), best first
+    ecpm: np.ndarray | None = None  # with rank_by "ecpm": bid x ctr x 1000 of the returned ads
+    catalog_rows: np.ndarray | None = None  # the global rows of the ads given by id (aligned with catalog_at)
 
 
 def by_id(ad) -> bool:
@@ -57,20 +88,27 @@ def by_id(ad) -> bool:
 
 def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = None,
                  catalog_at: np.ndarray | None = None, hashes: np.ndarray | None = None, id_at=None,
-                 all_ads: bool = False, top_k: int | None = None) -> Ranked:
+                 all_ads: bool = False, top_k: int | None = None, value: Value = PLAIN,
+                 cal: Calibration = IDENTITY) -> Ranked:
     """Rank encoded ads: ``X`` int32[N, S_I] the item rows of every ad (rows of ads by id are
     ignored), ``catalog_at`` the positions of the ads given by id alone and ``hashes`` their ids'
     hashes (``id_at(j)`` names ad j in an error); or, with ``all_ads``, the whole catalog's best
-    ``top_k`` (default 100)."""
+    ``top_k`` (default 100).  ``value`` orders by eCPM / applies the reserve and boosts; ``cal``
+    maps raw scores to CTRs (service/link.py)."""
     t0 = time.perf_counter()
     model = view.models[key]
     binary = model.target == "binary"
+    if not value.plain and not binary:
+        raise RankRequestError("rank_by", "eCPM, reserve and boost need a click model (target binary): "
+                               f"model {key!r} predicts a rating", code="not_a_click_model")
     if all_ads:
         z, const = context_part(model.plan, ctx, model.arrays["emb"], model.arrays["linear"])
         b, d = view.base.parts[key], view.delta.parts[key]
-        rows, raw = kernels.top_k(z, const, b.W, b.c, DEFAULT_TOP_K if top_k is None else top_k, dead=view.dead,
-                                  delta=(d.W, d.c))
-        return Ranked(rows, sigmoid(raw) if binary else raw, "all", view.size, time.perf_counter() - t0)
+        k = DEFAULT_TOP_K if top_k is None else top_k
+        if value.plain:
+            rows, raw = kernels.top_k(z, const, b.W, b.c, k, dead=view.dead, delta=(d.W, d.c))
+            return Ranked(rows, reply_scores(raw, binary, cal), "all", view.size, time.perf_counter() - t0, raw)
+        return _all_by_value(view, key, z, const, k, value, cal, t0)
     if X is None:
         raise ValueError("rank_encoded: X (the ads' item rows) is needed unless all_ads")
     catalog_at = NO_ROWS if catalog_at is None else catalog_at
@@ -92,9 +130,63 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
     if n_ids < n:
         inline = slice(None) if not n_ids else np.setdiff1d(np.arange(n), catalog_at)
         raw[inline] = _score_inline(model, ctx, X[inline])
-    order, scores = order_scores(raw, -1 if top_k is None else top_k, binary)
     mode = "catalog" if n_ids == n else "inline" if not n_ids else "mixed"
-    return Ranked(order, scores, mode, n, time.perf_counter() - t0)
+    k = -1 if top_k is None else top_k
+    if value.plain:
+        rows_, scores = order(raw, k, binary, cal)
+        return Ranked(rows_, scores, mode, n, time.perf_counter() - t0, raw[rows_], None, rows if n_ids else None)
+    bids = np.full(n, np.nan) if value.bids is None else np.array(value.bids, np.float64)
+    if n_ids:
+        stored = view.bids_at(rows)
+        given = bids[catalog_at]
+        bids[catalog_at] = np.where(given == given, given, stored)  # the request's own bid wins
+    bids = np.nan_to_num(bids, nan=0.0)
+    boost = np.ones(n) if value.boost is None else np.asarray(value.boost, np.float64)
+    rows_, c, e = order_values(raw, bids, boost, value.by_value, value.reserve is not None,
+                               0.0 if value.reserve is None else float(value.reserve), k, *cal.params())
+    return Ranked(rows_, c, mode, n, time.perf_counter() - t0, raw[rows_], e if value.by_value else None,
+                  rows if n_ids else None)
+
+
+def _all_by_value(view: View, key: str, z, const: float, k: int, value: Value, cal: Calibration, t0: float
+                  ) -> Ranked:
+    """The whole catalog's best ``k`` by value (kernels.top_k_value); boosted ads (by id) are left
+    out of the scan and valued here with their multipliers, then both lists are merged."""
+    b, d = view.base.parts[key], view.delta.parts[key]
+    boosted, factors = NO_ROWS, np.zeros(0)
+    if value.boost_ids:
+        keys = list(value.boost_ids)
+        g, _ = view.rows(IdTable.hash(keys))
+        ok = [j for j in range(len(keys)) if g[j] >= 0 and view.id_of(int(g[j])) == keys[j]]
+        boosted, factors = g[ok], np.array([value.boost_ids[keys[j]] for j in ok], np.float64)
+        srt = np.argsort(boosted)
+        boosted, factors = boosted[srt], factors[srt]
+    # The kernel selects by its own (reassociated, approximate-exp) values: ask it for a few more
+    # than k, value them exactly here, and ask again for more if the exact reserve left too few.
+    want = k + SELECTION_MARGIN
+    while True:
+        rows, _ = kernels.top_k_value(z, const, b.W, b.c, view.base.bids, want, dead=view.dead,
+                                      delta=(d.W, d.c, view.delta.bids), by_value=value.by_value,
+                                      reserve=value.reserve, cal=cal.params(), skip=boosted,
+                                      max_bids=(view.base.max_bid, view.delta.max_bid))
+        found = len(rows)
+        rows = np.concatenate([rows, boosted])
+        raw = kernels.score_ids(z, const, b.W, b.c, rows, delta=(d.W, d.c))
+        boost = np.concatenate([np.ones(len(rows) - len(boosted)), factors])
+        bids = np.nan_to_num(view.bids_at(rows), nan=0.0)
+        pos, c, e = order_values(raw, bids, boost, value.by_value, value.reserve is not None,
+                                 0.0 if value.reserve is None else float(value.reserve), -1, *cal.params())
+        if len(pos) >= k or found < want:
+            break
+        want *= 2
+    # ties by global row, as the kernel breaks them: order_values keeps input order, so sort the input by row first
+    if len(pos) > 1:
+        key_ = -(e if value.by_value else c) * boost[pos]
+        pos2 = np.lexsort((rows[pos], key_))
+        pos, c, e = pos[pos2], c[pos2], e[pos2]
+    pos, c, e = pos[:k], c[:k], e[:k]
+    return Ranked(rows[pos], c, "all", view.size, time.perf_counter() - t0, raw[pos],
+                  e if value.by_value else None)
 
 
 def _score_inline(model, ctx: np.ndarray, X: np.ndarray) -> np.ndarray:

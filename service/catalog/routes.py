@@ -1,5 +1,6 @@
-"""HTTP wiring of the catalog: PUT /v1/ads, GET and DELETE /v1/ads/{id} — admin routes: each
-needs the admin token (service/admin.py) and ``--no-admin`` removes them all (service/app.py).
+"""HTTP wiring of the catalog: PUT /v1/ads, PUT /v1/ads/bids, GET and DELETE /v1/ads/{id} —
+admin routes: each needs the admin token (service/admin.py) and ``--no-admin`` removes them all
+(service/app.py).
 
 Writes go through the serving state (service/state.py): validated and prepared off the event loop,
 committed to the replication log, applied, and only then acknowledged with the catalog version
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import bounds
 from service.admin import check_body_headers, check_token
-from service.catalog.store import MAX_ID_CHARS, CatalogError
+from service.catalog.store import MAX_ID_CHARS, CatalogError, check_bid
 from service.errors import ApiError
 from service.replog import LogError
 
@@ -93,6 +94,50 @@ async def upsert_ads(request: Request) -> Response:
                    "position": snap.position})
 
 
+@router.put("/v1/ads/bids")
+async def set_bids(request: Request) -> Response:
+    """``{"bids": {ad id: bid | null}}``: new bids of ads already in the catalog, without touching
+    their features (no encoding, no precompute: a copy of the bid arrays).  404 naming the unknown
+    ids (nothing written), 422 for a bad bid."""
+    try:
+        _guard(request, body=True)
+    except ApiError as exc:
+        return exc.response()
+    state = _state(request)
+    if state is None:
+        return _error(404, "no_catalog", "this server has no ad catalog")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPSERT_BYTES:
+        return _error(413, "body_too_large", f"body of {declared} bytes exceeds {MAX_UPSERT_BYTES}")
+    try:
+        raw = await request.body()
+        bounds.prescan(raw, MAX_UPSERT_ADS, "bids")
+        body = msgspec.json.decode(raw)
+    except ApiError as exc:
+        return exc.response()
+    except msgspec.DecodeError as exc:
+        return _error(422, "invalid_json", f"malformed JSON: {exc}")
+    if not isinstance(body, dict) or not isinstance(body.get("bids"), dict) or set(body) != {"bids"}:
+        return _error(422, "invalid_request", 'body must be {"bids": {"<ad id>": <bid or null>, ...}}')
+    try:
+        for i in body["bids"]:
+            _check_id(i)
+        if len(body["bids"]) > MAX_UPSERT_ADS:
+            raise ApiError(422, "too_many_ads", f"bids: {len(body['bids'])} ads exceed {MAX_UPSERT_ADS}")
+        bids = {str(i): check_bid(b, "bids", str(i)) for i, b in body["bids"].items()}
+        snap, missing = await asyncio.to_thread(state.set_bids, bids)
+    except ApiError as exc:
+        return exc.response()
+    except CatalogError as exc:
+        return _error(422, "invalid_bid", str(exc))
+    except LogError as exc:
+        return _not_committed(exc)
+    if missing:
+        return _error(404, "unknown_ad", f"not in the catalog (nothing written): {missing[:10]}")
+    return _reply({"updated": len(bids), "size": snap.catalog.size, "version": snap.catalog.version,
+                   "position": snap.position})
+
+
 @router.get("/v1/ads/{ad_id}")
 async def get_ad(ad_id: str, request: Request) -> Response:
     try:
@@ -102,10 +147,11 @@ async def get_ad(ad_id: str, request: Request) -> Response:
         return exc.response()
     state = _state(request)
     view = state.snapshot.catalog if state is not None else None
-    feats = view.get(ad_id) if view is not None else None
-    if view is None or feats is None:
+    g = view.row_of(ad_id) if view is not None else -1
+    if view is None or g < 0:
         return _error(404, "unknown_ad", f"ad {ad_id!r} is not in the catalog")
-    return _reply({"id": ad_id, "features": feats, "version": view.version})
+    return _reply({"id": ad_id, "features": msgspec.json.decode(view.features_raw(g)), "bid": view.bid_of(g),
+                   "version": view.version})
 
 
 @router.delete("/v1/ads/{ad_id}")

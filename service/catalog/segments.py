@@ -18,6 +18,7 @@ process can run.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import msgspec
@@ -163,6 +164,7 @@ class Segment:
     hashes: np.ndarray  # uint64[N]
     table: IdTable
     born: np.ndarray  # int64[N]: the view version that wrote the row
+    bids: np.ndarray  # float64[N]: the ad's stored bid, NaN for none (store.set_bids changes them alone)
     parts: dict  # model key -> Part
     buffers: Buffers | None = None  # a delta's room to grow; None: copy to change
 
@@ -172,10 +174,20 @@ class Segment:
     @classmethod
     def empty(cls, parts: dict) -> Segment:
         return cls(Strings.of([]), Strings.of([]), np.zeros(0, np.uint64), IdTable(np.zeros(0, np.uint64)),
-                   np.zeros(0, np.int64), parts)
+                   np.zeros(0, np.int64), np.zeros(0), parts)
 
     def with_parts(self, parts: dict) -> Segment:
-        return Segment(self.ids, self.features, self.hashes, self.table, self.born, parts)
+        return Segment(self.ids, self.features, self.hashes, self.table, self.born, self.bids, parts)
+
+    @functools.cached_property
+    def max_bid(self) -> float:
+        """The largest stored bid (0 when none): bounds every ad's eCPM in the top-k by value."""
+        return float(np.nanmax(self.bids)) if len(self.bids) and not np.all(np.isnan(self.bids)) else 0.0
+
+    def with_bids(self, bids: np.ndarray) -> Segment:
+        """The same rows with other bids (a copy: views never change; a delta keeps no buffers,
+        so its next write copies it)."""
+        return Segment(self.ids, self.features, self.hashes, self.table, self.born, bids, self.parts)
 
 
 class Buffers:
@@ -188,6 +200,7 @@ class Buffers:
         self.ids, self.ids_off = np.empty(id_bytes, np.uint8), np.zeros(rows + 1, np.int64)
         self.features, self.features_off = np.empty(feature_bytes, np.uint8), np.zeros(rows + 1, np.int64)
         self.hashes, self.born = np.empty(rows, np.uint64), np.empty(rows, np.int64)
+        self.bids = np.empty(rows)
         self.W = {k: aligned_empty((rows, D)) for k, D in dims.items()}
         self.c = {k: np.empty(rows) for k in dims}
         self.table = IdTable(np.zeros(0, np.uint64), capacity=rows)
@@ -197,7 +210,8 @@ class Buffers:
         return (self.length + n <= len(self.hashes) and self.ids_off[self.length] + id_bytes <= len(self.ids)
                 and self.features_off[self.length] + feature_bytes <= len(self.features) and set(keys) == set(self.W))
 
-    def append(self, ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, parts: dict) -> Segment:
+    def append(self, ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, bids: np.ndarray,
+               parts: dict) -> Segment:
         """Write rows after ``length`` (``fits`` checked; the ids are new to the table) and return
         the segment of every row so far."""
         n0, n = self.length, len(hashes)
@@ -205,7 +219,7 @@ class Buffers:
             b0 = off[n0]
             data[b0 : b0 + len(src.data)] = src.data
             off[n0 + 1 : n0 + n + 1] = src.off[1:] + b0
-        self.hashes[n0 : n0 + n], self.born[n0 : n0 + n] = hashes, born
+        self.hashes[n0 : n0 + n], self.born[n0 : n0 + n], self.bids[n0 : n0 + n] = hashes, born, bids
         for k, p in parts.items():
             self.W[k][n0 : n0 + n], self.c[k][n0 : n0 + n] = p.W, p.c
         self.table.insert(hashes, n0)  # last: readers of older views ignore these rows
@@ -216,11 +230,11 @@ class Buffers:
         n = self.length
         return Segment(Strings(self.ids[: self.ids_off[n]], self.ids_off[: n + 1]),
                        Strings(self.features[: self.features_off[n]], self.features_off[: n + 1]),
-                       self.hashes[:n], self.table, self.born[:n],
+                       self.hashes[:n], self.table, self.born[:n], self.bids[:n],
                        {k: Part(self.W[k][:n], self.c[k][:n]) for k in self.W}, self)
 
 
-def delta(ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, parts: dict,
+def delta(ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, bids: np.ndarray, parts: dict,
           room: int = 0) -> Segment:
     """A delta segment of these rows, in new buffers with room for about as many again plus ``room``."""
     n = len(hashes)
@@ -229,7 +243,7 @@ def delta(ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray,
     per_row_features = len(features.data) / max(n, 1) if n else 256
     buf = Buffers(rows, int(rows * per_row_ids * 1.5) + 4096, int(rows * per_row_features * 1.5) + 65536,
                   {k: p.W.shape[1] for k, p in parts.items()})
-    return buf.append(ids, features, hashes, born, parts)
+    return buf.append(ids, features, hashes, born, bids, parts)
 
 
 @dataclass(frozen=True)
@@ -267,6 +281,18 @@ class View:
 
     def ids_of(self, rows) -> list[str]:
         return [self.id_of(g) for g in rows]
+
+    def bid_of(self, g: int) -> float | None:
+        nb = len(self.base)
+        b = float(self.base.bids[g] if g < nb else self.delta.bids[g - nb])
+        return None if b != b else b
+
+    def bids_at(self, rows: np.ndarray) -> np.ndarray:
+        """The stored bids (NaN: none) of global ``rows``."""
+        rows = np.asarray(rows, np.int64)
+        nb = len(self.base)
+        return np.where(rows < nb, self.base.bids[np.minimum(rows, max(nb - 1, 0))] if nb else np.nan,
+                        self.delta.bids[np.clip(rows - nb, 0, max(len(self.delta) - 1, 0))] if len(self.delta) else np.nan)
 
     def features_raw(self, g: int) -> bytes:
         nb = len(self.base)

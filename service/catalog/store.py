@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -104,8 +105,9 @@ class Model:
         return Part(aligned_empty((0, self.plan.D)), np.zeros(0))
 
 
-def validate_ad(ad, where: str) -> tuple[str, dict]:
-    """(id, features) of one {"id": str, "features": {name: value}} object, or a CatalogError."""
+def validate_ad(ad, where: str) -> tuple[str, dict, float | None]:
+    """(id, features, bid) of one {"id": str, "features": {name: value}, "bid"?: number} object, or
+    a CatalogError.  ``bid`` is None when absent, NaN for null: either way the ad has no bid."""
     if not isinstance(ad, dict):
         raise CatalogError(f"{where}: expected an object {{\"id\", \"features\"}}, got {type(ad).__name__}")
     ad_id, feats = ad.get("id"), ad.get("features")
@@ -117,10 +119,19 @@ def validate_ad(ad, where: str) -> tuple[str, dict]:
         raise CatalogError(f"{where}: 'id' has {len(ad_id)} characters, more than the limit of {MAX_ID_CHARS}")
     if not isinstance(feats, dict):
         raise CatalogError(f"{where} (id {ad_id!r}): 'features' must be an object")
-    extra = set(ad) - {"id", "features"}
+    extra = set(ad) - {"id", "features", "bid"}
     if extra:
         raise CatalogError(f"{where} (id {ad_id!r}): unknown keys {sorted(extra)}")
-    return ad_id, feats
+    return ad_id, feats, check_bid(ad.get("bid", None), where, ad_id) if "bid" in ad else None
+
+
+def check_bid(bid, where: str, ad_id: str) -> float:
+    """A stored bid: a finite number >= 0, or null (no bid: NaN)."""
+    if bid is None:
+        return float("nan")
+    if isinstance(bid, bool) or not isinstance(bid, int | float) or not (0.0 <= float(bid) < float("inf")):
+        raise CatalogError(f"{where} (id {ad_id!r}): 'bid' must be a finite number >= 0 or null, got {bid!r}")
+    return float(bid)
 
 
 def compute_part(model: Model, feats: Sequence[dict], where=lambda i: f"ad #{i}", progress: bool = False,
@@ -162,6 +173,7 @@ class Batch:
     feats: list[dict]
     hashes: np.ndarray
     parts: dict  # model key -> Part
+    bids: list | None = None  # per ad: a bid, or NaN / None (none); None: no ad has one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,7 +186,7 @@ def empty(models: dict | None = None) -> View:
 
 
 def _empty_delta(models: dict) -> Segment:
-    return segments.delta(Strings.of([]), Strings.of([]), np.zeros(0, np.uint64), np.zeros(0, np.int64),
+    return segments.delta(Strings.of([]), Strings.of([]), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0),
                           {k: m.empty_part() for k, m in models.items()})
 
 
@@ -185,10 +197,12 @@ def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: boo
     its ranking requests run first: service/state.py)."""
     names = frozenset().union(*(m.item_names for m in view.models.values())) if view.models else None
     last: dict[str, tuple[int, dict]] = {}
+    bid_of: dict[str, float | None] = {}
     for i, ad in enumerate(ads):
         if pause is not None and i % (slice_ or BATCH) == 0:
             pause()
-        ad_id, f = validate_ad(ad, where(i))
+        ad_id, f, bid = validate_ad(ad, where(i))
+        bid_of[ad_id] = bid
         if names is not None and not names.issuperset(f):
             bad = sorted(set(f) - names)
             raise CatalogError(f"{where(i)} (id {ad_id!r}): {bad} are not item fields of any served model")
@@ -200,7 +214,18 @@ def prepare(view: View, ads: Sequence, where=lambda i: f"ad #{i}", progress: boo
     hashes = IdTable.hash(ids)
     _check_collisions(view, ids, hashes)
     parts = {k: compute_part(m, feats, lambda j: where(pos[j]), progress, pause, slice_) for k, m in view.models.items()}
-    return Batch(ids, feats, hashes, parts)
+    bids = [bid_of[i] for i in ids]
+    return Batch(ids, feats, hashes, parts, None if all(b is None for b in bids) else bids)
+
+
+def log_rows(batch: Batch) -> list[dict]:
+    """The replication log's rows of a prepared batch: {"id", "features"} and "bid" where given
+    (null: none), so that replaying the log stores the same bids."""
+    rows: list[dict[str, Any]] = [{"id": i, "features": f} for i, f in zip(batch.ids, batch.feats, strict=True)]
+    for row, bid in zip(rows, batch.bids or (), strict=False):
+        if bid is not None:
+            row["bid"] = None if bid != bid else bid
+    return rows
 
 
 def _check_collisions(view: View, ids: list[str], hashes: np.ndarray) -> None:
@@ -213,13 +238,13 @@ def _check_collisions(view: View, ids: list[str], hashes: np.ndarray) -> None:
                 raise CatalogError(f"ad id {ids[j]!r}: its 64-bit hash equals another id's")
 
 
-def _segment(ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, parts: dict,
+def _segment(ids: Strings, features: Strings, hashes: np.ndarray, born: np.ndarray, bids: np.ndarray, parts: dict,
              grow: bool = False) -> Segment:
     """A base segment (``grow=False``: its table exactly sized) or a delta in buffers with room."""
     try:
         if grow:
-            return segments.delta(ids, features, hashes, born, parts)
-        return Segment(ids, features, hashes, IdTable(hashes), born, parts)
+            return segments.delta(ids, features, hashes, born, bids, parts)
+        return Segment(ids, features, hashes, IdTable(hashes), born, bids, parts)
     except idtable.IdCollision as exc:
         raise CatalogError(f"ad id {ids.str(exc.row)!r}: its 64-bit hash equals another id's") from None
 
@@ -248,17 +273,21 @@ def upsert(view: View, batch: Batch) -> View:
     nb, d = len(view.base), view.delta
     moved = g[g >= nb] - nb
     born = np.full(len(batch), view.version + 1, np.int64)
+    # an upsert replaces the ad: one written without "bid" has none
+    bids = np.array([np.nan if b is None else b for b in batch.bids], np.float64) if batch.bids is not None \
+        else np.full(len(batch), np.nan)
     ids = Strings.of([i.encode() for i in batch.ids])
     features = Strings.of([_json.encode(f) for f in batch.feats])
     parts = {k: parts[k] for k in view.models}
     buf = d.buffers
     if not len(moved) and buf is not None and buf.length == len(d) and \
             buf.fits(len(batch), len(ids.data), len(features.data), parts):
-        delta = buf.append(ids, features, batch.hashes, born, parts)  # in place: O(len(batch))
+        delta = buf.append(ids, features, batch.hashes, born, bids, parts)  # in place: O(len(batch))
     else:  # ads already in the delta leave their row for the end; or the buffers are full: copy
         keep = np.setdiff1d(np.arange(len(d), dtype=np.int64), moved, assume_unique=True)
         delta = _segment(d.ids.take(keep) + ids, d.features.take(keep) + features,
                          np.concatenate([d.hashes[keep], batch.hashes]), np.concatenate([d.born[keep], born]),
+                         np.concatenate([d.bids[keep], bids]),
                          {k: _cat_part(_take_part(d.parts[k], keep), parts[k]) for k in view.models}, grow=True)
     dead = np.union1d(view.dead, g[(g >= 0) & (g < nb)])
     return View(view.version + 1, view.base, dead, delta, view.models)
@@ -275,7 +304,7 @@ def delete(view: View, ad_ids: Iterable[str]) -> tuple[View, list[str]]:
     nb, d = len(view.base), view.delta
     keep = np.setdiff1d(np.arange(len(d), dtype=np.int64), g[g >= nb] - nb, assume_unique=True)
     delta = d if len(keep) == len(d) else _segment(
-        d.ids.take(keep), d.features.take(keep), d.hashes[keep], d.born[keep],
+        d.ids.take(keep), d.features.take(keep), d.hashes[keep], d.born[keep], d.bids[keep],
         {k: _take_part(p, keep) for k, p in d.parts.items()}, grow=True)
     dead = np.union1d(view.dead, g[g < nb])
     return View(view.version + 1, view.base, dead, delta, view.models), [ids[j] for j in found]
@@ -320,16 +349,19 @@ def merge(view: View) -> View:
     parts = {k: Part(take(b.parts[k].W, live, d.parts[k].W, aligned_empty((n, b.parts[k].W.shape[1]))),
                      take(b.parts[k].c, live, d.parts[k].c)) for k in view.models}
     base = _segment(b.ids.take_concat(live, d.ids), b.features.take_concat(live, d.features),
-                    take(b.hashes, live, d.hashes), take(b.born, live, d.born), parts)
+                    take(b.hashes, live, d.hashes), take(b.born, live, d.born), take(b.bids, live, d.bids), parts)
     return View(view.version, base, np.zeros(0, np.int64), _empty_delta(view.models), view.models)
 
 
 def build(models: dict, ads: list[tuple[str, bytes]], progress: bool = False) -> tuple[View, list[tuple[str, str]]]:
-    """A view with ``ads`` (id, features JSON: the catalog as logged) all in its base, and the
+    """A view with ``ads`` (id, record: the features JSON, or ``[features, bid]``, as the log's
+    snapshot holds them, service/replog/entries.py ``stored``) all in its base, and the
     (id, reason) of those a model cannot encode, left out: a model whose schema changed since the
     ads were written ignores the fields it lacks (as a reload does) and refuses only bad values."""
     dec = msgspec.json.Decoder()
-    ids, feats = [i for i, _ in ads], [dec.decode(f) for _, f in ads]
+    ids, records = [i for i, _ in ads], [dec.decode(f) for _, f in ads]
+    feats = [r[0] if isinstance(r, list) else r for r in records]  # [features, bid]: replog.entries.stored
+    bid_of = {i: float(r[1]) for i, r in zip(ids, records, strict=True) if isinstance(r, list) and r[1] is not None}
     refused = []
     try:
         parts = {k: compute_part(m, feats, lambda i: f"ad {ids[i]!r}", progress) for k, m in models.items()}
@@ -344,7 +376,8 @@ def build(models: dict, ads: list[tuple[str, bytes]], progress: bool = False) ->
                 refused.append((ids[j], str(exc)))
         ids, feats = [ids[j] for j in keep], [feats[j] for j in keep]
         parts = {k: compute_part(m, feats, lambda i: f"ad {ids[i]!r}", progress) for k, m in models.items()}
-    built = merge(upsert(empty(models), Batch(ids, feats, IdTable.hash(ids), parts)))
+    bids = [bid_of.get(i) for i in ids] if bid_of else None
+    built = merge(upsert(empty(models), Batch(ids, feats, IdTable.hash(ids), parts, bids)))
     return View(0, built.base, built.dead, built.delta, built.models), refused  # version 0: nothing written yet
 
 
@@ -357,8 +390,8 @@ def delta_part(view: View, model: Model) -> Part:
 def rebase(merged: View, at: View, now: View) -> View | None:
     """``merged`` (= merge(at)) plus what was written between ``at`` and ``now`` (same base), as the
     view that follows ``now``; None when the model versions changed meanwhile (merge again)."""
-    if now.base is not at.base or now.models.keys() != at.models.keys():
-        return None
+    if now.base.hashes is not at.base.hashes or now.models.keys() != at.models.keys():
+        return None  # (a bids-only write replaces the base's bids, not its rows: rebased below)
     d = now.delta
     fresh = np.flatnonzero(d.born > at.version)  # upserted after `at`
     gone = []
@@ -369,9 +402,60 @@ def rebase(merged: View, at: View, now: View) -> View | None:
     gone.append(at.base.hashes[died])
     touched = np.concatenate([d.hashes[fresh], *gone])
     rows = merged.base.table.rows_of_hashes(touched)
-    delta = _segment(d.ids.take(fresh), d.features.take(fresh), d.hashes[fresh], d.born[fresh],
+    delta = _segment(d.ids.take(fresh), d.features.take(fresh), d.hashes[fresh], d.born[fresh], d.bids[fresh],
                      {k: _take_part(p, fresh) for k, p in d.parts.items()}, grow=True)
-    return View(now.version, merged.base, np.unique(rows[rows >= 0]), delta, now.models)  # same catalog
+    return View(now.version, _with_bids_of(merged.base, now, fresh), np.unique(rows[rows >= 0]), delta,
+                now.models)  # same catalog
+
+
+def _with_bids_of(base: Segment, now: View, fresh: np.ndarray) -> Segment:
+    """``base`` (a merge of an older view) with the bids ``now`` holds for its ads: a bids-only
+    write (:func:`set_bids`) since the merge started changes no row's ``born``, so it is re-applied
+    here by id."""
+    d = now.delta
+    old = np.ones(len(d), bool)
+    old[fresh] = False
+    live = now.live_base_rows()
+    hs = np.concatenate([now.base.hashes[live], d.hashes[old]])
+    bs = np.concatenate([now.base.bids[live], d.bids[old]])
+    r = base.table.rows_of_hashes(hs)
+    ok = (r >= 0) & (r < len(base))
+    if np.array_equal(base.bids[r[ok]], bs[ok], equal_nan=True):
+        return base
+    bids = base.bids.copy()
+    bids[r[ok]] = bs[ok]
+    return base.with_bids(bids)
+
+
+def features_of(view: View, ad_ids) -> dict:
+    """id -> stored features of ads in ``view``."""
+    dec = msgspec.json.Decoder()
+    return {i: dec.decode(view.features_raw(view.row_of(i))) for i in ad_ids}
+
+
+def set_bids(view: View, bids: dict) -> tuple[View, list[str]]:
+    """Change the stored bids of ads already in the catalog (``bids``: id -> bid, NaN = none) without
+    touching their features or parts: a copy of the bid arrays, no encoding, no precompute.
+    Returns (the next view, the ids not in the catalog: left unchanged)."""
+    ids = list(bids)
+    g, _ = view.rows(IdTable.hash(ids))
+    found = [j for j in range(len(ids)) if g[j] >= 0 and view.id_of(int(g[j])) == ids[j]]
+    missing = [ids[j] for j in range(len(ids)) if j not in set(found)]
+    if not found:
+        return view, missing
+    rows = g[found]
+    vals = np.array([bids[ids[j]] for j in found], np.float64)
+    nb = len(view.base)
+    base, delta = view.base, view.delta
+    if np.any(rows < nb):
+        b = base.bids.copy()
+        b[rows[rows < nb]] = vals[rows < nb]
+        base = base.with_bids(b)
+    if np.any(rows >= nb):
+        b = delta.bids.copy()
+        b[rows[rows >= nb] - nb] = vals[rows >= nb]
+        delta = delta.with_bids(b)
+    return View(view.version + 1, base, view.dead, delta, view.models), missing
 
 
 def read_jsonl(path: str | Path) -> tuple[list, list[int]]:

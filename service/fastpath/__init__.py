@@ -18,10 +18,13 @@ handles the request and produces every error message, so correctness never depen
 package):
 
 * top level: an object with keys ``model`` (string | null), ``top_k`` (integer >= 1 | null),
-  ``context`` (object), ``ads`` (non-empty array), in any order, each at most once;
+  ``context`` (object), ``ads`` (non-empty array), ``rank_by`` (``"ctr"`` | ``"ecpm"``),
+  ``explain`` (boolean), in any order, each at most once (``reserve``, ``boost`` and other keys
+  fall back);
 * ads: inline, ``{"id", "features": {...}}`` or ``{"id", "values": [...]}`` (id: string or
   integer), or by id alone ``{"id": "<non-empty string>"}``, in any mix (integer catalog ids,
-  ``all_ads`` and unknown keys fall back);
+  ``all_ads`` and unknown keys fall back), each optionally with ``"bid"``: a non-negative decimal
+  of at most 15 digits without exponent (``lexer.decimal``: exactly Python's float), else fall back;
 * values: strings without escapes (valid UTF-8, no control characters), integers of <= 18 digits
   (not ``-0``), ``true``/``false``, ``null``; lists of those for multi-valued fields.  Floats fall
   back.  Numeric fields take integers (<= 15 digits, exact as float64) and form
@@ -63,10 +66,11 @@ class _Workspace:
         self.out = np.empty(s_c + cap * s_i, np.int32)
         self.spans = np.empty((cap, 3), np.int64)
         self.id_hash = np.empty(cap, np.uint64)
+        self.bids = np.empty(cap)
         self.tokens = (np.empty(t_cap, np.int64), np.empty(t_cap, np.uint64), np.empty(t_cap, np.int64),
                        np.empty(t_cap, np.int32), np.empty(t_cap, np.int64), np.empty(t_cap, np.int64))
         # (field, hash, slot, id, bucket lo, bucket hi) per token
-        self.scratch = (np.empty((max_width, 2), np.int64), np.empty(m, np.int64), np.empty(3, np.int64))
+        self.scratch = (np.empty((max_width, 2), np.int64), np.empty(m, np.int64), np.empty(6, np.int64))
 
 
 @dataclass
@@ -81,6 +85,9 @@ class Scan:
     id_hash: np.ndarray  # uint64[N]: hash of a string id (adrank.core.hashing.hash_tokens)
     n_by_id: int  # ads given by id alone
     body: bytes
+    bids: np.ndarray | None = None  # float64[N]: each ad's "bid" (NaN: none); None when no ad has one
+    by_value: bool = False  # "rank_by": "ecpm"
+    explain: bool = False  # "explain": true
 
     def ids(self, rows) -> list:
         """The Python ids (str or int) of ads ``rows`` — decoded only for the ads returned."""
@@ -132,7 +139,7 @@ class FastPath:
         if sc is None:
             return None
         return Scan(sc.model, sc.top_k, sc.ctx.copy(), sc.X.copy(), sc.spans.copy(), sc.id_hash.copy(), sc.n_by_id,
-                    body)
+                    body, None if sc.bids is None else sc.bids.copy(), sc.by_value, sc.explain)
 
     def scan_views(self, body: bytes) -> Scan | None:
         """:meth:`scan` whose arrays are views into this thread's workspace: valid until the
@@ -141,7 +148,8 @@ class FastPath:
         w = self._workspace(len(body))
         status, n_ads, n_by_id = scan(
             buf, self.names, self.name_off, self.ftype, self.lo, self.width, self.m_context, self.templates[0],
-            self.templates[1], self.edges, self.bins, *self.index, w.out, w.spans, w.id_hash, *w.tokens, *w.scratch)
+            self.templates[1], self.edges, self.bins, *self.index, w.out, w.spans, w.id_hash, w.bids, *w.tokens,
+            *w.scratch)
         meta = w.scratch[2]
         if status != 0:
             return None
@@ -149,7 +157,7 @@ class FastPath:
         model = None if meta[0] < 0 else body[meta[0]:meta[1]].decode()
         return Scan(model, None if meta[2] < 0 else int(meta[2]), w.out[:s_c],
                     w.out[s_c : s_c + n_ads * s_i].reshape(n_ads, s_i), w.spans[:n_ads], w.id_hash[:n_ads],
-                    int(n_by_id), body)
+                    int(n_by_id), body, w.bids[:n_ads] if meta[4] else None, bool(meta[3] == 1), bool(meta[5] == 1))
 
     def warm(self) -> None:
         """Compile (or load from numba's cache) the scanner and the response writer."""
@@ -171,7 +179,8 @@ def guess_model(body: bytes) -> str | None:
         return None
 
 
-def reply(model: str, version: str, scan: Scan, order: np.ndarray, scores: np.ndarray) -> bytes:
-    """Byte for byte ``schemas.encode_ranking(model, version, [(id of ad r, score) ...])`` for the
-    scanned ads ``order`` (best first) with ``scores``: the ids are copied from the body."""
-    return _response.response(model, version, scan.body, scan.spans, order, scores)
+def reply(model: str, version: str, scan: Scan, order: np.ndarray, scores: np.ndarray, binary: bool = False,
+          ecpm: np.ndarray | None = None) -> bytes:
+    """Byte for byte ``schemas.encode_ranking(model, version, [(id of ad r, score) ...], binary, ecpm)``
+    for the scanned ads ``order`` (best first) with ``scores``: the ids are copied from the body."""
+    return _response.response(model, version, scan.body, scan.spans, order, scores, binary, ecpm)

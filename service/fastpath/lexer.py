@@ -22,9 +22,11 @@ FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 NUMERIC_DIGITS = 15  # numeric fields take integers exact as float64
 INT_DIGITS = 18
-KEYS = np.frombuffer(b"modeltop_kcontextadsidfeaturesvalues", dtype=np.uint8)  # code 1..7
-KEY_OFF = np.array([0, 5, 10, 17, 20, 22, 30, 36], dtype=np.int64)
-K_MODEL, K_TOP_K, K_CONTEXT, K_ADS, K_ID, K_FEATURES, K_VALUES = 1, 2, 3, 4, 5, 6, 7
+KEYS = np.frombuffer(b"modeltop_kcontextadsidfeaturesvaluesbidrank_byexplain", dtype=np.uint8)  # code 1..10
+KEY_OFF = np.array([0, 5, 10, 17, 20, 22, 30, 36, 39, 46, 53], dtype=np.int64)
+K_MODEL, K_TOP_K, K_CONTEXT, K_ADS, K_ID, K_FEATURES, K_VALUES, K_BID, K_RANK_BY, K_EXPLAIN = range(1, 11)
+DECIMAL_DIGITS = 15  # a bid of <= 15 significant digits is exact as mantissa / 10^fraction (see ``decimal``)
+POW10 = np.array([10.0**j for j in range(DECIMAL_DIGITS + 1)])
 _NULL = np.frombuffer(b"null", dtype=np.uint8)
 _TRUE = np.frombuffer(b"true", dtype=np.uint8)
 _FALSE = np.frombuffer(b"false", dtype=np.uint8)
@@ -156,7 +158,35 @@ def integer(b, i):
 
 
 @numba.njit(**NO_RUNTIME)
-def _literal(b, i, word):
+def decimal(b, i):
+    """(end, value) of a non-negative JSON number without exponent of <= 15 digits in all, e.g. a
+    bid ``2.5``; end = -1 otherwise.  Both the digits as an integer (< 10^15 < 2^53) and 10^fraction
+    (<= 10^15) are exact in float64, so their IEEE quotient is the correctly rounded value of the
+    decimal: exactly Python's ``float(text)`` (Clinger's fast path)."""
+    n, v, s = b.shape[0], np.int64(0), i
+    while i < n and 48 <= b[i] <= 57:
+        v = v * 10 + np.int64(b[i] - 48) if i - s < DECIMAL_DIGITS else v
+        i += 1
+    d = i - s
+    if d == 0 or (d > 1 and b[s] == 48):
+        return -1, 0.0
+    frac = 0
+    if i < n and b[i] == 46:
+        i += 1
+        f0 = i
+        while i < n and 48 <= b[i] <= 57:
+            v = v * 10 + np.int64(b[i] - 48) if d + i - f0 < DECIMAL_DIGITS else v
+            i += 1
+        frac = i - f0
+        if frac == 0:
+            return -1, 0.0
+    if d + frac > DECIMAL_DIGITS or (i < n and (b[i] == 101 or b[i] == 69)):
+        return -1, 0.0
+    return i, np.float64(v) / POW10[frac]
+
+
+@numba.njit(**NO_RUNTIME)
+def literal(b, i, word):
     """``b[i:]`` starts with the bytes ``word`` (a module-level uint8 array: a compile-time constant)."""
     if i + word.shape[0] > b.shape[0]:
         return False
@@ -183,11 +213,11 @@ def scalar(b, i):
     if c == 45 or 48 <= c <= 57:
         e, v = integer(b, i)
         return e, (BAD if e < 0 else INTEGER), i, e, v, h0
-    if c == 110 and _literal(b, i, _NULL):
+    if c == 110 and literal(b, i, _NULL):
         return i + 4, MISSING_VALUE, i, i, zero, h0
-    if c == 116 and _literal(b, i, _TRUE):
+    if c == 116 and literal(b, i, _TRUE):
         return i + 4, BOOLEAN, i, i + 4, zero, h0
-    if c == 102 and _literal(b, i, _FALSE):
+    if c == 102 and literal(b, i, _FALSE):
         return i + 5, BOOLEAN, i, i + 5, zero, h0
     return -1, BAD, 0, 0, zero, h0
 
@@ -224,7 +254,8 @@ def same(b, s1, e1, c, s2):
 @numba.njit(**NO_RUNTIME)
 def key(b, i):
     """The key at ``i``: (end after its quote, code), code = 1 + its index in ``KEYS`` (model,
-    top_k, context, ads, id, features, values) or 0 for any other key; (-1, 0) if malformed."""
+    top_k, context, ads, id, features, values, bid, rank_by, explain) or 0 for any other key; (-1, 0) if
+    malformed."""
     if i >= b.shape[0] or b[i] != 34:
         return -1, 0
     e = string_end(b, i + 1)

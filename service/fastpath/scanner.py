@@ -23,21 +23,27 @@ import numpy as np
 from service.encode import bucket_lookup_into
 from service.fastpath.lexer import (
     BAD,
+    BOOLEAN,
     INTEGER,
     K_ADS,
+    K_BID,
     K_CONTEXT,
+    K_EXPLAIN,
     K_FEATURES,
     K_ID,
     K_MODEL,
+    K_RANK_BY,
     K_TOP_K,
     K_VALUES,
     MISSING_VALUE,
     NUMERIC_DIGITS,
     STRING,
     colon,
+    decimal,
     hash_numeric,
     hash_span,
     key,
+    literal,
     same,
     scalar,
     separator,
@@ -49,6 +55,8 @@ from service.kernels.codegen import NO_RUNTIME, prefetch_row
 CAT, NUM, MULTI = 0, 1, 2
 TYPES = {"categorical": CAT, "numeric": NUM, "multi": MULTI}
 INLINE_FEATURES, INLINE_VALUES = 1 << K_ID | 1 << K_FEATURES, 1 << K_ID | 1 << K_VALUES
+_RANK_BY_ECPM = np.frombuffer(b"ecpm", dtype=np.uint8)
+_RANK_BY_CTR = np.frombuffer(b"ctr", dtype=np.uint8)
 
 
 @numba.njit(**NO_RUNTIME)
@@ -173,60 +181,66 @@ def _positional(b, i, lo_f, hi_f, dest0, ftype, lo, width, edges, bins, tok, ix,
 
 @numba.njit(**NO_RUNTIME)
 def _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins, tok, ix, nt, kept, stamp,
-         out, item_template, spans, id_hash):
+         out, item_template, spans, id_hash, bids):
     """The ``ads`` array at ``i``: an inline ad's row is the template, then its tokens; an ad by id
-    alone (a string id) records the id's hash and spans[r, 2] = 2.  Returns (end, nt, n_ads,
-    n_by_id); end = -1: fall back."""
-    n, r, n_by_id = b.shape[0], np.int64(0), 0  # int64, not the literal 0 (one _object compilation)
+    alone (a string id) records the id's hash and spans[r, 2] = 2; an ad's ``"bid"`` (a decimal,
+    ``decimal``) lands in bids[r] (NaN: none).  Returns (end, nt, n_ads, n_by_id, n_bids); end = -1:
+    fall back."""
+    n, r, n_by_id, n_bids = b.shape[0], np.int64(0), 0, 0  # int64, not the literal 0 (one _object compilation)
     if i >= n or b[i] != 91:
-        return -1, nt, 0, 0
+        return -1, nt, 0, 0, 0
     i = ws(b, i + 1)
     while True:
         if r >= spans.shape[0] or i >= n or b[i] != 123:
-            return -1, nt, r, n_by_id
+            return -1, nt, r, n_by_id, n_bids
         dest0 = s_c + r * s_i
         for k in range(s_i):  # (no slice assignment: it may allocate, and there is no NRT here)
             out[dest0 + k] = item_template[k]
+        bids[r] = np.nan
         i = ws(b, i + 1)
         seen = 0
         while True:
             i, code = key(b, i)
-            if i < 0 or code < K_ID or (seen >> code) & 1:
-                return -1, nt, r, n_by_id
+            if i < 0 or code < K_ID or code > K_BID or (seen >> code) & 1:
+                return -1, nt, r, n_by_id, n_bids
             seen |= 1 << code
             i = colon(b, i)
             if i < 0:
-                return -1, nt, r, n_by_id
+                return -1, nt, r, n_by_id, n_bids
             if code == K_ID:
                 e, kind, s, z, v, h = scalar(b, i)
                 if kind != INTEGER and (kind == BAD or b[i] != 34):  # a string or an integer
-                    return -1, nt, r, n_by_id
+                    return -1, nt, r, n_by_id, n_bids
                 spans[r, 0], spans[r, 1], spans[r, 2] = s, z, 1 if kind == INTEGER else 0
                 id_hash[r] = h if kind == STRING else np.uint64(0)
                 i = e
+            elif code == K_BID:
+                i, bids[r] = decimal(b, i)
+                n_bids += 1
             elif code == K_FEATURES:
                 i, nt = _object(b, i, r, mc, m, dest0, names, name_off, ftype, lo, width,
                                 edges, bins, tok, ix, nt, kept, stamp)
             else:
                 i, nt = _positional(b, i, mc, m, dest0, ftype, lo, width, edges, bins, tok, ix, nt, kept)
             if i < 0:
-                return -1, nt, r, n_by_id
+                return -1, nt, r, n_by_id, n_bids
             i, closed = separator(b, i, 125)
             if i < 0:
-                return -1, nt, r, n_by_id
+                return -1, nt, r, n_by_id, n_bids
             if closed:
                 break
+        seen &= ~(1 << K_BID)  # a bid goes with any form of ad
         if seen == 1 << K_ID:  # by id alone: only a non-empty string id is looked up here
             if spans[r, 2] != 0 or spans[r, 1] == spans[r, 0]:
-                return -1, nt, r, n_by_id
+                return -1, nt, r, n_by_id, n_bids
             spans[r, 2] = 2
             n_by_id += 1
         elif seen != INLINE_FEATURES and seen != INLINE_VALUES:
-            return -1, nt, r, n_by_id
+            return -1, nt, r, n_by_id, n_bids
         r += 1
         i, closed = separator(b, i, 93)
         if closed:
-            return i, nt, r, n_by_id
+            return i, nt, r, n_by_id, n_bids
 
 
 def capacities(n: int) -> tuple[int, int]:
@@ -237,13 +251,14 @@ def capacities(n: int) -> tuple[int, int]:
 
 @numba.njit(**NO_RUNTIME)
 def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, edges, bins,
-         keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, tf, th, td, ids, lo_t, hi_t,
+         keys, key_off, starts, start_off, shift, id_off, out, spans, id_hash, bids, tf, th, td, ids, lo_t, hi_t,
          kept, stamp, meta):
     """The whole body -> (status, n_ads, n_by_id); status != 0 = fall back.  Results land in the
     caller's workspace (sized by ``capacities(len(b))``, reused across requests: fresh buffers
     would page-fault on every request): ``out[:S_C]`` the context slots, ``out[S_C:S_C + n_ads *
     S_I]`` the item rows, spans[r] = (start, end, 0 string id | 1 integer id | 2 string id of an ad
-    by id alone), id_hash[r] a string id's hash, meta = (model start, model end | -1, top_k | -1);
+    by id alone), id_hash[r] a string id's hash, bids[r] ad r's bid (NaN: none), meta = (model start,
+    model end | -1, top_k | -1, rank_by: 1 "ecpm" | 0 "ctr" or absent, ads with a bid, explain 1 | 0);
     kept (int64[max width, 2]) and stamp (int64[m]) are scratch."""
     ix = (keys, key_off, starts, start_off, shift)
     tok = (tf, th, td)
@@ -251,16 +266,20 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
     s_c, s_i = ctx_template.shape[0], item_template.shape[0]
     for k in range(s_c):
         out[k] = ctx_template[k]
-    meta[:] = -1
+    for k in range(meta.shape[0]):
+        meta[k] = -1
+    meta[3] = 0
+    meta[4] = 0
+    meta[5] = 0
     stamp[:] = -2
     # int64 from the start, not the literal 0: numba would compile _object/_ads once more per literal
-    nt, n_ads, n_by_id, seen = np.int64(0), 0, 0, 0
+    nt, n_ads, n_by_id, n_bids, seen = np.int64(0), 0, 0, 0, 0
     i = ws(b, 0)
     ok = i < n and b[i] == 123
     i = ws(b, i + 1)
     while ok:
         i, code = key(b, i)
-        if i < 0 or code < K_MODEL or code > K_ADS or (seen >> code) & 1:
+        if i < 0 or code < K_MODEL or (K_ADS < code < K_RANK_BY) or (seen >> code) & 1:
             ok = False
             break
         seen |= 1 << code
@@ -280,12 +299,29 @@ def scan(b, names, name_off, ftype, lo, width, mc, ctx_template, item_template, 
             elif not null:
                 meta[2] = v
             i = e
+        elif code == K_RANK_BY:  # "ctr" or "ecpm"; anything else is the generic parser's error
+            e = string_end(b, i + 1) if i < n and b[i] == 34 else -1
+            if e == i + 5 and literal(b, i + 1, _RANK_BY_ECPM):
+                meta[3] = 1
+            elif not (e == i + 4 and literal(b, i + 1, _RANK_BY_CTR)):
+                ok = False
+                break
+            i = e + 1
+        elif code == K_EXPLAIN:  # true or false
+            e, kind, s, z, v, h = scalar(b, i)
+            if kind != BOOLEAN:
+                ok = False
+                break
+            meta[5] = 1 if b[i] == 116 else 0
+            i = e
         elif code == K_CONTEXT:
             i, nt = _object(b, i, np.int64(-1), np.int64(0), mc, np.int64(0), names, name_off, ftype, lo, width,
                             edges, bins, tok, ix, nt, kept, stamp)
         else:
-            i, nt, n_ads, n_by_id = _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges, bins,
-                                         tok, ix, nt, kept, stamp, out, item_template, spans, id_hash)
+            i, nt, n_ads, n_by_id, n_bids = _ads(b, i, mc, m, s_c, s_i, names, name_off, ftype, lo, width, edges,
+                                                 bins, tok, ix, nt, kept, stamp, out, item_template, spans, id_hash,
+                                                 bids)
+            meta[4] = n_bids
         if i < 0:
             ok = False
             break

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.replog.entries import (
+    BIDS,
     COMPACT_ADS,
     DELETE,
     KINDS,
@@ -40,7 +41,7 @@ from service.replog.entries import (
     fold,
 )
 
-__all__ = ["COMPACT_ADS", "DELETE", "KINDS", "LOAD", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
+__all__ = ["BIDS", "COMPACT_ADS", "DELETE", "KINDS", "LOAD", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
            "changes", "checksum", "decode", "encode", "fold", "open_log"]
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-UPSERT, DELETE, LOAD = "ads.upsert", "ads.delete", "model.load"
+UPSERT, DELETE, LOAD, BIDS = "ads.upsert", "ads.delete", "model.load", "ads.bids"
 COMPACT_ADS = 2_000  # ads folded per compaction transaction: the engine's write lock (and the GIL) briefly
-KINDS = (UPSERT, DELETE, LOAD)
+KINDS = (UPSERT, DELETE, LOAD, BIDS)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -73,10 +73,17 @@ def decode(pos: int, kind, body, crc) -> Entry:
     return Entry(pos, kind, data)
 
 
+def stored(features: dict, bid=None) -> bytes:
+    """A snapshot's record of one ad: its features JSON object, or ``[features, bid]`` for an ad
+    with a bid (``service.catalog.store.build`` reads both)."""
+    return _encoder.encode(features if bid is None else [features, bid])
+
+
 def changes(entries: list[Entry], models: dict) -> dict[str, bytes | None]:
     """The compaction rule, shared by the engines: what ``entries`` do to a snapshot, in order.
-    Returns id -> features JSON (upserted) or None (deleted); model loads update ``models`` in
-    place.  Corrupt entries were skipped by every server, so they are dropped here too."""
+    Returns id -> the ad's record (:func:`stored`: upserted, or its bid set) or None (deleted);
+    model loads update ``models`` in place.  Corrupt entries were skipped by every server, so they
+    are dropped here too.  A bids-only entry carries the ads' features, so that its record is whole."""
     out: dict[str, bytes | None] = {}
     for e in entries:
         if e.data is None:
@@ -84,7 +91,11 @@ def changes(entries: list[Entry], models: dict) -> dict[str, bytes | None]:
         try:
             if e.kind == UPSERT:
                 for ad in e.data["ads"]:
-                    out[str(ad["id"])] = _encoder.encode(ad.get("features") or {})
+                    out[str(ad["id"])] = stored(ad.get("features") or {}, ad.get("bid"))
+            elif e.kind == BIDS:
+                feats = e.data["features"]
+                for ad_id, bid in e.data["bids"].items():
+                    out[str(ad_id)] = stored(feats[ad_id], bid)
             elif e.kind == DELETE:
                 for ad_id in e.data["ids"]:
                     out[str(ad_id)] = None

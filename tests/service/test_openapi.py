@@ -55,7 +55,7 @@ def test_document_is_generated_from_the_msgspec_types(served):
 
 def test_no_admin_document_has_no_admin_routes(tmp_path_factory):
     with TestClient(_app(tmp_path_factory, admin=False)) as c:
-        assert set(c.get("/openapi.json").json()["paths"]) == {"/v1/rank", "/v1/models", "/livez", "/readyz",
+        assert set(c.get("/openapi.json").json()["paths"]) == {"/v1/rank", "/v1/rank:batch", "/v1/models", "/livez", "/readyz",
                                                              "/metrics"}
 
 

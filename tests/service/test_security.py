@@ -28,9 +28,11 @@ RANK = {"model": "dplr", "ads": [AD]}
 
 # (method, path, JSON body or None): every admin route, the catalog's reads and writes included
 ADMIN_ROUTES = [("POST", "/v1/models/dplr/reload", {}), ("GET", "/v1/state", None),
-                ("PUT", "/v1/ads", {"ads": [AD]}), ("GET", "/v1/ads/a", None), ("DELETE", "/v1/ads/zzz", None)]
+                ("PUT", "/v1/ads", {"ads": [AD]}), ("GET", "/v1/ads/a", None), ("DELETE", "/v1/ads/zzz", None),
+                ("PUT", "/v1/ads/bids", {"bids": {"a": 1.0}})]
 PUBLIC_ROUTES = [("POST", "/v1/rank", RANK), ("GET", "/v1/models", None), ("GET", "/livez", None),
-                 ("GET", "/readyz", None), ("GET", "/metrics", None), ("GET", "/openapi.json", None)]
+                 ("GET", "/readyz", None), ("GET", "/metrics", None), ("GET", "/openapi.json", None),
+                 ("POST", "/v1/rank:batch", {"auctions": [RANK]})]
 
 
 @pytest.fixture(scope="module")

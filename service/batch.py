@@ -1,0 +1,133 @@
+"""``POST /v1/rank:batch``: several auctions in one request, for offline replay and multi-slot pages.
+
+The body is ``{"auctions": [<a /v1/rank request>, ...]}``; the reply ``{"results": [<its /v1/rank
+reply>, ...]}`` in the same order.  Each auction is its own request with its own context (scored
+with the context part once, as /v1/rank does): its raw bytes go through the same pipeline,
+the compiled scanner included (``msgspec.Raw`` keeps each auction's bytes without decoding them
+twice), so an auction's result is byte for byte its /v1/rank reply.  Every auction is scored
+against the one snapshot taken for the batch: one consistent set of model versions and catalog.
+
+Limits: at most ``ADRANK_MAX_AUCTIONS`` auctions, and at most ``ADRANK_MAX_CANDIDATES`` ads in all
+(an ``all_ads`` auction counts the ads it returns); the body is bounded like /v1/rank's.  A bad auction
+fails the batch with the /v1/rank error of that auction, its position named in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+
+import msgspec
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
+
+from service import bounds, metrics, pipeline, schemas
+from service.admin import check_body_headers
+from service.catalog import metrics as catalog_metrics
+from service.encode import EncodeError
+from service.errors import JSON, ApiError
+from service.routes import read_body
+from service.snapshot import UnknownModel
+
+BATCH = "/v1/rank:batch"
+log = logging.getLogger("adrank.batch")
+router = APIRouter()
+_decoder = msgspec.json.Decoder(schemas.BatchRequest)
+
+
+def _decode(body: bytes) -> schemas.BatchRequest:
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_request", f'{exc} (body: {{"auctions": [<rank request>, ...]}})') from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(422, "invalid_json", f"malformed JSON: {exc}") from None
+
+
+def _named(i: int, exc: Exception) -> Exception:
+    """The /v1/rank error of auction ``i`` (i < 0: of the batch itself), its message prefixed with
+    the auction's position; any other exception as it is (a 500)."""
+    where = f"auctions[{i}]: " if i >= 0 else ""
+    if isinstance(exc, ApiError):
+        return ApiError(exc.status, exc.code, f"{where}{exc.message}", exc.headers, **exc.extra)
+    if isinstance(exc, schemas.BadRequest):
+        return ApiError(422, exc.code, f"{where}{exc}")
+    if isinstance(exc, UnknownModel):
+        return ApiError(404, "unknown_model", f"{where}{exc}")
+    if isinstance(exc, EncodeError):
+        return ApiError(422, getattr(exc, "code", "invalid_value"), f"{where}{exc}", field=exc.field)
+    if isinstance(exc, ClientDisconnect):
+        return ApiError(499, "client_disconnected", "the client went away before sending its body")
+    return exc
+
+
+def _observe(model: str, mode: str, seconds: float, n_ads: int) -> None:
+    """An auction counts in the scoring metrics as a /v1/rank request does."""
+    catalog_metrics.SCORING.labels(model, mode).observe(seconds)
+    metrics.INFERENCE_DURATION.labels(model).observe(seconds)
+    metrics.REQUEST_CANDIDATES.labels(model).observe(n_ads)
+
+
+def answer(snap, body: bytes, settings) -> bytes:
+    """The batch reply for ``body`` (raises ApiError naming the auction at fault)."""
+    bounds.prescan(body, settings.max_auctions, "auctions")
+    req = _decode(body)
+    if len(req.auctions) > settings.max_auctions:
+        raise ApiError(422, "too_many_auctions",
+                       f"auctions: {len(req.auctions)} exceed the limit of {settings.max_auctions}")
+    left = settings.max_candidates
+    out = []
+    for i, raw in enumerate(req.auctions):
+        t0 = perf_counter()
+        try:
+            a = pipeline.answer(snap, bytes(raw), left, None, settings.fastpath, settings.max_top_k,
+                                settings.max_explain)
+        except ApiError as exc:
+            if exc.code == "too_many_candidates":
+                raise ApiError(422, "too_many_candidates",
+                               f"auctions[{i}]: the batch's ads exceed the limit of {settings.max_candidates} "
+                               "candidates in all") from None
+            raise _named(i, exc) from None
+        except Exception as exc:  # noqa: BLE001 - named, then answered as /v1/rank would
+            raise _named(i, exc) from None
+        left -= a.n_returned if a.mode == "all" else a.n_candidates
+        if left < 0:
+            raise ApiError(422, "too_many_candidates", f"auctions[{i}]: the batch's ads exceed the limit of "
+                           f"{settings.max_candidates} candidates in all")
+        _observe(a.model, a.mode, perf_counter() - t0, a.n_candidates)
+        out.append(a.body)
+    return b'{"results":[' + b",".join(out) + b"]}"
+
+
+@router.post(BATCH)
+async def rank_batch(request: Request) -> Response:
+    """Admitted like /v1/rank: counted among the ranking requests in flight (catalog writes wait
+    for it, service/state.py) and under the same in-flight limit."""
+    svc = request.app.state.svc
+    s = svc.settings
+    svc.pending += 1
+    if svc.pending == 1:
+        svc.idle.clear()
+    try:
+        if not svc.state.ready:
+            raise ApiError(503, "not_ready", "models are still loading", headers={"Retry-After": str(s.retry_after)})
+        check_body_headers(request.headers.get("content-type"), request.headers.get("content-encoding"), False)
+        body = await read_body(request, s.max_body_bytes)
+        if svc.inflight >= s.max_inflight:
+            raise ApiError(503, "overloaded", f"{s.max_inflight} requests already in flight",
+                           headers={"Retry-After": str(s.retry_after)})
+        svc.inflight += 1
+        try:
+            return Response(answer(svc.state.snapshot, body, s), media_type=JSON)
+        finally:
+            svc.inflight -= 1
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON error reply
+        named = _named(-1, exc) if not isinstance(exc, ApiError) else exc
+        if isinstance(named, ApiError):
+            return named.response()
+        log.exception("internal error while ranking a batch")
+        return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()
+    finally:
+        svc.pending -= 1
+        if not svc.pending:
+            svc.idle.set()
