@@ -11,11 +11,15 @@
    with msgspec — the same bytes (tests/service/test_fastpath.py, test_catalog_api.py).
 
 Everything comes from the one snapshot passed in: the version label and the scores of a reply
-always belong to the same model version.
+always belong to the same model version.  Which version of the named model answers is chosen
+before parsing (the version's encoder and scanner read the body): a ``"version"`` pin, else the
+name's traffic split (``Snapshot.route``, service/traffic.py).  A sampled request is handed back
+with a *shadow* job (service/shadow.py) that the caller runs after the reply is sent.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -54,6 +58,8 @@ class Answer:
     mode: str
     n_candidates: int
     seconds: float  # parse + encode + score + sort
+    version: str = ""  # the version that scored it
+    shadow: Callable[[], None] | None = None  # run after the reply is sent (service/shadow.py)
 
 
 def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True
@@ -69,7 +75,15 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
         labels[0] = req.model.name
     ranked = score(snap, req)
     seconds = perf_counter() - t0
-    return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds)
+    job = None
+    if snap.traffic:
+        shadow = snap.shadow_of(req.model)
+        if shadow is not None:
+            from service.shadow import compare
+
+            job = functools.partial(compare, snap, body, max_candidates, req.model, shadow, ranked)
+    return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds, req.model.version,
+                  job)
 
 
 def score(snap: Snapshot, req: Encoded) -> Ranked:
@@ -85,13 +99,16 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
     mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
     if mv is None:
         return None
+    if snap.traffic:  # the body has no "version" nor "routing_key" (the scanner falls back on them)
+        mv = snap.route(mv.name)
     scan = mv.ranker.fastpath.scan_views(body)
     if scan is not None:
         named = snap.get(scan.model)  # the model the body really names
-        if named is not mv:  # a wrong guess (its schema and vocabulary may differ), or unknown
-            if named is None:
-                return None
-            mv, scan = named, named.ranker.fastpath.scan_views(body)
+        if named is None:
+            return None
+        if named.name != mv.name:  # a wrong guess (its schema and vocabulary may differ)
+            mv = snap.route(named.name) if snap.traffic else named
+            scan = mv.ranker.fastpath.scan_views(body)
     if scan is None or len(scan.X) > max_candidates:
         return None
     at = np.flatnonzero(scan.spans[:, 2] == fastpath.BY_ID) if scan.n_by_id else NO_ROWS
@@ -105,10 +122,14 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
 
 
 # --- the generic parser --------------------------------------------------------------------------
-def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None) -> Encoded:
-    """msgspec + the model's RequestEncoder: any valid body, and the error reply of any other."""
+def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None,
+                  pin: ModelVersion | None = None) -> Encoded:
+    """msgspec + the model's RequestEncoder: any valid body, and the error reply of any other;
+    ``pin``: the version to encode it for (a shadow), whatever the body or the split says."""
     req = schemas.decode_rank(body)
-    mv = snap.model(req.model)
+    if labels is not None:
+        labels[0] = snap.model(req.model).name
+    mv = pin if pin is not None else snap.route(req.model, req.version, req.routing_key)
     if labels is not None:
         labels[0] = mv.name
     if req.ads is None and not req.all_ads:

@@ -19,23 +19,27 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from fastapi import APIRouter, Request, Response
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from adrank.core.preprocess import EncodeError
-from service import metrics, pipeline, schemas
+from service import metrics, pipeline, schemas, shadow
 from service.catalog import metrics as catalog_metrics
 from service.catalog.store import CatalogError
 from service.errors import JSON, ApiError
 from service.models import ModelLoadError, SchemaChanged, UnknownModel
 from service.replog import LogError
 from service.settings import Settings
-from service.state import ReloadBusy, ServingState
+from service.state import ReloadBusy, ServingState, VersionInUse
+from service.traffic import TrafficError, UnknownVersion
 
 log = logging.getLogger("adrank.routes")
 router = APIRouter()
 admin_router = APIRouter()
 RANK = "/v1/rank"
 RELOAD = "/v1/models/{name}/reload"
+VERSION = "/v1/models/{name}/versions/{version}"
+TRAFFIC = "/v1/models/{name}/traffic"
 __all__ = ["ApiError", "ServiceState", "router", "admin_router", "rank_asgi", "is_rank"]
 
 
@@ -99,29 +103,32 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
 
 
 # --- ranking -------------------------------------------------------------------------------
-async def _rank(svc: ServiceState, read, labels: list[str]) -> bytes:
+async def _rank(svc: ServiceState, read, labels: list[str]) -> pipeline.Answer:
     """Read the body, take the snapshot once, run the pipeline; ``labels[0]`` learns the model."""
     s = svc.settings
     await asyncio.sleep(0)  # let requests already queued on this loop register as in flight
     body = await read(s.max_body_bytes)
     out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath)
-    _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
-    return out.body
+    _observe_rank(out.model, out.mode, out.seconds, out.n_candidates, out.version)
+    return out
 
 
 @functools.cache
-def _children(model: str, mode: str) -> tuple:
+def _children(model: str, mode: str, version: str) -> tuple:
     """The metric children one ranked request updates (``labels()`` costs a lock and a dict
-    lookup each; the children of a label set never change)."""
+    lookup each; the children of a label set never change; ``version`` is a loaded version's)."""
     return (metrics.INFERENCE_DURATION.labels(model), metrics.REQUEST_CANDIDATES.labels(model),
-            catalog_metrics.SCORING.labels(model, mode))
+            catalog_metrics.SCORING.labels(model, mode), metrics.VERSION_REQUESTS.labels(model, version),
+            metrics.VERSION_DURATION.labels(model, version))
 
 
-def _observe_rank(model: str, mode: str, seconds: float, n_ads: int) -> None:
-    inference, candidates, scoring = _children(model, mode)
+def _observe_rank(model: str, mode: str, seconds: float, n_ads: int, version: str) -> None:
+    inference, candidates, scoring, v_count, v_duration = _children(model, mode, version)
     scoring.observe(seconds)
     inference.observe(seconds)
     candidates.observe(n_ads)
+    v_count.inc()
+    v_duration.observe(seconds)
 
 
 @functools.cache
@@ -143,7 +150,10 @@ async def answer_rank(svc: ServiceState, read) -> Response:
         if svc.inflight == 1:
             svc.idle.clear()
         try:
-            response = Response(await _rank(svc, read, labels), media_type=JSON)
+            out = await _rank(svc, read, labels)
+            # a shadow job is queued once the reply has been sent (Starlette runs it after the body)
+            response = Response(out.body, media_type=JSON,
+                                background=None if out.shadow is None else BackgroundTask(shadow.submit, out.shadow))
         finally:
             svc.inflight -= 1
             if not svc.inflight:
@@ -198,6 +208,8 @@ def _error_response(exc: Exception) -> Response:
         return ApiError(422, exc.code, str(exc)).response()
     if isinstance(exc, UnknownModel):
         return ApiError(404, "unknown_model", str(exc)).response()
+    if isinstance(exc, UnknownVersion):
+        return ApiError(404, "unknown_version", str(exc), model=exc.name, versions=exc.loaded).response()
     if isinstance(exc, ClientDisconnect):  # nobody to answer; counted as 499 (nginx's convention)
         return ApiError(499, "client_disconnected", "the client went away before sending its body").response()
     if isinstance(exc, EncodeError):
@@ -210,8 +222,17 @@ def _error_response(exc: Exception) -> Response:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     snap = request.app.state.svc.state.snapshot
-    models = [{**mv.info(), "default": name == snap.default} for name, mv in snap.models.items()]
+    models = [{**mv.info(), "default": name == snap.default, "versions": _versions(snap, name),
+               "traffic": snap.traffic[name].to_dict() if name in snap.traffic else None}
+              for name, mv in snap.models.items()]
     return json_response({"default": snap.default, "worker": os.getpid(), "models": models})
+
+
+def _versions(snap, name: str) -> list[dict]:
+    """Every loaded version of ``name``: the current one first, then those kept beside it."""
+    cur = snap.models[name]
+    return [{"version": v, "current": mv is cur, "path": None if mv.path is None else str(mv.path),
+             "loaded_at": round(mv.loaded_at, 3)} for v, mv in snap.versions(name).items()]
 
 
 @router.get("/livez")
@@ -254,9 +275,12 @@ async def reload_model(name: str, request: Request) -> Response:
     try:
         check_admin(request, svc.settings.admin_token)
         req = schemas.decode_reload(await read_body(request, 64 * 1024))
-        new, old = await in_daemon_thread(svc.state.reload, name, req.path, req.force)
+        new, old = await in_daemon_thread(svc.state.reload, name, req.path, req.force, req.keep)
+        snap = svc.state.snapshot
         response = json_response({"model": name, "version": new.version, "previous_version": old.version,
-                                  "path": str(new.path), "position": svc.state.snapshot.position})
+                                  "current_version": snap.models[name].version, "kept": req.keep,
+                                  "versions": list(snap.versions(name)), "path": str(new.path),
+                                  "position": snap.position})
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
         response = _reload_error(exc, name, svc)
     known = name if name in svc.state.snapshot.models else ""
@@ -290,3 +314,64 @@ async def state_endpoint(request: Request) -> Response:
     except ApiError as exc:
         return exc.response()
     return json_response({"worker": os.getpid(), **await asyncio.to_thread(svc.state.describe)})
+
+
+# --- admin: versions and traffic (service/traffic.py) -----------------------------------------
+@admin_router.delete(VERSION)
+async def retire_version(name: str, version: str, request: Request) -> Response:
+    """Unload a version kept beside the current one (logged: every worker and replica follows)."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request, svc.settings.admin_token)
+        snap = await asyncio.to_thread(svc.state.retire, name, version)
+        response = json_response({"model": name, "retired": version, "versions": list(snap.versions(name)),
+                                  "position": snap.position})
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
+        response = _traffic_error(exc, svc)
+    metrics.REQUESTS.labels(VERSION, name if name in svc.state.snapshot.models else "",
+                            str(response.status_code)).inc()
+    return response
+
+
+@admin_router.get(TRAFFIC)
+async def get_traffic(name: str, request: Request) -> Response:
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request, svc.settings.admin_token)
+        return json_response(_traffic_reply(svc.state.snapshot, name))
+    except Exception as exc:  # noqa: BLE001
+        return _traffic_error(exc, svc)
+
+
+@admin_router.put(TRAFFIC)
+async def put_traffic(name: str, request: Request) -> Response:
+    """Set (``{}``: clear) the split and shadow of ``name``; logged, so it survives restarts and
+    every worker and replica routes alike."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request, svc.settings.admin_token)
+        req = schemas.decode_traffic(await read_body(request, 64 * 1024))
+        snap = await asyncio.to_thread(svc.state.set_traffic, name, req.to_dict())
+        response = json_response(_traffic_reply(snap, name))
+    except Exception as exc:  # noqa: BLE001
+        response = _traffic_error(exc, svc)
+    metrics.REQUESTS.labels(TRAFFIC, name if name in svc.state.snapshot.models else "",
+                            str(response.status_code)).inc()
+    return response
+
+
+def _traffic_reply(snap, name: str) -> dict:
+    snap.model(name)
+    split = snap.traffic.get(name)
+    return {"model": name, "current_version": snap.models[name].version, "versions": _versions(snap, name),
+            "traffic": split.to_dict() if split is not None else None, "position": snap.position}
+
+
+def _traffic_error(exc: Exception, svc: ServiceState) -> Response:
+    if isinstance(exc, TrafficError):
+        return ApiError(422, "invalid_traffic", str(exc)).response()
+    if isinstance(exc, VersionInUse):
+        return ApiError(409, "version_in_use", str(exc)).response()
+    if isinstance(exc, LogError):
+        return _unavailable(svc, "log_unavailable", f"the change was not recorded: {exc}").response()
+    return _error_response(exc)

@@ -32,11 +32,32 @@ class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Value] = {}
     model: str | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # one of the model's loaded versions (GET /v1/models); without it the traffic split chooses
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=128, examples=["3f2a9c1d0b7e"])] | None = None
+    # a caller's stable key (user or session id): the split sends one key to one version
+    routing_key: Annotated[str, msgspec.Meta(max_length=256, examples=["user-1234"])] | None = None
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
     path: str | None = None
     force: bool = False  # accept an artifact whose schema differs from the served one
+    keep: bool = False  # load beside the current version instead of replacing it (canary, shadow)
+
+
+class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``PUT /v1/models/{name}/traffic``: weights by loaded version (normalised; ``{}``: the
+    current version takes every unpinned request), an optional shadow version and the fraction of
+    requests it scores after their reply is sent."""
+
+    weights: Annotated[dict[str, float], msgspec.Meta(examples=[{"3f2a9c1d0b7e": 95, "a81c44e2d9f0": 5}])] = {}
+    shadow: str | None = None
+    shadow_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {"weights": dict(self.weights), "shadow": self.shadow}
+        if self.shadow_fraction is not None:
+            out["shadow_fraction"] = self.shadow_fraction
+        return out
 
 
 class BadRequest(ValueError):
@@ -49,6 +70,7 @@ class BadRequest(ValueError):
 
 _rank_decoder = msgspec.json.Decoder(RankRequest)
 _reload_decoder = msgspec.json.Decoder(ReloadRequest)
+_traffic_decoder = msgspec.json.Decoder(TrafficRequest)
 _encoder = msgspec.json.Encoder()
 
 
@@ -67,6 +89,10 @@ def decode_rank(body: bytes) -> RankRequest:
 
 def decode_reload(body: bytes) -> ReloadRequest:
     return _decode(_reload_decoder, body) if body.strip() else ReloadRequest()
+
+
+def decode_traffic(body: bytes) -> TrafficRequest:
+    return _decode(_traffic_decoder, body) if body.strip() else TrafficRequest()
 
 
 def _name_dict_key(message: str, body: bytes) -> str:

@@ -29,6 +29,8 @@ from service.replog.entries import (
     DELETE,
     KINDS,
     LOAD,
+    RETIRE,
+    TRAFFIC,
     UPSERT,
     Entry,
     LogError,
@@ -40,7 +42,7 @@ from service.replog.entries import (
     fold,
 )
 
-__all__ = ["COMPACT_ADS", "DELETE", "KINDS", "LOAD", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
+__all__ = ["COMPACT_ADS", "DELETE", "KINDS", "LOAD", "RETIRE", "TRAFFIC", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
            "changes", "checksum", "decode", "encode", "fold", "open_log"]
 
 
