@@ -42,7 +42,19 @@ from service.catalog import store
 from service.catalog.segments import Part
 from service.catalog.store import CatalogError
 from service.models import ModelLoadError, SchemaChanged, load_ranker, load_version, same_schema
-from service.replog import COMPACT_ADS, DELETE, LOAD, RETIRE, TRAFFIC, UPSERT, Entry, LogError, State, fold, open_log
+from service.replog import (
+    COMPACT_ADS,
+    DELETE,
+    LOAD,
+    RETIRE,
+    TRAFFIC,
+    UPSERT,
+    Entry,
+    LogError,
+    State,
+    fold,
+    open_log,
+)
 from service.snapshot import ModelVersion, Snapshot
 from service.traffic import Split, TrafficError, UnknownVersion
 
