@@ -6,6 +6,11 @@ or the raw prediction for regression.  The sigmoid is monotone, so ordering by r
 ordering by probability.  The inline generic path (service.ranker), the catalog
 (service.catalog.ranking) and the compiled fast path (service.fastpath) all come through here, so
 the same request gets the same bytes whichever path answers it.
+
+A model whose artifact carries a calibration map (adrank/core/calibration.py) reports the
+calibrated probability instead of ``sigmoid(raw)``: :func:`rank_scores` and :func:`probability`
+apply it here, the one place raw scores become probabilities, so every path reports the same
+calibrated value; the order is still the raw score's (the map is monotone).
 """
 
 from __future__ import annotations
@@ -32,6 +37,23 @@ def _sigmoid(x):
         z = math.exp(-abs(x[i]))
         out[i] = 1.0 / (1.0 + z) if x[i] >= 0 else z / (1.0 + z)
     return out
+
+
+def probability(raw: np.ndarray, binary: bool, calibration=None) -> np.ndarray:
+    """Reply scores of raw scores in any order: the (calibrated) click probability when
+    ``binary``, else the raw prediction."""
+    if not binary:
+        return raw
+    return sigmoid(raw) if calibration is None else calibration(raw)
+
+
+def rank_scores(raw: np.ndarray, top_k: int, binary: bool, calibration=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`order_scores` with the model's calibration map (None: plain sigmoid) applied to the
+    picked ads' raw scores."""
+    if calibration is None or not binary:
+        return order_scores(raw, top_k, binary)
+    order, picked = order_scores(raw, top_k, False)
+    return order, calibration(picked)
 
 
 @numba.njit(**PLAIN)

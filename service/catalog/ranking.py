@@ -23,7 +23,7 @@ from service.catalog.idtable import IdTable
 from service.catalog.precompute import context_part
 from service.catalog.segments import View
 from service.encode import RequestError
-from service.link import order_scores, sigmoid
+from service.link import probability, rank_scores
 
 DEFAULT_TOP_K = 100
 NO_ROWS = np.zeros(0, np.int64)
@@ -70,7 +70,7 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
         b, d = view.base.parts[key], view.delta.parts[key]
         rows, raw = kernels.top_k(z, const, b.W, b.c, DEFAULT_TOP_K if top_k is None else top_k, dead=view.dead,
                                   delta=(d.W, d.c))
-        return Ranked(rows, sigmoid(raw) if binary else raw, "all", view.size, time.perf_counter() - t0)
+        return Ranked(rows, probability(raw, binary, model.calibration), "all", view.size, time.perf_counter() - t0)
     if X is None:
         raise ValueError("rank_encoded: X (the ads' item rows) is needed unless all_ads")
     catalog_at = NO_ROWS if catalog_at is None else catalog_at
@@ -92,7 +92,7 @@ def rank_encoded(view: View, key: str, ctx: np.ndarray, X: np.ndarray | None = N
     if n_ids < n:
         inline = slice(None) if not n_ids else np.setdiff1d(np.arange(n), catalog_at)
         raw[inline] = _score_inline(model, ctx, X[inline])
-    order, scores = order_scores(raw, -1 if top_k is None else top_k, binary)
+    order, scores = rank_scores(raw, -1 if top_k is None else top_k, binary, model.calibration)
     mode = "catalog" if n_ids == n else "inline" if not n_ids else "mixed"
     return Ranked(order, scores, mode, n, time.perf_counter() - t0)
 

@@ -58,6 +58,7 @@ class Model:
     arrays: dict
     target: str = "binary"
     scorer: object | None = None
+    calibration: object | None = None  # the version's calibration map (service/link.py), or None
     plan: Plan = field(init=False)
     encoder: RequestEncoder = field(init=False)
 
@@ -75,7 +76,7 @@ class Model:
     def from_ranker(cls, ranker, name: str | None = None) -> Model:
         """The catalog's view of a service Ranker (its kind, preprocessing, arrays and scorer)."""
         return cls(name or ranker.name, ranker.kind, ranker.preprocessor, ranker.arrays, ranker.target,
-                   ranker.scorer)
+                   ranker.scorer, getattr(ranker, "calibration", None))
 
     @property
     def item_names(self) -> frozenset[str]:
