@@ -159,6 +159,7 @@ def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = Fal
     if calibrate is not None:
         from exporter.calibrate import calibration_section, validation_scores
 
+        data = data or ((metrics or {}).get("data") or {}).get("source")  # recorded by adrank train
         if data is None:
             raise ExportError("--calibrate needs --data: the raw data the run was trained on (its validation "
                               "split is re-derived from it)")

@@ -13,8 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-embeddings", action="store_true",
                    help="export a codebook (LightFM/xLightFM) model's decoded table as a dense embedding")
     p.add_argument("--calibrate", choices=("platt", "isotonic"), default=None,
-                   help="fit a calibration map of the predicted CTR on the run's validation split (needs --data)")
-    p.add_argument("--data", default=None, help="with --calibrate: the raw data the run was trained on")
+                   help="fit a calibration map of the predicted CTR on the run's validation split")
+    p.add_argument("--data", default=None, help="with --calibrate: the raw data the run was trained on (default: the path its "
+                   "metrics.json records)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
