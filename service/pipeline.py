@@ -92,17 +92,26 @@ def score(snap: Snapshot, req: Encoded) -> Ranked:
 
 
 # --- the compiled parser -------------------------------------------------------------------------
-def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | None:
+def parse_fast(snap: Snapshot, body: bytes, max_candidates: int, pin: ModelVersion | None = None
+               ) -> Encoded | None:
     """The body scanned by the scanner of the model it names (guessed from its first bytes and
     confirmed by the scan), or None: the generic parser takes it (unsupported shapes, unknown
-    model, too many candidates: it produces every error reply)."""
-    mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
-    if mv is None:
-        return None
-    if snap.traffic:  # the body has no "version" nor "routing_key" (the scanner falls back on them)
-        mv = snap.route(mv.name)
-    scan = mv.ranker.fastpath.scan_views(body)
-    if scan is not None:
+    model, too many candidates: it produces every error reply).  ``pin``: scan it for that
+    version (a shadow), None unless the body names that version's model."""
+    if pin is not None:
+        scan = pin.ranker.fastpath.scan_views(body)
+        named = snap.get(scan.model) if scan is not None else None
+        if scan is None or named is None or named.name != pin.name:
+            return None
+        mv = pin
+    else:
+        mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
+        if mv is None:
+            return None
+        if snap.traffic:  # the body has no "version" nor "routing_key" (the scanner falls back on them)
+            mv = snap.route(mv.name)
+        scan = mv.ranker.fastpath.scan_views(body)
+    if scan is not None and pin is None:
         named = snap.get(scan.model)  # the model the body really names
         if named is None:
             return None

@@ -40,12 +40,14 @@ def agreement(served_order, served_scores, shadow_order, shadow_scores) -> tuple
 
 def compare(snap, body: bytes, max_candidates: int, served, shadow, ranked) -> None:
     """Score ``body`` on ``shadow`` and record how it agrees with ``ranked`` (``served``'s)."""
-    from service.pipeline import parse_generic, score
+    from service.pipeline import parse_fast, parse_generic, score
 
     labels = (served.name, served.version, shadow.version)
     t0 = perf_counter()
     try:
-        other = score(snap, parse_generic(snap, body, max_candidates, pin=shadow))
+        req = parse_fast(snap, body, max_candidates, pin=shadow) or parse_generic(snap, body, max_candidates,
+                                                                                  pin=shadow)
+        other = score(snap, req)
     except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
         metrics.SHADOW_REQUESTS.labels(*labels, "failed").inc()
         log.warning("shadow %s of %s failed: %s", shadow.version, served.name, exc)
