@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from adrank.core.files import write_report
-from benchmarks.serve_latency import RawClient, build_model, cpu_seconds, hist_stats, make_bodies, run_load, scrape
+from benchmarks.serve_latency import (
+    RawClient,
+    build_model,
+    cpu_seconds,
+    hist_stats,
+    make_bodies,
+    run_load,
+    scrape,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

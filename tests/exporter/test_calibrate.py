@@ -15,7 +15,14 @@ from exporter.export import export_params
 from service.app import create_app
 from service.ranker import Ranker
 from service.settings import ModelSpec, Settings
-from tests.service.helpers import SCHEMA, preprocessor, random_params, random_request, ranker_loader, reference_scores
+from tests.service.helpers import (
+    SCHEMA,
+    preprocessor,
+    random_params,
+    random_request,
+    ranker_loader,
+    reference_scores,
+)
 
 
 def miscalibrated(n: int, seed: int):
