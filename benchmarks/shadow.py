@@ -145,7 +145,7 @@ def summary(rows: list[dict]) -> list[dict]:
     for n in sorted({r["candidates"] for r in rows}):
         by = {m: [r for r in rows if r["candidates"] == n and r["mode"] == m] for m in ("plain", "shadow")}
 
-        def med(mode, f):
+        def med(mode, f, by=by):
             vals = [f(r) for r in by[mode] if f(r) is not None]
             return float(np.median(vals)) if vals else None
 

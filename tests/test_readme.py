@@ -109,7 +109,7 @@ def test_the_canary_rollout_runs_as_written(tmp_path):
     with Server([], env) as srv:
         script = block.replace("localhost:8000", f"localhost:{srv.port}").replace("/models/dplr-v2.adrk",
                                                                                   str(candidate))
-        script += "\necho; echo \"OLD=$OLD NEW=$NEW\"; curl -s localhost:%d/v1/models/dplr/traffic" % srv.port
+        script += f"\necho; echo \"OLD=$OLD NEW=$NEW\"; curl -s localhost:{srv.port}/v1/models/dplr/traffic"
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     old, new = re.search(r"OLD=(\w+) NEW=(\w+)", r.stdout).groups()
