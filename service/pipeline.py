@@ -105,9 +105,10 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int, pin: ModelVersi
             return None
         mv = pin
     else:
-        mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
-        if mv is None:
+        guessed = snap.get(fastpath.guess_model(body)) or snap.get(None)
+        if guessed is None:
             return None
+        mv = guessed
         if snap.traffic:  # the body has no "version" nor "routing_key" (the scanner falls back on them)
             mv = snap.route(mv.name)
         scan = mv.ranker.fastpath.scan_views(body)
