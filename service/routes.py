@@ -228,11 +228,11 @@ async def list_models(request: Request) -> Response:
     return json_response({"default": snap.default, "worker": os.getpid(), "models": models})
 
 
-def _versions(snap, name: str) -> list[dict]:
+def _versions(snap, name: str) -> list[schemas.VersionInfo]:
     """Every loaded version of ``name``: the current one first, then those kept beside it."""
     cur = snap.models[name]
-    return [{"version": v, "current": mv is cur, "path": None if mv.path is None else str(mv.path),
-             "loaded_at": round(mv.loaded_at, 3)} for v, mv in snap.versions(name).items()]
+    return [schemas.VersionInfo(version=v, current=mv is cur, path=None if mv.path is None else str(mv.path),
+                                loaded_at=round(mv.loaded_at, 3)) for v, mv in snap.versions(name).items()]
 
 
 @router.get("/livez")
@@ -360,11 +360,12 @@ async def put_traffic(name: str, request: Request) -> Response:
     return response
 
 
-def _traffic_reply(snap, name: str) -> dict:
+def _traffic_reply(snap, name: str) -> schemas.TrafficReply:
     snap.model(name)
     split = snap.traffic.get(name)
-    return {"model": name, "current_version": snap.models[name].version, "versions": _versions(snap, name),
-            "traffic": split.to_dict() if split is not None else None, "position": snap.position}
+    traffic = None if split is None else schemas.TrafficSetting(**split.to_dict())
+    return schemas.TrafficReply(model=name, current_version=snap.models[name].version,
+                                versions=_versions(snap, name), traffic=traffic, position=snap.position)
 
 
 def _traffic_error(exc: Exception, svc: ServiceState) -> Response:

@@ -60,6 +60,33 @@ class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
         return out
 
 
+class VersionInfo(msgspec.Struct, kw_only=True):
+    """One loaded version of a model name (``GET /v1/models``, the traffic routes)."""
+
+    version: Annotated[str, msgspec.Meta(examples=["3f2a9c1d0b7e"])]
+    current: bool  # answers requests that neither pin a version nor fall under a split
+    path: str | None = None
+    loaded_at: float = 0.0
+
+
+class TrafficSetting(msgspec.Struct, kw_only=True):
+    """A model name's split as applied: weights by version, the shadow version and its fraction."""
+
+    weights: Annotated[dict[str, float], msgspec.Meta(examples=[{"3f2a9c1d0b7e": 95.0, "a81c44e2d9f0": 5.0}])]
+    shadow: str | None = None
+    shadow_fraction: float = 0.0
+
+
+class TrafficReply(msgspec.Struct, kw_only=True):
+    """``GET`` / ``PUT /v1/models/{name}/traffic``."""
+
+    model: Annotated[str, msgspec.Meta(examples=["dplr"])]
+    current_version: str
+    versions: list[VersionInfo]
+    traffic: TrafficSetting | None  # null: the current version answers every unpinned request
+    position: int  # the replication-log position this reply reflects
+
+
 class BadRequest(ValueError):
     """The body is not valid JSON or does not match the schema; the message says where."""
 
