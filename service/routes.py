@@ -153,7 +153,7 @@ async def answer_rank(svc: ServiceState, read) -> Response:
             out = await _rank(svc, read, labels)
             # a shadow job is queued once the reply has been sent (Starlette runs it after the body)
             response = Response(out.body, media_type=JSON,
-                                background=None if out.shadow is None else BackgroundTask(shadow.submit, out.shadow))
+                                background=None if out.shadow is None else BackgroundTask(_submit, out.shadow))
         finally:
             svc.inflight -= 1
             if not svc.inflight:
@@ -165,6 +165,12 @@ async def answer_rank(svc: ServiceState, read) -> Response:
     count.inc()
     duration.observe(perf_counter() - t0)
     return response
+
+
+async def _submit(job) -> None:
+    """Queue a shadow job on the event loop (a coroutine: Starlette would run a plain function
+    through its thread pool, a thread hop per shadowed request)."""
+    shadow.submit(job)
 
 
 async def rank(request: Request) -> Response:
