@@ -20,7 +20,7 @@ from adrank.core.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
 from service.kernels.registry import make_scorer
-from service.link import probability, rank_scores
+from service.link import probability, rank_scores, sigmoid  # noqa: F401 (sigmoid: re-exported)
 
 
 class Ranker:
