@@ -20,6 +20,7 @@ with a *shadow* job (service/shadow.py) that the caller runs after the reply is 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -27,11 +28,14 @@ from typing import cast
 
 import numpy as np
 
-from service import fastpath, schemas
+from service import fastpath, metrics, schemas
 from service.catalog.idtable import IdTable
 from service.catalog.ranking import Ranked, RankRequestError, by_id, catalog_key, rank_encoded, unknown_ad
 from service.errors import ApiError
+from service.shadow import agreement
 from service.snapshot import ModelVersion, Snapshot
+
+log = logging.getLogger("adrank.pipeline")
 
 NO_ROWS = np.zeros(0, np.int64)
 
@@ -79,9 +83,7 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
     if snap.traffic:
         shadow = snap.shadow_of(req.model)
         if shadow is not None:
-            from service.shadow import compare
-
-            job = functools.partial(compare, snap, body, max_candidates, req.model, shadow, ranked)
+            job = functools.partial(shadow_job, snap, body, max_candidates, req.model, shadow, ranked)
     return Answer(req.model.name, req.reply(ranked), ranked.mode, ranked.n_candidates, seconds, req.model.version,
                   job)
 
@@ -89,6 +91,29 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
 def score(snap: Snapshot, req: Encoded) -> Ranked:
     return rank_encoded(snap.catalog, req.model.key, req.ctx, req.X, req.catalog_at, req.hashes, req.id_at,
                         req.all_ads, req.top_k)
+
+
+def shadow_job(snap: Snapshot, body: bytes, max_candidates: int, served: ModelVersion, shadow: ModelVersion,
+               ranked: Ranked) -> None:
+    """Score ``body`` on ``shadow`` (off the reply's path: service/shadow.py runs this after the
+    reply is sent) and record how it agrees with ``ranked``, what ``served`` answered."""
+    labels = (served.name, served.version, shadow.version)
+    t0 = perf_counter()
+    try:
+        req = parse_fast(snap, body, max_candidates, pin=shadow) or parse_generic(snap, body, max_candidates,
+                                                                                  pin=shadow)
+        other = score(snap, req)
+    except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
+        metrics.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+        log.warning("shadow %s of %s failed: %s", shadow.version, served.name, exc)
+        return
+    metrics.SHADOW_DURATION.labels(served.name, shadow.version).observe(perf_counter() - t0)
+    diff, overlap = agreement(ranked.order, ranked.scores, other.order, other.scores)
+    if diff is not None:
+        metrics.SHADOW_SCORE_DIFF.labels(*labels).observe(diff)
+    if overlap is not None:
+        metrics.SHADOW_TOPK_OVERLAP.labels(*labels).observe(overlap)
+    metrics.SHADOW_REQUESTS.labels(*labels, "scored").inc()
 
 
 # --- the compiled parser -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Shadow scoring: a sampled request scored again on the name's shadow version, off the reply's path.
 
-The pipeline (service/pipeline.py) hands back a job for a sampled request; the HTTP layer submits
-it only once the reply has been sent (a Starlette background task), and the job runs in one
-daemon worker thread.  The reply is never delayed, changed or failed by it: the shadow parses the
+The pipeline (service/pipeline.py) hands back a job for a sampled request (``pipeline.shadow_job``,
+which records :func:`agreement` in the metrics); the HTTP layer submits it here only once the reply
+has been sent (a Starlette background task), and the job runs in one daemon worker thread.  The reply is never delayed, changed or failed by it: the shadow parses the
 same body with its own encoder, scores it against the same snapshot, and only metrics come out of
 it — the mean absolute score difference over the ads both versions return and the top-k overlap
 (the share of the served ads that the shadow also ranks in its top-k).  When the queue is full the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from time import perf_counter
 
 import numpy as np
 
@@ -36,29 +35,6 @@ def agreement(served_order, served_scores, shadow_order, shadow_scores) -> tuple
     diff = float(np.mean([abs(a[i] - b[i]) for i in common])) if common else None
     overlap = len(common) / len(a) if a else None
     return diff, overlap
-
-
-def compare(snap, body: bytes, max_candidates: int, served, shadow, ranked) -> None:
-    """Score ``body`` on ``shadow`` and record how it agrees with ``ranked`` (``served``'s)."""
-    from service.pipeline import parse_fast, parse_generic, score
-
-    labels = (served.name, served.version, shadow.version)
-    t0 = perf_counter()
-    try:
-        req = parse_fast(snap, body, max_candidates, pin=shadow) or parse_generic(snap, body, max_candidates,
-                                                                                  pin=shadow)
-        other = score(snap, req)
-    except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
-        metrics.SHADOW_REQUESTS.labels(*labels, "failed").inc()
-        log.warning("shadow %s of %s failed: %s", shadow.version, served.name, exc)
-        return
-    metrics.SHADOW_DURATION.labels(served.name, shadow.version).observe(perf_counter() - t0)
-    diff, overlap = agreement(ranked.order, ranked.scores, other.order, other.scores)
-    if diff is not None:
-        metrics.SHADOW_SCORE_DIFF.labels(*labels).observe(diff)
-    if overlap is not None:
-        metrics.SHADOW_TOPK_OVERLAP.labels(*labels).observe(overlap)
-    metrics.SHADOW_REQUESTS.labels(*labels, "scored").inc()
 
 
 def submit(job) -> None:

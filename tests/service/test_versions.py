@@ -269,3 +269,42 @@ def test_metric_labels_stay_bounded_by_loaded_versions(world):
     assert not any(v.startswith("bogus") for v in versions)
     assert "user-" not in text
     assert metrics.VERSION_REQUESTS is not None
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_versions_and_splits_survive_compaction_and_restart_on_both_engines(world, engine):
+    """The log's compaction folds kept versions, retirements and splits into its snapshot: a
+    restart that reads only the snapshot serves the same versions and split."""
+    from tests.service.state_helpers import RedisServer
+
+    tmp, (a, _), (b, _), (c, _) = world
+    redis = RedisServer(tmp / "redis") if engine == "redis" else None
+    kw = {"log_url": redis.url} if redis else {}
+
+    def start() -> ServingState:
+        st = ServingState(_settings(a, tmp / "state", compact_entries=0, **kw), loader=ranker_loader())
+        st.start(follow=False)
+        return st
+
+    try:
+        st = start()
+        v1 = st.snapshot.models["dplr"].version
+        v2 = st.reload("dplr", str(b), keep=True)[0].version
+        v3 = st.reload("dplr", str(c), keep=True)[0].version
+        st.set_traffic("dplr", {"weights": {v1: 2, v2: 1}, "shadow": v3, "shadow_fraction": 0.25})
+        st.set_traffic("dplr", {"weights": {v1: 2, v2: 1}})
+        st.retire("dplr", v3)
+        want = st.snapshot.traffic["dplr"]
+        st.compact()
+        assert st.log.backlog() == 0
+        models = st.log.meta().models["dplr"]
+        assert models["version"] == v1 and set(models["kept"]) == {v2} and models["traffic"] == want.to_dict()
+        st.stop()
+        again = start()
+        assert list(again.snapshot.versions("dplr")) == [v1, v2]
+        assert again.snapshot.traffic["dplr"] == want
+        assert set(again.snapshot.catalog.models) == {f"dplr@{v1}", f"dplr@{v2}"}
+        again.stop()
+    finally:
+        if redis:
+            redis.stop()
