@@ -43,6 +43,12 @@ def describe(art: Artifact) -> str:
                      f"dense fields: {', '.join(emb.get('dense_fields', [])) or '-'}")
         lines.append(f"memory     embedding_mb={mb.get('embedding_mb', float('nan')):.3f} (paper-style) | stored "
                      f"embedding arrays {emb.get('stored_bytes')} bytes | whole file {art.nbytes} bytes")
+    cal = mf.get("calibration")
+    if cal is not None:
+        fitted = cal.get("fitted_on") or {}
+        how = f"a={cal['a']:.6g} b={cal['b']:.6g}" if cal["method"] == "platt" else f"{len(cal['x'])} knots"
+        lines.append(f"calibration {cal['method']} {how}, fitted on {fitted.get('rows')} validation rows: "
+                     f"logloss {fitted.get('logloss_raw')} -> {fitted.get('logloss_calibrated')}")
     lines.append("arrays")
     for name, a in sorted(art.arrays.items()):
         lines.append(f"  {name:<18} {a.dtype.name:<8} {str(tuple(a.shape)):<16} {_size(a.nbytes):>10}")

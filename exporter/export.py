@@ -107,8 +107,10 @@ def build_manifest(kind: str, pre: Preprocessor, extra: dict, embedding: dict, c
 
 
 def export_params(params: dict, config: dict, pre: Preprocessor, out, source: dict | None = None,
-                  progress: bool = False, dense_embeddings: bool = False) -> WriteInfo:
-    """Fold ``params`` (the ``export_arrays()`` names) and write the artifact to ``out``."""
+                  progress: bool = False, dense_embeddings: bool = False, calibration: dict | None = None
+                  ) -> WriteInfo:
+    """Fold ``params`` (the ``export_arrays()`` names) and write the artifact to ``out``;
+    ``calibration``: the manifest's calibration member (exporter/calibrate.py), if any."""
     kind = config.get("kind") or config.get("model")
     if not isinstance(kind, str):
         raise ExportError("config names no model kind (expected a 'kind' or 'model' string)")
@@ -123,6 +125,8 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
         arrays, extra = fold(kind, params, pre.schema, pre.vocab.id_offsets)
     arrays.update(pre.vocab.arrays())
     manifest = build_manifest(kind, pre, extra, embedding, config, source or {"config": config})
+    if calibration is not None:
+        manifest["calibration"] = calibration
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"output directory {out.parent} does not exist")
@@ -136,9 +140,11 @@ def export_params(params: dict, config: dict, pre: Preprocessor, out, source: di
 
 
 def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = False,
-               source: dict | None = None) -> WriteInfo:
+               source: dict | None = None, calibrate: str | None = None, data=None, cache_dir=None) -> WriteInfo:
     """``adrank export``: load a run directory's checkpoint and write its artifact.  ``source``
-    replaces the manifest's default record of the run (its path, config and metrics)."""
+    replaces the manifest's default record of the run (its path, config and metrics).
+    ``calibrate`` ("platt" | "isotonic") fits a calibration map on the run's validation split,
+    re-derived from the raw ``data`` the run was trained on (exporter/calibrate.py)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist")
@@ -149,5 +155,15 @@ def export_run(run_dir, out, progress: bool = True, dense_embeddings: bool = Fal
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     if source is None:
         source = {"run_dir": str(run_dir.resolve()), "config": config, "metrics": metrics}
+    calibration = None
+    if calibrate is not None:
+        from exporter.calibrate import calibration_section, validation_scores
+
+        data = data or ((metrics or {}).get("data") or {}).get("source")  # recorded by adrank train
+        if data is None:
+            raise ExportError("--calibrate needs --data: the raw data the run was trained on (its validation "
+                              "split is re-derived from it)")
+        z, y = validation_scores(run_dir, model, config, pre, data, cache_dir)
+        calibration = calibration_section(calibrate, z, y)
     return export_params(model.export_arrays(), config, pre, out, source, progress=progress,
-                         dense_embeddings=dense_embeddings)
+                         dense_embeddings=dense_embeddings, calibration=calibration)

@@ -10,8 +10,10 @@ kernels: the value ordering below, the catalog's top-k by eCPM) maps a raw score
 probability through a :class:`Calibration`: ``interp(sigmoid(a * raw + b), xs, ys)``.  The identity
 (``a = 1, b = 0``, no knots) is today's sigmoid; Platt scaling is (a, b), isotonic regression the
 knots (``xs`` increasing probabilities, ``ys`` non-decreasing).  A model version carries its map as a
-``calibration`` attribute (:func:`calibration_of`); every CTR, eCPM and reply score then follows it,
-and since the map is non-decreasing the order by raw score stays the order by CTR.
+``calibration`` attribute (:func:`calibration_of`): the map its artifact carries
+(adrank/core/calibration.py, fitted at export: Platt is (a, b), isotonic the knots), else the
+identity.  Every CTR, eCPM and reply score then follows it, and since the map is non-decreasing
+the order by raw score stays the order by CTR.
 
 **Value ranking** (:func:`order_values`): ``ecpm = bid x ctr x 1000``; ads whose eCPM is below the
 request's reserve are dropped; the order is by ``ecpm x boost`` (``rank_by: "ecpm"``) or ``ctr x
@@ -46,14 +48,25 @@ class Calibration:
         return (float(self.a), float(self.b), np.ascontiguousarray(self.xs, np.float64),
                 np.ascontiguousarray(self.ys, np.float64))
 
+    @staticmethod
+    def of(fitted) -> Calibration:
+        """The map of an artifact's calibration (adrank.core.calibration.Calibration; None: the
+        identity): Platt ``sigmoid(a * raw + b)`` is (a, b), isotonic ``interp(sigmoid(raw), x, y)``
+        the knots."""
+        if fitted is None:
+            return IDENTITY
+        if fitted.method == "platt":
+            return Calibration(fitted.a, fitted.b)
+        return Calibration(1.0, 0.0, np.asarray(fitted.x, np.float64), np.asarray(fitted.y, np.float64))
+
 
 IDENTITY = Calibration()
 
 
 def calibration_of(model) -> Calibration:
-    """The calibration a served model version (or catalog model) carries, else the identity."""
+    """The calibration a served model version (or ranker) carries, else the identity."""
     cal = getattr(model, "calibration", None)
-    return cal if isinstance(cal, Calibration) else IDENTITY
+    return cal if isinstance(cal, Calibration) else Calibration.of(cal)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -79,6 +79,39 @@ LOG_ENTRIES = Counter(
     "here; reported in the log).", ["kind", "result"])
 
 
+# Per version: ``version`` is always a *loaded* version's label (the one that answered), never a
+# value taken from a request, so the label sets stay as few as the versions ever loaded.
+VERSION_REQUESTS = Counter(
+    "adrank_version_requests", "Ranking requests answered, by model and the version that scored them.",
+    ["model", "version"])
+VERSION_DURATION = Histogram(
+    "adrank_version_inference_duration_seconds", "Time in the ranking pipeline (parse, encode, score, sort), by "
+    "model and the version that scored the request.", ["model", "version"], buckets=LATENCY_BUCKETS)
+SHADOW_REQUESTS = Counter(
+    "adrank_shadow_requests", "Requests scored again on a shadow version after their reply was sent, by result: "
+    "scored, dropped (the shadow queue was full), failed.", ["model", "version", "shadow", "result"])
+SHADOW_SCORE_DIFF = Histogram(
+    "adrank_shadow_score_abs_diff", "Per shadowed request: the mean |shadow score - served score| over the ads "
+    "both returned.", ["model", "version", "shadow"],
+    buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0))
+SHADOW_TOPK_OVERLAP = Histogram(
+    "adrank_shadow_topk_overlap", "Per shadowed request: the fraction of the served top-k (the ads returned) that "
+    "the shadow version also ranks in its top-k (1 = same set).", ["model", "version", "shadow"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+SHADOW_DURATION = Histogram(
+    "adrank_shadow_duration_seconds", "Time scoring one request on its shadow version (off the reply's path).",
+    ["model", "shadow"], buckets=LATENCY_BUCKETS)
+
+
+def model_kept(name: str, new) -> None:
+    """A version loaded beside the current one serves too (pinned or split requests)."""
+    MODEL_INFO.labels(name, new.version).set(1)
+
+
+def model_retired(name: str, version: str) -> None:
+    MODEL_INFO.labels(name, version).set(0)
+
+
 def model_swapped(name: str, old, new) -> None:
     """The info gauge follows every (re)load."""
     if old is not None and old.version != new.version:

@@ -19,7 +19,7 @@ REF = "#/components/schemas/{name}"
 TYPES = (schemas.RankRequest, schemas.RankResponse, schemas.ErrorReply, schemas.ReloadRequest,
          schemas.ReloadResponse, schemas.ModelsResponse, schemas.UpsertRequest, schemas.UpsertResponse,
          schemas.DeleteResponse, schemas.AdResponse, schemas.BatchReply, schemas.BidsRequest,
-         schemas.BidsResponse)
+         schemas.BidsResponse, schemas.TrafficRequest, schemas.TrafficReply, schemas.RetireResponse)
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 REQUEST_ID = {"x-request-id": {"description": "the request's id (the client's, or one made by the server)",
                                "schema": {"type": "string"}}}
@@ -109,6 +109,20 @@ def document(admin: bool, version: str = "1") -> dict:
             "security": ADMIN, "parameters": [name],
             "requestBody": _body(schemas.ReloadRequest, required=False, example={"path": "dplr-v2.adrk"}),
             "responses": _responses(_ref(schemas.ReloadResponse), (401, 403, 404, 409, 413, 415, 422, 503))}}
+        version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+        paths["/v1/models/{name}/versions/{version}"] = {"delete": {
+            "operationId": "retire_version", "summary": "Unload a version kept beside the current one",
+            "security": ADMIN, "parameters": [name, version],
+            "responses": _responses(_ref(schemas.RetireResponse), (401, 404, 409, 503))}}
+        paths["/v1/models/{name}/traffic"] = {
+            "get": {"operationId": "get_traffic", "summary": "A model name's traffic split and shadow",
+                    "security": ADMIN, "parameters": [name],
+                    "responses": _responses(_ref(schemas.TrafficReply), (401, 404))},
+            "put": {"operationId": "set_traffic", "summary": "Set (or clear with {}) the split and the shadow",
+                    "security": ADMIN, "parameters": [name],
+                    "requestBody": _body(schemas.TrafficRequest, example={
+                        "weights": {"3f2a9c1d0b7e": 95, "a81c44e2d9f0": 5}, "shadow": None}),
+                    "responses": _responses(_ref(schemas.TrafficReply), (401, 404, 409, 413, 415, 422, 503))}}
         paths["/v1/state"] = {"get": {"operationId": "state", "summary": "Replication log, snapshot and catalog",
                                       "security": ADMIN, "responses": _responses({"type": "object"}, (401,))}}
         paths["/v1/ads"] = {"put": {

@@ -11,7 +11,10 @@
    with msgspec — the same bytes (tests/service/test_fastpath.py, test_catalog_api.py).
 
 Everything comes from the one snapshot passed in: the version label and the scores of a reply
-always belong to the same model version.
+always belong to the same model version.  Which version of the named model answers is chosen
+before parsing (the version's encoder and scanner read the body): a ``"version"`` pin, else the
+name's traffic split (``Snapshot.route``, service/traffic.py).  A sampled request is handed back
+with a *shadow* job (service/shadow.py) that the caller runs after the reply is sent.
 
 Value ranking, reserve, boosts and explanations (issue 18) ride on the same encoded request
 (:class:`~service.catalog.ranking.Value`, ``explain``).  The scanner reads the common shapes
@@ -23,6 +26,8 @@ columns are written by both (the same bytes).  The CTR of every reply comes from
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -30,7 +35,7 @@ from typing import cast
 
 import numpy as np
 
-from service import bounds, fastpath, schemas
+from service import bounds, fastpath, metrics, schemas
 from service import explain as explaining
 from service.catalog.idtable import IdTable
 from service.catalog.ranking import (
@@ -45,7 +50,10 @@ from service.catalog.ranking import (
 )
 from service.errors import ApiError
 from service.link import calibration_of
+from service.shadow import agreement
 from service.snapshot import ModelVersion, Snapshot
+
+log = logging.getLogger("adrank.pipeline")
 
 NO_ROWS = np.zeros(0, np.int64)
 MAX_EXPLAIN = 10  # ads explained per request unless the server sets another cap (ADRANK_MAX_EXPLAIN)
@@ -75,8 +83,9 @@ class Answer:
     mode: str
     n_candidates: int
     seconds: float  # parse + encode + score + sort
-    version: str = ""
+    version: str = ""  # the version that scored it
     n_returned: int = 0  # ads in the reply
+    shadow: Callable[[], None] | None = None  # run after the reply is sent (service/shadow.py)
 
 
 def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None, fast: bool = True,
@@ -97,8 +106,13 @@ def answer(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None
     ranked = score(snap, req)
     explained = explanations(snap, req, ranked, max_explain) if req.explain else None
     seconds = perf_counter() - t0
+    job = None
+    if snap.traffic:
+        shadow = snap.shadow_of(req.model)
+        if shadow is not None:
+            job = functools.partial(shadow_job, snap, body, max_candidates, req.model, shadow, ranked)
     return Answer(req.model.name, req.reply(ranked, explained), ranked.mode, ranked.n_candidates, seconds,
-                  req.model.version, len(ranked.order))
+                  req.model.version, len(ranked.order), job)
 
 
 def score(snap: Snapshot, req: Encoded) -> Ranked:
@@ -130,21 +144,57 @@ def explanations(snap: Snapshot, req: Encoded, r: Ranked, cap: int) -> list[dict
     return explaining.explain(model, req.ctx, items)
 
 
+def shadow_job(snap: Snapshot, body: bytes, max_candidates: int, served: ModelVersion, shadow: ModelVersion,
+               ranked: Ranked) -> None:
+    """Score ``body`` on ``shadow`` (off the reply's path: service/shadow.py runs this after the
+    reply is sent) and record how it agrees with ``ranked``, what ``served`` answered."""
+    labels = (served.name, served.version, shadow.version)
+    t0 = perf_counter()
+    try:
+        req = parse_fast(snap, body, max_candidates, pin=shadow) or parse_generic(snap, body, max_candidates,
+                                                                                  pin=shadow)
+        other = score(snap, req)
+    except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
+        metrics.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+        log.warning("shadow %s of %s failed: %s", shadow.version, served.name, exc)
+        return
+    metrics.SHADOW_DURATION.labels(served.name, shadow.version).observe(perf_counter() - t0)
+    diff, overlap = agreement(ranked.order, ranked.scores, other.order, other.scores)
+    if diff is not None:
+        metrics.SHADOW_SCORE_DIFF.labels(*labels).observe(diff)
+    if overlap is not None:
+        metrics.SHADOW_TOPK_OVERLAP.labels(*labels).observe(overlap)
+    metrics.SHADOW_REQUESTS.labels(*labels, "scored").inc()
+
+
 # --- the compiled parser -------------------------------------------------------------------------
-def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | None:
+def parse_fast(snap: Snapshot, body: bytes, max_candidates: int, pin: ModelVersion | None = None
+               ) -> Encoded | None:
     """The body scanned by the scanner of the model it names (guessed from its first bytes and
     confirmed by the scan), or None: the generic parser takes it (unsupported shapes, unknown
-    model, too many candidates: it produces every error reply)."""
-    mv = snap.get(fastpath.guess_model(body)) or snap.get(None)
-    if mv is None:
-        return None
-    scan = mv.ranker.fastpath.scan_views(body)
-    if scan is not None:
+    model, too many candidates: it produces every error reply).  ``pin``: scan it for that
+    version (a shadow), None unless the body names that version's model."""
+    if pin is not None:
+        scan = pin.ranker.fastpath.scan_views(body)
+        named = snap.get(scan.model) if scan is not None else None
+        if scan is None or named is None or named.name != pin.name:
+            return None
+        mv = pin
+    else:
+        guessed = snap.get(fastpath.guess_model(body)) or snap.get(None)
+        if guessed is None:
+            return None
+        mv = guessed
+        if snap.traffic:  # the body has no "version" nor "routing_key" (the scanner falls back on them)
+            mv = snap.route(mv.name)
+        scan = mv.ranker.fastpath.scan_views(body)
+    if scan is not None and pin is None:
         named = snap.get(scan.model)  # the model the body really names
-        if named is not mv:  # a wrong guess (its schema and vocabulary may differ), or unknown
-            if named is None:
-                return None
-            mv, scan = named, named.ranker.fastpath.scan_views(body)
+        if named is None:
+            return None
+        if named.name != mv.name:  # a wrong guess (its schema and vocabulary may differ)
+            mv = snap.route(named.name) if snap.traffic else named
+            scan = mv.ranker.fastpath.scan_views(body)
     if scan is None or len(scan.X) > max_candidates or (scan.top_k or 0) > schemas.MAX_TOP_K:
         return None
     if len(scan.X) > 1 or (len(scan.X) and scan.spans[0, 1] - scan.spans[0, 0] > schemas.MAX_ID_CHARS):
@@ -170,11 +220,14 @@ def parse_fast(snap: Snapshot, body: bytes, max_candidates: int) -> Encoded | No
 
 # --- the generic parser --------------------------------------------------------------------------
 def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list | None = None,
-                  max_top_k: int = schemas.MAX_TOP_K) -> Encoded:
-    """msgspec + the model's RequestEncoder: any valid body, and the error reply of any other."""
+                  max_top_k: int = schemas.MAX_TOP_K, pin: ModelVersion | None = None) -> Encoded:
+    """msgspec + the model's RequestEncoder: any valid body, and the error reply of any other;
+    ``pin``: the version to encode it for (a shadow), whatever the body or the split says."""
     bounds.prescan(body, max_candidates)
     req = schemas.decode_rank(body)
-    mv = snap.model(req.model)
+    if labels is not None:
+        labels[0] = snap.model(req.model).name
+    mv = pin if pin is not None else snap.route(req.model, req.version, req.routing_key)
     if labels is not None:
         labels[0] = mv.name
     if req.ads is None and not req.all_ads:

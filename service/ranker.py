@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from adrank.core.calibration import of_manifest
 from adrank.core.preprocess import Preprocessor
 from service.encode import RequestEncoder, RequestError
 from service.fastpath import FastPath
 from service.kernels.registry import make_scorer
-from service.link import order_scores, sigmoid
+from service.link import Calibration, order, reply_scores, sigmoid  # noqa: F401 (sigmoid: re-exported)
 
 
 class Ranker:
@@ -31,6 +32,8 @@ class Ranker:
         self.kind = manifest["kind"]
         self.rho = manifest.get("rank")  # the manifest's rank (``rank`` is the method)
         self.target = manifest.get("target") or manifest["schema"].get("target", "binary")
+        self.calibration = of_manifest(manifest)  # the artifact's map, None: sigmoid(raw)
+        self.ctr_map = Calibration.of(self.calibration)  # the same map, as service/link.py applies it
         self.preprocessor = preprocessor or Preprocessor.from_state(manifest["preprocess"], arrays)
         self.schema = self.preprocessor.schema
         self.name = name or self.schema.name
@@ -73,8 +76,8 @@ class Ranker:
         ctx = self.encoder.encode_context(context)
         ids, X = self.encoder.encode_ads(ads)
         raw = self.scorer.score(ctx, X)
-        order, out = order_scores(raw, -1 if top_k is None else top_k, self.target == "binary")
-        return [(ids[i], s) for i, s in zip(order.tolist(), out.tolist(), strict=True)]
+        rows, out = order(raw, -1 if top_k is None else top_k, self.target == "binary", self.ctr_map)
+        return [(ids[i], s) for i, s in zip(rows.tolist(), out.tolist(), strict=True)]
 
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:
         """Full encoded rows int32[B, S] -> probabilities (binary) or predictions (regression)."""
@@ -83,8 +86,10 @@ class Ranker:
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "kind": self.kind, "rank": self.rho,
                 "embedding": self.embedding, "size_bytes": self.nbytes,
+                "calibration": None if self.calibration is None else {
+                    **self.calibration.describe(), **(self.manifest["calibration"].get("fitted_on") or {})},
                 "fields": [{"name": f.name, "type": f.type, "role": f.role} for f in self.schema.fields]}
 
     def _link(self, raw: np.ndarray) -> np.ndarray:
-        return sigmoid(raw) if self.target == "binary" else raw
+        return reply_scores(raw, self.target == "binary", self.ctr_map)
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from fastapi import APIRouter, Request, Response
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from adrank.core.preprocess import EncodeError
-from service import fastpath, metrics, pipeline, protocol, schemas, trace
+from service import fastpath, metrics, pipeline, protocol, schemas, shadow, trace
 from service.admin import check_body_headers, check_token, confine
 from service.catalog import metrics as catalog_metrics
 from service.catalog.store import CatalogError
@@ -29,13 +30,16 @@ from service.errors import JSON, ApiError
 from service.models import ModelLoadError, SchemaChanged, UnknownModel
 from service.replog import LogError
 from service.settings import Settings
-from service.state import ReloadBusy, ServingState
+from service.state import ReloadBusy, ServingState, VersionInUse
+from service.traffic import TrafficError, UnknownVersion
 
 log = logging.getLogger("adrank.routes")
 router = APIRouter()
 admin_router = APIRouter()
 RANK = "/v1/rank"
 RELOAD = "/v1/models/{name}/reload"
+VERSION = "/v1/models/{name}/versions/{version}"
+TRAFFIC = "/v1/models/{name}/traffic"
 __all__ = ["ApiError", "ServiceState", "router", "admin_router", "rank_asgi", "is_rank"]
 
 
@@ -101,18 +105,21 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
 
 # --- ranking -------------------------------------------------------------------------------
 @functools.cache
-def _children(model: str, mode: str) -> tuple:
+def _children(model: str, mode: str, version: str) -> tuple:
     """The metric children one ranked request updates (``labels()`` costs a lock and a dict
-    lookup each; the children of a label set never change)."""
+    lookup each; the children of a label set never change; ``version`` is a loaded version's)."""
     return (metrics.INFERENCE_DURATION.labels(model), metrics.REQUEST_CANDIDATES.labels(model),
-            catalog_metrics.SCORING.labels(model, mode))
+            catalog_metrics.SCORING.labels(model, mode), metrics.VERSION_REQUESTS.labels(model, version),
+            metrics.VERSION_DURATION.labels(model, version))
 
 
-def _observe_rank(model: str, mode: str, seconds: float, n_ads: int) -> None:
-    inference, candidates, scoring = _children(model, mode)
+def _observe_rank(model: str, mode: str, seconds: float, n_ads: int, version: str) -> None:
+    inference, candidates, scoring, v_count, v_duration = _children(model, mode, version)
     scoring.observe(seconds)
     inference.observe(seconds)
     candidates.observe(n_ads)
+    v_count.inc()
+    v_duration.observe(seconds)
 
 
 @functools.cache
@@ -181,9 +188,11 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
                                   s.max_explain)
         finally:
             svc.inflight -= 1
-        _observe_rank(out.model, out.mode, out.seconds, out.n_candidates)
+        _observe_rank(out.model, out.mode, out.seconds, out.n_candidates, out.version)
         ex.model, ex.version, ex.candidates = out.model, out.version, out.n_candidates
-        response = Response(out.body, media_type=JSON, headers={"x-request-id": ex.rid})
+        # a shadow job is queued once the reply has been sent (Starlette runs it after the body)
+        response = Response(out.body, media_type=JSON, headers={"x-request-id": ex.rid},
+                            background=None if out.shadow is None else BackgroundTask(_submit, out.shadow))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error reply
         response = _error_response(exc)
         response.headers["x-request-id"] = ex.rid
@@ -201,6 +210,12 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
     trace.log_access(ex.rid, "POST", RANK, ex.status, seconds, ex.model, ex.version, ex.candidates, ex.queued,
                      ex.error)
     return response
+
+
+async def _submit(job) -> None:
+    """Queue a shadow job on the event loop (a coroutine: Starlette would run a plain function
+    through its thread pool, a thread hop per shadowed request)."""
+    shadow.submit(job)
 
 
 async def rank(request: Request) -> Response:
@@ -259,6 +274,8 @@ def _error_response(exc: Exception) -> Response:
         return ApiError(422, exc.code, str(exc)).response()
     if isinstance(exc, UnknownModel):
         return ApiError(404, "unknown_model", str(exc)).response()
+    if isinstance(exc, UnknownVersion):
+        return ApiError(404, "unknown_version", str(exc), model=exc.name, versions=exc.loaded).response()
     if isinstance(exc, ClientDisconnect):  # nobody to answer; counted as 499 (nginx's convention)
         return ApiError(499, "client_disconnected", "the client went away before sending its body").response()
     if isinstance(exc, EncodeError):
@@ -271,9 +288,18 @@ def _error_response(exc: Exception) -> Response:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     snap = request.app.state.svc.state.snapshot
-    models = [{**{k: v for k, v in mv.info().items() if k != "path"}, "default": name == snap.default}
+    models = [{**{k: v for k, v in mv.info().items() if k != "path"}, "default": name == snap.default,
+               "versions": _versions(snap, name),
+               "traffic": snap.traffic[name].to_dict() if name in snap.traffic else None}
               for name, mv in snap.models.items()]  # file paths only for admins (/v1/state)
     return json_response({"default": snap.default, "worker": os.getpid(), "models": models})
+
+
+def _versions(snap, name: str) -> list[schemas.VersionInfo]:
+    """Every loaded version of ``name``: the current one first, then those kept beside it."""
+    cur = snap.models[name]
+    return [schemas.VersionInfo(version=v, current=mv is cur, loaded_at=round(mv.loaded_at, 3))
+            for v, mv in snap.versions(name).items()]
 
 
 @router.get("/livez")
@@ -323,9 +349,12 @@ async def reload_model(name: str, request: Request) -> Response:
         req = schemas.decode_reload(await read_json_body(request, 64 * 1024, required=False))
         svc.state.snapshot.model(name)  # 404 for an unknown model before any path is looked at
         path = str(confine(req.path, svc.settings.model_dir)) if req.path is not None else None
-        new, old = await in_daemon_thread(svc.state.reload, name, path, req.force)
+        new, old = await in_daemon_thread(svc.state.reload, name, path, req.force, req.keep)
+        snap = svc.state.snapshot
         response = json_response({"model": name, "version": new.version, "previous_version": old.version,
-                                  "path": str(new.path), "position": svc.state.snapshot.position})
+                                  "current_version": snap.models[name].version, "kept": req.keep,
+                                  "versions": list(snap.versions(name)), "path": str(new.path),
+                                  "position": snap.position})
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
         response = _reload_error(exc, name, svc)
     known = name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL
@@ -359,3 +388,65 @@ async def state_endpoint(request: Request) -> Response:
     except ApiError as exc:
         return exc.response()
     return json_response({"worker": os.getpid(), **await asyncio.to_thread(svc.state.describe)})
+
+
+# --- admin: versions and traffic (service/traffic.py) -----------------------------------------
+@admin_router.delete(VERSION)
+async def retire_version(name: str, version: str, request: Request) -> Response:
+    """Unload a version kept beside the current one (logged: every worker and replica follows)."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request)
+        snap = await asyncio.to_thread(svc.state.retire, name, version)
+        response = json_response({"model": name, "retired": version, "versions": list(snap.versions(name)),
+                                  "position": snap.position})
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
+        response = _traffic_error(exc, svc)
+    metrics.REQUESTS.labels(VERSION, name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL,
+                            str(response.status_code)).inc()
+    return response
+
+
+@admin_router.get(TRAFFIC)
+async def get_traffic(name: str, request: Request) -> Response:
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request)
+        return json_response(_traffic_reply(svc.state.snapshot, name))
+    except Exception as exc:  # noqa: BLE001
+        return _traffic_error(exc, svc)
+
+
+@admin_router.put(TRAFFIC)
+async def put_traffic(name: str, request: Request) -> Response:
+    """Set (``{}``: clear) the split and shadow of ``name``; logged, so it survives restarts and
+    every worker and replica routes alike."""
+    svc: ServiceState = request.app.state.svc
+    try:
+        check_admin(request)
+        req = schemas.decode_traffic(await read_json_body(request, 64 * 1024, required=True))
+        snap = await asyncio.to_thread(svc.state.set_traffic, name, req.to_dict())
+        response = json_response(_traffic_reply(snap, name))
+    except Exception as exc:  # noqa: BLE001
+        response = _traffic_error(exc, svc)
+    metrics.REQUESTS.labels(TRAFFIC, name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL,
+                            str(response.status_code)).inc()
+    return response
+
+
+def _traffic_reply(snap, name: str) -> schemas.TrafficReply:
+    snap.model(name)
+    split = snap.traffic.get(name)
+    traffic = None if split is None else schemas.TrafficSetting(**split.to_dict())
+    return schemas.TrafficReply(model=name, current_version=snap.models[name].version,
+                                versions=_versions(snap, name), traffic=traffic, position=snap.position)
+
+
+def _traffic_error(exc: Exception, svc: ServiceState) -> Response:
+    if isinstance(exc, TrafficError):
+        return ApiError(422, "invalid_traffic", str(exc)).response()
+    if isinstance(exc, VersionInUse):
+        return ApiError(409, "version_in_use", str(exc)).response()
+    if isinstance(exc, LogError):
+        return _unavailable(svc, "log_unavailable", f"the change was not recorded: {exc}").response()
+    return _error_response(exc)

@@ -54,6 +54,10 @@ class RankRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Value] = {}
     model: ModelName | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
+    # one of the model's loaded versions (GET /v1/models); without it the traffic split chooses
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=128, examples=["3f2a9c1d0b7e"])] | None = None
+    # a caller's stable key (user or session id): the split sends one key to one version
+    routing_key: Annotated[str, msgspec.Meta(max_length=256, examples=["user-1234"])] | None = None
     rank_by: Annotated[Literal["ctr", "ecpm"], msgspec.Meta(
         description='"ctr" (default): by predicted click probability; "ecpm": by bid x ctr x 1000 '
                     '(an ad without a bid is worth 0)', examples=["ecpm"])] = "ctr"
@@ -79,6 +83,50 @@ class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
     force: bool = False  # accept an artifact whose schema differs from the served one
+    keep: bool = False  # load beside the current version instead of replacing it (canary, shadow)
+
+
+class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``PUT /v1/models/{name}/traffic``: weights by loaded version (normalised; ``{}``: the
+    current version takes every unpinned request), an optional shadow version and the fraction of
+    requests it scores after their reply is sent."""
+
+    weights: Annotated[dict[Annotated[str, msgspec.Meta(max_length=128)], Annotated[float, msgspec.Meta(ge=0)]],
+                       msgspec.Meta(examples=[{"3f2a9c1d0b7e": 95, "a81c44e2d9f0": 5}])] = {}
+    shadow: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    shadow_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {"weights": dict(self.weights), "shadow": self.shadow}
+        if self.shadow_fraction is not None:
+            out["shadow_fraction"] = self.shadow_fraction
+        return out
+
+
+class VersionInfo(msgspec.Struct, kw_only=True):
+    """One loaded version of a model name (``GET /v1/models``, the traffic routes)."""
+
+    version: Annotated[str, msgspec.Meta(examples=["3f2a9c1d0b7e"])]
+    current: bool  # answers requests that neither pin a version nor fall under a split
+    loaded_at: float = 0.0
+
+
+class TrafficSetting(msgspec.Struct, kw_only=True):
+    """A model name's split as applied: weights by version, the shadow version and its fraction."""
+
+    weights: Annotated[dict[str, float], msgspec.Meta(examples=[{"3f2a9c1d0b7e": 95.0, "a81c44e2d9f0": 5.0}])]
+    shadow: str | None = None
+    shadow_fraction: float = 0.0
+
+
+class TrafficReply(msgspec.Struct, kw_only=True):
+    """``GET`` / ``PUT /v1/models/{name}/traffic``."""
+
+    model: Annotated[str, msgspec.Meta(examples=["dplr"])]
+    current_version: str
+    versions: list[VersionInfo]
+    traffic: TrafficSetting | None  # null: the current version answers every unpinned request
+    position: int  # the replication-log position this reply reflects
 
 
 # --- replies (the OpenAPI document's response schemas, service/openapi.py; adrank.client mirrors them)
@@ -139,6 +187,9 @@ class ModelInfo(msgspec.Struct):
     fields: list[FieldInfo]
     loaded_at: float
     default: bool
+    calibration: dict | None = None  # the artifact's calibration map (method, parameters, where fitted)
+    versions: list[VersionInfo] = []  # every loaded version, the current one first
+    traffic: TrafficSetting | None = None  # the name's split, null: the current version takes all
 
 
 class ModelsResponse(msgspec.Struct):
@@ -149,9 +200,19 @@ class ModelsResponse(msgspec.Struct):
 
 class ReloadResponse(msgspec.Struct):
     model: str
-    version: str
+    version: str  # the version loaded
     previous_version: str
+    current_version: str  # the one answering unpinned requests (the loaded one unless kept beside)
+    kept: bool
+    versions: list[str]
     path: str
+    position: int
+
+
+class RetireResponse(msgspec.Struct):
+    model: str
+    retired: str
+    versions: list[str]
     position: int
 
 
@@ -210,6 +271,7 @@ class BadRequest(ValueError):
 
 _rank_decoder = msgspec.json.Decoder(RankRequest)
 _reload_decoder = msgspec.json.Decoder(ReloadRequest)
+_traffic_decoder = msgspec.json.Decoder(TrafficRequest)
 _encoder = msgspec.json.Encoder()
 
 
@@ -230,6 +292,10 @@ def decode_rank(body: bytes) -> RankRequest:
 
 def decode_reload(body: bytes) -> ReloadRequest:
     return _decode(_reload_decoder, body) if body.strip() else ReloadRequest()
+
+
+def decode_traffic(body: bytes) -> TrafficRequest:
+    return _decode(_traffic_decoder, body) if body.strip() else TrafficRequest()
 
 
 def _name_dict_key(message: str, body: bytes) -> str:

@@ -7,18 +7,21 @@ and the replication-log position it reflects.  A request reads ``state.snapshot`
 everything from that object; a reload or a catalog write builds the next snapshot off the request
 path and publishes it with one assignment (service/state.py), so no reply mixes two versions.
 
-``models`` maps a served name to the version it serves now; a name may later resolve to one of
-several versions (pins, traffic splits) without changing what a snapshot is.
+``models`` maps a served name to its *current* version; ``extra`` holds the versions loaded beside
+it (``{"keep": true}``), ``traffic`` the name's split and shadow (service/traffic.py).
+:meth:`Snapshot.route` chooses the version that answers one request.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.catalog.segments import View
+from service.traffic import Split, UnknownVersion, key_point
 
 if TYPE_CHECKING:
     from service.catalog.store import Model
@@ -47,6 +50,11 @@ class ModelVersion:
         return self.ranker.version
 
     @property
+    def calibration(self):
+        """The raw -> CTR map of this version (service/link.py; the identity without one)."""
+        return self.ranker.ctr_map
+
+    @property
     def key(self) -> str:
         """The catalog's key for this version's per-ad parts."""
         return f"{self.name}@{self.version}"
@@ -67,6 +75,47 @@ class Snapshot:
     catalog: View
     position: int = 0  # the last replication-log entry reflected here
     published: float = field(default_factory=time.time)
+    extra: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)  # name -> version -> loaded beside
+    traffic: dict[str, Split] = field(default_factory=dict)  # name -> split (absent: the current version)
+
+    def versions(self, name: str) -> dict[str, ModelVersion]:
+        """Every loaded version of ``name``, the current one first."""
+        cur = self.models[name]
+        return {cur.version: cur, **{v: mv for v, mv in self.extra.get(name, {}).items() if v != cur.version}}
+
+    def every_version(self) -> list[ModelVersion]:
+        """Every loaded version of every name (the catalog holds parts for each)."""
+        return [mv for name in self.models for mv in self.versions(name).values()]
+
+    def route(self, name: str | None, version: str | None = None, key: str | None = None,
+              draw=random.random) -> ModelVersion:
+        """The version that answers a request naming ``name`` (module doc of service/traffic.py):
+        raises UnknownModel / UnknownVersion."""
+        cur = self.model(name)
+        if version is not None:
+            if version == cur.version:
+                return cur
+            mv = self.extra.get(cur.name, {}).get(version)
+            if mv is None:
+                raise UnknownVersion(cur.name, version, list(self.versions(cur.name)))
+            return mv
+        split = self.traffic.get(cur.name)
+        if split is None or not split.weights:
+            return cur
+        extra = self.extra.get(cur.name, {})
+        v = split.pick(key_point(cur.name, key) if key is not None else draw(),
+                       extra.keys() | {cur.version})
+        return cur if v is None or v == cur.version else extra[v]
+
+    def shadow_of(self, mv: ModelVersion, draw=random.random) -> ModelVersion | None:
+        """The shadow version to score this request on too, or None (no shadow, not sampled, or
+        the shadow is the version that answered)."""
+        split = self.traffic.get(mv.name)
+        if split is None or split.shadow is None or split.shadow == mv.version or split.shadow_fraction <= 0:
+            return None
+        if split.shadow_fraction < 1.0 and draw() >= split.shadow_fraction:
+            return None
+        return self.versions(mv.name).get(split.shadow)
 
     def model(self, name: str | None) -> ModelVersion:
         try:

@@ -42,8 +42,22 @@ from service.catalog import store
 from service.catalog.segments import Part
 from service.catalog.store import CatalogError
 from service.models import ModelLoadError, SchemaChanged, load_ranker, load_version, same_schema
-from service.replog import BIDS, COMPACT_ADS, DELETE, LOAD, UPSERT, Entry, LogError, State, fold, open_log
+from service.replog import (
+    BIDS,
+    COMPACT_ADS,
+    DELETE,
+    LOAD,
+    RETIRE,
+    TRAFFIC,
+    UPSERT,
+    Entry,
+    LogError,
+    State,
+    fold,
+    open_log,
+)
 from service.snapshot import ModelVersion, Snapshot
+from service.traffic import Split, TrafficError, UnknownVersion
 
 log = logging.getLogger("adrank.state")
 BOOT_CHUNK = 1_000  # ads per log entry of a start-up catalog file: decoding one holds the GIL ~1 ms
@@ -59,6 +73,10 @@ WRITE_YIELD_MAX = 0.02
 
 class ReloadBusy(RuntimeError):
     """Another reload runs in this process (HTTP 409)."""
+
+
+class VersionInUse(RuntimeError):
+    """A version that cannot be retired now: the current one, or one the split sends traffic to (409)."""
 
 
 class StartupError(RuntimeError):
@@ -133,6 +151,7 @@ class ServingState:
                     self._skipped(e, e.error)
             fold(state, tail)
             models, entries, boot, batch = self._reconcile(state, loaded)
+            extra, traffic = self._kept(state, models, loaded)
             if not entries and boot == state.boot:
                 break
             positions = self.log.append(entries, boot=(state.boot, boot))
@@ -145,15 +164,16 @@ class ServingState:
         else:
             raise StartupError("the start-up intent kept changing under this process")
         fresh = set(batch.ids) if batch is not None else set()  # the file's ads: prepared already
-        view, refused = store.build({mv.key: mv.catalog_model for mv in models.values()},
+        every = [*models.values(), *(mv for vs in extra.values() for mv in vs.values())]
+        view, refused = store.build({mv.key: mv.catalog_model for mv in every},
                                     [(i, f) for i, f in state.ads.items() if i not in fresh], progress=True)
         for ad_id, reason in refused:
             log.error("catalog: ad %r left out: %s", ad_id, reason)
         if batch is not None:
             view = store.merge(store.upsert(view, batch))
         default = self.settings.models[0].name
-        self._publish(Snapshot(models, default, view, state.pos))
-        for mv in models.values():
+        self._publish(Snapshot(models, default, view, state.pos, extra=extra, traffic=traffic))
+        for mv in every:
             metrics.model_swapped(mv.name, None, mv)
             metrics.MODEL_LOADS.labels(mv.name, "ok").inc()
         catalog_metrics.published(self.snapshot, "load", view.size)
@@ -201,6 +221,32 @@ class ServingState:
                     "catalog": catalog}
         return models, entries, new_boot, batch
 
+    def _kept(self, state: State, models: dict, loaded: dict) -> tuple[dict, dict]:
+        """The versions logged as kept beside the current ones, and the logged splits: a kept
+        version that cannot be loaded now is left out (logged), a split that no longer parses too."""
+        extra: dict[str, dict[str, ModelVersion]] = {}
+        traffic: dict[str, Split] = {}
+        for name, cur in models.items():
+            logged = state.models.get(name) or {}
+            for version, path in (logged.get("kept") or {}).items():
+                if version == cur.version:
+                    continue
+                try:
+                    mv = self._load_cached(loaded, name, path, fallback=None)
+                except StartupError as exc:
+                    log.error("kept version %s of %s left out: %s", version, name, exc)
+                    continue
+                if mv.version != cur.version:
+                    extra.setdefault(name, {})[mv.version] = mv
+            try:
+                split = Split.from_dict(logged["traffic"]) if logged.get("traffic") else None
+            except TrafficError as exc:
+                log.error("the logged traffic split of %s is left out: %s", name, exc)
+                split = None
+            if split is not None:
+                traffic[name] = split
+        return extra, traffic
+
     def _load_cached(self, loaded: dict, name: str, path: str, fallback: str | None) -> ModelVersion:
         key = (name, path)
         if key not in loaded:
@@ -226,10 +272,11 @@ class ServingState:
             self._retired.append((time.monotonic(), old))
         metrics.snapshot_published(snap)
 
-    def _next(self, position: int, catalog=None, models=None) -> Snapshot:
+    def _next(self, position: int, catalog=None, models=None, extra=None, traffic=None) -> Snapshot:
         cur = self.snapshot
         snap = Snapshot(cur.models if models is None else models, cur.default,
-                        cur.catalog if catalog is None else catalog, max(position, cur.position))
+                        cur.catalog if catalog is None else catalog, max(position, cur.position),
+                        extra=cur.extra if extra is None else extra, traffic=cur.traffic if traffic is None else traffic)
         self._publish(snap)
         return snap
 
@@ -301,10 +348,13 @@ class ServingState:
         self._want_merge(snap)
         return snap
 
-    def reload(self, name: str, path: str | None = None, force: bool = False) -> tuple[ModelVersion, ModelVersion]:
+    def reload(self, name: str, path: str | None = None, force: bool = False, keep: bool = False
+               ) -> tuple[ModelVersion, ModelVersion]:
         """Load + verify + warm, compute the catalog's parts for the new version, log, publish model
-        and parts in one swap; returns (new, old).  Raises UnknownModel, ReloadBusy, ModelLoadError
-        (SchemaChanged unless ``force``) or CatalogError (an ad the new version cannot encode)."""
+        and parts in one swap; returns (new, old).  With ``keep`` the new version is loaded beside
+        the current one (which keeps answering unpinned requests; ``old`` is the current version).
+        Raises UnknownModel, ReloadBusy, ModelLoadError (SchemaChanged unless ``force``) or
+        CatalogError (an ad the new version cannot encode)."""
         old = self.snapshot.model(name)
         if not self._reload.acquire(blocking=False):
             raise ReloadBusy(f"a reload of {name!r} or another model runs in this process; try again")
@@ -321,12 +371,13 @@ class ServingState:
                         raise SchemaChanged(name, mv.path, old.schema, mv.schema)
                     delta: Part | None = store.delta_part(self.snapshot.catalog, mv.catalog_model)
                     before = self.snapshot.position
-                    pos = self._append(LOAD, {"name": name, "path": str(mv.path), "version": mv.version,
-                                              "force": bool(force)})
+                    entry = {"name": name, "path": str(mv.path), "version": mv.version, "force": bool(force)}
+                    pos = self._append(LOAD, {**entry, "keep": True} if keep else entry)
                     self._catch_up(pos - 1)
                     if self.snapshot.position != before:  # others' entries came first: recompute what changed
                         delta = None
-                    old = self._swap(mv, pos, base if self.snapshot.catalog.base is view.base else None, delta)
+                    old = self._swap(mv, pos, base if self.snapshot.catalog.base is view.base else None, delta,
+                                     keep=keep)
         except (ModelLoadError, CatalogError):
             metrics.MODEL_LOADS.labels(name, "refused").inc()
             raise
@@ -337,6 +388,59 @@ class ServingState:
             gc.freeze()  # the new version's long-lived objects join the frozen generation
         return mv, old
 
+    def retire(self, name: str, version: str) -> Snapshot:
+        """Log + apply the unloading of a version kept beside the current one.  Raises
+        UnknownModel, UnknownVersion, VersionInUse (the current version, or one with traffic)."""
+        with self._apply:
+            self._catch_up()
+            snap = self.snapshot
+            cur = snap.model(name)
+            if version not in snap.versions(name):
+                raise UnknownVersion(name, version, list(snap.versions(name)))
+            if version == cur.version:
+                raise VersionInUse(f"version {version!r} is the current version of {name!r}: make another "
+                                   "version current first (reload with its path)")
+            split = snap.traffic.get(name)
+            if split is not None and (dict(split.weights).get(version, 0) > 0 or split.shadow == version):
+                raise VersionInUse(f"version {version!r} of {name!r} has traffic ({split.to_dict()}): "
+                                   "set its weight to 0 and remove it as shadow first")
+            pos = self._append(RETIRE, {"name": name, "version": version})
+            self._catch_up(pos - 1)
+            return self._retire(name, version, pos)
+
+    def _retire(self, name: str, version: str, pos: int) -> Snapshot:
+        cur = self.snapshot
+        kept = dict(cur.extra.get(name, {}))
+        mv = kept.pop(version, None)
+        if mv is None:
+            return self._next(pos)
+        snap = self._next(pos, catalog=store.without_model(cur.catalog, mv.key), extra={**cur.extra, name: kept})
+        metrics.model_retired(name, version)
+        catalog_metrics.retired(name, version)
+        log.info("model %r retired version %s", name, version)
+        return snap
+
+    def set_traffic(self, name: str, data: dict) -> Snapshot:
+        """Log + apply a name's split (``{}``: none).  Raises UnknownModel or TrafficError (a
+        version not loaded, a bad weight)."""
+        split = Split.from_dict(data)
+        with self._apply:
+            self._catch_up()
+            snap = self.snapshot
+            snap.model(name)
+            if split is not None:
+                split.check(name, list(snap.versions(name)))
+            pos = self._append(TRAFFIC, {"name": name, "traffic": split.to_dict() if split else {}})
+            self._catch_up(pos - 1)
+            return self._set_traffic(name, split, pos)
+
+    def _set_traffic(self, name: str, split: Split | None, pos: int) -> Snapshot:
+        traffic = {n: t for n, t in self.snapshot.traffic.items() if n != name}
+        if split is not None:
+            traffic[name] = split
+        log.info("model %r traffic: %s", name, split.to_dict() if split else "current version only")
+        return self._next(pos, traffic=traffic)
+
     def reload_all(self) -> None:
         """SIGHUP: every served model re-read from its path; failures are logged, not raised."""
         for name in list(self.snapshot.models):
@@ -345,13 +449,25 @@ class ServingState:
             except Exception as exc:  # noqa: BLE001 - one model's failure never stops the others
                 log.error("reload of %s refused, keeping the old version: %s", name, exc)
 
-    def _swap(self, mv: ModelVersion, pos: int, base=None, delta=None) -> ModelVersion:
-        """Publish ``mv`` under its name with its catalog parts (under ``_apply``); returns the old."""
+    def _swap(self, mv: ModelVersion, pos: int, base=None, delta=None, keep: bool = False) -> ModelVersion:
+        """Publish ``mv`` under its name with its catalog parts (under ``_apply``); returns the
+        current version it replaces (``keep``: loaded beside it, the current one stays)."""
         cur = self.snapshot
         old = cur.models[mv.name]
+        kept = dict(cur.extra.get(mv.name, {}))
+        if keep and mv.version != old.version:
+            kept[mv.version] = mv
+            view = store.with_model(cur.catalog, mv.key, mv.catalog_model, base, delta=delta)
+            snap = self._next(pos, catalog=view, extra={**cur.extra, mv.name: kept})
+            metrics.model_kept(mv.name, mv)
+            catalog_metrics.published(snap, "reload", view.size)
+            log.info("model %r loaded version %s from %s beside the current %s", mv.name, mv.version, mv.path,
+                     old.version)
+            return old
+        kept.pop(mv.version, None)  # a kept version made current
         view = store.with_model(cur.catalog, mv.key, mv.catalog_model, base,
                                 drop=[old.key] if old.key != mv.key else [], delta=delta)
-        snap = self._next(pos, catalog=view, models={**cur.models, mv.name: mv})
+        snap = self._next(pos, catalog=view, models={**cur.models, mv.name: mv}, extra={**cur.extra, mv.name: kept})
         metrics.model_swapped(mv.name, old, mv)
         if old.version != mv.version:
             catalog_metrics.retired(mv.name, old.version)
@@ -396,8 +512,18 @@ class ServingState:
                 catalog_metrics.published(self._next(e.pos, catalog=view), "bids", len(bids))
             elif e.kind == LOAD:
                 self._apply_load(e, pre)
+            elif e.kind == RETIRE:
+                if e.data["name"] in cur.models:
+                    self._retire(e.data["name"], e.data["version"], e.pos)
+                else:
+                    self._next(e.pos)
+            elif e.kind == TRAFFIC:
+                if e.data["name"] in cur.models:
+                    self._set_traffic(e.data["name"], Split.from_dict(e.data["traffic"] or {}), e.pos)
+                else:
+                    self._next(e.pos)
             metrics.LOG_ENTRIES.labels(e.kind, "applied").inc()
-        except (CatalogError, ModelLoadError, KeyError, TypeError, ValueError) as exc:
+        except (CatalogError, ModelLoadError, KeyError, TypeError, ValueError, TrafficError) as exc:
             self._skipped(e, str(exc))
             self._next(e.pos)
 
@@ -416,12 +542,12 @@ class ServingState:
                         e.pos, name, data["version"], mv.path, mv.version)
         if not data.get("force") and not same_schema(cur.models[name].schema, mv.schema):
             raise SchemaChanged(name, mv.path, cur.models[name].schema, mv.schema)
-        self._swap(mv, e.pos, base if at is not None and cur.catalog.base is at else None)
+        self._swap(mv, e.pos, base if at is not None and cur.catalog.base is at else None, keep=bool(data.get("keep")))
         metrics.MODEL_LOADS.labels(name, "ok").inc()
 
     def _skipped(self, e: Entry, reason: str | None) -> None:
         self.skipped.append((e.pos, e.kind, reason))
-        metrics.LOG_ENTRIES.labels(e.kind if e.kind in (UPSERT, DELETE, LOAD) else "other", "skipped").inc()
+        metrics.LOG_ENTRIES.labels(e.kind if e.kind in (UPSERT, DELETE, LOAD, RETIRE, TRAFFIC) else "other", "skipped").inc()
         if e.kind == LOAD and e.data:
             metrics.MODEL_LOADS.labels(str(e.data.get("name")), "skipped").inc()
         log.error("replication log entry %d (%s) skipped: %s", e.pos, e.kind, reason)
@@ -554,7 +680,9 @@ class ServingState:
                 "snapshot_age_seconds": round(time.time() - snap.published, 3),
                 "catalog": {"ads": view.size, "version": view.version, "base": len(view.base),
                             "delta": len(view.delta), "dead": len(view.dead)},
-                "models": {n: {"version": m.version, "path": str(m.path), "catalog_ads": view.size}
+                "models": {n: {"version": m.version, "path": str(m.path), "catalog_ads": view.size,
+                               "versions": {v: str(mv.path) for v, mv in snap.versions(n).items()},
+                               "traffic": snap.traffic[n].to_dict() if n in snap.traffic else None}
                            for n, m in snap.models.items()},
                 "skipped": [{"position": p, "kind": k, "reason": r} for p, k, r in self.skipped]}
 

@@ -96,3 +96,31 @@ def test_docker_readme_copy_finds_the_default_models(tmp_path):
     r = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "docker/models").iterdir()) == ["dplr.adrk", "pruned.adrk"]
+
+
+@pytest.mark.slow
+def test_the_canary_rollout_runs_as_written(tmp_path):
+    """The README's canary block against the embedded default models, with a real second version
+    of `dplr` (the default `pruned` artifact: same schema) where it names /models/dplr-v2.adrk."""
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in code_blocks(readme) if "dplr-v2.adrk" in b and "traffic" in b)
+    models = tmp_path / "models"  # the --model-dir the README's server was started with
+    models.mkdir()
+    shutil.copy(REPO / "adrank/cli/defaults/pruned.adrk", models / "dplr-v2.adrk")
+    env = {k: v for k, v in os.environ.items() if k not in ("ADRANK_MODELS", "ADRANK_ADMIN_TOKEN")}
+    with Server(["--model-dir", str(models)], env) as srv:
+        script = block.replace("localhost:8000", f"localhost:{srv.port}")
+        script += f'\necho; echo "OLD=$OLD NEW=$NEW"; curl -s -H "$A" localhost:{srv.port}/v1/models/dplr/traffic'
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**env, "ADRANK_STATE_DIR": str(srv.state_dir)})
+    assert r.returncode == 0, r.stderr
+    old, new = re.search(r"OLD=(\w+) NEW=(\w+)", r.stdout).groups()
+    assert old != new
+    from service.traffic import Split, key_point
+
+    canary = Split(tuple(sorted({old: 95.0, new: 5.0}.items())))
+    served = re.search(r'\{"model":"dplr","version":"(\w+)","ads"', r.stdout).group(1)
+    assert served == canary.pick(key_point("dplr", "user-42"), {old, new})  # the split, by the key's hash
+    final = msgspec.json.decode(r.stdout.splitlines()[-1])
+    assert final["current_version"] == new and final["traffic"] is None  # promoted, split cleared
+    assert [v["version"] for v in final["versions"]] == [new]

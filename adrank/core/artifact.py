@@ -214,6 +214,16 @@ def validate(manifest, table, arrays: dict[str, np.ndarray] | None = None, path=
         raise BadManifest(f"bad schema: {exc}", path) from None
     if manifest["preprocess"].get("schema") != manifest["schema"]:
         raise BadManifest("preprocess.schema differs from the manifest's schema", path)
+    if "calibration" in manifest:
+        from adrank.core.calibration import CalibrationError, of_manifest
+
+        if manifest["target"] != "binary":
+            raise BadManifest("a calibration map needs target 'binary' (it maps scores to click probabilities)",
+                              path)
+        try:
+            of_manifest(manifest)
+        except CalibrationError as exc:
+            raise BadManifest(f"bad calibration: {exc}", path) from None
     dims = dimensions(manifest)
     for name, (dtype, shape_rule) in required_arrays(manifest).items():
         if name not in table:

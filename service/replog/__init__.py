@@ -30,6 +30,8 @@ from service.replog.entries import (
     DELETE,
     KINDS,
     LOAD,
+    RETIRE,
+    TRAFFIC,
     UPSERT,
     Entry,
     LogError,
@@ -41,8 +43,8 @@ from service.replog.entries import (
     fold,
 )
 
-__all__ = ["BIDS", "COMPACT_ADS", "DELETE", "KINDS", "LOAD", "UPSERT", "Entry", "LogError", "ReplicationLog", "State",
-           "changes", "checksum", "decode", "encode", "fold", "open_log"]
+__all__ = ["BIDS", "COMPACT_ADS", "DELETE", "KINDS", "LOAD", "RETIRE", "TRAFFIC", "UPSERT", "Entry", "LogError",
+           "ReplicationLog", "State", "changes", "checksum", "decode", "encode", "fold", "open_log"]
 
 
 class ReplicationLog(Protocol):

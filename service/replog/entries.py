@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 UPSERT, DELETE, LOAD, BIDS = "ads.upsert", "ads.delete", "model.load", "ads.bids"
+RETIRE, TRAFFIC = "model.retire", "model.traffic"  # unload a version kept beside; set a name's split
 COMPACT_ADS = 2_000  # ads folded per compaction transaction: the engine's write lock (and the GIL) briefly
-KINDS = (UPSERT, DELETE, LOAD, BIDS)
+KINDS = (UPSERT, DELETE, LOAD, BIDS, RETIRE, TRAFFIC)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -35,7 +36,8 @@ class State:
 
     pos: int = 0
     ads: dict[str, bytes] = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)  # name -> {"path", "version"}
+    models: dict[str, dict] = field(default_factory=dict)
+    # name -> {"path", "version" (the current version), "kept": {version: path}, "traffic": {...}}
     boot: dict | None = None
 
 
@@ -100,7 +102,23 @@ def changes(entries: list[Entry], models: dict) -> dict[str, bytes | None]:
                 for ad_id in e.data["ids"]:
                     out[str(ad_id)] = None
             elif e.kind == LOAD:
-                models[e.data["name"]] = {"path": e.data["path"], "version": e.data.get("version")}
+                m = models.setdefault(e.data["name"], {})
+                kept = dict(m.get("kept") or {})
+                if e.data.get("keep"):  # loaded beside the current version
+                    kept[str(e.data.get("version"))] = e.data["path"]
+                else:
+                    kept.pop(str(e.data.get("version")), None)
+                    m.update(path=e.data["path"], version=e.data.get("version"))
+                m.pop("kept", None)
+                if kept:
+                    m["kept"] = kept
+            elif e.kind == RETIRE:
+                m = models.setdefault(e.data["name"], {})
+                kept = {v: p for v, p in (m.pop("kept", None) or {}).items() if v != e.data["version"]}
+                if kept:
+                    m["kept"] = kept
+            elif e.kind == TRAFFIC:
+                models.setdefault(e.data["name"], {})["traffic"] = e.data["traffic"]
         except (KeyError, TypeError, AttributeError):
             continue  # a well-formed JSON body of the wrong shape: skipped like any corrupt entry
     return out

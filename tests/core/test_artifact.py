@@ -123,6 +123,27 @@ def test_golden_bytes(tmp_path):
     assert info.version == hashlib.sha256(got[64:]).hexdigest()[:12] == "205f5ab639e9"
 
 
+def test_golden_bytes_with_a_calibration_map(tmp_path):
+    """A calibration member is plain manifest JSON (docs/artifact-format.md 4.1): the spec's
+    encoder gives the writer's bytes, the reader returns it as written, and the core applies it as
+    the section's formula says; a regression model cannot carry one."""
+    from adrank.core.calibration import of_manifest
+
+    for section, z, want in (({"method": "platt", "a": 2.0, "b": -1.0}, 0.5, 0.5),
+                             ({"method": "isotonic", "x": [0.25, 0.75], "y": [0.125, 0.625]}, 0.0, 0.375)):
+        manifest, arrays = tiny()
+        manifest["calibration"] = section
+        info = A.write_artifact(tmp_path / "cal.adrk", manifest, arrays)
+        assert info.path.read_bytes() == spec_bytes(manifest, arrays)
+        art = A.read_artifact(info.path)
+        assert art.manifest["calibration"] == section
+        assert of_manifest(art.manifest)(np.array([z]))[0] == want  # sigmoid(2 * 0.5 - 1) = 0.5; interp(0.5) = 0.375
+    manifest, arrays = two_field("fm")
+    manifest["calibration"] = {"method": "platt", "a": 1.0, "b": 0.0}
+    with pytest.raises(A.BadManifest, match="needs target 'binary'"):
+        A.write_artifact(tmp_path / "reg.adrk", manifest, arrays)
+
+
 def test_arrays_are_readonly_views_of_one_map(tmp_path):
     manifest, arrays = two_field("dplr")
     art = A.read_artifact(A.write_artifact(tmp_path / "m.adrk", manifest, arrays).path)

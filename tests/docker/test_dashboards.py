@@ -26,10 +26,13 @@ GRAFANA = DOCKER / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "adrank.json"
 
 # DESIGN.md §6: the service's metric families; histograms expose _bucket/_sum/_count series.
+# Plus the per-version and shadow metrics of issue 18 (README, "Versions, traffic splits and shadows").
 HISTOGRAMS = ("adrank_request_duration_seconds", "adrank_model_inference_duration_seconds",
-              "adrank_request_candidates", "adrank_queue_wait_seconds")
+              "adrank_request_candidates", "adrank_queue_wait_seconds", "adrank_version_inference_duration_seconds",
+              "adrank_shadow_score_abs_diff", "adrank_shadow_topk_overlap")
 SERIES = ("adrank_requests_total", "adrank_model_info", "adrank_shed_total", "adrank_inflight_requests",
-          "adrank_process_cpu_seconds", "adrank_process_resident_memory_bytes", "adrank_process_open_fds")
+          "adrank_process_cpu_seconds", "adrank_process_resident_memory_bytes", "adrank_process_open_fds",
+          "adrank_version_requests_total", "adrank_shadow_requests_total")
 BUILTIN = ("up",)  # written by Prometheus itself for every target
 SERVICE_METRICS = frozenset(
     [f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")] + list(SERIES) + list(BUILTIN)
@@ -218,7 +221,10 @@ def test_dashboard_shows_what_operations_needs():
                    "endpoint_model:adrank_request_duration_seconds:p99",
                    "model:adrank_model_inference_duration_seconds:p99",
                    "adrank_requests:rate1m", "endpoint_model:adrank_request_errors:ratio_rate1m",
-                   "model:adrank_request_candidates:", "adrank_model_info"):
+                   "model:adrank_request_candidates:", "adrank_model_info",
+                   "model_version:adrank_version_requests:rate1m",
+                   "model_version:adrank_version_inference_duration_seconds:p99",
+                   "model_version_shadow:adrank_shadow_topk_overlap:mean_rate1m"):
         assert needed in exprs, f"dashboard lacks a panel on {needed}"
 
 

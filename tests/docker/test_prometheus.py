@@ -200,6 +200,12 @@ def load(stack):
     # (MAX_REQUESTS), and a first successful scrape after it would leave every rate flat (0).
     up = wait_query(client, prom, 'up{job="adrank"}', lambda r: bool(r) and all(s["value"][1] == "1" for s in r))
     assert up and all(s["value"][1] == "1" for s in up), f"Prometheus never scraped the server: {up}"
+    # a second version of dplr (the pruned artifact: same schema) as dplr's shadow on half the
+    # requests, so the per-version and shadow series exist (answers still come from dplr's current version)
+    r = client.post(f"{app}/v1/models/dplr/reload", json={"path": str(stack[3]["pruned"]), "keep": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    shadow = {"weights": {r.json()["current_version"]: 1}, "shadow": r.json()["version"], "shadow_fraction": 0.5}
+    assert client.put(f"{app}/v1/models/dplr/traffic", json=shadow, timeout=30).status_code == 200
     rng = random.Random(1)
     codes, candidates, sent = Counter(), Counter(), 0
     t_end = time.monotonic() + LOAD_SECONDS
@@ -340,7 +346,8 @@ def test_dashboard_queries_evaluate_on_live_data(stack, load):
         result = query(client, prom, substitute_variables(expr), at)
         assert result, f"{where}: {expr!r} returned nothing on live data"
     versions = query(client, prom, "adrank_model_info == 1")
-    served = {s["metric"]["model"]: s["metric"]["version"] for s in versions}
-    assert set(served) == set(MODELS) and all(served.values()), served
+    served = {(s["metric"]["model"], s["metric"]["version"]) for s in versions}  # kept versions serve too
+    assert {m for m, _ in served} == set(MODELS) and all(v for _, v in served), served
     models = client.get(f"{stack[0]}/v1/models", timeout=10).json()["models"]
-    assert {d["name"]: d["version"] for d in models} == served, json.dumps(models)
+    loaded = {(d["name"], v["version"]) for d in models for v in d["versions"]}
+    assert served == loaded and {(d["name"], d["version"]) for d in models} <= served, json.dumps(models)
