@@ -60,6 +60,9 @@ class ReloadResponse(msgspec.Struct):
     model: str
     version: str
     previous_version: str
+    current_version: str
+    kept: bool
+    versions: list[str]
     path: str
     position: int
 
@@ -177,8 +180,10 @@ class Client:
             _decode(r, dict)
         return r.text
 
-    def reload(self, model: str, path: str | None = None, force: bool = False) -> ReloadResponse:
-        body = _encoder.encode({"path": path, "force": force})
+    def reload(self, model: str, path: str | None = None, force: bool = False,
+               keep: bool = False) -> ReloadResponse:
+        """``keep``: load it beside the current version (a canary or shadow candidate)."""
+        body = _encoder.encode({"path": path, "force": force, "keep": keep})
         return _decode(self._http.post(f"/v1/models/{model}/reload", content=body, headers=_JSON), ReloadResponse)
 
     def upsert(self, ads: list[dict]) -> UpsertResponse:
@@ -226,8 +231,10 @@ class AsyncClient:
         except httpx.HTTPError:
             return False
 
-    async def reload(self, model: str, path: str | None = None, force: bool = False) -> ReloadResponse:
-        body = _encoder.encode({"path": path, "force": force})
+    async def reload(self, model: str, path: str | None = None, force: bool = False,
+                     keep: bool = False) -> ReloadResponse:
+        """``keep``: load it beside the current version (a canary or shadow candidate)."""
+        body = _encoder.encode({"path": path, "force": force, "keep": keep})
         return _decode(await self._http.post(f"/v1/models/{model}/reload", content=body, headers=_JSON),
                        ReloadResponse)
 

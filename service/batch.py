@@ -19,15 +19,12 @@ from time import perf_counter
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from starlette.requests import ClientDisconnect
 
 from service import bounds, metrics, pipeline, schemas
 from service.admin import check_body_headers
 from service.catalog import metrics as catalog_metrics
-from service.encode import EncodeError
 from service.errors import JSON, ApiError
-from service.routes import read_body
-from service.snapshot import UnknownModel
+from service.routes import api_error, read_body
 
 BATCH = "/v1/rank:batch"
 log = logging.getLogger("adrank.batch")
@@ -48,17 +45,10 @@ def _named(i: int, exc: Exception) -> Exception:
     """The /v1/rank error of auction ``i`` (i < 0: of the batch itself), its message prefixed with
     the auction's position; any other exception as it is (a 500)."""
     where = f"auctions[{i}]: " if i >= 0 else ""
-    if isinstance(exc, ApiError):
-        return ApiError(exc.status, exc.code, f"{where}{exc.message}", exc.headers, **exc.extra)
-    if isinstance(exc, schemas.BadRequest):
-        return ApiError(422, exc.code, f"{where}{exc}")
-    if isinstance(exc, UnknownModel):
-        return ApiError(404, "unknown_model", f"{where}{exc}")
-    if isinstance(exc, EncodeError):
-        return ApiError(422, getattr(exc, "code", "invalid_value"), f"{where}{exc}", field=exc.field)
-    if isinstance(exc, ClientDisconnect):
-        return ApiError(499, "client_disconnected", "the client went away before sending its body")
-    return exc
+    error = api_error(exc)
+    if error is None:
+        return exc
+    return ApiError(error.status, error.code, f"{where}{error.message}", error.headers, **error.extra)
 
 
 def _observe(model: str, mode: str, seconds: float, n_ads: int) -> None:
@@ -70,7 +60,7 @@ def _observe(model: str, mode: str, seconds: float, n_ads: int) -> None:
 
 def answer(snap, body: bytes, settings) -> bytes:
     """The batch reply for ``body`` (raises ApiError naming the auction at fault)."""
-    bounds.prescan(body, settings.max_auctions, "auctions")
+    bounds.prescan(body, settings.max_auctions, "auctions", "too_many_auctions", "auctions")
     req = _decode(body)
     if len(req.auctions) > settings.max_auctions:
         raise ApiError(422, "too_many_auctions",

@@ -88,15 +88,16 @@ def ids_suspect(spans, id_hash, b, max_len):  # pragma: no cover - compiled
     return False
 
 
-def prescan(body: bytes, max_items: int, what: str = "ads") -> None:
-    """Raise a 422 ApiError naming the first limit ``body`` crosses (more ads than ``max_items``:
-    ``too_many_candidates``); malformed JSON is left to the decoder."""
-    code, at = _prescan(np.frombuffer(body, np.uint8), MAX_DEPTH, max_items, MAX_NUMBER_CHARS)
-    if code == OK:
+def prescan(body: bytes, max_items: int, what: str = "ads", code: str = "too_many_candidates",
+            noun: str = "candidates") -> None:
+    """Raise a 422 ApiError naming the first limit ``body`` crosses (more items than ``max_items``:
+    ``code``, e.g. ``too_many_candidates`` for a request's ads); malformed JSON is left to the decoder."""
+    found, at = _prescan(np.frombuffer(body, np.uint8), MAX_DEPTH, max_items, MAX_NUMBER_CHARS)
+    if found == OK:
         return
-    if code == TOO_MANY:
-        raise ApiError(422, "too_many_candidates", f"{what}: more than the limit of {max_items} candidates")
-    if code == TOO_DEEP:
+    if found == TOO_MANY:
+        raise ApiError(422, code, f"{what}: more than the limit of {max_items} {noun}")
+    if found == TOO_DEEP:
         raise ApiError(422, "too_deep", f"JSON nested deeper than {MAX_DEPTH} levels (at byte {at})")
     raise ApiError(422, "number_too_long", f"a number longer than {MAX_NUMBER_CHARS} characters (at byte {at})")
 

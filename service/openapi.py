@@ -109,10 +109,10 @@ def document(admin: bool, version: str = "1") -> dict:
             "security": ADMIN, "parameters": [name],
             "requestBody": _body(schemas.ReloadRequest, required=False, example={"path": "dplr-v2.adrk"}),
             "responses": _responses(_ref(schemas.ReloadResponse), (401, 403, 404, 409, 413, 415, 422, 503))}}
-        version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+        version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
         paths["/v1/models/{name}/versions/{version}"] = {"delete": {
             "operationId": "retire_version", "summary": "Unload a version kept beside the current one",
-            "security": ADMIN, "parameters": [name, version],
+            "security": ADMIN, "parameters": [name, version_param],
             "responses": _responses(_ref(schemas.RetireResponse), (401, 404, 409, 503))}}
         paths["/v1/models/{name}/traffic"] = {
             "get": {"operationId": "get_traffic", "summary": "A model name's traffic split and shadow",

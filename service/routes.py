@@ -267,19 +267,27 @@ async def rank_asgi(state, scope, receive, send) -> None:
 router.add_route(RANK, rank, methods=["POST"])
 
 
-def _error_response(exc: Exception) -> Response:
+def api_error(exc: Exception) -> ApiError | None:
+    """The reply a ranking failure gets (None: an internal error, a bug)."""
     if isinstance(exc, ApiError):
-        return exc.response()
+        return exc
     if isinstance(exc, schemas.BadRequest):
-        return ApiError(422, exc.code, str(exc)).response()
+        return ApiError(422, exc.code, str(exc))
     if isinstance(exc, UnknownModel):
-        return ApiError(404, "unknown_model", str(exc)).response()
+        return ApiError(404, "unknown_model", str(exc))
     if isinstance(exc, UnknownVersion):
-        return ApiError(404, "unknown_version", str(exc), model=exc.name, versions=exc.loaded).response()
+        return ApiError(404, "unknown_version", str(exc), model=exc.name, versions=exc.loaded)
     if isinstance(exc, ClientDisconnect):  # nobody to answer; counted as 499 (nginx's convention)
-        return ApiError(499, "client_disconnected", "the client went away before sending its body").response()
+        return ApiError(499, "client_disconnected", "the client went away before sending its body")
     if isinstance(exc, EncodeError):
-        return ApiError(422, getattr(exc, "code", "invalid_value"), str(exc), field=exc.field).response()
+        return ApiError(422, getattr(exc, "code", "invalid_value"), str(exc), field=exc.field)
+    return None
+
+
+def _error_response(exc: Exception) -> Response:
+    error = api_error(exc)
+    if error is not None:
+        return error.response()
     log.exception("internal error while ranking")
     return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()
 

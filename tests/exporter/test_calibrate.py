@@ -16,6 +16,8 @@ from service.app import create_app
 from service.ranker import Ranker
 from service.settings import ModelSpec, Settings
 from tests.service.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
     SCHEMA,
     preprocessor,
     random_params,
@@ -82,8 +84,8 @@ def test_every_serving_path_reports_the_fitted_map_of_the_oracle_probability(tmp
     for i, s in got.items():
         assert s == pytest.approx(want[i], abs=2e-6)  # float32 kernels, as in test_reload
 
-    settings = Settings(models=(ModelSpec("m", path),), gc_freeze=False)
-    with TestClient(create_app(settings, loader=ranker_loader())) as c:
+    settings = Settings(models=(ModelSpec("m", path),), gc_freeze=False, admin_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings, loader=ranker_loader()), headers=ADMIN) as c:
         assert c.put("/v1/ads", json={"ads": req["ads"]}).status_code == 200
         bodies = [c.post("/v1/rank", json=req).json(),  # the fast path
                   c.post("/v1/rank", json={**req, "routing_key": "k"}).json(),  # the generic parser
@@ -94,6 +96,23 @@ def test_every_serving_path_reports_the_fitted_map_of_the_oracle_probability(tmp
             assert body["ads"]
             for ad in body["ads"]:
                 assert ad["score"] == pytest.approx(want[ad["id"]], abs=2e-6)
+                assert ad["ctr"] == ad["score"]
+        # by value: eCPM = bid x calibrated CTR x 1000, on the scanner's path and on the catalog's kernel
+        bids = {a["id"]: 0.5 + i for i, a in enumerate(req["ads"])}
+        by_value = [c.post("/v1/rank", json={**req, "rank_by": "ecpm",
+                                             "ads": [{**a, "bid": bids[a["id"]]} for a in req["ads"]]}).json(),
+                    c.post("/v1/rank", json={**req, "rank_by": "ecpm", "reserve": 0.0,
+                                             "ads": [{**a, "bid": bids[a["id"]]} for a in req["ads"]]}).json()]
+        assert c.put("/v1/ads/bids", json={"bids": bids}).status_code == 200
+        by_value.append(c.post("/v1/rank", json={"context": req["context"], "all_ads": True, "top_k": 5,
+                                                 "rank_by": "ecpm"}).json())
+        for body in by_value:
+            assert body["ads"]
+            for ad in body["ads"]:
+                assert ad["ctr"] == pytest.approx(want[ad["id"]], abs=2e-6)
+                assert ad["ecpm"] == pytest.approx(bids[ad["id"]] * want[ad["id"]] * 1000, rel=1e-5)
+            ecpm = [ad["ecpm"] for ad in body["ads"]]
+            assert ecpm == sorted(ecpm, reverse=True)
         info = c.get("/v1/models").json()["models"][0]["calibration"]
         assert info["method"] == method and info["rows"] == 5_000
         assert info["logloss_calibrated"] < info["logloss_raw"]

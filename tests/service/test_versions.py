@@ -17,12 +17,22 @@ from service.app import create_app
 from service.settings import ModelSpec, Settings
 from service.state import ServingState
 from service.traffic import Split, TrafficError, UnknownVersion, key_point
-from tests.service.helpers import make_artifact, random_request, ranker_loader, reference_scores
+from tests.service.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
+    make_artifact,
+    random_request,
+    ranker_loader,
+    reference_scores,
+)
 from tests.service.test_metrics import value
 
 
 def _settings(path, state_dir, **kw) -> Settings:
-    return Settings(models=(ModelSpec("dplr", path),), gc_freeze=False, state_dir=state_dir, log_poll=0.01, **kw)
+    """One model served from ``path``; reloads read its directory; the tests' admin token."""
+    kw.setdefault("admin_token", ADMIN_TOKEN)
+    return Settings(models=(ModelSpec("dplr", path),), gc_freeze=False, state_dir=state_dir, log_poll=0.01,
+                    model_dir=path.parent, **kw)
 
 
 @pytest.fixture
@@ -97,7 +107,7 @@ def test_route_fractions_match_the_weights_and_keys_are_sticky(world):
 def test_pin_split_sticky_replies_name_their_version(world):
     tmp, (a, pa), (b, pb), _ = world
     req = random_request(np.random.default_rng(0), 6)
-    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader())) as c:
+    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader()), headers=ADMIN) as c:
         v1, v2 = _two_versions(c, b)
         params = {v1: pa, v2: pb}
         assert c.post("/v1/rank", json=req).json()["version"] == v1  # no split: the current version
@@ -137,7 +147,7 @@ def test_pin_split_sticky_replies_name_their_version(world):
 def test_retire_and_the_catalog_parts_of_every_version(world):
     tmp, (a, pa), (b, pb), _ = world
     req = random_request(np.random.default_rng(1), 5)
-    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader())) as c:
+    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader()), headers=ADMIN) as c:
         assert c.put("/v1/ads", json={"ads": req["ads"]}).status_code == 200
         v1, v2 = _two_versions(c, b)
         by_id = {"context": req["context"], "ads": [{"id": ad["id"]} for ad in req["ads"]]}
@@ -168,11 +178,11 @@ def test_retire_and_the_catalog_parts_of_every_version(world):
 
 def test_admin_routes_use_the_admin_token(world):
     tmp, (a, _), (b, _), _ = world
-    with TestClient(create_app(_settings(a, tmp / "state", admin_token="s3cret"), loader=ranker_loader())) as c:
+    with TestClient(create_app(_settings(a, tmp / "state", admin_token="s3cret-0123456789abcdef"), loader=ranker_loader()), headers=ADMIN) as c:
         assert c.put("/v1/models/dplr/traffic", json={}).status_code == 401
         assert c.get("/v1/models/dplr/traffic").status_code == 401
         assert c.delete("/v1/models/dplr/versions/x").status_code == 401
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": "Bearer s3cret-0123456789abcdef"}
         assert c.get("/v1/models/dplr/traffic", headers=auth).status_code == 200
 
 
@@ -185,7 +195,7 @@ def test_a_shadow_never_changes_a_reply_and_reports_its_agreement(world):
     reqs = [random_request(rng, 8) for _ in range(6)]
     bodies = [msgspec.json.encode(r) for r in reqs]
     bodies += [msgspec.json.encode({**reqs[0], "routing_key": "u1"}), msgspec.json.encode({**reqs[1], "top_k": 3})]
-    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader())) as c:
+    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader()), headers=ADMIN) as c:
         v1, v2 = _two_versions(c, b)
         plain = [c.post("/v1/rank", content=x).content for x in bodies]
         labels = {"model": "dplr", "version": v1, "shadow": v2}
@@ -224,8 +234,8 @@ def test_split_and_kept_versions_survive_a_restart_and_reach_another_worker(worl
     restart (the real-process version: tests/service/test_versions_processes.py)."""
     tmp, (a, pa), (b, pb), _ = world
     state = tmp / "state"
-    with TestClient(create_app(_settings(a, state), loader=ranker_loader())) as w1, \
-            TestClient(create_app(_settings(a, state), loader=ranker_loader())) as w2:
+    with TestClient(create_app(_settings(a, state), loader=ranker_loader()), headers=ADMIN) as w1, \
+            TestClient(create_app(_settings(a, state), loader=ranker_loader()), headers=ADMIN) as w2:
         v1, v2 = _two_versions(w1, b)
         assert w1.put("/v1/models/dplr/traffic", json={"weights": {v1: 3, v2: 1}, "shadow": v2,
                                                        "shadow_fraction": 0.1}).status_code == 200
@@ -236,7 +246,7 @@ def test_split_and_kept_versions_survive_a_restart_and_reach_another_worker(worl
         keyed = [w1.post("/v1/rank", json={**req, "routing_key": f"k{i}"}).json()["version"] for i in range(20)]
         assert [w2.post("/v1/rank", json={**req, "routing_key": f"k{i}"}).json()["version"]
                 for i in range(20)] == keyed  # both workers place each key alike
-    with TestClient(create_app(_settings(a, state), loader=ranker_loader())) as again:
+    with TestClient(create_app(_settings(a, state), loader=ranker_loader()), headers=ADMIN) as again:
         got = again.get("/v1/models/dplr/traffic").json()
         assert got["traffic"] == want["traffic"] and got["current_version"] == v1
         assert [v["version"] for v in got["versions"]] == [v1, v2]
@@ -257,7 +267,7 @@ def _eventually(check, timeout: float = 10.0) -> None:
 def test_metric_labels_stay_bounded_by_loaded_versions(world):
     tmp, (a, _), (b, _), _ = world
     req = random_request(np.random.default_rng(4), 3)
-    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader())) as c:
+    with TestClient(create_app(_settings(a, tmp / "state"), loader=ranker_loader()), headers=ADMIN) as c:
         v1, v2 = _two_versions(c, b)
         c.put("/v1/models/dplr/traffic", json={"weights": {v1: 1, v2: 1}})
         for i in range(30):

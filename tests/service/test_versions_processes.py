@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.helpers import Server, make_artifact, random_request, reference_scores
+from tests.service.helpers import ADMIN, Server, make_artifact, random_request, reference_scores
 
 
 def _by_worker(url: str, want_workers: int, timeout: float = 30) -> dict[int, dict]:
@@ -20,7 +20,7 @@ def _by_worker(url: str, want_workers: int, timeout: float = 30) -> dict[int, di
     while len(seen) < want_workers and time.monotonic() < deadline:
         with httpx.Client(base_url=url) as h:
             pid = h.get("/v1/models").json()["worker"]
-            seen[pid] = h.get("/v1/models/dplr/traffic").json()
+            seen[pid] = h.get("/v1/models/dplr/traffic", headers=ADMIN).json()
     return seen
 
 
@@ -32,14 +32,15 @@ def test_a_split_reaches_every_worker_and_survives_kill9(tmp_path):
     env = {**os.environ, "ADRANK_LOG_POLL": "0.05"}
     state = tmp_path / "state"
     req = random_request(np.random.default_rng(0), 4)
-    args = [f"dplr={a}", "--workers", "2", "--run-dir", str(tmp_path / "run")]
+    args = [f"dplr={a}", "--model-dir", str(tmp_path), "--workers", "2", "--run-dir", str(tmp_path / "run")]
     srv = Server(args, env, state_dir=state)
     try:
-        r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(b), "keep": True}, timeout=60)
+        r = httpx.post(srv.url + "/v1/models/dplr/reload", json={"path": str(b), "keep": True}, timeout=60,
+                       headers=ADMIN)
         assert r.status_code == 200, r.text
         v1, v2 = r.json()["current_version"], r.json()["version"]
         split = {"weights": {v1: 1.0, v2: 1.0}, "shadow": v2, "shadow_fraction": 0.5}
-        r = httpx.put(srv.url + "/v1/models/dplr/traffic", json=split, timeout=30)
+        r = httpx.put(srv.url + "/v1/models/dplr/traffic", json=split, timeout=30, headers=ADMIN)
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 30
         while True:  # the other worker applies the log entries within its poll interval
@@ -59,7 +60,7 @@ def test_a_split_reaches_every_worker_and_survives_kill9(tmp_path):
         srv.kill()  # kill -9 of the supervisor and its workers
         srv.stop()
     with Server(args, env, state_dir=state) as again:
-        t = httpx.get(again.url + "/v1/models/dplr/traffic").json()
+        t = httpx.get(again.url + "/v1/models/dplr/traffic", headers=ADMIN).json()
         assert t["traffic"] == split and [v["version"] for v in t["versions"]] == [v1, v2]
         for i, v in keyed.items():
             assert httpx.post(again.url + "/v1/rank", json={**req, "routing_key": f"k{i}"}).json()["version"] == v
