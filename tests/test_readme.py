@@ -107,7 +107,8 @@ def test_the_canary_rollout_runs_as_written(tmp_path):
     models = tmp_path / "models"  # the --model-dir the README's server was started with
     models.mkdir()
     shutil.copy(REPO / "adrank/cli/defaults/pruned.adrk", models / "dplr-v2.adrk")
-    env = {k: v for k, v in os.environ.items() if k not in ("ADRANK_MODELS", "ADRANK_ADMIN_TOKEN")}
+    # no token given: the server writes its own into its state directory, where the block reads it
+    env = {**{k: v for k, v in os.environ.items() if k != "ADRANK_MODELS"}, "ADRANK_ADMIN_TOKEN": ""}
     with Server(["--model-dir", str(models)], env) as srv:
         script = block.replace("localhost:8000", f"localhost:{srv.port}")
         script += f'\necho; echo "OLD=$OLD NEW=$NEW"; curl -s -H "$A" localhost:{srv.port}/v1/models/dplr/traffic'

@@ -41,6 +41,7 @@ from tests.docker.test_dashboards import (
     recording_rules,
     substitute_variables,
 )
+from tests.service.helpers import ADMIN, ADMIN_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("dplr", "pruned")
@@ -168,9 +169,10 @@ def stack(tmp_path_factory):
                             *(f"{name}={paths[name]}" for name in MODELS),
                             "--host", "127.0.0.1", "--port", str(app_port), "--no-access-log",
                             "--max-candidates", str(MAX_CANDIDATES), "--workers", "2",
-                            "--run-dir", str(tmp / "run")], tmp / "adrank.log",
+                            "--run-dir", str(tmp / "run"), "--state-dir", str(tmp / "state"),
+                            "--model-dir", str(tmp)], tmp / "adrank.log",
                            # the counts compared here must not depend on this busy machine's queueing (no shedding)
-                           env={**os.environ, "ADRANK_QUEUE_BUDGET": "30"}))
+                           env={**os.environ, "ADRANK_QUEUE_BUDGET": "30", "ADRANK_ADMIN_TOKEN": ADMIN_TOKEN}))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(PROM / f) for f in RULE_FILES],
@@ -202,10 +204,11 @@ def load(stack):
     assert up and all(s["value"][1] == "1" for s in up), f"Prometheus never scraped the server: {up}"
     # a second version of dplr (the pruned artifact: same schema) as dplr's shadow on half the
     # requests, so the per-version and shadow series exist (answers still come from dplr's current version)
-    r = client.post(f"{app}/v1/models/dplr/reload", json={"path": str(stack[3]["pruned"]), "keep": True}, timeout=60)
+    r = client.post(f"{app}/v1/models/dplr/reload", json={"path": str(stack[3]["pruned"]), "keep": True}, timeout=60,
+                    headers=ADMIN)
     assert r.status_code == 200, r.text
     shadow = {"weights": {r.json()["current_version"]: 1}, "shadow": r.json()["version"], "shadow_fraction": 0.5}
-    assert client.put(f"{app}/v1/models/dplr/traffic", json=shadow, timeout=30).status_code == 200
+    assert client.put(f"{app}/v1/models/dplr/traffic", json=shadow, timeout=30, headers=ADMIN).status_code == 200
     rng = random.Random(1)
     codes, candidates, sent = Counter(), Counter(), 0
     t_end = time.monotonic() + LOAD_SECONDS

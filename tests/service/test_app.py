@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import pipeline
 from service.app import create_app
 from service.settings import ModelSpec, Settings
 from tests.service.helpers import SCHEMA, make_artifact, random_request, ranker_loader, reference_scores
@@ -168,10 +169,12 @@ def test_catalog_writes_wait_on_the_rank_requests_in_flight(client, monkeypatch)
     assert svc.state.idle is svc.idle and svc.idle.is_set()
     seen = []
 
-    def snapshot(self):  # the request takes its snapshot while it is in flight: look at the event then
+    answer = pipeline.answer
+
+    def answering(*args, **kw):  # the request is in flight while the pipeline runs: look at the event then
         seen.append(svc.idle.is_set())
-        return self._snapshot
-    monkeypatch.setattr(type(svc.state), "snapshot", property(snapshot))
+        return answer(*args, **kw)
+    monkeypatch.setattr(pipeline, "answer", answering)
     req = random_request(np.random.default_rng(5), n_ads=3)
     assert client.post("/v1/rank", json={**req, "model": "dplr"}).status_code == 200
     assert seen and not any(seen)  # cleared during the request

@@ -87,11 +87,14 @@ class Writers:
                 if gen % 5 == 0:  # and delete one of them
                     gone = f"w{w}-{gen % self.batch}"
                     try:
-                        if h.delete(f"{url}/v1/ads/{gone}").status_code == 200:
-                            with self.lock:
-                                self.acked[gone] = None
-                    except httpx.HTTPError:
-                        pass
+                        deleted = h.delete(f"{url}/v1/ads/{gone}").status_code == 200
+                    except httpx.HTTPError:  # no reply (a kill mid-request): it may have landed
+                        deleted = None
+                    with self.lock:
+                        if deleted:
+                            self.acked[gone] = None
+                        elif deleted is None:
+                            self.unacked.append([{"id": gone, "features": None}])
 
     def finish(self) -> None:
         self.stop.set()
