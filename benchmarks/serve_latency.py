@@ -90,13 +90,14 @@ def make_bodies(schema: Schema, n_ads: int, count: int, positional: bool, seed: 
 class RawClient:
     """Minimal keep-alive HTTP/1.1 client: the least client overhead Python can have."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, token: str | None = None):
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""  # admin routes (service/admin.py)
 
     def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{self.auth}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.sock.sendall(head + body)
         while b"\r\n\r\n" not in self.buf:

@@ -43,6 +43,7 @@ from benchmarks.serve_latency import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-admin-token-0123456789abcdef"  # the server's admin token (reload, traffic)
 
 
 def _put(client: RawClient, path: str, obj) -> dict:
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())",
                                "serve", f"dplr={work / 'v1.adrk'}", "--port", str(port), "--no-access-log",
-                               "--log-level", "warning", "--state-dir", str(work / "state")], env={**os.environ})
+                               "--log-level", "warning", "--state-dir", str(work / "state"), "--model-dir", str(work)],
+                              env={**os.environ, "ADRANK_ADMIN_TOKEN": TOKEN})
     rows = []
     try:
         deadline = time.monotonic() + 180
@@ -102,8 +104,8 @@ def main(argv=None) -> int:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.2)
-        client = RawClient(port)
-        status, body = client.request("POST", "/v1/models/dplr/reload",
+        client, admin = RawClient(port), RawClient(port, TOKEN)
+        status, body = admin.request("POST", "/v1/models/dplr/reload",
                                       json.dumps({"path": str(work / "v2.adrk"), "keep": True}).encode())
         if status != 200:
             raise RuntimeError(f"keep-load of v2: {status} {body[:300]!r}")
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
                 client.request("POST", "/v1/rank", bodies[0])
             for r in range(args.rounds):
                 for mode, traffic in (modes.items() if r % 2 == 0 else reversed(modes.items())):
-                    _put(client, "/v1/models/dplr/traffic", traffic)
+                    _put(admin, "/v1/models/dplr/traffic", traffic)
                     print(f"N={n_ads} {mode} round {r} at {rate} req/s x {n}...", file=sys.stderr)
                     time.sleep(0.5)
                     before, cpu0, sh0 = scrape(client), cpu_seconds(server.pid), _shadow_seconds(client)

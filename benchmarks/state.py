@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_CONTEXT, N_ITEM, K, VALUES = 8, 8, 16, 2_000
 ADRANK = [sys.executable, "-c", "import sys; from adrank.cli import main; sys.exit(main())"]
 enc = msgspec.json.Encoder()
+TOKEN = "bench-admin-token-0123456789abcdef"  # the served processes' admin token (catalog writes, /v1/state)
 
 
 def free_port() -> int:
@@ -62,7 +63,10 @@ class Conn:
         self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        self.c.request(method, path, body=body, headers={"content-type": "application/json"} if body else {})
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        if body:
+            headers["content-type"] = "application/json"
+        self.c.request(method, path, body=body, headers=headers)
         r = self.c.getresponse()
         return r.status, r.read()
 
@@ -71,7 +75,7 @@ def serve(args: list[str], port: int, env: dict, log: Path) -> tuple[subprocess.
     """Start ``adrank serve`` and wait for /readyz; returns (process, seconds to ready)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([*ADRANK, "serve", *args, "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env={**env, "ADRANK_ADMIN_TOKEN": TOKEN}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: see {log}")
