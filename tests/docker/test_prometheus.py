@@ -334,6 +334,10 @@ def test_every_rule_and_dashboard_metric_exists_in_prometheus(stack, load):
     names = set(client.get(f"{prom}/api/v1/label/__name__/values", timeout=10).json()["data"])
     missing = (SERVICE_METRICS | set(recording_rules())) - names
     assert not missing, f"never scraped or recorded: {sorted(missing)}"
+    # the process series come from every live worker (two here), each under its own pid
+    for name in ("adrank_process_cpu_seconds", "adrank_process_resident_memory_bytes", "adrank_process_open_fds"):
+        pids = {s["metric"].get("pid") for s in query(client, prom, name)}
+        assert len(pids) >= 2 and None not in pids, f"{name}: {pids}"
     groups = client.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
     bad = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
     assert groups and not bad, f"rules failing on live data: {bad}"
