@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.serve_latency import RawClient, build_model, hist_stats, make_bodies
+from benchmarks.serve_latency import RawClient, build_model, hist_stats, make_bodies, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 N_ADS = 100  # normal traffic
@@ -189,16 +189,7 @@ def main() -> int:
     result: dict = {"command": "python benchmarks/edge_load.py" + (" --quick" if args.quick else ""),
                     "uptime_before": os.getloadavg(), "budget_ms": args.budget * 1e3, "candidates": N_ADS}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if RawClient(port).request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
+        wait_ready(server, port, 120)
         client = RawClient(port)
         for b in bodies[:20]:
             client.request("POST", "/v1/rank", b)

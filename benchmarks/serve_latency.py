@@ -110,6 +110,20 @@ class RawClient:
         return int(hdr[9:12]), rest[:length]
 
 
+def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> None:
+    """Until the server's /readyz answers 200 (RuntimeError if it exits or takes over ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if RawClient(port).request("GET", "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError("server did not become ready")
+        time.sleep(0.2)
+
+
 def scrape(client: RawClient) -> dict:
     _, text = client.request("GET", "/metrics")
     out: dict = {}
@@ -304,16 +318,7 @@ def main() -> int:
                                "--log-level", "warning", "--state-dir", str(work / "state")], env=env)
     rows = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if RawClient(port_no).request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
+        wait_ready(server, port_no, 120)
         client = RawClient(port_no)
         cache: dict = {}
         made: dict = {}  # (candidates, positional) -> the request bodies of that shape

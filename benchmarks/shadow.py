@@ -40,6 +40,7 @@ from benchmarks.serve_latency import (
     make_bodies,
     run_load,
     scrape,
+    wait_ready,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,16 +95,7 @@ def main(argv=None) -> int:
                               env={**os.environ, "ADRANK_ADMIN_TOKEN": TOKEN})
     rows = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if RawClient(port).request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
+        wait_ready(server, port, 180)
         client, admin = RawClient(port), RawClient(port, TOKEN)
         status, body = admin.request("POST", "/v1/models/dplr/reload",
                                       json.dumps({"path": str(work / "v2.adrk"), "keep": True}).encode())

@@ -43,10 +43,8 @@ from service.catalog.ranking import (
     Ranked,
     RankRequestError,
     Value,
-    by_id,
-    catalog_key,
+    by_id_positions,
     rank_encoded,
-    unknown_ad,
 )
 from service.errors import ApiError
 from service.link import calibration_of
@@ -262,13 +260,7 @@ def parse_generic(snap: Snapshot, body: bytes, max_candidates: int, labels: list
                        req.explain)
     ads = req.ads or []
     _no_duplicates(ads)
-    at = [i for i, ad in enumerate(ads) if by_id(ad)]
-    keys: list[str] = []
-    for i in at:
-        k = catalog_key(ads[i].get("id"))
-        if k is None:
-            raise unknown_ad(i, ads[i].get("id"))
-        keys.append(k)
+    at, keys = by_id_positions(ads)
     ids, X = enc.encode_ads(cast(list, ads))  # validates every inline ad; the rows of ads by id are unused
     for i in at:
         ids[i] = ads[i]["id"]  # replies name a catalog ad by its id as the request gave it

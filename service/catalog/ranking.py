@@ -38,6 +38,19 @@ class RankRequestError(RequestError):
         super().__init__(field, message, code=code)
 
 
+def by_id_positions(ads: list) -> tuple[list[int], list[str]]:
+    """The positions of the ads given by id alone and their catalog keys (RankRequestError naming
+    the first id that cannot be one)."""
+    at = [i for i, ad in enumerate(ads) if by_id(ad)]
+    keys: list[str] = []
+    for i in at:
+        k = catalog_key(ads[i].get("id"))
+        if k is None:
+            raise unknown_ad(i, ads[i].get("id"))
+        keys.append(k)
+    return at, keys
+
+
 def unknown_ad(position: int, ad_id) -> RankRequestError:
     return RankRequestError("id", f"ads[{position}]: id {ad_id!r} is not in the catalog and has no features",
                             code="unknown_ad")
@@ -216,13 +229,7 @@ def rank(view: View, key: str, context, ads=None, all_ads: bool = False, top_k=N
         return view.ids_of(r.order.tolist()), r
     if not isinstance(ads, list):
         raise RankRequestError("ads", f"expected a list of ads, got {type(ads).__name__}", code="invalid_ad")
-    at = [i for i, ad in enumerate(ads) if by_id(ad)]
-    keys: list[str] = []
-    for i in at:
-        k = catalog_key(ads[i].get("id"))
-        if k is None:
-            raise unknown_ad(i, ads[i].get("id"))
-        keys.append(k)
+    at, keys = by_id_positions(ads)
     ids, X = model.encoder.encode_ads(ads)  # validates every inline ad; rows of ads by id are unused
     for i, k in zip(at, keys, strict=True):
         ids[i] = k

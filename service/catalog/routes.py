@@ -62,28 +62,37 @@ def _not_committed(exc: LogError) -> Response:
     return _error(503, "log_unavailable", f"the write was not committed (not acknowledged): {exc}")
 
 
-@router.put("/v1/ads")
-async def upsert_ads(request: Request) -> Response:
+async def _write_body(request: Request, member: str, kind: type, shape: str):
+    """(serving state, the decoded body ``{member: kind}``) of a catalog write, or (None, the error
+    reply): the token, a JSON content type, the size bound, the prescan (nesting, numbers, ads)."""
     try:
         _guard(request, body=True)
     except ApiError as exc:
-        return exc.response()
+        return None, exc.response()
     state = _state(request)
     if state is None:
-        return _error(404, "no_catalog", "this server has no ad catalog")
+        return None, _error(404, "no_catalog", "this server has no ad catalog")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_UPSERT_BYTES:
-        return _error(413, "body_too_large", f"body of {declared} bytes exceeds {MAX_UPSERT_BYTES}")
+        return None, _error(413, "body_too_large", f"body of {declared} bytes exceeds {MAX_UPSERT_BYTES}")
     try:
         raw = await request.body()
-        bounds.prescan(raw, MAX_UPSERT_ADS)
+        bounds.prescan(raw, MAX_UPSERT_ADS, member)
         body = msgspec.json.decode(raw)
     except ApiError as exc:
-        return exc.response()
+        return None, exc.response()
     except msgspec.DecodeError as exc:
-        return _error(422, "invalid_json", f"malformed JSON: {exc}")
-    if not isinstance(body, dict) or not isinstance(body.get("ads"), list) or set(body) != {"ads"}:
-        return _error(422, "invalid_request", 'body must be {"ads": [{"id": ..., "features": {...}}, ...]}')
+        return None, _error(422, "invalid_json", f"malformed JSON: {exc}")
+    if not isinstance(body, dict) or not isinstance(body.get(member), kind) or set(body) != {member}:
+        return None, _error(422, "invalid_request", f"body must be {shape}")
+    return state, body
+
+
+@router.put("/v1/ads")
+async def upsert_ads(request: Request) -> Response:
+    state, body = await _write_body(request, "ads", list, '{"ads": [{"id": ..., "features": {...}}, ...]}')
+    if isinstance(body, Response):
+        return body
     try:
         snap = await asyncio.to_thread(state.upsert, body["ads"])
     except CatalogError as exc:
@@ -99,26 +108,9 @@ async def set_bids(request: Request) -> Response:
     """``{"bids": {ad id: bid | null}}``: new bids of ads already in the catalog, without touching
     their features (no encoding, no precompute: a copy of the bid arrays).  404 naming the unknown
     ids (nothing written), 422 for a bad bid."""
-    try:
-        _guard(request, body=True)
-    except ApiError as exc:
-        return exc.response()
-    state = _state(request)
-    if state is None:
-        return _error(404, "no_catalog", "this server has no ad catalog")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPSERT_BYTES:
-        return _error(413, "body_too_large", f"body of {declared} bytes exceeds {MAX_UPSERT_BYTES}")
-    try:
-        raw = await request.body()
-        bounds.prescan(raw, MAX_UPSERT_ADS, "bids")
-        body = msgspec.json.decode(raw)
-    except ApiError as exc:
-        return exc.response()
-    except msgspec.DecodeError as exc:
-        return _error(422, "invalid_json", f"malformed JSON: {exc}")
-    if not isinstance(body, dict) or not isinstance(body.get("bids"), dict) or set(body) != {"bids"}:
-        return _error(422, "invalid_request", 'body must be {"bids": {"<ad id>": <bid or null>, ...}}')
+    state, body = await _write_body(request, "bids", dict, '{"bids": {"<ad id>": <bid or null>, ...}}')
+    if isinstance(body, Response):
+        return body
     try:
         for i in body["bids"]:
             _check_id(i)
