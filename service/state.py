@@ -66,8 +66,10 @@ RETIRE_SECONDS = 2.0  # far longer than a request holds a snapshot
 # A catalog write's CPU work (validate, encode, parts) runs in slices of WRITE_SLICE ads; before
 # each slice it waits (blocked on an event, not polling: a polling thread would take the GIL from
 # the requests it waits for) while ranking requests are in flight, up to WRITE_YIELD_MAX in all,
-# so a write delays a request by one slice instead of all of its work.
-WRITE_SLICE = 16
+# so a write delays a request by one slice instead of all of its work.  A slice has a fixed cost
+# (the encoder's and the parts kernel's set-up): 100 ads, a few ms of work, keep both a write's
+# acknowledgement and the requests' tail in bounds (docs/results/state-notes.md).
+WRITE_SLICE = 100
 WRITE_YIELD_MAX = 0.02
 
 

@@ -122,7 +122,7 @@ def app_paths() -> set[str]:
 
 
 def env_of(container: dict) -> dict:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def serve_port(argv: list[str]) -> int:
@@ -159,6 +159,9 @@ def test_deployment_probes_drain_resources_and_selectors():
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
     writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
     assert "/var/lib/adrank" in writable and c["args"][c["args"].index("--run-dir") + 1].startswith("/var/lib/adrank")
+    # one admin token for every replica, from a Secret (each would otherwise generate its own)
+    token = next(e for e in c["env"] if e["name"] == "ADRANK_ADMIN_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "adrank-admin", "key": "token"}
 
 
 def test_the_replicas_share_a_redis_log_that_fsyncs_every_write():
@@ -192,6 +195,8 @@ def test_compose_fleet_runs_two_replicas_on_one_redis():
     for name, s in replicas.items():
         settings = Settings.from_env(s["environment"])
         assert settings.log_url == "redis://redis:6379/0", name
+        # one admin token for the fleet, from the operator's environment (compose refuses to start without)
+        assert s["environment"]["ADRANK_ADMIN_TOKEN"].startswith("${ADRANK_ADMIN_TOKEN:?"), name
         assert s["depends_on"]["redis"]["condition"] == "service_healthy"
         assert s["image"] == main["image"] and s["build"] == main["build"]
         host_port = s["ports"][0].rsplit(":", 1)
