@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     feats = random_features(schema, range(schema.m_context, schema.m), VALUES, rng, 1000)
     inline = [{"id": f"x-{i}", "features": f} for i, f in enumerate(feats)]
     with_bids = [{**a, "bid": float(b)} for a, b in zip(inline, np.round(rng.uniform(0.05, 5, 1000), 2), strict=True)]
-    ids = [{"id": f"ad-{i}"} for i in rng.integers(0, n_big, 1000)]
+    ids = [{"id": f"ad-{i}"} for i in rng.choice(n_big, 1000, replace=False)]
     enc = msgspec.json.Encoder()
 
     def body(**kw) -> bytes:
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parsed = {}
     for name, (b, fast, *on) in variants.items():  # warm every path once; keep one parse for score-only
         sn = on[0] if on else snap
-        out = pipeline.answer(sn, b, 10**6, None, fast, 10)
+        out = pipeline.answer(sn, b, 10**6, None, fast, max_explain=10)
         assert out.body.startswith(b'{"model"'), out.body[:200]
         req = (pipeline.parse_fast(sn, b, 10**6) if fast else None) or pipeline.parse_generic(sn, b, 10**6)
         parsed[name] = (req, fast and pipeline.parse_fast(sn, b, 10**6) is not None, sn)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     for _ in range(rounds):
         for name, (b, fast, *_) in variants.items():
             req, _, sn = parsed[name]
-            whole[name].append(timed(lambda b=b, fast=fast, sn=sn: pipeline.answer(sn, b, 10**6, None, fast, 10)))
+            whole[name].append(timed(lambda b=b, fast=fast, sn=sn: pipeline.answer(sn, b, 10**6, None, fast, max_explain=10)))
             scoring[name].append(timed(lambda req=req, sn=sn: pipeline.score(sn, req)))
     gc.unfreeze()
     load_end = os.getloadavg()

@@ -224,13 +224,13 @@ def scan_kernels(D: int):
             if p < n_dead and dead[p] == a:
                 p += 1
                 continue
+            raw = score(z, const, W, c, a)
+            if ca * raw + cb < xfloor:  # below the logit even the largest bid needs: no bid, no exp
+                continue
             bid = bids[a]
             bid = bid if bid == bid else 0.0
             scale = bid * 1000.0 if by_value else 1.0
-            if scale <= floor:  # even a CTR of 1 loses: no score needed
-                continue
-            raw = score(z, const, W, c, a)
-            if ca * raw + cb < xfloor:  # below the logit even the largest bid needs: no exp, no division
+            if scale <= floor:  # even a CTR of 1 loses
                 continue
             if scale * _ctr_bound(raw, ca, cb, xs, ys) <= floor:  # an upper bound of the CTR loses: no exp
                 continue
