@@ -86,6 +86,19 @@ def _vec_dot(D: int):
 
 
 @numba.njit(inline="always", **KERNEL)
+def _first_at_least(sorted_rows, lo):
+    """The index of the first of ``sorted_rows`` that is >= ``lo`` (binary search)."""
+    p, q = 0, sorted_rows.shape[0]
+    while p < q:
+        mid = (p + q) >> 1
+        if sorted_rows[mid] < lo:
+            p = mid + 1
+        else:
+            q = mid
+    return p
+
+
+@numba.njit(inline="always", **KERNEL)
 def _sift_down(hs, hi, size, pos):
     """Restore the min-heap (score, then *larger* row = worse) below ``pos``."""
     while True:
@@ -171,13 +184,7 @@ def scan_kernels(D: int):
         """The best min(k, live rows of [lo, hi)) ads into an (unsorted) min-heap of global rows
         (``row0 + a``); rows in ``dead`` (sorted) are skipped.  Returns the heap's size."""
         size = 0
-        p, q = 0, dead.shape[0]
-        while p < q:  # the first dead row >= lo
-            mid = (p + q) >> 1
-            if dead[mid] < lo:
-                p = mid + 1
-            else:
-                q = mid
+        p = _first_at_least(dead, lo)
         n_dead = dead.shape[0]
         for a in range(lo, hi):
             if p < n_dead and dead[p] == a:
@@ -205,13 +212,7 @@ def scan_kernels(D: int):
         caller applies it exactly) are skipped (``has_reserve``) and the heap keeps the best eCPM
         (``by_value``) or CTR."""
         size = 0
-        p, q = 0, dead.shape[0]
-        while p < q:
-            mid = (p + q) >> 1
-            if dead[mid] < lo:
-                p = mid + 1
-            else:
-                q = mid
+        p = _first_at_least(dead, lo)
         n_dead = dead.shape[0]
         # the value an ad must beat: the heap's worst once full, and just below the reserve (the
         # kernel's arithmetic is reassociated and its exp approximate: it selects candidates with
