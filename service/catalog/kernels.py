@@ -99,6 +99,29 @@ def _first_at_least(sorted_rows, lo):
 
 
 @numba.njit(inline="always", **KERNEL)
+def _heap_offer(hs, hi, size, k, s, row):
+    """Offer (value ``s``, ``row``) to the min-heap of the best ``k`` (``size`` held so far: filled
+    first, heapified once full, then the root replaced by a better value; rows come in ascending
+    order, so an equal value never beats the root).  Returns (new size, whether the heap's worst
+    value may have risen)."""
+    if size < k:
+        hs[size] = s
+        hi[size] = row
+        size += 1
+        if size == k:
+            for j in range(k // 2 - 1, -1, -1):
+                _sift_down(hs, hi, k, j)
+            return size, True
+        return size, False
+    if s > hs[0]:
+        hs[0] = s
+        hi[0] = row
+        _sift_down(hs, hi, k, 0)
+        return size, True
+    return size, False
+
+
+@numba.njit(inline="always", **KERNEL)
 def _sift_down(hs, hi, size, pos):
     """Restore the min-heap (score, then *larger* row = worse) below ``pos``."""
     while True:
@@ -190,18 +213,7 @@ def scan_kernels(D: int):
             if p < n_dead and dead[p] == a:
                 p += 1
                 continue
-            s = score(z, const, W, c, a)
-            if size < k:  # fill, then heapify once full
-                heap_s[size] = s
-                heap_i[size] = row0 + a
-                size += 1
-                if size == k:
-                    for j in range(k // 2 - 1, -1, -1):
-                        _sift_down(heap_s, heap_i, k, j)
-            elif s > heap_s[0]:  # rows ascend, so an equal score never beats the root
-                heap_s[0] = s
-                heap_i[0] = row0 + a
-                _sift_down(heap_s, heap_i, k, 0)
+            size, _ = _heap_offer(heap_s, heap_i, size, k, score(z, const, W, c, a), row0 + a)
         return size
 
     @closure_njit
@@ -239,20 +251,8 @@ def scan_kernels(D: int):
             e = bid * pr * 1000.0
             if has_reserve and not e > res_low:
                 continue
-            s = e if by_value else pr
-            if size < k:
-                heap_s[size] = s
-                heap_i[size] = row0 + a
-                size += 1
-                if size == k:
-                    for j in range(k // 2 - 1, -1, -1):
-                        _sift_down(heap_s, heap_i, k, j)
-                    floor = max(low, heap_s[0])
-                    xfloor = _x_floor(floor, by_value, max_bid, xs)
-            elif s > heap_s[0]:
-                heap_s[0] = s
-                heap_i[0] = row0 + a
-                _sift_down(heap_s, heap_i, k, 0)
+            size, raised = _heap_offer(heap_s, heap_i, size, k, e if by_value else pr, row0 + a)
+            if raised:
                 floor = max(low, heap_s[0])
                 xfloor = _x_floor(floor, by_value, max_bid, xs)
         return size
