@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from adrank.core import kinds
-from service.catalog.precompute import Plan, rows_of
+from service.catalog.precompute import Plan, pool_field, rows_of
 from service.kernels.codegen import PLAIN
 
 
@@ -64,25 +64,8 @@ def explain_rows(rows, offsets, emb, linear, R, self_w, out):
     V = np.zeros((m, k))
     for n in range(rows.shape[0]):
         for f in range(m):
-            V[f, :] = 0.0
-            cnt = 0
-            lin = 0.0
-            for s in range(offsets[f], offsets[f + 1]):
-                t = rows[n, s]
-                if t >= 0:
-                    cnt += 1
-                    lin += linear[t]
-                    for j in range(k):
-                        V[f, j] += emb[t, j]
-            val = 0.0
-            if cnt > 0:
-                inv = 1.0 / cnt
-                sq = 0.0
-                for j in range(k):
-                    V[f, j] *= inv
-                    sq += V[f, j] * V[f, j]
-                val = lin * inv + self_w[f] * sq
-            out[n, f] = val
+            lin, sq = pool_field(rows, n, offsets[f], offsets[f + 1], emb, linear, V, f)
+            out[n, f] = lin + self_w[f] * sq
         for i in range(m):
             for j in range(i + 1, m):
                 r = R[i, j]

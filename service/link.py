@@ -86,6 +86,19 @@ def _sigmoid(x):
 
 
 @numba.njit(**PLAIN, inline="always")
+def knot_below(xs, p):
+    """The knot interval holding ``p`` (xs[0] < p < xs[-1]): the largest i with xs[i] <= p."""
+    lo, hi = 0, xs.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if xs[mid] <= p:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(**PLAIN, inline="always")
 def ctr_one(raw, a, b, xs, ys):
     """One raw score's CTR under the calibration (a, b, xs, ys) (see the module docstring)."""
     x = a * raw + b
@@ -98,13 +111,8 @@ def ctr_one(raw, a, b, xs, ys):
         return ys[0]
     if p >= xs[n - 1]:
         return ys[n - 1]
-    lo, hi = 0, n - 1  # xs[lo] < p < xs[hi]
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if xs[mid] <= p:
-            lo = mid
-        else:
-            hi = mid
+    lo = knot_below(xs, p)
+    hi = lo + 1
     t = (p - xs[lo]) / (xs[hi] - xs[lo])
     return ys[lo] + t * (ys[hi] - ys[lo])
 

@@ -63,6 +63,20 @@ def lookup(keys, rows, q, out):
 
 
 @numba.njit(inline="always", **PLAIN)
+def first_at_least(sorted_rows, lo):
+    """The index of the first of ``sorted_rows`` that is >= ``lo`` (binary search; inlined: the
+    caller's compile options apply)."""
+    p, q = 0, sorted_rows.shape[0]
+    while p < q:
+        mid = (p + q) >> 1
+        if sorted_rows[mid] < lo:
+            p = mid + 1
+        else:
+            q = mid
+    return p
+
+
+@numba.njit(inline="always", **PLAIN)
 def _probe(keys, rows, h):
     mask = keys.shape[0] - 1
     p = h & mask
@@ -88,13 +102,7 @@ def lookup_view(dkeys, drows, n_delta, bkeys, brows, dead, n_base, q, out):
             continue
         b = _probe(bkeys, brows, h)
         if b >= 0 and dead.shape[0]:
-            lo, hi = 0, dead.shape[0]
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if dead[mid] < b:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = first_at_least(dead, b)
             if lo < dead.shape[0] and dead[lo] == b:
                 b = -1
         out[n] = b

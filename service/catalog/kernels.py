@@ -24,11 +24,12 @@ from functools import cache
 import numba
 import numpy as np
 
+from service.catalog.idtable import first_at_least
 from service.kernels import pool
 from service.kernels.codegen import KERNEL, closure_njit, prefetch_row
 from service.kernels.schedule import CATALOG_PREFETCH
 from service.kernels.vec import vdot, vload
-from service.link import ctr_one
+from service.link import ctr_one, knot_below
 
 
 @cache
@@ -83,19 +84,6 @@ def _vec_dot(D: int):
         return vdot(vload(z, 0, D), vload(W, a, D))
 
     return dot
-
-
-@numba.njit(inline="always", **KERNEL)
-def _first_at_least(sorted_rows, lo):
-    """The index of the first of ``sorted_rows`` that is >= ``lo`` (binary search)."""
-    p, q = 0, sorted_rows.shape[0]
-    while p < q:
-        mid = (p + q) >> 1
-        if sorted_rows[mid] < lo:
-            p = mid + 1
-        else:
-            q = mid
-    return p
 
 
 @numba.njit(inline="always", **KERNEL)
@@ -160,14 +148,7 @@ def _ctr_bound(raw, ca, cb, xs, ys):
         return ys[0]
     if u >= xs[n - 1]:
         return ys[n - 1]
-    lo, hi = 0, n - 1
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if xs[mid] <= u:
-            lo = mid
-        else:
-            hi = mid
-    return ys[hi]  # the knot above: an upper bound of the interpolation
+    return ys[knot_below(xs, u) + 1]  # the knot above: an upper bound of the interpolation
 
 
 @numba.njit(inline="always", **KERNEL)
@@ -207,7 +188,7 @@ def scan_kernels(D: int):
         """The best min(k, live rows of [lo, hi)) ads into an (unsorted) min-heap of global rows
         (``row0 + a``); rows in ``dead`` (sorted) are skipped.  Returns the heap's size."""
         size = 0
-        p = _first_at_least(dead, lo)
+        p = first_at_least(dead, lo)
         n_dead = dead.shape[0]
         for a in range(lo, hi):
             if p < n_dead and dead[p] == a:
@@ -224,7 +205,7 @@ def scan_kernels(D: int):
         caller applies it exactly) are skipped (``has_reserve``) and the heap keeps the best eCPM
         (``by_value``) or CTR."""
         size = 0
-        p = _first_at_least(dead, lo)
+        p = first_at_least(dead, lo)
         n_dead = dead.shape[0]
         # the value an ad must beat: the heap's worst once full, and just below the reserve (the
         # kernel's arithmetic is reassociated and its exp approximate: it selects candidates with
@@ -296,16 +277,24 @@ def top_k_value(z, const: float, W, c, bids, k: int, dead=None, delta=None, by_v
         return kern(z, const, Wt, ct, bt, lo, hi_, k, hs[t], hi[t], dt, row0, by_value, has_reserve, res,
                     ca, cb, xs, ys, mb)
 
-    sizes = [run(t) for t in range(len(jobs))] if n0 < pool.PARALLEL_MIN_SCAN else \
-        pool.run(run, [(t,) for t in range(len(jobs))])
-    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
-    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
-    order = np.lexsort((r, -s))[:k]
-    return r[order], s[order]
+    return _best_of_heaps(run, len(jobs), n0, hs, hi, k)
 
 
 NO_ROWS = np.zeros(0, np.int64)
 NO_KNOTS = np.zeros(0)
+
+
+def _best_of_heaps(run, n_jobs: int, n0: int, hs: np.ndarray, hi: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the scan jobs (``run(t)`` fills heap t, ``hs[t]``/``hi[t]``, and returns its size: on
+    the kernel pool for a large base) and merge their heaps: (rows, values) of the best ``k``,
+    best first, ties by row."""
+    sizes = [run(t) for t in range(n_jobs)] if n0 < pool.PARALLEL_MIN_SCAN else \
+        pool.run(run, [(t,) for t in range(n_jobs)])
+    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
+    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
+    order = np.lexsort((r, -s))[:k]
+    return r[order], s[order]
 
 
 def top_k(z, const: float, W, c, k: int, threads: int | None = None, dead=NO_ROWS, delta=None
@@ -328,12 +317,7 @@ def top_k(z, const: float, W, c, k: int, threads: int | None = None, dead=NO_ROW
         Wt, ct, lo, hi_, dt, row0 = jobs[t]
         return topk_range(z, const, Wt, ct, lo, hi_, k, hs[t], hi[t], dt, row0)
 
-    sizes = [run(t) for t in range(len(jobs))] if n0 < pool.PARALLEL_MIN_SCAN else \
-        pool.run(run, [(t,) for t in range(len(jobs))])
-    s = np.concatenate([hs[t, :sz] for t, sz in enumerate(sizes)])
-    r = np.concatenate([hi[t, :sz] for t, sz in enumerate(sizes)])
-    order = np.lexsort((r, -s))[:k]
-    return r[order], s[order]
+    return _best_of_heaps(run, len(jobs), n0, hs, hi, k)
 
 
 def score_all(z, const: float, W, c) -> np.ndarray:

@@ -161,6 +161,32 @@ def make_plan(kind: str, schema: Schema, arrays: dict) -> Plan:
     return Plan(kind, k, B, ctx, item, float(np.asarray(arrays["bias"]).ravel()[0]), source)
 
 
+@numba.njit(inline="always", **PRECOMPUTE)
+def pool_field(rows, n, lo, hi, emb, linear, V, f):
+    """V[f] = the mean of the embeddings of row ``n``'s non-PAD slots [lo, hi) (zeros if none);
+    returns (the mean of their linear weights, ||V[f]||^2), both 0 without any.  Inlined: the
+    caller's compile options apply."""
+    k = emb.shape[1]
+    V[f, :] = 0.0
+    cnt = 0
+    lin = 0.0
+    for s in range(lo, hi):
+        t = rows[n, s]
+        if t >= 0:
+            cnt += 1
+            lin += linear[t]
+            for j in range(k):
+                V[f, j] += emb[t, j]
+    if cnt == 0:
+        return 0.0, 0.0
+    inv = 1.0 / cnt
+    sq = 0.0
+    for j in range(k):
+        V[f, j] *= inv
+        sq += V[f, j] * V[f, j]
+    return lin * inv, sq
+
+
 @numba.njit(**PRECOMPUTE)
 def side_parts(rows, offsets, emb, linear, M, g, d, h, pp, pq, pr, W, c):
     """For each encoded row (int32[N, S_side]): W[n] (float32[B*k]) and c[n] (float64).
@@ -177,23 +203,8 @@ def side_parts(rows, offsets, emb, linear, M, g, d, h, pp, pq, pr, W, c):
     for n in range(rows.shape[0]):
         acc = 0.0
         for f in range(m):
-            V[f, :] = 0.0
-            cnt = 0
-            lin = 0.0
-            for s in range(offsets[f], offsets[f + 1]):
-                t = rows[n, s]
-                if t >= 0:
-                    cnt += 1
-                    lin += linear[t]
-                    for j in range(k):
-                        V[f, j] += emb[t, j]
-            if cnt > 0:
-                inv = 1.0 / cnt
-                sq = 0.0
-                for j in range(k):
-                    V[f, j] *= inv
-                    sq += V[f, j] * V[f, j]
-                acc += lin * inv + 0.5 * d[f] * sq
+            lin, sq = pool_field(rows, n, offsets[f], offsets[f + 1], emb, linear, V, f)
+            acc += lin + 0.5 * d[f] * sq
         for b in range(B):
             P[:] = 0.0
             for f in range(m):
