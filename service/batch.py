@@ -95,29 +95,15 @@ async def rank_batch(request: Request) -> Response:
     for it, service/state.py) and under the same in-flight limit."""
     svc = request.app.state.svc
     s = svc.settings
-    svc.pending += 1
-    if svc.pending == 1:
-        svc.idle.clear()
     try:
-        if not svc.state.ready:
-            raise ApiError(503, "not_ready", "models are still loading", headers={"Retry-After": str(s.retry_after)})
-        check_body_headers(request.headers.get("content-type"), request.headers.get("content-encoding"), False)
-        body = await read_body(request, s.max_body_bytes)
-        if svc.inflight >= s.max_inflight:
-            raise ApiError(503, "overloaded", f"{s.max_inflight} requests already in flight",
-                           headers={"Retry-After": str(s.retry_after)})
-        svc.inflight += 1
-        try:
-            return Response(answer(svc.state.snapshot, body, s), media_type=JSON)
-        finally:
-            svc.inflight -= 1
+        with svc.ranking():
+            check_body_headers(request.headers.get("content-type"), request.headers.get("content-encoding"), False)
+            body = await read_body(request, s.max_body_bytes)
+            with svc.scoring():
+                return Response(answer(svc.state.snapshot, body, s), media_type=JSON)
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON error reply
         named = _named(-1, exc) if not isinstance(exc, ApiError) else exc
         if isinstance(named, ApiError):
             return named.response()
         log.exception("internal error while ranking a batch")
         return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}").response()
-    finally:
-        svc.pending -= 1
-        if not svc.pending:
-            svc.idle.set()

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -51,6 +52,34 @@ class ServiceState:
     pending: int = 0  # /v1/rank requests between their arrival in the app and their reply
     idle: threading.Event = field(default_factory=threading.Event)  # set while pending == 0
     background: set = field(default_factory=set)  # tasks kept referenced until done
+
+    @contextmanager
+    def ranking(self):
+        """A ranking request (/v1/rank, a batch) from its arrival to its reply: pending, so catalog
+        writes wait (service/state.py) until none is; 503 + Retry-After while not ready (during
+        a SIGTERM drain requests are still answered: only readiness is off)."""
+        self.pending += 1
+        if self.pending == 1:
+            self.idle.clear()
+        try:
+            if not self.state.ready:
+                raise _unavailable(self, "not_ready", "models are still loading")
+            yield
+        finally:
+            self.pending -= 1
+            if not self.pending:
+                self.idle.set()
+
+    @contextmanager
+    def scoring(self):
+        """A ranking request being scored, under the in-flight limit (503 + Retry-After above)."""
+        if self.inflight >= self.settings.max_inflight:
+            raise _unavailable(self, "overloaded", f"{self.settings.max_inflight} requests already in flight")
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
 
 def _unavailable(svc: ServiceState, code: str, message: str) -> ApiError:
@@ -164,30 +193,21 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
     s = svc.settings
     body = None
     labels = [""]
-    svc.pending += 1
-    if svc.pending == 1:
-        svc.idle.clear()  # catalog writes wait (service/state.py) while ranking requests are pending
     try:
-        if not svc.state.ready:  # while draining (SIGTERM) requests are still answered: only readiness is off
-            raise _unavailable(svc, "not_ready", "models are still loading")
-        check_body_headers(content_type, content_encoding, body_required=False)
-        body = await read(s.max_body_bytes)
-        ex.complete = (stamped() if stamped is not None else None) or perf_counter()
-        await asyncio.sleep(0)  # requests complete at the same time queue here, in arrival order
-        ex.queued = perf_counter() - ex.complete
-        if ex.queued > s.queue_budget:
-            metrics.SHED.inc()
-            raise _unavailable(svc, "overloaded", f"the request waited {ex.queued * 1e3:.1f} ms for scoring, over "
-                               f"the budget of {s.queue_budget * 1e3:.1f} ms")
-        metrics.QUEUE_WAIT.observe(ex.queued)
-        if svc.inflight >= s.max_inflight:
-            raise _unavailable(svc, "overloaded", f"{s.max_inflight} requests already in flight")
-        svc.inflight += 1
-        try:
-            out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k,
-                                  s.max_explain)
-        finally:
-            svc.inflight -= 1
+        with svc.ranking():
+            check_body_headers(content_type, content_encoding, body_required=False)
+            body = await read(s.max_body_bytes)
+            ex.complete = (stamped() if stamped is not None else None) or perf_counter()
+            await asyncio.sleep(0)  # requests complete at the same time queue here, in arrival order
+            ex.queued = perf_counter() - ex.complete
+            if ex.queued > s.queue_budget:
+                metrics.SHED.inc()
+                raise _unavailable(svc, "overloaded", f"the request waited {ex.queued * 1e3:.1f} ms for scoring, "
+                                   f"over the budget of {s.queue_budget * 1e3:.1f} ms")
+            metrics.QUEUE_WAIT.observe(ex.queued)
+            with svc.scoring():
+                out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k,
+                                      s.max_explain)
         _observe_rank(out.model, out.mode, out.seconds, out.n_candidates, out.version)
         ex.model, ex.version, ex.candidates = out.model, out.version, out.n_candidates
         # a shadow job is queued once the reply has been sent (Starlette runs it after the body)
@@ -199,10 +219,6 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
         ex.status = response.status_code
         ex.error = getattr(exc, "code", "") or type(exc).__name__
         ex.model = labels[0] or _label(svc, body)
-    finally:
-        svc.pending -= 1
-        if not svc.pending:
-            svc.idle.set()
     count, duration = _request_children(ex.model, ex.status)
     count.inc()
     seconds = perf_counter() - ex.t0
@@ -340,6 +356,13 @@ def check_admin(request: Request) -> None:
     check_token(request.headers.get("authorization"), request.app.state.svc.settings.admin_token)
 
 
+def _counted(route: str, name: str, svc: ServiceState, response: Response) -> Response:
+    """``response`` of an admin call on model ``name``, counted (an unknown name under one label)."""
+    known = name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL
+    metrics.REQUESTS.labels(route, known, str(response.status_code)).inc()
+    return response
+
+
 async def read_json_body(request: Request, limit: int, required: bool) -> bytes:
     """The body of an admin request: 415 unless JSON (an empty body passes when not ``required``)."""
     body = await read_body(request, limit)
@@ -365,9 +388,7 @@ async def reload_model(name: str, request: Request) -> Response:
                                   "position": snap.position})
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
         response = _reload_error(exc, name, svc)
-    known = name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL
-    metrics.REQUESTS.labels(RELOAD, known, str(response.status_code)).inc()
-    return response
+    return _counted(RELOAD, name, svc, response)
 
 
 def _reload_error(exc: Exception, name: str, svc: ServiceState) -> Response:
@@ -410,9 +431,7 @@ async def retire_version(name: str, version: str, request: Request) -> Response:
                                   "position": snap.position})
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON reply naming it
         response = _traffic_error(exc, svc)
-    metrics.REQUESTS.labels(VERSION, name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL,
-                            str(response.status_code)).inc()
-    return response
+    return _counted(VERSION, name, svc, response)
 
 
 @admin_router.get(TRAFFIC)
@@ -437,9 +456,7 @@ async def put_traffic(name: str, request: Request) -> Response:
         response = json_response(_traffic_reply(snap, name))
     except Exception as exc:  # noqa: BLE001
         response = _traffic_error(exc, svc)
-    metrics.REQUESTS.labels(TRAFFIC, name if name in svc.state.snapshot.models else metrics.UNKNOWN_MODEL,
-                            str(response.status_code)).inc()
-    return response
+    return _counted(TRAFFIC, name, svc, response)
 
 
 def _traffic_reply(snap, name: str) -> schemas.TrafficReply:
