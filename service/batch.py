@@ -15,16 +15,14 @@ fails the batch with the /v1/rank error of that auction, its position named in t
 from __future__ import annotations
 
 import logging
-from time import perf_counter
 
 import msgspec
 from fastapi import APIRouter, Request, Response
 
-from service import bounds, metrics, pipeline, schemas
+from service import bounds, pipeline, schemas
 from service.admin import check_body_headers
-from service.catalog import metrics as catalog_metrics
 from service.errors import JSON, ApiError
-from service.routes import api_error, read_body
+from service.routes import api_error, observe_rank, read_body
 
 BATCH = "/v1/rank:batch"
 log = logging.getLogger("adrank.batch")
@@ -51,13 +49,6 @@ def _named(i: int, exc: Exception) -> Exception:
     return ApiError(error.status, error.code, f"{where}{error.message}", error.headers, **error.extra)
 
 
-def _observe(model: str, mode: str, seconds: float, n_ads: int) -> None:
-    """An auction counts in the scoring metrics as a /v1/rank request does."""
-    catalog_metrics.SCORING.labels(model, mode).observe(seconds)
-    metrics.INFERENCE_DURATION.labels(model).observe(seconds)
-    metrics.REQUEST_CANDIDATES.labels(model).observe(n_ads)
-
-
 def answer(snap, body: bytes, settings) -> bytes:
     """The batch reply for ``body`` (raises ApiError naming the auction at fault)."""
     bounds.prescan(body, settings.max_auctions, "auctions", "too_many_auctions", "auctions")
@@ -68,7 +59,6 @@ def answer(snap, body: bytes, settings) -> bytes:
     left = settings.max_candidates
     out = []
     for i, raw in enumerate(req.auctions):
-        t0 = perf_counter()
         try:
             a = pipeline.answer(snap, bytes(raw), left, None, settings.fastpath, settings.max_top_k,
                                 settings.max_explain)
@@ -84,7 +74,7 @@ def answer(snap, body: bytes, settings) -> bytes:
         if left < 0:
             raise ApiError(422, "too_many_candidates", f"auctions[{i}]: the batch's ads exceed the limit of "
                            f"{settings.max_candidates} candidates in all")
-        _observe(a.model, a.mode, perf_counter() - t0, a.n_candidates)
+        observe_rank(a.model, a.mode, a.seconds, a.n_candidates, a.version)
         out.append(a.body)
     return b'{"results":[' + b",".join(out) + b"]}"
 

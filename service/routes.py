@@ -142,7 +142,8 @@ def _children(model: str, mode: str, version: str) -> tuple:
             metrics.VERSION_DURATION.labels(model, version))
 
 
-def _observe_rank(model: str, mode: str, seconds: float, n_ads: int, version: str) -> None:
+def observe_rank(model: str, mode: str, seconds: float, n_ads: int, version: str) -> None:
+    """A ranked request (or a batch's auction) in the scoring metrics, its version's included."""
     inference, candidates, scoring, v_count, v_duration = _children(model, mode, version)
     scoring.observe(seconds)
     inference.observe(seconds)
@@ -208,7 +209,7 @@ async def answer_rank(svc: ServiceState, read, ex: RankExchange, content_type: s
             with svc.scoring():
                 out = pipeline.answer(svc.state.snapshot, body, s.max_candidates, labels, s.fastpath, s.max_top_k,
                                       s.max_explain)
-        _observe_rank(out.model, out.mode, out.seconds, out.n_candidates, out.version)
+        observe_rank(out.model, out.mode, out.seconds, out.n_candidates, out.version)
         ex.model, ex.version, ex.candidates = out.model, out.version, out.n_candidates
         # a shadow job is queued once the reply has been sent (Starlette runs it after the body)
         response = Response(out.body, media_type=JSON, headers={"x-request-id": ex.rid},

@@ -294,6 +294,24 @@ def test_batch_answers_each_auction_as_rank_would(served):
     assert r.status_code == 422 and r.json()["error"] == "invalid_json"
 
 
+def test_batch_auctions_count_like_rank_requests_per_version(served):
+    """Each auction shows in the scoring metrics as a /v1/rank request would: its candidates and
+    the version that scored it (the dashboard's traffic per version)."""
+    from tests.service.test_metrics import value
+
+    c, _, req, _ = served
+    version = c.get("/v1/models").json()["models"][0]
+    name, v = version["name"], version["version"]
+    before = c.get("/metrics").text
+    auctions = [{"model": name, "context": req["context"], "ads": req["ads"][:7]}] * 3
+    assert c.post("/v1/rank:batch", json={"auctions": auctions}).status_code == 200
+    after = c.get("/metrics").text
+    count = "adrank_version_requests_total"
+    assert value(after, count, model=name, version=v) - value(before, count, model=name, version=v) == 3
+    cands = "adrank_request_candidates_sum"
+    assert value(after, cands, model=name) - value(before, cands, model=name) == 21
+
+
 def test_batch_total_candidates_are_bounded(tmp_path):
     from tests.service.helpers import make_artifact as mk
 
