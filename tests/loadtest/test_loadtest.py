@@ -223,7 +223,7 @@ def test_compare_rejects_bad_arguments(models, capsys):
 def test_compare_end_to_end_on_loopback(models, tmp_path):
     out = tmp_path / "out"
     code = main(["loadtest", "compare", "--models", f"d1={models['dplr-1']}", f"p1={models['pruned-1']}",
-                 "--rps", "8", "--duration", "3", "--warmup", "1", "--repeats", "1", "--pool", "20",
+                 "--rps", "8", "--duration", "6", "--warmup", "1", "--repeats", "1", "--pool", "20",
                  "--candidates", "20", "--out", str(out), "--name", "tiny", "--quiet"])
     assert code == 0
     result = json.loads((out / "loadtest-tiny.json").read_text())
@@ -244,7 +244,7 @@ def test_compare_catalog_traffic_with_an_aa_control(models, tmp_path):
     out = tmp_path / "out"
     code = main(["loadtest", "compare", "--models", f"d1={models['dplr-1']}", f"p1={models['pruned-1']}",
                  "--traffic", "catalog", "--catalog-ads", "500", "--control", "d1", "--rps", "8", "--duration",
-                 "3", "--warmup", "1", "--repeats", "2", "--pool", "20", "--candidates", "20", "--out", str(out),
+                 "6", "--warmup", "1", "--repeats", "2", "--pool", "20", "--candidates", "20", "--out", str(out),
                  "--name", "cat", "--quiet"])
     assert code == 0
     result = json.loads((out / "loadtest-cat.json").read_text())

@@ -121,7 +121,7 @@ def test_compare_against_a_running_server_with_own_traffic(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ADRANK_MODELS"}
     with Server([], env) as srv:
         r = subprocess.run([*ADRANK, "loadtest", "compare", "--port", str(srv.port), "--models", "dplr", "pruned",
-                            "--requests", str(bodies_file(tmp_path / "b.jsonl")), "--rps", "10", "--duration", "3",
+                            "--requests", str(bodies_file(tmp_path / "b.jsonl")), "--rps", "10", "--duration", "6",
                             "--warmup", "1", "--repeats", "1", "--out", str(tmp_path), "--name", "own", "--quiet"],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
