@@ -13,7 +13,7 @@ data, with two learners that know more than any real one:
   F comes from a fresh planted sample of ``--fisher-rows`` rows, scaled to N, so the floor at
   other data sizes costs nothing: the table shows it at every ``--floor-rows``.
 * **Oracle learner** (trained): adrank's own trainer with U, e fixed at the planted ones and
-  the L2 penalties set to that planted prior (``train_model(penalty_weights=...)``), from the
+  the L2 penalties set to that planted prior (``train_model(penalty_scale=...)``), from the
   trainer's random start, 20 epochs with learning-rate decay 0.8: what a MAP fit with the right
   prior and the true interactions reaches on these rows.
 * **Default trainer**: ``fit`` with ``TrainConfig(model="dplr", rank=2)`` and nothing else, which is
@@ -45,7 +45,7 @@ from adrank.core.hashing import hash_tokens
 from adrank.core.preprocess import RARE
 from adrank.core.train_config import TrainConfig
 from training.data import prepare
-from training.generate import Planted, generate, make_schema
+from training.generate import Planted, generate, make_schema, token_table
 from training.train import evaluate_split, fit, new_model, train_model
 
 
@@ -67,12 +67,16 @@ def planted_model(data_dir) -> tuple[Planted, dict]:
     return planted, truth
 
 
-def prior_scales(planted: Planted, decay: float) -> tuple[np.ndarray, float, float]:
-    """(popularity rank of every planted value, s_emb^2 per coordinate, s_lin^2): the planted
-    prior is N(0, s^2 / (1 + p)^(2 decay)); s^2 estimated from the planted weights themselves."""
-    rank = np.concatenate([np.arange(n) for n in planted.sizes]).astype(np.float64)
-    shrink = (1.0 + rank) ** (2 * decay)
-    return rank, float(np.mean(planted.emb**2 * shrink[:, None])), float(np.mean(planted.linear**2 * shrink))
+def prior(planted: Planted, decay: float) -> tuple[np.ndarray, float, float]:
+    """(precision ratio (1 + p)^(2 decay) of every planted value, s_emb^2 per coordinate, s_lin^2):
+    the planted prior is N(0, s^2 / (1 + p)^(2 decay)), p the value's popularity rank in its
+    field; s^2 estimated from the planted weights themselves."""
+    precision = _precision(np.concatenate([np.arange(n) for n in planted.sizes]), decay)
+    return precision, float(np.mean(planted.emb**2 * precision[:, None])), float(np.mean(planted.linear**2 * precision))
+
+
+def _precision(rank, decay: float) -> np.ndarray:
+    return (1.0 + np.asarray(rank, dtype=np.float64)) ** (2 * decay)
 
 
 def fisher(planted: Planted, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,22 +85,14 @@ def fisher(planted: Planted, rows: int, seed: int) -> tuple[np.ndarray, np.ndarr
     score = b + sum_f mean(w over f's values) + 1/2 sum_ij R_ij <v_i, v_j>, v_f the mean of f's
     embeddings, so d score / d e_x = (R v)_f / n_f and d score / d w_x = 1 / n_f for a value x of
     field f listed n_f times in the row; each row weighs by p (1 - p)."""
-    schema, k = planted.schema, planted.k
     X = planted.sample(rows, np.random.default_rng([seed, 99]))
-    z = planted.score(X)
-    w = 1.0 / (1.0 + np.exp(-z))
+    V, lin, counts = planted.pooled(X)
+    w = 1.0 / (1.0 + np.exp(-(planted.bias + lin + planted.interaction(V))))
     w = w * (1.0 - w)
-    offs = schema.slot_offsets
-    V = np.zeros((rows, schema.m, k))
-    counts = np.zeros((rows, schema.m))
-    for f in range(schema.m):
-        ids = X[:, offs[f]:offs[f + 1]]
-        valid = ids >= 0
-        counts[:, f] = valid.sum(1)
-        V[:, f] = (planted.emb[np.where(valid, ids, 0)] * valid[..., None]).sum(1) / counts[:, f, None]
     G = np.einsum("ij,njk->nik", planted.R, V)  # d score / d v_i
     F_emb, F_lin = np.zeros_like(planted.emb), np.zeros(len(planted.linear))
-    for f in range(schema.m):
+    offs = planted.schema.slot_offsets
+    for f in range(planted.schema.m):
         ids = X[:, offs[f]:offs[f + 1]]
         for slot in range(ids.shape[1]):
             ok = ids[:, slot] >= 0
@@ -116,14 +112,12 @@ def dof(F_emb, F_lin, var_emb, var_lin, scale: float) -> float:
 def floor_table(planted, truth, fisher_rows: int, floor_rows: list[int], seed: int) -> list[dict]:
     """Laplace floor (test logloss / planted) for each total row count in ``floor_rows``
     (80 % of them train, as the trainer's split)."""
-    p = truth["params"]
-    rank, s_emb, s_lin = prior_scales(planted, p["decay"])
-    shrink = (1.0 + rank) ** (2 * p["decay"])
+    precision, s_emb, s_lin = prior(planted, truth["params"]["decay"])
     F_emb, F_lin = fisher(planted, fisher_rows, seed)
     out = []
     for rows in floor_rows:
         n_train = 0.8 * rows
-        d = dof(F_emb, F_lin, s_emb / shrink, s_lin / shrink, n_train / fisher_rows)
+        d = dof(F_emb, F_lin, s_emb / precision, s_lin / precision, n_train / fisher_rows)
         excess = d / (2 * n_train)
         out.append({"rows": rows, "train_rows": int(n_train), "dof": round(d, 1), "excess_nats": excess,
                     "floor_ratio": 1 + excess / truth["test"]["logloss"]})
@@ -133,22 +127,16 @@ def floor_table(planted, truth, fisher_rows: int, floor_rows: list[int], seed: i
 def oracle_learner(planted: Planted, truth: dict, data, epochs: int, lr_decay: float) -> dict:
     """The trainer with U, e fixed at the planted ones and the planted prior as its L2."""
     p = truth["params"]
-    rank, s_emb, s_lin = prior_scales(planted, p["decay"])
+    precision, s_emb, s_lin = prior(planted, p["decay"])
     vocab, n = data.preprocessor.vocab, data.n_features
-    feature_rank = np.full(n, np.inf)  # the encoded id's popularity rank (missing ids: no prior info)
+    scale = np.ones(n)  # each encoded id's prior precision ratio (missing ids: that of the head)
+    tokens = token_table(planted)
     for f in range(planted.schema.m):
         lo, hi = planted.field_offsets[f], planted.field_offsets[f + 1]
-        ids = vocab.lookup(f, hash_tokens([f"f{f}_{q}" for q in range(hi - lo)]))
+        ids = vocab.lookup(f, hash_tokens(list(tokens[lo:hi])))
         kept = ids != vocab.id_offsets[f] + RARE
-        feature_rank[ids[kept]] = rank[lo:hi][kept]
-        feature_rank[vocab.id_offsets[f] + RARE] = int(kept.sum())  # the pooled tail: its first rank
-    from training.quantize import feature_counts
-
-    X = data.split("train")[0]
-    counts = np.maximum(feature_counts(X, n), 1).astype(np.float64)
-    rank_known = np.where(np.isfinite(feature_rank), feature_rank, 0.0)
-    # per occurrence: the feature's prior precision ratio (1 + p)^(2 decay), spread over its count
-    weights = (1.0 + rank_known) ** (2 * p["decay"]) / counts
+        scale[ids[kept]] = precision[lo:hi][kept]
+        scale[vocab.id_offsets[f] + RARE] = _precision(kept.sum(), p["decay"])  # the pooled tail: its first rank
     cfg = TrainConfig(dataset="synthetic", model="dplr", rank=p["rank"], embed_dim=p["embed_dim"], epochs=epochs,
                       lr_decay=lr_decay, patience=3, emb_reg=1 / (2 * s_emb), lin_reg=1 / (2 * s_lin),
                       l2_scale="feature", progress=False)
@@ -159,7 +147,7 @@ def oracle_learner(planted: Planted, truth: dict, data, epochs: int, lr_decay: f
     model.U.requires_grad_(False)
     model.e.requires_grad_(False)
     t = time.perf_counter()
-    model, hist = train_model(model, cfg, data, desc="oracle", penalty_weights=weights)
+    model, hist = train_model(model, cfg, data, desc="oracle", penalty_scale=scale)
     test = evaluate_split(model, data, "test")
     return {"test_logloss": test["logloss"], "test_auc": test["auc"], "ratio": test["logloss"] / truth["test"]["logloss"],
             "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"], "emb_reg": cfg.emb_reg,
@@ -178,10 +166,10 @@ def one(rows: int, seed: int, signs: str, work: Path, args) -> dict:
     d = work / f"g-{rows}-{seed}-{signs}"
     generate(d, rows=rows, seed=seed, rank=2, signs=signs, progress=False)
     planted, truth = planted_model(d)
-    data = prepare("synthetic", d, cache_dir=work / "cache", progress=False)
     out = {"rows": rows, "seed": seed, "signs": signs, "planted_test_logloss": truth["test"]["logloss"],
            "floor": floor_table(planted, truth, args.fisher_rows, sorted({rows, *args.floor_rows}), seed)}
     if not args.no_train:
+        data = prepare("synthetic", d, cache_dir=work / "cache", progress=False)
         out["oracle"] = oracle_learner(planted, truth, data, args.epochs, args.lr_decay)
         out["default"] = default_trainer(truth, data, work / f"r-{rows}-{seed}-{signs}")
     return out

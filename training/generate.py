@@ -188,12 +188,12 @@ class Planted:
             X[:, offs[f] : offs[f + 1]] = np.where(keep, v, -1)
         return X
 
-    def parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(linear part, interaction part) of each row; DPLR interactions by Proposition 1 (Eq. 9),
-        the others as 1/2 sum_ij R_ij <v_i, v_j>."""
+    def pooled(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(V [n, m, k] each field's mean embedding, linear part [n], values per field [n, m])."""
         offs, n = self.schema.slot_offsets, len(X)
         V = np.zeros((n, self.schema.m, self.k))
         lin = np.zeros(n)
+        counts = np.zeros((n, self.schema.m))
         for f in range(self.schema.m):
             ids = X[:, offs[f] : offs[f + 1]]
             valid = ids >= 0
@@ -201,12 +201,22 @@ class Planted:
             safe = np.where(valid, ids, 0)
             V[:, f] = (self.emb[safe] * valid[..., None]).sum(axis=1) / cnt[:, None]
             lin += (self.linear[safe] * valid).sum(axis=1) / cnt
+            counts[:, f] = cnt
+        return V, lin, counts
+
+    def interaction(self, V: np.ndarray) -> np.ndarray:
+        """The interaction part of rows with field vectors V; DPLR by Proposition 1 (Eq. 9), the
+        others as 1/2 sum_ij R_ij <v_i, v_j>."""
         if self.interactions != "dplr":
-            return lin, 0.5 * np.einsum("nik,ij,njk->n", V, self.R, V, optimize=True)
+            return 0.5 * np.einsum("nik,ij,njk->n", V, self.R, V, optimize=True)
         P = np.einsum("rm,nmk->nrk", self.U, V)
         d = -(self.e[:, None] * self.U**2).sum(axis=0)
-        inter = 0.5 * (np.einsum("r,nrk->n", self.e, P**2) + np.einsum("m,nmk->n", d, V**2))
-        return lin, inter
+        return 0.5 * (np.einsum("r,nrk->n", self.e, P**2) + np.einsum("m,nmk->n", d, V**2))
+
+    def parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(linear part, interaction part) of each row."""
+        V, lin, _ = self.pooled(X)
+        return lin, self.interaction(V)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         lin, inter = self.parts(X)
@@ -240,7 +250,7 @@ class Planted:
         return out
 
 
-def _token_table(planted: Planted) -> np.ndarray:
+def token_table(planted: Planted) -> np.ndarray:
     """Raw token string of every planted row: 'f{j}_{p}'."""
     return np.array([f"{fld.name}_{p}" for fld, n in zip(planted.schema.fields, planted.sizes, strict=True)
                      for p in range(n)], dtype=object)
@@ -273,7 +283,7 @@ def generate(out_dir, rows: int = 150_000, seed: int = 0, rank: int = 2, vocab: 
                       np.random.default_rng(np.random.SeedSequence([seed, 0])), signs, decay,
                       interactions, groups, noise, pairs)
     planted.calibrate(planted.sample(min(rows, 50_000), np.random.default_rng([seed, 1])), ctr, signal)
-    tokens = _token_table(planted)
+    tokens = token_table(planted)
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

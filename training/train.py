@@ -92,13 +92,14 @@ def _feature_weights(X, n: int) -> np.ndarray:
 
 
 def train_model(model, cfg: TrainConfig, data, desc: str = "train", on_epoch=None,
-                penalty_weights=None) -> tuple[torch.nn.Module, dict]:
+                penalty_scale=None) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` in place; returns (model with the best validation weights, history).
 
     ``on_epoch(epoch, valid_metrics)``, when given, is called after each validation (the tuner's
-    pruning hook: it may raise to abandon the run).  ``penalty_weights`` (float [n_features]),
-    when given, weigh the looked-up L2 penalties instead of ``cfg.l2_scale``'s weights (a prior
-    known from elsewhere, e.g. benchmarks/recovery_floor.py's planted one)."""
+    pruning hook: it may raise to abandon the run).  ``penalty_scale`` (float [n_features]), when
+    given, multiplies every feature's looked-up L2 weight from ``cfg.l2_scale`` (a prior known
+    from elsewhere, e.g. benchmarks/recovery_floor.py's planted one: each feature's relative
+    prior precision)."""
     rank, world = init_distributed()
     X, y = data.split("train")
     if len(y) < world:
@@ -107,10 +108,11 @@ def train_model(model, cfg: TrainConfig, data, desc: str = "train", on_epoch=Non
     key, higher_better = primary(data.target)
     net = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     opt = _optimizer(model, cfg)
-    if penalty_weights is not None:
-        model.set_penalty_weights(penalty_weights)
-    elif hasattr(model, "set_penalty_weights"):
-        model.set_penalty_weights(_feature_weights(X, model.n_features) if cfg.l2_scale == "feature" else None)
+    if hasattr(model, "set_penalty_weights"):
+        w = _feature_weights(X, model.n_features) if cfg.l2_scale == "feature" else None
+        if penalty_scale is not None:
+            w = np.asarray(penalty_scale, dtype=np.float64) * (1.0 if w is None else w)
+        model.set_penalty_weights(w)
     bs = max(1, cfg.batch_size // world)
     best, best_state, best_epoch, bad, history = None, None, 0, 0, []
     base_lrs = [g["lr"] for g in opt.param_groups]

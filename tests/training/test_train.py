@@ -269,3 +269,20 @@ def test_feature_scaled_l2_weighs_rows_by_inverse_training_count(planted):
     np.testing.assert_allclose(model.penalty_weight.numpy(), 1 / np.maximum(counts, 1), rtol=1e-6)
     model, _ = train_model(model, quick(model="dplr", rank=1, epochs=1, l2_scale="occurrence"), planted)
     assert model.penalty_weight is None  # per occurrence: no weights
+
+
+def test_penalty_scale_multiplies_the_l2_scale_weights(planted):
+    """train_model(penalty_scale=s): a known per-feature prior on top of l2_scale's weights."""
+    from training.models import build
+
+    pre = planted.preprocessor
+    n = pre.vocab.n_features
+    scale = np.linspace(0.5, 4.0, n)
+    X = np.asarray(planted.split("train")[0])
+    counts = np.bincount(X[X >= 0], minlength=n)
+    model = build("dplr", pre.schema, n, 4, rank=1, init="fm")
+    model, _ = train_model(model, quick(model="dplr", rank=1, epochs=1, l2_scale="feature"), planted, penalty_scale=scale)
+    np.testing.assert_allclose(model.penalty_weight.numpy(), scale / np.maximum(counts, 1), rtol=1e-6)
+    model, _ = train_model(model, quick(model="dplr", rank=1, epochs=1, l2_scale="occurrence"), planted,
+                           penalty_scale=scale)
+    np.testing.assert_allclose(model.penalty_weight.numpy(), scale, rtol=1e-6)
